@@ -1,0 +1,516 @@
+//! Endpoints (the subscribers), their storage in Redis and the in-process
+//! cache that fan-out and the dispatchers read them from.
+//!
+//! Redis layout, under the configured key prefix:
+//! - `endpoint:{id}`: the endpoint as JSON ([`Endpoint`]);
+//! - `endpoints`: sorted set of endpoint ids, scored by creation time;
+//! - `endpoints:version`: a counter bumped by every change, which caches poll
+//!   to notice changes without reloading everything.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::validate_event_type;
+use crate::redis_store::{Keys, StoreError};
+use crate::signing::Secret;
+
+/// An HTTP endpoint and the event types it subscribes to, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `ep_…`, assigned at creation.
+    pub id: String,
+    /// Absolute http(s) URL the webhooks are POSTed to.
+    pub url: String,
+    /// Subscriptions: exact types, `prefix.*` or `*`.
+    pub event_types: Vec<String>,
+    /// Free text for operators.
+    #[serde(default)]
+    pub description: String,
+    /// Extra headers sent with every webhook.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A disabled endpoint receives nothing.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Signing secret, `whsec_…`.
+    pub secret: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// One entry of `event_types`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventTypePattern {
+    /// `*`: every event.
+    All,
+    /// `order.*`: every type that starts with `order.` (kept with the dot).
+    Prefix(String),
+    /// `order.created`: that type only.
+    Exact(String),
+}
+
+impl EventTypePattern {
+    /// Reads a pattern, saying what is wrong with a bad one.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(Self::All);
+        }
+        if let Some(prefix) = text.strip_suffix(".*") {
+            validate_event_type(prefix).map_err(|p| format!("{text:?}: the prefix {p}"))?;
+            return Ok(Self::Prefix(format!("{prefix}.")));
+        }
+        validate_event_type(text).map_err(|p| {
+            format!("{text:?} {p} (use an exact type, `prefix.*` or `*`)")
+        })?;
+        Ok(Self::Exact(text.to_owned()))
+    }
+
+    /// Whether an event of `event_type` matches.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Prefix(prefix) => event_type.starts_with(prefix.as_str()),
+            Self::Exact(exact) => exact == event_type,
+        }
+    }
+}
+
+/// Checks an endpoint URL: absolute, http or https, with a host.
+pub fn validate_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|err| format!("is not an absolute URL ({err})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("must use http or https, not {:?}", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".to_owned());
+    }
+    Ok(url)
+}
+
+/// An endpoint ready for use: its secret decoded and its patterns parsed.
+#[derive(Debug)]
+pub struct ResolvedEndpoint {
+    /// The stored endpoint.
+    pub endpoint: Endpoint,
+    /// The decoded signing secret.
+    pub secret: Secret,
+    /// The parsed subscriptions.
+    pub patterns: Vec<EventTypePattern>,
+}
+
+impl ResolvedEndpoint {
+    /// Decodes a stored endpoint; fails if what is stored is not valid.
+    pub fn new(endpoint: Endpoint) -> Result<Self, String> {
+        let secret = Secret::parse(&endpoint.secret)
+            .map_err(|p| format!("endpoint {} has an unusable secret: it {p}", endpoint.id))?;
+        let patterns = endpoint
+            .event_types
+            .iter()
+            .map(|p| EventTypePattern::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|p| format!("endpoint {} has a bad subscription: {p}", endpoint.id))?;
+        Ok(Self {
+            endpoint,
+            secret,
+            patterns,
+        })
+    }
+}
+
+/// Reads and writes endpoints in Redis.
+#[derive(Clone)]
+pub struct EndpointStore {
+    redis: ConnectionManager,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for EndpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointStore").field("keys", &self.keys).finish()
+    }
+}
+
+impl EndpointStore {
+    /// A store over an existing connection.
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        Self { redis, keys }
+    }
+
+    /// Saves a new endpoint.
+    pub async fn create(&self, endpoint: &Endpoint, created_ms: i64) -> Result<(), StoreError> {
+        let json = serde_json::to_string(endpoint)?;
+        let mut conn = self.redis.clone();
+        redis::pipe()
+            .atomic()
+            .set(self.keys.endpoint(&endpoint.id), json)
+            .zadd(self.keys.endpoint_index(), &endpoint.id, created_ms)
+            .incr(self.keys.endpoints_version(), 1)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Overwrites an existing endpoint. Returns false when it does not exist
+    /// (any more).
+    pub async fn update(&self, endpoint: &Endpoint) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(endpoint)?;
+        let mut conn = self.redis.clone();
+        // SET XX only replaces an existing key, so an endpoint deleted in the
+        // meantime is not resurrected.
+        let (replaced, _): (Option<String>, i64) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(self.keys.endpoint(&endpoint.id))
+            .arg(json)
+            .arg("XX")
+            .incr(self.keys.endpoints_version(), 1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(replaced.is_some())
+    }
+
+    /// Removes an endpoint. Returns false when it did not exist.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let (deleted, _, _): (i64, i64, i64) = redis::pipe()
+            .atomic()
+            .del(self.keys.endpoint(id))
+            .zrem(self.keys.endpoint_index(), id)
+            .incr(self.keys.endpoints_version(), 1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    /// One endpoint, if it exists.
+    pub async fn get(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        let mut conn = self.redis.clone();
+        let json: Option<String> = conn.get(self.keys.endpoint(id)).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// A page of endpoints in creation order, starting at index `start`.
+    pub async fn list(&self, start: usize, limit: usize) -> Result<Vec<Endpoint>, StoreError> {
+        let mut conn = self.redis.clone();
+        let stop = (start + limit).saturating_sub(1);
+        let ids: Vec<String> = conn
+            .zrange(self.keys.endpoint_index(), start as isize, stop as isize)
+            .await?;
+        self.get_many(&ids).await
+    }
+
+    /// Every endpoint.
+    pub async fn all(&self) -> Result<Vec<Endpoint>, StoreError> {
+        let mut conn = self.redis.clone();
+        let ids: Vec<String> = conn.zrange(self.keys.endpoint_index(), 0, -1).await?;
+        self.get_many(&ids).await
+    }
+
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Endpoint>, StoreError> {
+        let mut endpoints = Vec::with_capacity(ids.len());
+        let mut conn = self.redis.clone();
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.keys.endpoint(id)).collect();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+            for json in values.into_iter().flatten() {
+                endpoints.push(serde_json::from_str(&json)?);
+            }
+        }
+        Ok(endpoints)
+    }
+
+    /// The change counter (0 before the first change).
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        let mut conn = self.redis.clone();
+        let version: Option<i64> = conn.get(self.keys.endpoints_version()).await?;
+        Ok(version.unwrap_or(0))
+    }
+}
+
+/// All endpoints at one moment, indexed by the event types they subscribe to.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    version: i64,
+    by_id: HashMap<String, Arc<ResolvedEndpoint>>,
+    exact: HashMap<String, Vec<Arc<ResolvedEndpoint>>>,
+    prefix: HashMap<String, Vec<Arc<ResolvedEndpoint>>>,
+    all: Vec<Arc<ResolvedEndpoint>>,
+}
+
+impl Snapshot {
+    /// Indexes `endpoints`; invalid stored endpoints are skipped with a
+    /// warning rather than hiding every other endpoint.
+    pub fn build(version: i64, endpoints: Vec<Endpoint>) -> Self {
+        let mut snapshot = Snapshot {
+            version,
+            ..Default::default()
+        };
+        for endpoint in endpoints {
+            let resolved = match ResolvedEndpoint::new(endpoint) {
+                Ok(resolved) => Arc::new(resolved),
+                Err(problem) => {
+                    tracing::warn!(%problem, "skipping an endpoint that cannot be used");
+                    continue;
+                }
+            };
+            if !resolved.endpoint.disabled {
+                for pattern in &resolved.patterns {
+                    let list = match pattern {
+                        EventTypePattern::All => &mut snapshot.all,
+                        EventTypePattern::Prefix(p) => {
+                            snapshot.prefix.entry(p.clone()).or_default()
+                        }
+                        EventTypePattern::Exact(t) => snapshot.exact.entry(t.clone()).or_default(),
+                    };
+                    list.push(resolved.clone());
+                }
+            }
+            snapshot
+                .by_id
+                .insert(resolved.endpoint.id.clone(), resolved);
+        }
+        snapshot
+    }
+
+    /// The change counter this snapshot was loaded at.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Number of endpoints, enabled or not.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// One endpoint by id, enabled or not.
+    pub fn get(&self, id: &str) -> Option<&Arc<ResolvedEndpoint>> {
+        self.by_id.get(id)
+    }
+
+    /// The enabled endpoints subscribed to `event_type`, each once, in a
+    /// stable order.
+    pub fn subscribers(&self, event_type: &str) -> Vec<Arc<ResolvedEndpoint>> {
+        let mut found: Vec<Arc<ResolvedEndpoint>> = Vec::new();
+        found.extend(self.all.iter().cloned());
+        if let Some(list) = self.exact.get(event_type) {
+            found.extend(list.iter().cloned());
+        }
+        // `order.*` is stored as "order."; look up every prefix of the type
+        // that ends at a dot.
+        for (dot, _) in event_type.match_indices('.') {
+            if let Some(list) = self.prefix.get(&event_type[..=dot]) {
+                found.extend(list.iter().cloned());
+            }
+        }
+        if found.len() > 1 {
+            let mut seen = HashSet::with_capacity(found.len());
+            found.retain(|e| seen.insert(e.endpoint.id.clone()));
+            found.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+        }
+        found
+    }
+}
+
+/// An in-process copy of every endpoint, refreshed when the change counter in
+/// Redis moves. Changes reach fan-out and the dispatchers within one refresh
+/// interval.
+#[derive(Debug, Clone)]
+pub struct EndpointCache {
+    store: EndpointStore,
+    current: Arc<RwLock<Option<Arc<Snapshot>>>>,
+}
+
+impl EndpointCache {
+    /// An empty cache; call [`EndpointCache::refresh`] or
+    /// [`EndpointCache::keep_fresh`] to fill it.
+    pub fn new(store: EndpointStore) -> Self {
+        Self {
+            store,
+            current: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &EndpointStore {
+        &self.store
+    }
+
+    /// The latest snapshot, or `None` before the first successful load.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Reloads when the change counter moved (or nothing is loaded yet).
+    pub async fn refresh(&self) -> Result<Arc<Snapshot>, StoreError> {
+        let version = self.store.version().await?;
+        if let Some(current) = self.snapshot()
+            && current.version() == version
+        {
+            return Ok(current);
+        }
+        // The counter is read before the endpoints: a change made during the
+        // load leaves the counter ahead of this snapshot, so the next refresh
+        // loads again.
+        let endpoints = self.store.all().await?;
+        let snapshot = Arc::new(Snapshot::build(version, endpoints));
+        tracing::debug!(
+            version,
+            endpoints = snapshot.len(),
+            "endpoint cache reloaded"
+        );
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Loads the cache, retrying until it succeeds or `shutdown` fires.
+    /// Returns false on shutdown.
+    pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.refresh().await {
+                Ok(_) => return true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot load endpoints from Redis yet; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Refreshes every `interval` until `shutdown`. While Redis is away the
+    /// last snapshot stays in use, and that is logged once per outage.
+    pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.refresh().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("endpoint cache refreshes again");
+                }
+                Ok(_) => {}
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %err, "cannot refresh endpoints; using the last copy until Redis answers");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One endpoint: from the snapshot, or straight from Redis when the
+    /// snapshot does not know it yet (it may have just been created).
+    /// `Ok(None)` means it does not exist.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, StoreError> {
+        if let Some(found) = self.snapshot().and_then(|s| s.get(id).cloned()) {
+            return Ok(Some(found));
+        }
+        match self.store.get(id).await? {
+            None => Ok(None),
+            Some(endpoint) => ResolvedEndpoint::new(endpoint)
+                .map(|r| Some(Arc::new(r)))
+                .map_err(StoreError::Corrupt),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(id: &str, types: &[&str], disabled: bool) -> Endpoint {
+        Endpoint {
+            id: id.to_owned(),
+            url: "http://example.com/hook".to_owned(),
+            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            description: String::new(),
+            headers: BTreeMap::new(),
+            disabled,
+            secret: Secret::generate().expose(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn ids(found: Vec<Arc<ResolvedEndpoint>>) -> Vec<String> {
+        found.into_iter().map(|e| e.endpoint.id.clone()).collect()
+    }
+
+    #[test]
+    fn patterns_parse_and_match() {
+        assert_eq!(EventTypePattern::parse("*"), Ok(EventTypePattern::All));
+        let prefix = EventTypePattern::parse("order.*").unwrap();
+        assert!(prefix.matches("order.created"));
+        assert!(prefix.matches("order.item.added"));
+        assert!(!prefix.matches("order"));
+        assert!(!prefix.matches("orders.created"));
+        assert!(EventTypePattern::parse("order.created").unwrap().matches("order.created"));
+        assert!(EventTypePattern::parse("order*").is_err());
+        assert!(EventTypePattern::parse(".*").is_err());
+        assert!(EventTypePattern::parse("").is_err());
+    }
+
+    #[test]
+    fn subscribers_come_from_every_kind_of_pattern_once() {
+        let snapshot = Snapshot::build(
+            1,
+            vec![
+                endpoint("ep_all", &["*"], false),
+                endpoint("ep_orders", &["order.*", "order.created"], false),
+                endpoint("ep_exact", &["order.created"], false),
+                endpoint("ep_deep", &["order.item.*"], false),
+                endpoint("ep_users", &["user.*"], false),
+                endpoint("ep_off", &["*"], true),
+            ],
+        );
+        assert_eq!(
+            ids(snapshot.subscribers("order.created")),
+            ["ep_all", "ep_exact", "ep_orders"]
+        );
+        assert_eq!(
+            ids(snapshot.subscribers("order.item.added")),
+            ["ep_all", "ep_deep", "ep_orders"]
+        );
+        assert_eq!(ids(snapshot.subscribers("invoice.paid")), ["ep_all"]);
+        // Disabled endpoints receive nothing but can still be looked up.
+        assert!(snapshot.get("ep_off").is_some());
+    }
+
+    #[test]
+    fn urls_are_validated() {
+        assert!(validate_url("https://example.com/x").is_ok());
+        assert!(validate_url("ftp://example.com").unwrap_err().contains("http or https"));
+        assert!(validate_url("/relative").unwrap_err().contains("absolute"));
+        assert!(validate_url("example.com").is_err());
+    }
+}

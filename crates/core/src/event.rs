@@ -1,0 +1,419 @@
+//! Events: the JSON format accepted over HTTP and on `herald.events`, its
+//! validation, and Herald's identifiers.
+//!
+//! The JSON format is the proto3 JSON mapping of `herald.v1.Event` (see
+//! `proto/herald/v1/herald.proto`):
+//!
+//! ```json
+//! {"id": "evt_123", "type": "order.created", "payload": {"any": "json"},
+//!  "timestamp": "2026-01-02T03:04:05Z"}
+//! ```
+//!
+//! `type` and `payload` are required, `id` and `timestamp` optional. The
+//! payload is kept as the exact JSON text it arrived as ([`RawValue`]), so it
+//! is never re-encoded on its way to the endpoints.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Longest event id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest event type, in bytes.
+pub const MAX_TYPE_LEN: usize = 128;
+
+/// Why a JSON document is not a valid event. Each variant renders as a
+/// message that names the problem, ready to show to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The bytes are not JSON at all.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// Valid JSON, but not an event object (wrong top-level type, unknown or
+    /// duplicate field).
+    #[error("the body is not an event: {0}")]
+    NotAnEvent(String),
+    /// A required field is absent.
+    #[error("field `{0}` is required")]
+    MissingField(&'static str),
+    /// A field is present with an unusable value.
+    #[error("field `{field}` {problem}")]
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl EventError {
+    /// A short machine-readable code for API errors and dead-letter reasons.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventError::MalformedJson(_) => "malformed_json",
+            EventError::NotAnEvent(_) => "invalid_event",
+            EventError::MissingField(_) => "missing_field",
+            EventError::InvalidField { .. } => "invalid_field",
+        }
+    }
+}
+
+/// The wire shape, before validation. Every field is kept as raw JSON so that
+/// each can be checked and reported on its own.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with the fields `type`, `payload` and optionally `id` and `timestamp`"
+)]
+struct WireEvent<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    event_type: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    timestamp: Option<&'a RawValue>,
+}
+
+/// Tells a field that is present (even as `null`) from one that is absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A validated event whose payload still borrows the input bytes.
+#[derive(Debug, Clone)]
+pub struct ParsedEvent<'a> {
+    /// The id given by the sender, if any.
+    pub id: Option<String>,
+    /// The event type.
+    pub event_type: String,
+    /// The payload exactly as sent.
+    pub payload: &'a RawValue,
+    /// The timestamp given by the sender, if any.
+    pub timestamp: Option<OffsetDateTime>,
+}
+
+/// Parses and validates an event from JSON bytes.
+pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
+    // Derived deserializers also accept arrays for structs; an event must be
+    // an object.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first != Some(b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(err) => EventError::MalformedJson(err.to_string()),
+                Ok(_) => EventError::NotAnEvent(format!(
+                    "expected a JSON object with the fields `type`, `payload` and optionally `id` and `timestamp`, found {}",
+                    json_kind(std::str::from_utf8(bytes).unwrap_or(""))
+                )),
+            },
+        );
+    }
+    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(|err| {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Data => EventError::NotAnEvent(err.to_string()),
+            Category::Io | Category::Syntax | Category::Eof => {
+                EventError::MalformedJson(err.to_string())
+            }
+        }
+    })?;
+
+    let event_type = string_field("type", wire.event_type)?.ok_or(EventError::MissingField("type"))?;
+    validate_event_type(&event_type).map_err(|problem| EventError::InvalidField {
+        field: "type",
+        problem,
+    })?;
+
+    let payload = wire.payload.ok_or(EventError::MissingField("payload"))?;
+
+    let id = string_field("id", wire.id)?;
+    if let Some(id) = &id {
+        validate_event_id(id).map_err(|problem| EventError::InvalidField {
+            field: "id",
+            problem,
+        })?;
+    }
+
+    let timestamp = match string_field("timestamp", wire.timestamp)? {
+        None => None,
+        Some(text) => Some(OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+            EventError::InvalidField {
+                field: "timestamp",
+                problem: format!(
+                    "must be an RFC 3339 date-time such as 2026-01-02T03:04:05Z, not {text:?}"
+                ),
+            }
+        })?),
+    };
+
+    Ok(ParsedEvent {
+        id,
+        event_type,
+        payload,
+        timestamp,
+    })
+}
+
+/// Reads an optional field that must be a JSON string.
+fn string_field(
+    field: &'static str,
+    raw: Option<&RawValue>,
+) -> Result<Option<String>, EventError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| EventError::InvalidField {
+                field,
+                problem: format!("must be a string, not {}", json_kind(raw.get())),
+            }),
+    }
+}
+
+/// Names the kind of a JSON value for error messages.
+fn json_kind(json: &str) -> &'static str {
+    match json.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Checks an event type: 1-128 characters of `[A-Za-z0-9._-]`.
+pub fn validate_event_type(event_type: &str) -> Result<(), String> {
+    if event_type.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if event_type.len() > MAX_TYPE_LEN {
+        return Err(format!(
+            "is {} characters long; the limit is {MAX_TYPE_LEN}",
+            event_type.len()
+        ));
+    }
+    if let Some(bad) = event_type
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an event id: 1-128 printable ASCII characters other than space and
+/// `.` (Standard Webhooks forbids `.` in ids, since it separates the signed
+/// parts).
+pub fn validate_event_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "is {} characters long; the limit is {MAX_ID_LEN}",
+            id.len()
+        ));
+    }
+    if let Some(bad) = id.chars().find(|c| !c.is_ascii_graphic() || *c == '.') {
+        return Err(format!(
+            "contains {bad:?}; only printable ASCII characters other than space and '.' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// A new random, time-ordered event id (`evt_` + 32 hex digits).
+pub fn new_event_id() -> String {
+    format!("evt_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A new random endpoint id (`ep_` + 32 hex digits).
+pub fn new_endpoint_id() -> String {
+    format!("ep_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The id of an event that was published to Kafka without one: derived from
+/// where it was stored, so that re-reading the record yields the same id.
+pub fn event_id_from_position(topic: &str, partition: i32, offset: i64) -> String {
+    let readable = format!("evt_kafka_{}_{partition}_{offset}", topic.replace('.', "-"));
+    if readable.len() <= MAX_ID_LEN {
+        return readable;
+    }
+    let digest = Sha256::digest(format!("{topic}/{partition}/{offset}"));
+    format!("evt_kafka_{}", hex(&digest[..16]))
+}
+
+/// The id of the delivery of one event to one endpoint. Deterministic, so a
+/// re-run of fan-out produces the same delivery ids.
+pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(event_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(endpoint_id.as_bytes());
+    format!("dlv_{}", hex(&hasher.finalize()[..16]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The canonical JSON record Herald writes to `herald.events`.
+#[derive(Debug, Serialize)]
+pub struct EventRecord<'a> {
+    /// Event id.
+    pub id: &'a str,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// The payload, unchanged.
+    pub payload: &'a RawValue,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+impl<'a> EventRecord<'a> {
+    /// Builds the record for an event accepted at `timestamp`.
+    pub fn new(
+        id: &'a str,
+        event_type: &'a str,
+        payload: &'a RawValue,
+        timestamp: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            event_type,
+            payload,
+            timestamp: format_timestamp(timestamp),
+        }
+    }
+
+    /// The record's JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising borrowed strings and an already-valid RawValue cannot
+        // fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Formats a timestamp as RFC 3339 in UTC (`2026-01-02T03:04:05.123Z`).
+pub fn format_timestamp(timestamp: OffsetDateTime) -> String {
+    timestamp
+        .to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis(timestamp: OffsetDateTime) -> i64 {
+    (timestamp.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The inverse of [`unix_millis`]; out-of-range values clamp to the epoch.
+pub fn from_unix_millis(millis: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_event_parses() {
+        let event = parse_event(
+            br#"{"id":"evt_1","type":"order.created","payload":{"n": [1, 2]},"timestamp":"2026-01-02T03:04:05Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(event.id.as_deref(), Some("evt_1"));
+        assert_eq!(event.event_type, "order.created");
+        assert_eq!(event.payload.get(), r#"{"n": [1, 2]}"#);
+        assert_eq!(unix_millis(event.timestamp.unwrap()), 1_767_323_045_000);
+    }
+
+    #[test]
+    fn null_payload_is_present_but_missing_payload_is_not() {
+        let event = parse_event(br#"{"type":"a","payload":null}"#).unwrap();
+        assert_eq!(event.payload.get(), "null");
+        assert_eq!(
+            parse_event(br#"{"type":"a"}"#).unwrap_err(),
+            EventError::MissingField("payload")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            (b"{", "malformed_json", "not valid JSON"),
+            (b"[1]", "invalid_event", "JSON object"),
+            (b"[1", "malformed_json", "not valid JSON"),
+            (b"\"text\"", "invalid_event", "found a string"),
+            (br#"{"type":"a","payload":1,"extra":1}"#, "invalid_event", "unknown field `extra`"),
+            (br#"{"payload":1}"#, "missing_field", "`type`"),
+            (br#"{"type":5,"payload":1}"#, "invalid_field", "`type` must be a string, not a number"),
+            (br#"{"type":"a b","payload":1}"#, "invalid_field", "`type` contains ' '"),
+            (br#"{"type":"","payload":1}"#, "invalid_field", "`type` must not be empty"),
+            (br#"{"id":"a.b","type":"a","payload":1}"#, "invalid_field", "`id` contains '.'"),
+            (br#"{"id":null,"type":"a","payload":1}"#, "invalid_field", "`id` must be a string, not null"),
+            (br#"{"type":"a","payload":1,"timestamp":"yesterday"}"#, "invalid_field", "RFC 3339"),
+            (br#"{"type":"a","type":"b","payload":1}"#, "invalid_event", "duplicate field"),
+        ];
+        for (body, code, needle) in cases {
+            let err = parse_event(body).unwrap_err();
+            assert_eq!(err.code(), *code, "{}", String::from_utf8_lossy(body));
+            assert!(
+                err.to_string().contains(needle),
+                "{:?} does not mention {needle:?}",
+                err.to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn long_ids_and_types_are_refused() {
+        assert!(validate_event_id(&"a".repeat(128)).is_ok());
+        assert!(validate_event_id(&"a".repeat(129)).is_err());
+        assert!(validate_event_type(&"a".repeat(128)).is_ok());
+        assert!(validate_event_type(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn generated_ids_are_valid() {
+        validate_event_id(&new_event_id()).unwrap();
+        validate_event_id(&event_id_from_position("herald.events", 3, 42)).unwrap();
+        validate_event_id(&event_id_from_position(&"t".repeat(249), 3, 42)).unwrap();
+        assert_eq!(
+            event_id_from_position("herald.events", 3, 42),
+            "evt_kafka_herald-events_3_42"
+        );
+    }
+
+    #[test]
+    fn delivery_ids_are_deterministic_and_distinct() {
+        assert_eq!(delivery_id("e1", "ep1"), delivery_id("e1", "ep1"));
+        assert_ne!(delivery_id("e1", "ep1"), delivery_id("e1", "ep2"));
+        // The separator keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(delivery_id("ab", "c"), delivery_id("a", "bc"));
+    }
+
+    #[test]
+    fn records_round_trip_through_the_parser() {
+        let payload = RawValue::from_string(r#"{"a":"é"}"#.to_owned()).unwrap();
+        let when = from_unix_millis(1_767_323_045_123);
+        let json = EventRecord::new("evt_9", "a.b", &payload, when).to_json();
+        let parsed = parse_event(&json).unwrap();
+        assert_eq!(parsed.id.as_deref(), Some("evt_9"));
+        assert_eq!(parsed.payload.get(), payload.get());
+        assert_eq!(unix_millis(parsed.timestamp.unwrap()), 1_767_323_045_123);
+    }
+}

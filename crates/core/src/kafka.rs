@@ -1,0 +1,146 @@
+//! Kafka clients: producer and consumer settings, topic creation, and the
+//! at-least-once consumer loop that fan-out and the dispatchers share.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+pub mod consumer;
+pub mod offsets;
+
+/// Settings every Herald Kafka client shares; user-supplied properties
+/// (`HERALD_KAFKA_PROPERTIES`) are applied last so they can override any of
+/// Herald's choices.
+fn base_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id);
+    client
+}
+
+fn apply_user_properties(client: &mut ClientConfig, config: &KafkaConfig) {
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+}
+
+/// A producer whose acknowledgement means the record is durable: idempotent,
+/// `acks=all`, giving up after the configured produce timeout.
+pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    let mut client = base_config(config, client_id);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            config.produce_timeout.as_millis().to_string(),
+        )
+        // A few milliseconds of batching multiplies throughput at a
+        // negligible latency cost.
+        .set("linger.ms", "5");
+    apply_user_properties(&mut client, config);
+    client.create()
+}
+
+/// Consumer settings for [`consumer::run`]: offsets are stored by Herald once
+/// a record's effects are durable, and committed in the background.
+pub(crate) fn consumer_config(config: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
+    let mut client = base_config(config, client_id);
+    client
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A crashed replica's partitions move to the others after this long.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    apply_user_properties(&mut client, config);
+    client
+}
+
+/// Creates the given topics when they do not exist yet (with the configured
+/// partitions and replication). Existing topics are left as they are.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<(), KafkaError> {
+    if !config.create_topics || topics.is_empty() {
+        return Ok(());
+    }
+    let mut client = base_config(config, "herald-admin");
+    apply_user_properties(&mut client, config);
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.topic_partitions,
+                TopicReplication::Fixed(config.topic_replication),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = %name, error = %code, "cannot create topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the topics, retrying while the broker is unreachable, until
+/// `shutdown`. Services call this at start-up, so a stack can come up in any
+/// order.
+pub async fn ensure_topics_with_retry(
+    config: &KafkaConfig,
+    topics: &[String],
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), KafkaError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ensure_topics(config, topics).await {
+            Ok(()) => return Ok(()),
+            Err(err) if shutdown.is_cancelled() => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot create topics yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Asks the broker for a topic's metadata: a cheap end-to-end check that
+/// Kafka answers, for readiness probes.
+pub async fn check_reachable(
+    producer: &FutureProducer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::producer::Producer;
+    let producer = producer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), timeout)
+            .map(|_| ())
+    })
+    .await
+    .unwrap_or(Err(KafkaError::Canceled))
+}

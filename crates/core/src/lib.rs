@@ -1,0 +1,49 @@
+//! Shared building blocks of Herald, the webhook dispatcher.
+//!
+//! Herald is three services joined by Kafka topics:
+//! `herald-ingest` (HTTP → `herald.events`), `herald-fanout`
+//! (`herald.events` → one record per subscribed endpoint on
+//! `herald.deliveries`) and `herald-dispatcher` (`herald.deliveries` → signed
+//! HTTP POSTs). This crate holds what they share:
+//!
+//! - [`config`]: `HERALD_*` environment variables, validated at start-up;
+//! - [`event`]: the JSON event format, its validation, and Herald's ids;
+//! - [`proto`]: the protobuf types generated from `proto/herald/v1`;
+//! - [`endpoint`]: endpoints and subscriptions, stored in Redis and cached;
+//! - [`redis_store`]: Redis connections and key names;
+//! - [`kafka`]: producers, topic creation, and the at-least-once consumer
+//!   loop ([`kafka::consumer`]) with its per-partition offset watermark
+//!   ([`kafka::offsets`]);
+//! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
+//! - [`telemetry`] and [`shutdown`]: logging and signal handling.
+
+pub mod config;
+pub mod endpoint;
+pub mod event;
+pub mod kafka;
+pub mod redis_store;
+pub mod shutdown;
+pub mod signing;
+pub mod telemetry;
+
+/// Types generated from `proto/herald/v1/herald.proto`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/herald.v1.rs"));
+}
+
+/// Base names of Herald's topics (before `HERALD_TOPIC_PREFIX`).
+pub mod topics {
+    /// Events from ingest and from producers publishing straight to Kafka.
+    pub const EVENTS: &str = "herald.events";
+    /// One record per (event, endpoint).
+    pub const DELIVERIES: &str = "herald.deliveries";
+}
+
+/// Consumer group base names (before `HERALD_TOPIC_PREFIX`).
+pub mod groups {
+    /// The fan-out service's group.
+    pub const FANOUT: &str = "herald-fanout";
+    /// The dispatchers' group.
+    pub const DISPATCHER: &str = "herald-dispatcher";
+}

@@ -1,0 +1,212 @@
+//! herald-fanout: turns each event into one delivery per subscribed endpoint.
+//!
+//! It consumes `herald.events` in the `herald-fanout` consumer group. For
+//! each record it parses the event (JSON, see `herald_core::event`), finds
+//! the enabled endpoints subscribed to its type in the endpoint cache, and
+//! produces one `herald.v1.Delivery` per endpoint to `herald.deliveries`,
+//! keyed by endpoint id so that one endpoint's deliveries share a partition.
+//! The record's offset is stored only after every one of those produces was
+//! acknowledged, so a crash re-runs fan-out for at most the records in
+//! flight; delivery ids derive from (event id, endpoint id), so a re-run
+//! produces the same ids.
+//!
+//! A record that is not a valid event is logged with its reason and skipped,
+//! so it never holds up its partition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
+use herald_core::endpoint::{EndpointCache, EndpointStore};
+use herald_core::event::{event_id_from_position, parse_event, unix_millis};
+use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
+use herald_core::kafka::offsets::Outcome;
+use herald_core::proto::Delivery;
+use herald_core::redis_store::{self, Keys};
+use herald_core::telemetry::LogConfig;
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+/// Everything herald-fanout reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HERALD_FANOUT_MAX_IN_FLIGHT` (default `1000`): events being fanned
+    /// out at once.
+    pub max_in_flight: usize,
+    /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the endpoint
+    /// cache checks Redis for changes; new or changed subscriptions take
+    /// effect within this interval.
+    pub cache_refresh: Duration,
+    /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
+    /// long in-flight events may take to finish.
+    pub drain_timeout: Duration,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// Redis settings.
+    pub redis: RedisConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Reads and validates the configuration.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_in_flight: env.number("HERALD_FANOUT_MAX_IN_FLIGHT", 1000, 1, 100_000)? as usize,
+            cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
+            drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            kafka: KafkaConfig::from_env(env)?,
+            redis: RedisConfig::from_env(env)?,
+            log: LogConfig::from_env(env)?,
+        })
+    }
+}
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// Kafka client creation or consumption failed.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Redis client creation failed.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Runs fan-out until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), FanoutError> {
+    let events_topic = config.kafka.events_topic();
+    let deliveries_topic = config.kafka.deliveries_topic();
+    herald_core::kafka::ensure_topics_with_retry(
+        &config.kafka,
+        &[events_topic.clone(), deliveries_topic.clone()],
+        &shutdown,
+    )
+    .await?;
+
+    let redis = redis_store::connect(&config.redis)?;
+    let cache = EndpointCache::new(EndpointStore::new(redis, Keys::new(config.redis.key_prefix.clone())));
+    // Fanning out without the subscriptions would send events to nobody, so
+    // nothing is consumed before the first load.
+    if !cache.load_first(&shutdown).await {
+        return Ok(());
+    }
+    tokio::spawn(cache.clone().keep_fresh(config.cache_refresh, shutdown.clone()));
+
+    let handler = Arc::new(FanoutHandler {
+        cache,
+        producer: herald_core::kafka::producer(&config.kafka, "herald-fanout")?,
+        deliveries_topic,
+        produce_timeout: config.kafka.produce_timeout,
+        shutdown: shutdown.clone(),
+    });
+    let settings = ConsumerSettings {
+        group_id: config.kafka.group(herald_core::groups::FANOUT),
+        client_id: "herald-fanout".to_owned(),
+        topics: vec![events_topic],
+        max_in_flight: config.max_in_flight,
+        drain_timeout: config.drain_timeout,
+    };
+    herald_core::kafka::consumer::run(&config.kafka, settings, handler, shutdown).await?;
+    Ok(())
+}
+
+/// Fans out one event record.
+struct FanoutHandler {
+    cache: EndpointCache,
+    producer: FutureProducer,
+    deliveries_topic: String,
+    produce_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl RecordHandler for FanoutHandler {
+    async fn handle(&self, record: OwnedMessage) -> Outcome {
+        let deliveries = match self.plan(&record) {
+            Ok(deliveries) => deliveries,
+            Err(reason) => {
+                tracing::warn!(
+                    topic = record.topic(),
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    %reason,
+                    "skipping a record that is not a valid event"
+                );
+                return Outcome::Done;
+            }
+        };
+        self.produce_all(deliveries).await
+    }
+}
+
+impl FanoutHandler {
+    /// The delivery records for one event record.
+    fn plan(&self, record: &OwnedMessage) -> Result<Vec<Delivery>, String> {
+        let bytes = record.payload().ok_or("the record has no value")?;
+        let event = parse_event(bytes).map_err(|err| err.to_string())?;
+        let event_id = event
+            .id
+            .unwrap_or_else(|| event_id_from_position(record.topic(), record.partition(), record.offset()));
+        let event_timestamp_ms = match event.timestamp {
+            Some(ts) => unix_millis(ts),
+            None => record
+                .timestamp()
+                .to_millis()
+                .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
+        };
+        // The cache is loaded before consumption starts.
+        let snapshot = self.cache.snapshot().ok_or("the endpoint cache is not loaded")?;
+        let subscribers = snapshot.subscribers(&event.event_type);
+        tracing::debug!(event_id, subscribers = subscribers.len(), "fanning out");
+        Ok(subscribers
+            .iter()
+            .map(|endpoint| Delivery {
+                delivery_id: herald_core::event::delivery_id(&event_id, &endpoint.endpoint.id),
+                endpoint_id: endpoint.endpoint.id.clone(),
+                event_id: event_id.clone(),
+                event_type: event.event_type.clone(),
+                payload_json: event.payload.get().as_bytes().to_vec(),
+                event_timestamp_ms,
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    /// Produces every delivery, retrying failed produces until each one is
+    /// acknowledged; abandons the record only when the process stops.
+    async fn produce_all(&self, deliveries: Vec<Delivery>) -> Outcome {
+        let mut pending: Vec<(String, Vec<u8>)> = deliveries
+            .into_iter()
+            .map(|d| (d.endpoint_id.clone(), d.encode_to_vec()))
+            .collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let sends = pending.iter().map(|(key, value)| {
+                self.producer.send(
+                    FutureRecord::to(&self.deliveries_topic).key(key).payload(value),
+                    self.produce_timeout,
+                )
+            });
+            let results = futures::future::join_all(sends).await;
+            let mut failed = Vec::new();
+            for (item, result) in pending.into_iter().zip(results) {
+                if let Err((err, _)) = result {
+                    tracing::warn!(endpoint_id = %item.0, error = %err, "delivery record not acknowledged; retrying");
+                    failed.push(item);
+                }
+            }
+            if failed.is_empty() {
+                return Outcome::Done;
+            }
+            pending = failed;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Outcome::Abandoned,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}

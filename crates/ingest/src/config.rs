@@ -1,0 +1,72 @@
+//! herald-ingest configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
+use herald_core::telemetry::LogConfig;
+
+use crate::auth::ApiKeys;
+
+/// Everything herald-ingest reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HERALD_INGEST_ADDR` (default `0.0.0.0:8080`): where the HTTP API
+    /// listens.
+    pub listen_addr: SocketAddr,
+    /// `HERALD_API_KEYS` (required, comma-separated): bearer tokens that may
+    /// call the API. `HERALD_API_KEY` (one key) is accepted as well.
+    pub api_keys: ApiKeys,
+    /// `HERALD_MAX_BODY_BYTES` (default `1048576`, 1 MiB): largest request
+    /// body; larger ones are answered with 413.
+    pub max_body_bytes: usize,
+    /// `HERALD_IDEMPOTENCY_TTL` (default `24h`): how long an event id is
+    /// remembered; the same id within this window is not published again.
+    pub idempotency_ttl: Duration,
+    /// Kafka settings (`HERALD_KAFKA_*`, `HERALD_TOPIC_*`).
+    pub kafka: KafkaConfig,
+    /// Redis settings (`HERALD_REDIS_*`).
+    pub redis: RedisConfig,
+    /// Logging (`HERALD_LOG`, `HERALD_LOG_FORMAT`).
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Reads and validates the configuration.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let listen_addr = env.parse("HERALD_INGEST_ADDR", ([0, 0, 0, 0], 8080).into(), |v| {
+            v.parse()
+                .map_err(|_| "expected an address and port such as 0.0.0.0:8080".to_owned())
+        })?;
+        let mut keys = env.list("HERALD_API_KEYS");
+        if let Some(single) = env.raw("HERALD_API_KEY") {
+            keys.push(single.to_owned());
+        }
+        if keys.is_empty() {
+            return Err(ConfigError {
+                key: "HERALD_API_KEYS".to_owned(),
+                value: None,
+                problem: "no API key is configured; set HERALD_API_KEYS to one or more comma-separated secret keys".to_owned(),
+            });
+        }
+        if let Some(short) = keys.iter().find(|k| k.len() < 16) {
+            return Err(ConfigError {
+                key: "HERALD_API_KEYS".to_owned(),
+                value: None,
+                problem: format!(
+                    "a key of {} characters is too easy to guess; use at least 16 random characters",
+                    short.len()
+                ),
+            });
+        }
+        Ok(Self {
+            listen_addr,
+            api_keys: ApiKeys::new(&keys),
+            max_body_bytes: env.number("HERALD_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20)? as usize,
+            idempotency_ttl: env.duration("HERALD_IDEMPOTENCY_TTL", Duration::from_secs(86_400))?,
+            kafka: KafkaConfig::from_env(env)?,
+            redis: RedisConfig::from_env(env)?,
+            log: LogConfig::from_env(env)?,
+        })
+    }
+}

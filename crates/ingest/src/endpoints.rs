@@ -1,0 +1,277 @@
+//! Management API for endpoints: `POST/GET /v1/endpoints`,
+//! `GET/PATCH/DELETE /v1/endpoints/{id}` and `GET /v1/endpoints/{id}/secret`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use herald_core::endpoint::{Endpoint, EventTypePattern, validate_url};
+use herald_core::event::{format_timestamp, new_endpoint_id, unix_millis};
+use herald_core::signing::Secret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::body::read_json;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest accepted URL.
+const MAX_URL_LEN: usize = 2048;
+/// Most custom headers on one endpoint.
+const MAX_HEADERS: usize = 32;
+/// Longest description.
+const MAX_DESCRIPTION_LEN: usize = 1024;
+/// Headers that Herald sets itself and an endpoint may not override.
+const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "transfer-encoding", "connection"];
+
+/// Body of `POST /v1/endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    url: String,
+    event_types: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    disabled: Option<bool>,
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+/// Body of `PATCH /v1/endpoints/{id}`: only the fields to change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+/// An endpoint as the API shows it: without its secret.
+#[derive(Debug, Serialize)]
+pub struct EndpointView<'a> {
+    id: &'a str,
+    url: &'a str,
+    event_types: &'a [String],
+    description: &'a str,
+    headers: &'a BTreeMap<String, String>,
+    disabled: bool,
+    created_at: &'a str,
+    updated_at: &'a str,
+}
+
+impl<'a> From<&'a Endpoint> for EndpointView<'a> {
+    fn from(e: &'a Endpoint) -> Self {
+        Self {
+            id: &e.id,
+            url: &e.url,
+            event_types: &e.event_types,
+            description: &e.description,
+            headers: &e.headers,
+            disabled: e.disabled,
+            created_at: &e.created_at,
+            updated_at: &e.updated_at,
+        }
+    }
+}
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_field", format!("field `{field}` {problem}"))
+}
+
+fn check_url(url: &str) -> Result<(), ApiError> {
+    if url.len() > MAX_URL_LEN {
+        return Err(invalid("url", format_args!("is {} characters long; the limit is {MAX_URL_LEN}", url.len())));
+    }
+    validate_url(url).map(|_| ()).map_err(|p| invalid("url", p))
+}
+
+fn check_event_types(types: &[String]) -> Result<(), ApiError> {
+    if types.is_empty() {
+        return Err(invalid("event_types", "must list at least one event type, `prefix.*` or `*`"));
+    }
+    if types.len() > 256 {
+        return Err(invalid("event_types", "may list at most 256 entries"));
+    }
+    for pattern in types {
+        EventTypePattern::parse(pattern).map_err(|p| invalid("event_types", format_args!("has an invalid entry: {p}")))?;
+    }
+    Ok(())
+}
+
+fn check_description(description: &str) -> Result<(), ApiError> {
+    if description.len() > MAX_DESCRIPTION_LEN {
+        return Err(invalid("description", format_args!("may be at most {MAX_DESCRIPTION_LEN} characters long")));
+    }
+    Ok(())
+}
+
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(invalid("headers", format_args!("may hold at most {MAX_HEADERS} headers")));
+    }
+    for (name, value) in headers {
+        let parsed = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid("headers", format_args!("has an invalid header name {name:?}")))?;
+        let lower = parsed.as_str();
+        if RESERVED_HEADERS.contains(&lower) || lower.starts_with("webhook-") {
+            return Err(invalid("headers", format_args!("may not set {name:?}: Herald sets that header itself")));
+        }
+        HeaderValue::from_str(value)
+            .map_err(|_| invalid("headers", format_args!("has an invalid value for {name:?} (no control characters or line breaks)")))?;
+    }
+    Ok(())
+}
+
+fn now() -> (OffsetDateTime, String) {
+    let now = OffsetDateTime::now_utc();
+    (now, format_timestamp(now))
+}
+
+/// `POST /v1/endpoints`: 201 with the endpoint and its secret.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: CreateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
+    check_url(&request.url)?;
+    check_event_types(&request.event_types)?;
+    let description = request.description.unwrap_or_default();
+    check_description(&description)?;
+    let custom_headers = request.headers.unwrap_or_default();
+    check_headers(&custom_headers)?;
+    let secret = match request.secret {
+        Some(text) => Secret::parse(&text).map_err(|p| invalid("secret", p))?,
+        None => Secret::generate(),
+    };
+    let (now, now_text) = now();
+    let endpoint = Endpoint {
+        id: new_endpoint_id(),
+        url: request.url,
+        event_types: request.event_types,
+        description,
+        headers: custom_headers,
+        disabled: request.disabled.unwrap_or(false),
+        secret: secret.expose(),
+        created_at: now_text.clone(),
+        updated_at: now_text,
+    };
+    state.endpoints.create(&endpoint, unix_millis(now)).await?;
+    tracing::info!(endpoint_id = %endpoint.id, url = %endpoint.url, "endpoint created");
+    let mut view = serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?;
+    view["secret"] = Value::String(endpoint.secret.clone());
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Paging parameters of `GET /v1/endpoints`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `GET /v1/endpoints?limit=50&cursor=…`: a page in creation order, with
+/// `next_cursor` when there are more.
+pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=250).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 250"));
+    }
+    let start = match params.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(cursor) => cursor
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request("invalid_query", "`cursor` must be a value returned as `next_cursor`"))?,
+    };
+    // One extra tells whether another page exists.
+    let mut endpoints = state.endpoints.list(start, limit + 1).await?;
+    let next_cursor = if endpoints.len() > limit {
+        endpoints.truncate(limit);
+        Some((start + limit).to_string())
+    } else {
+        None
+    };
+    let data: Vec<EndpointView<'_>> = endpoints.iter().map(EndpointView::from).collect();
+    Ok(Json(json!({ "data": data, "next_cursor": next_cursor })))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<Endpoint, ApiError> {
+    state
+        .endpoints
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint with id {id:?}")))
+}
+
+/// `GET /v1/endpoints/{id}`.
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let endpoint = find(&state, &id).await?;
+    Ok(Json(serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?))
+}
+
+/// `GET /v1/endpoints/{id}/secret`: the only read of a secret after creation.
+pub async fn get_secret(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let endpoint = find(&state, &id).await?;
+    Ok(Json(json!({ "secret": endpoint.secret })))
+}
+
+/// `PATCH /v1/endpoints/{id}`: changes the given fields.
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let request: UpdateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
+    let mut endpoint = find(&state, &id).await?;
+    if let Some(url) = request.url {
+        check_url(&url)?;
+        endpoint.url = url;
+    }
+    if let Some(types) = request.event_types {
+        check_event_types(&types)?;
+        endpoint.event_types = types;
+    }
+    if let Some(description) = request.description {
+        check_description(&description)?;
+        endpoint.description = description;
+    }
+    if let Some(custom_headers) = request.headers {
+        check_headers(&custom_headers)?;
+        endpoint.headers = custom_headers;
+    }
+    if let Some(disabled) = request.disabled {
+        endpoint.disabled = disabled;
+    }
+    endpoint.updated_at = now().1;
+    if !state.endpoints.update(&endpoint).await? {
+        return Err(ApiError::not_found(format!("no endpoint with id {id:?}")));
+    }
+    tracing::info!(endpoint_id = %id, "endpoint updated");
+    Ok(Json(serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?))
+}
+
+/// `DELETE /v1/endpoints/{id}`: 204.
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    if state.endpoints.delete(&id).await? {
+        tracing::info!(endpoint_id = %id, "endpoint deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no endpoint with id {id:?}")))
+    }
+}

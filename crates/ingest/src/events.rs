@@ -1,0 +1,154 @@
+//! `POST /v1/events`: validate, de-duplicate, publish, answer.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::event::{EventRecord, new_event_id, parse_event, validate_event_id};
+use rdkafka::producer::FutureRecord;
+use redis::AsyncCommands;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::body::read_json_body;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long a concurrent request with the same id is waited for.
+const WAIT_FOR_CONCURRENT: Duration = Duration::from_secs(5);
+
+/// Accepts one event. Answers 202 only after Kafka acknowledged the record.
+#[tracing::instrument(skip_all, fields(event_id))]
+pub async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_json_body(&headers, body, state.max_body_bytes).await?;
+    let event = parse_event(&bytes).map_err(|err| ApiError::bad_request(err.code(), err.to_string()))?;
+
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_field", "header `Idempotency-Key` must be printable ASCII")
+            })?;
+            validate_event_id(key).map_err(|problem| {
+                ApiError::bad_request("invalid_field", format!("header `Idempotency-Key` {problem}"))
+            })?;
+            Some(key.to_owned())
+        }
+    };
+    let id = match (event.id.clone(), header_key) {
+        (Some(id), Some(key)) if id != key => {
+            return Err(ApiError::bad_request(
+                "conflicting_id",
+                format!("field `id` ({id:?}) and header `Idempotency-Key` ({key:?}) differ; send one, or the same value in both"),
+            ));
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => new_event_id(),
+    };
+    tracing::Span::current().record("event_id", id.as_str());
+
+    let timestamp = event.timestamp.unwrap_or_else(OffsetDateTime::now_utc);
+    let record = EventRecord::new(&id, &event.event_type, event.payload, timestamp).to_json();
+
+    match claim_id(&state, &id).await? {
+        Claim::AlreadyAccepted => return Ok(accepted(&id, true)),
+        Claim::Claimed => {}
+    }
+
+    let produced = state
+        .producer
+        .send(
+            FutureRecord::to(&state.events_topic).key(&id).payload(&record),
+            state.produce_timeout,
+        )
+        .await;
+    let mut redis = state.redis.clone();
+    let key = state.keys.idempotency(&id);
+    match produced {
+        Ok(_) => {
+            let ttl_ms = state.idempotency_ttl.as_millis() as u64;
+            if let Err(err) = redis.pset_ex::<_, _, ()>(&key, "done", ttl_ms).await {
+                // The event is stored; only its duplicate protection is at
+                // risk (a retry within the pending window may publish again).
+                tracing::warn!(error = %err, "event accepted but its idempotency record was not saved");
+            }
+            tracing::debug!("event accepted");
+            Ok(accepted(&id, false))
+        }
+        Err((err, _)) => {
+            // Let a retry of the same id try again.
+            let _ = redis.del::<_, ()>(&key).await;
+            Err(ApiError::unavailable(
+                "kafka_unavailable",
+                "Kafka did not acknowledge the event; it was not accepted, retry later",
+                err,
+            ))
+        }
+    }
+}
+
+fn accepted(id: &str, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+enum Claim {
+    /// This request owns the id and must publish it.
+    Claimed,
+    /// The id was accepted before.
+    AlreadyAccepted,
+}
+
+/// Marks the id as "being published" unless it is known. A second request
+/// with the same id waits for the first to finish: it is then either a
+/// duplicate of an accepted event, or (if the first failed) gets its turn.
+async fn claim_id(state: &AppState, id: &str) -> Result<Claim, ApiError> {
+    let key = state.keys.idempotency(id);
+    let mut redis = state.redis.clone();
+    // Long enough to cover a produce that runs into its timeout.
+    let pending_ms = (state.produce_timeout + Duration::from_secs(5)).as_millis() as u64;
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_CONCURRENT;
+    loop {
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg("pending")
+            .arg("NX")
+            .arg("PX")
+            .arg(pending_ms)
+            .query_async(&mut redis)
+            .await
+            .map_err(|err| ApiError::unavailable("redis_unavailable", "Redis is not available; retry later", err))?;
+        if claimed.is_some() {
+            return Ok(Claim::Claimed);
+        }
+        let status: Option<String> = redis
+            .get(&key)
+            .await
+            .map_err(|err| ApiError::unavailable("redis_unavailable", "Redis is not available; retry later", err))?;
+        match status.as_deref() {
+            Some("done") => return Ok(Claim::AlreadyAccepted),
+            // Gone in between (the other attempt failed): claim again.
+            None => continue,
+            Some(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "in_progress",
+                format!("an event with id {id:?} is being accepted by another request; retry shortly"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

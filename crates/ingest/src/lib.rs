@@ -1,0 +1,138 @@
+//! herald-ingest: Herald's HTTP front door.
+//!
+//! - `POST /v1/events` validates an event, de-duplicates it by id (Redis),
+//!   publishes it to `herald.events` and answers `202 {"id"}` only once Kafka
+//!   acknowledged the write ([`events`]).
+//! - `/v1/endpoints…` manages endpoints and their subscriptions, stored in
+//!   Redis ([`endpoints`]).
+//! - `/healthz` and `/readyz` report liveness and readiness ([`health`]).
+//!
+//! Every `/v1` route requires `Authorization: Bearer <api key>` ([`auth`]).
+//! Errors are `{"error": {"code", "message"}}` ([`error`]).
+//!
+//! [`Application::build`] binds the listener and connects the clients;
+//! [`Application::run`] serves until the shutdown token fires. `main.rs` and
+//! the tests both go through these two calls.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod endpoints;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use herald_core::endpoint::EndpointStore;
+use herald_core::redis_store::{self, Keys};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use state::{AppState, Inner};
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A Kafka client cannot be created from the configuration.
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A Redis client cannot be created from the configuration.
+    #[error("Redis client: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A bound, ready-to-run ingest server.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    config: Config,
+}
+
+impl Application {
+    /// Binds the listener and creates the Kafka and Redis clients. Neither
+    /// Kafka nor Redis has to be up yet: `/readyz` says when they are.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let producer = herald_core::kafka::producer(&config.kafka, "herald-ingest")?;
+        let redis = redis_store::connect(&config.redis)?;
+        let keys = Keys::new(config.redis.key_prefix.clone());
+        let state: AppState = Arc::new(Inner {
+            api_keys: config.api_keys.clone(),
+            producer,
+            events_topic: config.kafka.events_topic(),
+            produce_timeout: config.kafka.produce_timeout,
+            endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+            redis,
+            keys,
+            max_body_bytes: config.max_body_bytes,
+            idempotency_ttl: config.idempotency_ttl,
+        });
+        Ok(Self {
+            listener,
+            router: router(state),
+            config,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`, then finishes the requests in progress.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        // Create the events topic in the background: ingest serves (and
+        // answers 503 for events) even while Kafka is still starting.
+        let kafka = self.config.kafka.clone();
+        let topic_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let topics = [kafka.events_topic()];
+            if let Err(err) = herald_core::kafka::ensure_topics_with_retry(&kafka, &topics, &topic_shutdown).await {
+                tracing::error!(error = %err, "cannot create the events topic");
+            }
+        });
+        tracing::info!(addr = %self.listener.local_addr()?, "herald-ingest listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/events", post(events::post_event))
+        .route("/v1/endpoints", post(endpoints::create).get(endpoints::list))
+        .route(
+            "/v1/endpoints/{id}",
+            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
+        )
+        .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .with_state(state)
+}

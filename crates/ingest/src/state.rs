@@ -1,0 +1,45 @@
+//! State shared by the request handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::endpoint::EndpointStore;
+use herald_core::redis_store::Keys;
+use rdkafka::producer::FutureProducer;
+use redis::aio::ConnectionManager;
+
+use crate::auth::ApiKeys;
+
+/// Cheap to clone: everything lives behind one `Arc`.
+pub type AppState = Arc<Inner>;
+
+/// What the handlers need.
+pub struct Inner {
+    /// Accepted API keys.
+    pub api_keys: ApiKeys,
+    /// Idempotent, acks=all producer for `herald.events`.
+    pub producer: FutureProducer,
+    /// Full name of the events topic.
+    pub events_topic: String,
+    /// How long a produce may wait for room in the producer's queue.
+    pub produce_timeout: Duration,
+    /// Redis connection (idempotency records).
+    pub redis: ConnectionManager,
+    /// Redis key names.
+    pub keys: Keys,
+    /// Endpoint storage.
+    pub endpoints: EndpointStore,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long event ids are remembered.
+    pub idempotency_ttl: Duration,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("events_topic", &self.events_topic)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
