@@ -55,16 +55,25 @@ herald_start_redis() {
     herald_wait_port "$port" 30 || herald_die "Redis did not start on port $port (see $dir/redis.log)"
 }
 
-# Starts Tansu on 127.0.0.1:$1 with storage $3 (default in memory), logging
-# into $2. Sets TANSU_PID.
+# Starts Tansu on 127.0.0.1:$1, keeping its data and log in $2. Sets
+# TANSU_PID.
+#
+# Storage is SQLite, not memory://: Tansu 0.6's in-memory engine answers a
+# fetch that starts inside a record batch with the wrong records (later ones,
+# some several times), which is exactly what a consumer does when it resumes
+# from a committed offset. SQLite storage serves every offset correctly and
+# survives a broker restart.
 herald_start_tansu() {
-    local port="$1" dir="$2" storage="${3:-memory://tansu/}"
+    local port="$1" dir="$2"
     mkdir -p "$dir"
-    # Tansu exports its own traces when this is set; keep it to itself.
-    env -u OTEL_EXPORTER_OTLP_ENDPOINT tansu broker \
-        --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
+    # Tansu exports its own traces when OTEL_EXPORTER_OTLP_ENDPOINT is set;
+    # keep it to itself. The SQLite path is relative to the data directory.
+    (
+        cd "$dir" && exec env -u OTEL_EXPORTER_OTLP_ENDPOINT tansu broker \
+            --listener-url "tcp://127.0.0.1:$port" \
+            --advertised-listener-url "tcp://127.0.0.1:$port" \
+            --storage-engine "sqlite://tansu.db"
+    ) >"$dir/tansu.log" 2>&1 &
     TANSU_PID=$!
     herald_wait_port "$port" 60 || herald_die "Tansu did not start on port $port (see $dir/tansu.log)"
 }

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real Herald binaries against a real broker, a real
+//! Redis and real HTTP receivers. Run them with `scripts/test`.
 
+mod api_errors;
+mod broker;
+mod idempotency;
+mod malformed_records;
+mod replicas;
+mod routing;

@@ -1,1 +1,468 @@
+//! Test support for Herald's end-to-end tests.
+//!
+//! The tests run the real `herald-ingest`, `herald-fanout` and
+//! `herald-dispatcher` binaries as child processes against a real
+//! Kafka-protocol broker and a real Redis, and receive webhooks with real HTTP
+//! servers on 127.0.0.1. `scripts/test` starts the broker and Redis and
+//! passes their addresses in `HERALD_TEST_KAFKA_BROKERS` and
+//! `HERALD_TEST_REDIS_URL`.
+//!
+//! Every [`Stack`] uses its own topic prefix, consumer groups and Redis key
+//! prefix, so tests run in parallel against one broker and one Redis without
+//! seeing each other.
 
+pub mod receiver;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+
+pub use receiver::{Behaviour, Received, Receiver};
+
+/// The broker and Redis the tests run against.
+#[derive(Debug, Clone)]
+pub struct Infra {
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Redis URL.
+    pub redis_url: String,
+}
+
+/// Reads the addresses `scripts/test` exported.
+pub fn infra() -> Infra {
+    let get = |key: &str| {
+        std::env::var(key).unwrap_or_else(|_| {
+            panic!("{key} is not set: run the tests with scripts/test, which starts a broker and Redis")
+        })
+    };
+    Infra {
+        kafka_brokers: get("HERALD_TEST_KAFKA_BROKERS"),
+        redis_url: get("HERALD_TEST_REDIS_URL"),
+    }
+}
+
+/// A short random lowercase string for names.
+pub fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Where the Herald binaries are: `HERALD_BIN_DIR`, or the cargo target
+/// directory this test binary was built into.
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("HERALD_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/e2e-<hash> → target/<profile>
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("test binary lives in target/<profile>/deps")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Where the services' logs go: `HERALD_TEST_LOG_DIR`, or `target/e2e-logs`.
+pub fn log_dir() -> PathBuf {
+    match std::env::var_os("HERALD_TEST_LOG_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => bin_path("herald-ingest")
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .join("e2e-logs"),
+    }
+}
+
+/// One running Herald process.
+#[derive(Debug)]
+pub struct Service {
+    /// e.g. `dispatcher-1`.
+    pub name: String,
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Service {
+    fn spawn(binary: &str, name: &str, env: &HashMap<String, String>, logs: &std::path::Path) -> Service {
+        std::fs::create_dir_all(logs).expect("create log dir");
+        let log = logs.join(format!("{name}.log"));
+        let out = File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(bin_path(binary))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        Service {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {} failed", self.name);
+    }
+
+    /// SIGTERM, then waits for the process to exit (up to `limit`).
+    /// Returns its exit code.
+    pub fn terminate(mut self, limit: Duration) -> Option<i32> {
+        self.signal("-TERM");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {limit:?} of SIGTERM (log: {})",
+                self.name,
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the process dies without any chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its log contains `needle`, up to `limit`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        eventually(limit, || self.log_text().contains(needle)).await
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Names the log directory.
+    pub name: String,
+    /// Number of dispatcher replicas.
+    pub dispatchers: usize,
+    /// Extra or overriding `HERALD_*` variables for every service.
+    pub env: Vec<(String, String)>,
+    /// Whether to start herald-fanout.
+    pub fanout: bool,
+    /// Whether to wait for ingest's `/readyz` (off for tests of outages).
+    pub wait_ready: bool,
+}
+
+impl StackOptions {
+    /// One ingest, one fan-out, one dispatcher.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            dispatchers: 1,
+            env: Vec::new(),
+            fanout: true,
+            wait_ready: true,
+        }
+    }
+
+    /// Only herald-ingest, and do not wait for readiness.
+    pub fn ingest_only(mut self) -> Self {
+        self.dispatchers = 0;
+        self.fanout = false;
+        self.wait_ready = false;
+        self
+    }
+
+    /// Sets the number of dispatchers.
+    pub fn dispatchers(mut self, n: usize) -> Self {
+        self.dispatchers = n;
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A running Herald: ingest, fan-out and dispatchers, isolated by prefix.
+#[derive(Debug)]
+pub struct Stack {
+    /// Base URL of herald-ingest.
+    pub ingest_url: String,
+    /// The API key.
+    pub api_key: String,
+    /// Topic and group prefix of this stack.
+    pub topic_prefix: String,
+    /// The environment every service was started with.
+    pub env: HashMap<String, String>,
+    /// The broker and Redis.
+    pub infra: Infra,
+    /// herald-ingest.
+    pub ingest: Option<Service>,
+    /// herald-fanout.
+    pub fanout: Option<Service>,
+    /// herald-dispatcher replicas.
+    pub dispatchers: Vec<Service>,
+    logs: PathBuf,
+    next_dispatcher: usize,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts every service and waits until ingest is ready.
+    pub async fn start(options: StackOptions) -> Stack {
+        let infra = infra();
+        let id = random_suffix();
+        let topic_prefix = format!("t{id}.");
+        let api_key = format!("test-key-{}", random_suffix());
+        let port = free_port();
+        let mut env: HashMap<String, String> = [
+            ("HERALD_KAFKA_BROKERS", infra.kafka_brokers.as_str()),
+            ("HERALD_REDIS_URL", infra.redis_url.as_str()),
+            ("HERALD_TOPIC_PREFIX", topic_prefix.as_str()),
+            ("HERALD_TOPIC_PARTITIONS", "4"),
+            ("HERALD_API_KEYS", api_key.as_str()),
+            ("HERALD_ENDPOINT_CACHE_REFRESH", "100ms"),
+            ("HERALD_DRAIN_TIMEOUT", "10s"),
+            ("HERALD_LOG", "info,herald_core=debug,herald_dispatcher=debug,herald_fanout=debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.insert("HERALD_REDIS_PREFIX".into(), format!("t{id}:"));
+        env.insert("HERALD_INGEST_ADDR".into(), format!("127.0.0.1:{port}"));
+        for (k, v) in &options.env {
+            env.insert(k.clone(), v.clone());
+        }
+        let logs = log_dir().join(format!("{}-{id}", options.name));
+        let mut stack = Stack {
+            ingest_url: format!("http://127.0.0.1:{port}"),
+            api_key,
+            topic_prefix,
+            ingest: Some(Service::spawn("herald-ingest", "ingest", &env, &logs)),
+            fanout: options
+                .fanout
+                .then(|| Service::spawn("herald-fanout", "fanout", &env, &logs)),
+            dispatchers: Vec::new(),
+            env,
+            infra,
+            logs,
+            next_dispatcher: 1,
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..options.dispatchers {
+            stack.start_dispatcher();
+        }
+        if options.wait_ready {
+            stack.wait_ready().await;
+        } else {
+            stack.wait_listening().await;
+        }
+        stack
+    }
+
+    /// Starts one more dispatcher replica.
+    pub fn start_dispatcher(&mut self) {
+        let name = format!("dispatcher-{}", self.next_dispatcher);
+        self.next_dispatcher += 1;
+        self.dispatchers
+            .push(Service::spawn("herald-dispatcher", &name, &self.env, &self.logs));
+    }
+
+    /// Starts fan-out again (after it was stopped or killed).
+    pub fn restart_fanout(&mut self) {
+        let name = format!("fanout-{}", random_suffix());
+        self.fanout = Some(Service::spawn("herald-fanout", &name, &self.env, &self.logs));
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/readyz", self.ingest_url)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "herald-ingest did not become ready; logs in {}", self.logs.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until ingest answers `/healthz`.
+    pub async fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.http.get(format!("{}/healthz", self.ingest_url)).send().await.is_err() {
+            assert!(Instant::now() < deadline, "herald-ingest did not start; logs in {}", self.logs.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Full name of a topic of this stack.
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{base}", self.topic_prefix)
+    }
+
+    /// An authenticated request builder.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.ingest_url))
+            .bearer_auth(&self.api_key)
+    }
+
+    /// Posts an event; returns the status and JSON body.
+    pub async fn post_event(&self, event: &Value) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::POST, "/v1/events")
+            .json(event)
+            .send()
+            .await
+            .expect("POST /v1/events");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts an event and asserts it was accepted; returns its id.
+    pub async fn accept_event(&self, event: &Value) -> String {
+        let (status, body) = self.post_event(event).await;
+        assert_eq!(status, 202, "event not accepted: {body}");
+        body["id"].as_str().expect("id in 202 body").to_owned()
+    }
+
+    /// Registers an endpoint; returns the API's answer (with `id` and
+    /// `secret`).
+    pub async fn create_endpoint(&self, body: Value) -> Value {
+        let response = self
+            .request(reqwest::Method::POST, "/v1/endpoints")
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /v1/endpoints");
+        let status = response.status().as_u16();
+        let json: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 201, "endpoint not created: {json}");
+        json
+    }
+
+    /// Registers an endpoint for `receiver` subscribed to `event_types`, and
+    /// teaches the receiver its secret so it can verify signatures.
+    pub async fn subscribe(&self, receiver: &Receiver, event_types: &[&str]) -> String {
+        let created = self
+            .create_endpoint(json!({ "url": receiver.url(), "event_types": event_types }))
+            .await;
+        receiver.set_secret(created["secret"].as_str().expect("secret"));
+        created["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Waits until every dispatcher replica has partitions assigned, i.e. the
+    /// consumer group has settled with all of them in it.
+    pub async fn wait_dispatchers_assigned(&self) {
+        for dispatcher in &self.dispatchers {
+            assert!(
+                dispatcher.wait_for_log("partitions assigned", Duration::from_secs(60)).await,
+                "{} never got partitions; logs in {}",
+                dispatcher.name,
+                self.logs.display()
+            );
+        }
+    }
+
+    /// Waits until fan-out and the dispatchers have surely seen endpoint
+    /// changes made so far (their caches refresh every 100 ms in tests).
+    pub async fn settle_endpoints(&self) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    /// A producer for writing straight to this stack's topics.
+    pub fn kafka_producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.infra.kafka_brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("create producer")
+    }
+
+    /// Writes one record to `topic` (a base name such as `herald.events`).
+    pub async fn produce(&self, producer: &FutureProducer, topic: &str, key: Option<&str>, value: &[u8]) {
+        let topic = self.topic(topic);
+        let mut record = FutureRecord::to(&topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
+    }
+
+    /// The directory holding this stack's logs.
+    pub fn logs(&self) -> &std::path::Path {
+        &self.logs
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

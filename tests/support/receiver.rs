@@ -1,0 +1,214 @@
+//! A real HTTP server on 127.0.0.1 that plays a webhook endpoint: it records
+//! every request, checks its Standard Webhooks signature with an independent
+//! implementation (the `standardwebhooks` crate), and answers as told.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+
+/// How the receiver answers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 to everything.
+    Accept,
+    /// `status` to the first `count` requests, then 200.
+    FailFirst {
+        /// How many to fail.
+        count: usize,
+        /// With which status.
+        status: u16,
+    },
+    /// `status` to everything.
+    AlwaysFail(u16),
+    /// 200 after a pause.
+    Slow(Duration),
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The request path, e.g. `/hook`.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+    /// Whether its signature verified with the receiver's secret (false when
+    /// no secret was set).
+    pub signature_valid: bool,
+    /// What the receiver answered.
+    pub answered: u16,
+}
+
+impl Received {
+    /// The `webhook-id` header.
+    pub fn webhook_id(&self) -> String {
+        self.header("webhook-id")
+    }
+
+    /// A header as text (empty when absent).
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    behaviour: Behaviour,
+    secret: Option<String>,
+    received: Vec<Received>,
+}
+
+/// A running receiver; stops when dropped.
+#[derive(Debug)]
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Receiver {
+    /// Starts a receiver on a free port of 127.0.0.1.
+    pub async fn start(behaviour: Behaviour) -> Receiver {
+        let shared = Arc::new(Mutex::new(Shared {
+            behaviour,
+            secret: None,
+            received: Vec::new(),
+        }));
+        let app = Router::new()
+            .route("/{*path}", post(receive))
+            .route("/", post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Receiver {
+            addr,
+            shared,
+            stop: Some(stop),
+        }
+    }
+
+    /// The URL to register.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// A URL under another path, to register several endpoints that all
+    /// land here (their requests are told apart by [`Received::path`]).
+    pub fn url_at(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// The secret to verify signatures with.
+    pub fn set_secret(&self, secret: &str) {
+        self.lock().secret = Some(secret.to_owned());
+    }
+
+    /// Changes how it answers from now on.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.lock().behaviour = behaviour;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("receiver lock")
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    /// Number of requests received.
+    pub fn count(&self) -> usize {
+        self.lock().received.len()
+    }
+
+    /// How many requests were answered 2xx.
+    pub fn accepted_count(&self) -> usize {
+        self.lock().received.iter().filter(|r| (200..300).contains(&r.answered)).count()
+    }
+
+    /// For each webhook-id, how many requests carried it.
+    pub fn id_counts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for r in self.lock().received.iter() {
+            *counts.entry(r.webhook_id()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Waits until at least `n` requests arrived, up to `limit`.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> bool {
+        crate::eventually(limit, || self.count() >= n).await
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn receive(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let (answer, delay) = {
+        let mut shared = shared.lock().expect("receiver lock");
+        let signature_valid = shared.secret.as_deref().is_some_and(|secret| {
+            standardwebhooks::Webhook::new(secret)
+                .and_then(|hook| hook.verify(&body, &headers))
+                .is_ok()
+        });
+        let seen = shared.received.len();
+        let (answer, delay) = match &shared.behaviour {
+            Behaviour::Accept => (200, None),
+            Behaviour::FailFirst { count, status } => (if seen < *count { *status } else { 200 }, None),
+            Behaviour::AlwaysFail(status) => (*status, None),
+            Behaviour::Slow(delay) => (200, Some(*delay)),
+        };
+        shared.received.push(Received {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+            at: Instant::now(),
+            signature_valid,
+            answered: answer,
+        });
+        (answer, delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    StatusCode::from_u16(answer).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
