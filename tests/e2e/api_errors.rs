@@ -5,7 +5,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Sends `body` (raw) to `path` and returns status, code and message.
-async fn call(stack: &Stack, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, String, String) {
+async fn call(
+    stack: &Stack,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String, String) {
     let mut request = stack.request(method, path).body(body);
     if let Some(content_type) = content_type {
         request = request.header("content-type", content_type);
@@ -15,30 +21,56 @@ async fn call(stack: &Stack, method: Method, path: &str, content_type: Option<&s
     let json: Value = response.json().await.unwrap_or(Value::Null);
     (
         status,
-        json["error"]["code"].as_str().unwrap_or_default().to_owned(),
-        json["error"]["message"].as_str().unwrap_or_default().to_owned(),
+        json["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        json["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
 fn assert_refusal(got: (u16, String, String), status: u16, code: &str, needle: &str) {
     assert_eq!(got.0, status, "{got:?}");
     assert_eq!(got.1, code, "{got:?}");
-    assert!(got.2.contains(needle), "message {:?} does not mention {needle:?}", got.2);
+    assert!(
+        got.2.contains(needle),
+        "message {:?} does not mention {needle:?}",
+        got.2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_errors_are_precise() {
-    let stack = Stack::start(StackOptions::new("event-errors").dispatchers(0).env("HERALD_MAX_BODY_BYTES", "4096")).await;
+    let stack = Stack::start(
+        StackOptions::new("event-errors")
+            .dispatchers(0)
+            .env("HERALD_MAX_BODY_BYTES", "4096"),
+    )
+    .await;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/events", stack.ingest_url);
     let ok_event = json!({"type": "a", "payload": 1}).to_string();
 
     // Authentication.
-    let response = http.post(&url).header("content-type", "application/json").body(ok_event.clone()).send().await.unwrap();
+    let response = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(ok_event.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    assert!(body["error"]["message"].as_str().unwrap().contains("Authorization"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization")
+    );
     let response = http
         .post(&url)
         .bearer_auth("not-the-key-at-all")
@@ -49,20 +81,74 @@ async fn event_errors_are_precise() {
         .unwrap();
     assert_eq!(response.status(), 401);
     let body: Value = response.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("not valid"));
-    let response = http.post(&url).header("authorization", "Basic abc").body(ok_event.clone()).send().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid")
+    );
+    let response = http
+        .post(&url)
+        .header("authorization", "Basic abc")
+        .body(ok_event.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
 
     let json_ct = Some("application/json");
-    let post = |body: &str| call(&stack, Method::POST, "/v1/events", json_ct, body.as_bytes().to_vec());
-    assert_refusal(post("{\"type\": ").await, 400, "malformed_json", "not valid JSON");
+    let post = |body: &str| {
+        call(
+            &stack,
+            Method::POST,
+            "/v1/events",
+            json_ct,
+            body.as_bytes().to_vec(),
+        )
+    };
+    assert_refusal(
+        post("{\"type\": ").await,
+        400,
+        "malformed_json",
+        "not valid JSON",
+    );
     assert_refusal(post("[]").await, 400, "invalid_event", "JSON object");
-    assert_refusal(post(r#"{"payload": 1}"#).await, 400, "missing_field", "`type`");
-    assert_refusal(post(r#"{"type": "a"}"#).await, 400, "missing_field", "`payload`");
-    assert_refusal(post(r#"{"type": 7, "payload": 1}"#).await, 400, "invalid_field", "`type` must be a string");
-    assert_refusal(post(r#"{"type": "a/b", "payload": 1}"#).await, 400, "invalid_field", "`type` contains '/'");
-    assert_refusal(post(r#"{"id": "", "type": "a", "payload": 1}"#).await, 400, "invalid_field", "`id` must not be empty");
-    assert_refusal(post(r#"{"type": "a", "payload": 1, "paylod": 2}"#).await, 400, "invalid_event", "unknown field `paylod`");
+    assert_refusal(
+        post(r#"{"payload": 1}"#).await,
+        400,
+        "missing_field",
+        "`type`",
+    );
+    assert_refusal(
+        post(r#"{"type": "a"}"#).await,
+        400,
+        "missing_field",
+        "`payload`",
+    );
+    assert_refusal(
+        post(r#"{"type": 7, "payload": 1}"#).await,
+        400,
+        "invalid_field",
+        "`type` must be a string",
+    );
+    assert_refusal(
+        post(r#"{"type": "a/b", "payload": 1}"#).await,
+        400,
+        "invalid_field",
+        "`type` contains '/'",
+    );
+    assert_refusal(
+        post(r#"{"id": "", "type": "a", "payload": 1}"#).await,
+        400,
+        "invalid_field",
+        "`id` must not be empty",
+    );
+    assert_refusal(
+        post(r#"{"type": "a", "payload": 1, "paylod": 2}"#).await,
+        400,
+        "invalid_event",
+        "unknown field `paylod`",
+    );
     assert_refusal(
         post(r#"{"type": "a", "payload": 1, "timestamp": "noon"}"#).await,
         400,
@@ -72,13 +158,27 @@ async fn event_errors_are_precise() {
 
     // Content type and size.
     assert_refusal(
-        call(&stack, Method::POST, "/v1/events", Some("text/plain"), ok_event.clone().into_bytes()).await,
+        call(
+            &stack,
+            Method::POST,
+            "/v1/events",
+            Some("text/plain"),
+            ok_event.clone().into_bytes(),
+        )
+        .await,
         415,
         "unsupported_media_type",
         "application/json",
     );
     assert_refusal(
-        call(&stack, Method::POST, "/v1/events", None, ok_event.clone().into_bytes()).await,
+        call(
+            &stack,
+            Method::POST,
+            "/v1/events",
+            None,
+            ok_event.clone().into_bytes(),
+        )
+        .await,
         415,
         "unsupported_media_type",
         "got none",
@@ -86,7 +186,10 @@ async fn event_errors_are_precise() {
     let huge = json!({"type": "a", "payload": "x".repeat(5000)}).to_string();
     assert_refusal(post(&huge).await, 413, "body_too_large", "4096 bytes");
     // Also when the size is not announced up front (chunked upload).
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(huge.clone().into_bytes()[..3000].to_vec()), Ok(huge.into_bytes()[3000..].to_vec())];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(huge.clone().into_bytes()[..3000].to_vec()),
+        Ok(huge.into_bytes()[3000..].to_vec()),
+    ];
     let response = stack
         .request(Method::POST, "/v1/events")
         .header("content-type", "application/json")
@@ -109,7 +212,11 @@ async fn event_errors_are_precise() {
     assert_eq!(body["error"]["code"], "conflicting_id");
 
     // Ingest is still healthy after all of it.
-    let health = http.get(format!("{}/healthz", stack.ingest_url)).send().await.unwrap();
+    let health = http
+        .get(format!("{}/healthz", stack.ingest_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -117,9 +224,22 @@ async fn event_errors_are_precise() {
 async fn endpoint_errors_are_precise() {
     let stack = Stack::start(StackOptions::new("endpoint-errors").dispatchers(0)).await;
     let json_ct = Some("application/json");
-    let create = |body: Value| call(&stack, Method::POST, "/v1/endpoints", json_ct, body.to_string().into_bytes());
+    let create = |body: Value| {
+        call(
+            &stack,
+            Method::POST,
+            "/v1/endpoints",
+            json_ct,
+            body.to_string().into_bytes(),
+        )
+    };
 
-    assert_refusal(create(json!({"event_types": ["*"]})).await, 400, "invalid_request", "missing field `url`");
+    assert_refusal(
+        create(json!({"event_types": ["*"]})).await,
+        400,
+        "invalid_request",
+        "missing field `url`",
+    );
     assert_refusal(
         create(json!({"url": "ftp://example.com", "event_types": ["*"]})).await,
         400,
@@ -145,7 +265,10 @@ async fn endpoint_errors_are_precise() {
         "\"order*\"",
     );
     assert_refusal(
-        create(json!({"url": "https://example.com", "event_types": ["*"], "secret": "whsec_short"})).await,
+        create(
+            json!({"url": "https://example.com", "event_types": ["*"], "secret": "whsec_short"}),
+        )
+        .await,
         400,
         "invalid_field",
         "`secret`",
@@ -170,12 +293,36 @@ async fn endpoint_errors_are_precise() {
         .await;
     assert_eq!(created["secret"], secret.as_str());
     let id = created["id"].as_str().unwrap();
-    let fetched: Value = stack.request(Method::GET, &format!("/v1/endpoints/{id}")).send().await.unwrap().json().await.unwrap();
+    let fetched: Value = stack
+        .request(Method::GET, &format!("/v1/endpoints/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(fetched["description"], "orders");
-    assert!(fetched.get("secret").is_none(), "GET must not reveal the secret: {fetched}");
-    let revealed: Value = stack.request(Method::GET, &format!("/v1/endpoints/{id}/secret")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        fetched.get("secret").is_none(),
+        "GET must not reveal the secret: {fetched}"
+    );
+    let revealed: Value = stack
+        .request(Method::GET, &format!("/v1/endpoints/{id}/secret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(revealed["secret"], secret.as_str());
-    let listed: Value = stack.request(Method::GET, "/v1/endpoints").send().await.unwrap().json().await.unwrap();
+    let listed: Value = stack
+        .request(Method::GET, "/v1/endpoints")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
 
     for (method, path) in [
@@ -183,16 +330,35 @@ async fn endpoint_errors_are_precise() {
         (Method::DELETE, "/v1/endpoints/ep_missing".to_owned()),
         (Method::GET, "/v1/endpoints/ep_missing/secret".to_owned()),
     ] {
-        assert_refusal(call(&stack, method, &path, None, Vec::new()).await, 404, "not_found", "ep_missing");
+        assert_refusal(
+            call(&stack, method, &path, None, Vec::new()).await,
+            404,
+            "not_found",
+            "ep_missing",
+        );
     }
     assert_refusal(
-        call(&stack, Method::PATCH, "/v1/endpoints/ep_missing", json_ct, b"{\"disabled\": true}".to_vec()).await,
+        call(
+            &stack,
+            Method::PATCH,
+            "/v1/endpoints/ep_missing",
+            json_ct,
+            b"{\"disabled\": true}".to_vec(),
+        )
+        .await,
         404,
         "not_found",
         "ep_missing",
     );
     assert_refusal(
-        call(&stack, Method::PATCH, &format!("/v1/endpoints/{id}"), json_ct, b"{\"url\": \"mailto:x\"}".to_vec()).await,
+        call(
+            &stack,
+            Method::PATCH,
+            &format!("/v1/endpoints/{id}"),
+            json_ct,
+            b"{\"url\": \"mailto:x\"}".to_vec(),
+        )
+        .await,
         400,
         "invalid_field",
         "`url`",
@@ -210,30 +376,53 @@ async fn an_event_kafka_cannot_take_is_refused_with_503() {
             .env("HERALD_KAFKA_PRODUCE_TIMEOUT", "2s"),
     )
     .await;
-    let (status, body) = stack.post_event(&json!({"id": "lost_1", "type": "a", "payload": 1})).await;
+    let (status, body) = stack
+        .post_event(&json!({"id": "lost_1", "type": "a", "payload": 1}))
+        .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "kafka_unavailable");
-    assert!(body["error"]["message"].as_str().unwrap().contains("not accepted"));
-    let ready = reqwest::get(format!("{}/readyz", stack.ingest_url)).await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not accepted")
+    );
+    let ready = reqwest::get(format!("{}/readyz", stack.ingest_url))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["redis"], "ok");
     assert_ne!(ready["checks"]["kafka"], "ok");
     // A refused id is not remembered: it can be sent again later.
-    let (status, _) = stack.post_event(&json!({"id": "lost_1", "type": "a", "payload": 1})).await;
+    let (status, _) = stack
+        .post_event(&json!({"id": "lost_1", "type": "a", "payload": 1}))
+        .await;
     assert_eq!(status, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_without_redis_is_refused_with_503() {
     let dead_redis = format!("redis://127.0.0.1:{}", free_port());
-    let stack = Stack::start(StackOptions::new("redis-down").ingest_only().env("HERALD_REDIS_URL", &dead_redis)).await;
+    let stack = Stack::start(
+        StackOptions::new("redis-down")
+            .ingest_only()
+            .env("HERALD_REDIS_URL", &dead_redis),
+    )
+    .await;
     let (status, body) = stack.post_event(&json!({"type": "a", "payload": 1})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "redis_unavailable");
     let (status, body) = {
-        let response = stack.request(Method::GET, "/v1/endpoints").send().await.unwrap();
-        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        let response = stack
+            .request(Method::GET, "/v1/endpoints")
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
     };
     assert_eq!(status, 503, "{body}");
 }
@@ -248,7 +437,10 @@ async fn bad_configuration_stops_the_service_with_the_key_named() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("HERALD_MAX_BODY_BYTES=\"lots\" is invalid"), "{stderr}");
+    assert!(
+        stderr.contains("HERALD_MAX_BODY_BYTES=\"lots\" is invalid"),
+        "{stderr}"
+    );
 
     let output = std::process::Command::new(herald_tests::bin_path("herald-dispatcher"))
         .env_clear()
@@ -257,9 +449,15 @@ async fn bad_configuration_stops_the_service_with_the_key_named() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("HERALD_HTTP_TIMEOUT") && stderr.contains("no unit"), "{stderr}");
+    assert!(
+        stderr.contains("HERALD_HTTP_TIMEOUT") && stderr.contains("no unit"),
+        "{stderr}"
+    );
 
-    let output = std::process::Command::new(herald_tests::bin_path("herald-ingest")).env_clear().output().unwrap();
+    let output = std::process::Command::new(herald_tests::bin_path("herald-ingest"))
+        .env_clear()
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("HERALD_API_KEYS"));
 }

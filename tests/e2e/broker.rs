@@ -20,7 +20,9 @@ async fn resuming_inside_a_batch_yields_every_later_record_once() {
         ("HERALD_TOPIC_PARTITIONS", "1"),
     ]))
     .unwrap();
-    herald_core::kafka::ensure_topics(&kafka, std::slice::from_ref(&topic)).await.unwrap();
+    herald_core::kafka::ensure_topics(&kafka, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
 
     // Sent concurrently with lingering on, so records travel in batches.
     let producer = herald_core::kafka::producer(&kafka, "broker-contract").unwrap();
@@ -31,7 +33,10 @@ async fn resuming_inside_a_batch_yields_every_later_record_once() {
             async move {
                 let value = format!("record-{i}");
                 producer
-                    .send(FutureRecord::<(), _>::to(topic).payload(&value), Duration::from_secs(10))
+                    .send(
+                        FutureRecord::<(), _>::to(topic).payload(&value),
+                        Duration::from_secs(10),
+                    )
                     .await
                     .map(|delivery| (delivery.offset, value))
                     .map_err(|(err, _)| err)
@@ -40,27 +45,40 @@ async fn resuming_inside_a_batch_yields_every_later_record_once() {
         .buffer_unordered(64)
         .collect()
         .await;
-    let mut by_offset: Vec<(i64, String)> = results.into_iter().map(|r| r.expect("produced")).collect();
+    let mut by_offset: Vec<(i64, String)> =
+        results.into_iter().map(|r| r.expect("produced")).collect();
     by_offset.sort();
     assert_eq!(by_offset.len(), 500);
 
     for start in [137_i64, 250, 499] {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &infra.kafka_brokers)
-            .set("group.id", format!("contract-{}", herald_tests::random_suffix()))
+            .set(
+                "group.id",
+                format!("contract-{}", herald_tests::random_suffix()),
+            )
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&topic, 0, Offset::Offset(start)).unwrap();
+        assignment
+            .add_partition_offset(&topic, 0, Offset::Offset(start))
+            .unwrap();
         consumer.assign(&assignment).unwrap();
-        let expected: Vec<(i64, String)> = by_offset.iter().filter(|(o, _)| *o >= start).cloned().collect();
+        let expected: Vec<(i64, String)> = by_offset
+            .iter()
+            .filter(|(o, _)| *o >= start)
+            .cloned()
+            .collect();
         let got = tokio::task::spawn_blocking(move || {
             let mut got = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(20);
             while got.len() < 600 && Instant::now() < deadline {
                 match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => got.push((m.offset(), String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())),
+                    Some(Ok(m)) => got.push((
+                        m.offset(),
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    )),
                     Some(Err(err)) => panic!("consume failed: {err}"),
                     None if got.len() >= 500 - start as usize => break,
                     None => {}

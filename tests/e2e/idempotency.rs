@@ -50,10 +50,20 @@ async fn the_same_id_three_times_is_delivered_once() {
 async fn a_replayed_request_says_so() {
     let stack = Stack::start(StackOptions::new("replayed").dispatchers(0)).await;
     let event = json!({"id": "once", "type": "t", "payload": null});
-    let first = stack.request(reqwest::Method::POST, "/v1/events").json(&event).send().await.unwrap();
+    let first = stack
+        .request(reqwest::Method::POST, "/v1/events")
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), 202);
     assert!(first.headers().get("idempotent-replayed").is_none());
-    let again = stack.request(reqwest::Method::POST, "/v1/events").json(&event).send().await.unwrap();
+    let again = stack
+        .request(reqwest::Method::POST, "/v1/events")
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 202);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
 }

@@ -32,12 +32,18 @@ async fn a_graceful_stop_mid_run_loses_and_doubles_nothing() {
         }
         let path = format!("e{n}");
         let created = stack
-            .create_endpoint(json!({"url": receiver.url_at(&path), "event_types": ["job.*"], "secret": secret}))
+            .create_endpoint(
+                json!({"url": receiver.url_at(&path), "event_types": ["job.*"], "secret": secret}),
+            )
             .await;
         covered.insert(crc32fast::hash(created["id"].as_str().unwrap().as_bytes()) % PARTITIONS);
         paths.push(format!("/{path}"));
     }
-    assert_eq!(covered.len(), PARTITIONS as usize, "could not cover every partition");
+    assert_eq!(
+        covered.len(),
+        PARTITIONS as usize,
+        "could not cover every partition"
+    );
     stack.settle_endpoints().await;
     stack.wait_dispatchers_assigned().await;
 
@@ -70,7 +76,9 @@ async fn a_graceful_stop_mid_run_loses_and_doubles_nothing() {
 
     let expected = EVENTS * paths.len();
     assert!(
-        receiver.wait_for(expected / 4, Duration::from_secs(60)).await,
+        receiver
+            .wait_for(expected / 4, Duration::from_secs(60))
+            .await,
         "deliveries did not start; logs in {}",
         stack.logs().display()
     );
@@ -93,15 +101,29 @@ async fn a_graceful_stop_mid_run_loses_and_doubles_nothing() {
     let mut counts: HashMap<(String, String), usize> = HashMap::new();
     for webhook in receiver.received() {
         assert!(webhook.signature_valid, "bad signature: {webhook:?}");
-        *counts.entry((webhook.path.clone(), webhook.webhook_id())).or_default() += 1;
+        *counts
+            .entry((webhook.path.clone(), webhook.webhook_id()))
+            .or_default() += 1;
     }
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "delivered more than once: {doubled:?}");
-    assert_eq!(counts.len(), expected, "every event exactly once to every endpoint");
+    assert_eq!(
+        counts.len(),
+        expected,
+        "every event exactly once to every endpoint"
+    );
 
     // Both replicas did part of the work.
-    let delivered_by = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default().matches(" delivered").count();
+    let delivered_by = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches(" delivered")
+            .count()
+    };
     let by_first = delivered_by(&first_log);
     let by_second = delivered_by(&stack.dispatchers[0].log);
-    assert!(by_first > 0 && by_second > 0, "work was not shared: {by_first} and {by_second}");
+    assert!(
+        by_first > 0 && by_second > 0,
+        "work was not shared: {by_first} and {by_second}"
+    );
 }

@@ -8,11 +8,20 @@ use futures::StreamExt;
 use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
 use serde_json::json;
 
-const TYPES: [&str; 5] = ["order.created", "order.paid", "user.created", "user.deleted", "invoice.paid"];
+const TYPES: [&str; 5] = [
+    "order.created",
+    "order.paid",
+    "user.created",
+    "user.deleted",
+    "invoice.paid",
+];
 
 fn subscribed(filters: &[&str], event_type: &str) -> bool {
     filters.iter().any(|f| {
-        *f == "*" || *f == event_type || f.strip_suffix('*').is_some_and(|prefix| event_type.starts_with(prefix))
+        *f == "*"
+            || *f == event_type
+            || f.strip_suffix('*')
+                .is_some_and(|prefix| event_type.starts_with(prefix))
     })
 }
 
@@ -60,12 +69,23 @@ async fn each_endpoint_receives_exactly_its_subscriptions() {
         let event_type = TYPES[(i * 3) % TYPES.len()];
         let (value, id) = if i % 2 == 0 {
             let id = format!("kafka_evt_{i}_{}", herald_tests::random_suffix());
-            (json!({"id": id, "type": event_type, "payload": {"marker": marker}}), Some(id))
+            (
+                json!({"id": id, "type": event_type, "payload": {"marker": marker}}),
+                Some(id),
+            )
         } else {
-            (json!({"type": event_type, "payload": {"marker": marker}}), None)
+            (
+                json!({"type": event_type, "payload": {"marker": marker}}),
+                None,
+            )
         };
         stack
-            .produce(&producer, "herald.events", None, value.to_string().as_bytes())
+            .produce(
+                &producer,
+                "herald.events",
+                None,
+                value.to_string().as_bytes(),
+            )
             .await;
         sent.insert(marker, (event_type.to_owned(), id));
     }
@@ -77,7 +97,9 @@ async fn each_endpoint_receives_exactly_its_subscriptions() {
             .map(|(marker, _)| marker)
             .collect();
         assert!(
-            receiver.wait_for(expected.len(), Duration::from_secs(60)).await,
+            receiver
+                .wait_for(expected.len(), Duration::from_secs(60))
+                .await,
             "endpoint {filter:?} got {} of {} webhooks; logs in {}",
             receiver.count(),
             expected.len(),
@@ -91,33 +113,56 @@ async fn each_endpoint_receives_exactly_its_subscriptions() {
         let received = receiver.received();
         let mut markers = HashSet::new();
         for webhook in &received {
-            assert!(webhook.signature_valid, "signature does not verify: {webhook:?}");
+            assert!(
+                webhook.signature_valid,
+                "signature does not verify: {webhook:?}"
+            );
             assert_eq!(webhook.header("content-type"), "application/json");
             let body = webhook.json();
             let marker = body["data"]["marker"].as_str().expect("marker").to_owned();
             let (event_type, expected_id) = &sent[&marker];
             assert_eq!(&body["type"], event_type.as_str());
-            assert!(body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "timestamp: {body}");
+            assert!(
+                body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+                "timestamp: {body}"
+            );
             match expected_id {
                 Some(id) => assert_eq!(&webhook.webhook_id(), id),
-                None => assert!(webhook.webhook_id().starts_with("evt_kafka_"), "{}", webhook.webhook_id()),
+                None => assert!(
+                    webhook.webhook_id().starts_with("evt_kafka_"),
+                    "{}",
+                    webhook.webhook_id()
+                ),
             }
-            assert!(markers.insert(marker.clone()), "{marker} delivered twice to {filter:?}");
+            assert!(
+                markers.insert(marker.clone()),
+                "{marker} delivered twice to {filter:?}"
+            );
         }
         let expected: HashSet<String> = sent
             .iter()
             .filter(|(_, (event_type, _))| subscribed(filter, event_type))
             .map(|(marker, _)| marker.clone())
             .collect();
-        assert_eq!(markers, expected, "endpoint {filter:?} received the wrong set");
+        assert_eq!(
+            markers, expected,
+            "endpoint {filter:?} received the wrong set"
+        );
     }
     // The HTTP payload arrives byte for byte as `data`.
     let sample = receivers[2]
         .received()
         .into_iter()
-        .find(|r| r.json()["data"]["marker"].as_str().is_some_and(|m| m.starts_with("http-")))
+        .find(|r| {
+            r.json()["data"]["marker"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("http-"))
+        })
         .expect("an HTTP event");
-    assert_eq!(sample.json()["data"]["nested"], json!({"list": [1, 2.5, null]}));
+    assert_eq!(
+        sample.json()["data"]["nested"],
+        json!({"list": [1, 2.5, null]})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,14 +175,20 @@ async fn disabled_and_deleted_endpoints_receive_nothing() {
     let disabled_id = stack.subscribe(&disabled, &["*"]).await;
     let deleted_id = stack.subscribe(&deleted, &["*"]).await;
     let patched = stack
-        .request(reqwest::Method::PATCH, &format!("/v1/endpoints/{disabled_id}"))
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/endpoints/{disabled_id}"),
+        )
         .json(&json!({"disabled": true}))
         .send()
         .await
         .unwrap();
     assert_eq!(patched.status(), 200);
     let gone = stack
-        .request(reqwest::Method::DELETE, &format!("/v1/endpoints/{deleted_id}"))
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/endpoints/{deleted_id}"),
+        )
         .send()
         .await
         .unwrap();
@@ -145,7 +196,9 @@ async fn disabled_and_deleted_endpoints_receive_nothing() {
     stack.settle_endpoints().await;
 
     for i in 0..5 {
-        stack.accept_event(&json!({"type": "a.b", "payload": i})).await;
+        stack
+            .accept_event(&json!({"type": "a.b", "payload": i}))
+            .await;
     }
     assert!(live.wait_for(5, Duration::from_secs(30)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;

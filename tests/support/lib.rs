@@ -38,7 +38,9 @@ pub struct Infra {
 pub fn infra() -> Infra {
     let get = |key: &str| {
         std::env::var(key).unwrap_or_else(|_| {
-            panic!("{key} is not set: run the tests with scripts/test, which starts a broker and Redis")
+            panic!(
+                "{key} is not set: run the tests with scripts/test, which starts a broker and Redis"
+            )
         })
     };
     Infra {
@@ -104,7 +106,12 @@ pub struct Service {
 }
 
 impl Service {
-    fn spawn(binary: &str, name: &str, env: &HashMap<String, String>, logs: &std::path::Path) -> Service {
+    fn spawn(
+        binary: &str,
+        name: &str,
+        env: &HashMap<String, String>,
+        logs: &std::path::Path,
+    ) -> Service {
         std::fs::create_dir_all(logs).expect("create log dir");
         let log = logs.join(format!("{name}.log"));
         let out = File::create(&log).expect("create log file");
@@ -274,7 +281,10 @@ impl Stack {
             ("HERALD_API_KEYS", api_key.as_str()),
             ("HERALD_ENDPOINT_CACHE_REFRESH", "100ms"),
             ("HERALD_DRAIN_TIMEOUT", "10s"),
-            ("HERALD_LOG", "info,herald_core=debug,herald_dispatcher=debug,herald_fanout=debug"),
+            (
+                "HERALD_LOG",
+                "info,herald_core=debug,herald_dispatcher=debug,herald_fanout=debug",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -315,26 +325,43 @@ impl Stack {
     pub fn start_dispatcher(&mut self) {
         let name = format!("dispatcher-{}", self.next_dispatcher);
         self.next_dispatcher += 1;
-        self.dispatchers
-            .push(Service::spawn("herald-dispatcher", &name, &self.env, &self.logs));
+        self.dispatchers.push(Service::spawn(
+            "herald-dispatcher",
+            &name,
+            &self.env,
+            &self.logs,
+        ));
     }
 
     /// Starts fan-out again (after it was stopped or killed).
     pub fn restart_fanout(&mut self) {
         let name = format!("fanout-{}", random_suffix());
-        self.fanout = Some(Service::spawn("herald-fanout", &name, &self.env, &self.logs));
+        self.fanout = Some(Service::spawn(
+            "herald-fanout",
+            &name,
+            &self.env,
+            &self.logs,
+        ));
     }
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(response) = self.http.get(format!("{}/readyz", self.ingest_url)).send().await
+            if let Ok(response) = self
+                .http
+                .get(format!("{}/readyz", self.ingest_url))
+                .send()
+                .await
                 && response.status() == 200
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "herald-ingest did not become ready; logs in {}", self.logs.display());
+            assert!(
+                Instant::now() < deadline,
+                "herald-ingest did not become ready; logs in {}",
+                self.logs.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -342,8 +369,18 @@ impl Stack {
     /// Waits until ingest answers `/healthz`.
     pub async fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.http.get(format!("{}/healthz", self.ingest_url)).send().await.is_err() {
-            assert!(Instant::now() < deadline, "herald-ingest did not start; logs in {}", self.logs.display());
+        while self
+            .http
+            .get(format!("{}/healthz", self.ingest_url))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "herald-ingest did not start; logs in {}",
+                self.logs.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -409,7 +446,9 @@ impl Stack {
     pub async fn wait_dispatchers_assigned(&self) {
         for dispatcher in &self.dispatchers {
             assert!(
-                dispatcher.wait_for_log("partitions assigned", Duration::from_secs(60)).await,
+                dispatcher
+                    .wait_for_log("partitions assigned", Duration::from_secs(60))
+                    .await,
                 "{} never got partitions; logs in {}",
                 dispatcher.name,
                 self.logs.display()
@@ -435,7 +474,13 @@ impl Stack {
     }
 
     /// Writes one record to `topic` (a base name such as `herald.events`).
-    pub async fn produce(&self, producer: &FutureProducer, topic: &str, key: Option<&str>, value: &[u8]) {
+    pub async fn produce(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: Option<&str>,
+        value: &[u8],
+    ) {
         let topic = self.topic(topic);
         let mut record = FutureRecord::to(&topic).payload(value);
         if let Some(key) = key {

@@ -97,7 +97,9 @@ impl Receiver {
             .route("/{*path}", post(receive))
             .route("/", post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -151,7 +153,11 @@ impl Receiver {
 
     /// How many requests were answered 2xx.
     pub fn accepted_count(&self) -> usize {
-        self.lock().received.iter().filter(|r| (200..300).contains(&r.answered)).count()
+        self.lock()
+            .received
+            .iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .count()
     }
 
     /// For each webhook-id, how many requests carried it.
@@ -193,7 +199,9 @@ async fn receive(
         let seen = shared.received.len();
         let (answer, delay) = match &shared.behaviour {
             Behaviour::Accept => (200, None),
-            Behaviour::FailFirst { count, status } => (if seen < *count { *status } else { 200 }, None),
+            Behaviour::FailFirst { count, status } => {
+                (if seen < *count { *status } else { 200 }, None)
+            }
             Behaviour::AlwaysFail(status) => (*status, None),
             Behaviour::Slow(delay) => (200, Some(*delay)),
         };

@@ -168,8 +168,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// unit that divides it exactly (`300000ms` → `5m`).
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if millis >= size && millis % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if millis >= size && millis.is_multiple_of(size) {
             return format!("{}{unit}", millis / size);
         }
     }
@@ -317,7 +322,11 @@ mod tests {
     #[test]
     fn bad_durations_say_how_to_write_them() {
         assert!(parse_duration("15").unwrap_err().contains("no unit"));
-        assert!(parse_duration("15 minutes").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("15 minutes")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("s").unwrap_err().contains("whole number"));
     }
 
@@ -336,7 +345,10 @@ mod tests {
             .duration("HERALD_HTTP_TIMEOUT", Duration::from_secs(1))
             .unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("HERALD_HTTP_TIMEOUT=\"soon\" is invalid"), "{text}");
+        assert!(
+            text.starts_with("HERALD_HTTP_TIMEOUT=\"soon\" is invalid"),
+            "{text}"
+        );
     }
 
     #[test]

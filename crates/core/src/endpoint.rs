@@ -67,9 +67,8 @@ impl EventTypePattern {
             validate_event_type(prefix).map_err(|p| format!("{text:?}: the prefix {p}"))?;
             return Ok(Self::Prefix(format!("{prefix}.")));
         }
-        validate_event_type(text).map_err(|p| {
-            format!("{text:?} {p} (use an exact type, `prefix.*` or `*`)")
-        })?;
+        validate_event_type(text)
+            .map_err(|p| format!("{text:?} {p} (use an exact type, `prefix.*` or `*`)"))?;
         Ok(Self::Exact(text.to_owned()))
     }
 
@@ -134,7 +133,9 @@ pub struct EndpointStore {
 
 impl std::fmt::Debug for EndpointStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointStore").field("keys", &self.keys).finish()
+        f.debug_struct("EndpointStore")
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 
@@ -220,10 +221,8 @@ impl EndpointStore {
         let mut conn = self.redis.clone();
         for chunk in ids.chunks(500) {
             let keys: Vec<String> = chunk.iter().map(|id| self.keys.endpoint(id)).collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await?;
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
             for json in values.into_iter().flatten() {
                 endpoints.push(serde_json::from_str(&json)?);
             }
@@ -474,7 +473,11 @@ mod tests {
         assert!(prefix.matches("order.item.added"));
         assert!(!prefix.matches("order"));
         assert!(!prefix.matches("orders.created"));
-        assert!(EventTypePattern::parse("order.created").unwrap().matches("order.created"));
+        assert!(
+            EventTypePattern::parse("order.created")
+                .unwrap()
+                .matches("order.created")
+        );
         assert!(EventTypePattern::parse("order*").is_err());
         assert!(EventTypePattern::parse(".*").is_err());
         assert!(EventTypePattern::parse("").is_err());
@@ -509,7 +512,11 @@ mod tests {
     #[test]
     fn urls_are_validated() {
         assert!(validate_url("https://example.com/x").is_ok());
-        assert!(validate_url("ftp://example.com").unwrap_err().contains("http or https"));
+        assert!(
+            validate_url("ftp://example.com")
+                .unwrap_err()
+                .contains("http or https")
+        );
         assert!(validate_url("/relative").unwrap_err().contains("absolute"));
         assert!(validate_url("example.com").is_err());
     }

@@ -122,7 +122,8 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
         }
     })?;
 
-    let event_type = string_field("type", wire.event_type)?.ok_or(EventError::MissingField("type"))?;
+    let event_type =
+        string_field("type", wire.event_type)?.ok_or(EventError::MissingField("type"))?;
     validate_event_type(&event_type).map_err(|problem| EventError::InvalidField {
         field: "type",
         problem,
@@ -138,17 +139,18 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
         })?;
     }
 
-    let timestamp = match string_field("timestamp", wire.timestamp)? {
-        None => None,
-        Some(text) => Some(OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
-            EventError::InvalidField {
-                field: "timestamp",
-                problem: format!(
-                    "must be an RFC 3339 date-time such as 2026-01-02T03:04:05Z, not {text:?}"
-                ),
-            }
-        })?),
-    };
+    let timestamp =
+        match string_field("timestamp", wire.timestamp)? {
+            None => None,
+            Some(text) => Some(OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+                EventError::InvalidField {
+                    field: "timestamp",
+                    problem: format!(
+                        "must be an RFC 3339 date-time such as 2026-01-02T03:04:05Z, not {text:?}"
+                    ),
+                }
+            })?),
+        };
 
     Ok(ParsedEvent {
         id,
@@ -159,10 +161,7 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
 }
 
 /// Reads an optional field that must be a JSON string.
-fn string_field(
-    field: &'static str,
-    raw: Option<&RawValue>,
-) -> Result<Option<String>, EventError> {
+fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<String>, EventError> {
     match raw {
         None => Ok(None),
         Some(raw) => serde_json::from_str::<String>(raw.get())
@@ -262,10 +261,12 @@ pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The canonical JSON record Herald writes to `herald.events`.
@@ -358,15 +359,47 @@ mod tests {
             (b"[1]", "invalid_event", "JSON object"),
             (b"[1", "malformed_json", "not valid JSON"),
             (b"\"text\"", "invalid_event", "found a string"),
-            (br#"{"type":"a","payload":1,"extra":1}"#, "invalid_event", "unknown field `extra`"),
+            (
+                br#"{"type":"a","payload":1,"extra":1}"#,
+                "invalid_event",
+                "unknown field `extra`",
+            ),
             (br#"{"payload":1}"#, "missing_field", "`type`"),
-            (br#"{"type":5,"payload":1}"#, "invalid_field", "`type` must be a string, not a number"),
-            (br#"{"type":"a b","payload":1}"#, "invalid_field", "`type` contains ' '"),
-            (br#"{"type":"","payload":1}"#, "invalid_field", "`type` must not be empty"),
-            (br#"{"id":"a.b","type":"a","payload":1}"#, "invalid_field", "`id` contains '.'"),
-            (br#"{"id":null,"type":"a","payload":1}"#, "invalid_field", "`id` must be a string, not null"),
-            (br#"{"type":"a","payload":1,"timestamp":"yesterday"}"#, "invalid_field", "RFC 3339"),
-            (br#"{"type":"a","type":"b","payload":1}"#, "invalid_event", "duplicate field"),
+            (
+                br#"{"type":5,"payload":1}"#,
+                "invalid_field",
+                "`type` must be a string, not a number",
+            ),
+            (
+                br#"{"type":"a b","payload":1}"#,
+                "invalid_field",
+                "`type` contains ' '",
+            ),
+            (
+                br#"{"type":"","payload":1}"#,
+                "invalid_field",
+                "`type` must not be empty",
+            ),
+            (
+                br#"{"id":"a.b","type":"a","payload":1}"#,
+                "invalid_field",
+                "`id` contains '.'",
+            ),
+            (
+                br#"{"id":null,"type":"a","payload":1}"#,
+                "invalid_field",
+                "`id` must be a string, not null",
+            ),
+            (
+                br#"{"type":"a","payload":1,"timestamp":"yesterday"}"#,
+                "invalid_field",
+                "RFC 3339",
+            ),
+            (
+                br#"{"type":"a","type":"b","payload":1}"#,
+                "invalid_event",
+                "duplicate field",
+            ),
         ];
         for (body, code, needle) in cases {
             let err = parse_event(body).unwrap_err();

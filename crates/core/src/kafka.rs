@@ -51,7 +51,11 @@ pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer,
 
 /// Consumer settings for [`consumer::run`]: offsets are stored by Herald once
 /// a record's effects are durable, and committed in the background.
-pub(crate) fn consumer_config(config: &KafkaConfig, group_id: &str, client_id: &str) -> ClientConfig {
+pub(crate) fn consumer_config(
+    config: &KafkaConfig,
+    group_id: &str,
+    client_id: &str,
+) -> ClientConfig {
     let mut client = base_config(config, client_id);
     client
         .set("group.id", group_id)

@@ -155,7 +155,11 @@ mod tests {
         assert_eq!(Secret::parse(&secret.expose()).unwrap(), secret);
         assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(Secret::parse("whsec_!!!").is_err());
-        assert!(Secret::parse("whsec_c2hvcnQ=").unwrap_err().contains("24 to 64 bytes"));
+        assert!(
+            Secret::parse("whsec_c2hvcnQ=")
+                .unwrap_err()
+                .contains("24 to 64 bytes")
+        );
         assert_eq!(format!("{secret:?}"), "Secret(redacted)");
     }
 }

@@ -30,9 +30,9 @@ impl LogConfig {
     /// Reads the logging settings.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let filter = env.parse("HERALD_LOG", "info".to_owned(), |v| {
-            EnvFilter::try_new(v)
-                .map(|_| v.to_owned())
-                .map_err(|err| format!("not a log filter ({err}); write e.g. info or info,herald_dispatcher=debug"))
+            EnvFilter::try_new(v).map(|_| v.to_owned()).map_err(|err| {
+                format!("not a log filter ({err}); write e.g. info or info,herald_dispatcher=debug")
+            })
         })?;
         let format = env.parse("HERALD_LOG_FORMAT", LogFormat::Text, |v| match v {
             "text" => Ok(LogFormat::Text),

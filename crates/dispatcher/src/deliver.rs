@@ -46,7 +46,8 @@ pub struct PreparedWebhook {
 /// Decodes a delivery record and renders its webhook body. An error means
 /// the record can never be delivered (it is malformed).
 pub fn prepare(record_value: &[u8]) -> Result<PreparedWebhook, String> {
-    let delivery = Delivery::decode(record_value).map_err(|err| format!("not a herald.v1.Delivery: {err}"))?;
+    let delivery =
+        Delivery::decode(record_value).map_err(|err| format!("not a herald.v1.Delivery: {err}"))?;
     if delivery.endpoint_id.is_empty() || delivery.event_id.is_empty() {
         return Err("the delivery has no endpoint id or no event id".to_owned());
     }
@@ -95,7 +96,11 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Builds the HTTP client (pooled connections, no redirects).
-    pub fn new(config: &Config, cache: EndpointCache, shutdown: CancellationToken) -> Result<Self, DispatcherError> {
+    pub fn new(
+        config: &Config,
+        cache: EndpointCache,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DispatcherError> {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .connect_timeout(config.http_timeout.min(Duration::from_secs(10)))
@@ -121,7 +126,9 @@ impl Dispatcher {
         loop {
             match self.cache.lookup(id).await {
                 Ok(found) => return Ok(found),
-                Err(err) => tracing::warn!(endpoint_id = id, error = %err, "cannot look up endpoint; retrying"),
+                Err(err) => {
+                    tracing::warn!(endpoint_id = id, error = %err, "cannot look up endpoint; retrying")
+                }
             }
             self.pause(delay).await?;
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -155,7 +162,12 @@ impl Dispatcher {
             let started = Instant::now();
             match self.attempt(&endpoint, &webhook).await {
                 AttemptResult::Delivered { status } => {
-                    tracing::debug!(attempt, status, elapsed_ms = started.elapsed().as_millis() as u64, "delivered");
+                    tracing::debug!(
+                        attempt,
+                        status,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "delivered"
+                    );
                     return Outcome::Done;
                 }
                 AttemptResult::Failed { status, error } => {
@@ -163,18 +175,27 @@ impl Dispatcher {
                 }
             }
             if attempt < self.attempts {
-                let delay = self.retry_backoff.saturating_mul(1 << (attempt - 1).min(16));
+                let delay = self
+                    .retry_backoff
+                    .saturating_mul(1 << (attempt - 1).min(16));
                 if self.pause(delay).await.is_err() {
                     return Outcome::Abandoned;
                 }
             }
         }
-        tracing::error!(attempts = self.attempts, "delivery failed on every attempt; giving up");
+        tracing::error!(
+            attempts = self.attempts,
+            "delivery failed on every attempt; giving up"
+        );
         Outcome::Done
     }
 
     /// One signed POST.
-    pub async fn attempt(&self, endpoint: &ResolvedEndpoint, webhook: &PreparedWebhook) -> AttemptResult {
+    pub async fn attempt(
+        &self,
+        endpoint: &ResolvedEndpoint,
+        webhook: &PreparedWebhook,
+    ) -> AttemptResult {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = &webhook.delivery.event_id;
         let signature = signing::sign(&endpoint.secret, msg_id, timestamp, &webhook.body);
@@ -285,19 +306,31 @@ mod tests {
 
     #[test]
     fn malformed_records_are_refused_with_a_reason() {
-        assert!(prepare(b"\xff\xff\xff").unwrap_err().contains("not a herald.v1.Delivery"));
+        assert!(
+            prepare(b"\xff\xff\xff")
+                .unwrap_err()
+                .contains("not a herald.v1.Delivery")
+        );
         let no_endpoint = Delivery {
             event_id: "e".into(),
             payload_json: b"1".to_vec(),
             ..Default::default()
         };
-        assert!(prepare(&no_endpoint.encode_to_vec()).unwrap_err().contains("no endpoint id"));
+        assert!(
+            prepare(&no_endpoint.encode_to_vec())
+                .unwrap_err()
+                .contains("no endpoint id")
+        );
         let bad_json = Delivery {
             event_id: "e".into(),
             endpoint_id: "ep".into(),
             payload_json: b"{nope".to_vec(),
             ..Default::default()
         };
-        assert!(prepare(&bad_json.encode_to_vec()).unwrap_err().contains("not valid JSON"));
+        assert!(
+            prepare(&bad_json.encode_to_vec())
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
     }
 }

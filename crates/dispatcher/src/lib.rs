@@ -88,15 +88,26 @@ pub enum DispatcherError {
 /// Runs a dispatcher replica until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DispatcherError> {
     let deliveries_topic = config.kafka.deliveries_topic();
-    herald_core::kafka::ensure_topics_with_retry(&config.kafka, std::slice::from_ref(&deliveries_topic), &shutdown)
-        .await?;
+    herald_core::kafka::ensure_topics_with_retry(
+        &config.kafka,
+        std::slice::from_ref(&deliveries_topic),
+        &shutdown,
+    )
+    .await?;
 
     let redis = redis_store::connect(&config.redis)?;
-    let cache = EndpointCache::new(EndpointStore::new(redis, Keys::new(config.redis.key_prefix.clone())));
+    let cache = EndpointCache::new(EndpointStore::new(
+        redis,
+        Keys::new(config.redis.key_prefix.clone()),
+    ));
     if !cache.load_first(&shutdown).await {
         return Ok(());
     }
-    tokio::spawn(cache.clone().keep_fresh(config.cache_refresh, shutdown.clone()));
+    tokio::spawn(
+        cache
+            .clone()
+            .keep_fresh(config.cache_refresh, shutdown.clone()),
+    );
 
     let dispatcher = Arc::new(Dispatcher::new(&config, cache, shutdown.clone())?);
     let settings = ConsumerSettings {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
-use herald_core::endpoint::{EndpointCache, EndpointStore};
+use herald_core::endpoint::{EndpointCache, EndpointStore, Snapshot};
 use herald_core::event::{event_id_from_position, parse_event, unix_millis};
 use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
 use herald_core::kafka::offsets::Outcome;
@@ -88,13 +88,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
     .await?;
 
     let redis = redis_store::connect(&config.redis)?;
-    let cache = EndpointCache::new(EndpointStore::new(redis, Keys::new(config.redis.key_prefix.clone())));
+    let cache = EndpointCache::new(EndpointStore::new(
+        redis,
+        Keys::new(config.redis.key_prefix.clone()),
+    ));
     // Fanning out without the subscriptions would send events to nobody, so
     // nothing is consumed before the first load.
     if !cache.load_first(&shutdown).await {
         return Ok(());
     }
-    tokio::spawn(cache.clone().keep_fresh(config.cache_refresh, shutdown.clone()));
+    tokio::spawn(
+        cache
+            .clone()
+            .keep_fresh(config.cache_refresh, shutdown.clone()),
+    );
 
     let handler = Arc::new(FanoutHandler {
         cache,
@@ -125,7 +132,12 @@ struct FanoutHandler {
 
 impl RecordHandler for FanoutHandler {
     async fn handle(&self, record: OwnedMessage) -> Outcome {
-        let deliveries = match self.plan(&record) {
+        // `run` loads the cache before consuming, so this is always there.
+        let Some(snapshot) = self.cache.snapshot() else {
+            tracing::error!("endpoint cache not loaded; leaving the record for the next owner");
+            return Outcome::Abandoned;
+        };
+        let deliveries = match plan(&record, &snapshot) {
             Ok(deliveries) => deliveries,
             Err(reason) => {
                 tracing::warn!(
@@ -142,39 +154,38 @@ impl RecordHandler for FanoutHandler {
     }
 }
 
-impl FanoutHandler {
-    /// The delivery records for one event record.
-    fn plan(&self, record: &OwnedMessage) -> Result<Vec<Delivery>, String> {
-        let bytes = record.payload().ok_or("the record has no value")?;
-        let event = parse_event(bytes).map_err(|err| err.to_string())?;
-        let event_id = event
-            .id
-            .unwrap_or_else(|| event_id_from_position(record.topic(), record.partition(), record.offset()));
-        let event_timestamp_ms = match event.timestamp {
-            Some(ts) => unix_millis(ts),
-            None => record
-                .timestamp()
-                .to_millis()
-                .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
-        };
-        // The cache is loaded before consumption starts.
-        let snapshot = self.cache.snapshot().ok_or("the endpoint cache is not loaded")?;
-        let subscribers = snapshot.subscribers(&event.event_type);
-        tracing::debug!(event_id, subscribers = subscribers.len(), "fanning out");
-        Ok(subscribers
-            .iter()
-            .map(|endpoint| Delivery {
-                delivery_id: herald_core::event::delivery_id(&event_id, &endpoint.endpoint.id),
-                endpoint_id: endpoint.endpoint.id.clone(),
-                event_id: event_id.clone(),
-                event_type: event.event_type.clone(),
-                payload_json: event.payload.get().as_bytes().to_vec(),
-                event_timestamp_ms,
-                ..Default::default()
-            })
-            .collect())
-    }
+/// The delivery records for one event record: one per subscribed endpoint.
+/// An error means the record is not a valid event.
+fn plan(record: &OwnedMessage, snapshot: &Snapshot) -> Result<Vec<Delivery>, String> {
+    let bytes = record.payload().ok_or("the record has no value")?;
+    let event = parse_event(bytes).map_err(|err| err.to_string())?;
+    let event_id = event.id.unwrap_or_else(|| {
+        event_id_from_position(record.topic(), record.partition(), record.offset())
+    });
+    let event_timestamp_ms = match event.timestamp {
+        Some(ts) => unix_millis(ts),
+        None => record
+            .timestamp()
+            .to_millis()
+            .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
+    };
+    let subscribers = snapshot.subscribers(&event.event_type);
+    tracing::debug!(event_id, subscribers = subscribers.len(), "fanning out");
+    Ok(subscribers
+        .iter()
+        .map(|endpoint| Delivery {
+            delivery_id: herald_core::event::delivery_id(&event_id, &endpoint.endpoint.id),
+            endpoint_id: endpoint.endpoint.id.clone(),
+            event_id: event_id.clone(),
+            event_type: event.event_type.clone(),
+            payload_json: event.payload.get().as_bytes().to_vec(),
+            event_timestamp_ms,
+            ..Default::default()
+        })
+        .collect())
+}
 
+impl FanoutHandler {
     /// Produces every delivery, retrying failed produces until each one is
     /// acknowledged; abandons the record only when the process stops.
     async fn produce_all(&self, deliveries: Vec<Delivery>) -> Outcome {
@@ -186,7 +197,9 @@ impl FanoutHandler {
         loop {
             let sends = pending.iter().map(|(key, value)| {
                 self.producer.send(
-                    FutureRecord::to(&self.deliveries_topic).key(key).payload(value),
+                    FutureRecord::to(&self.deliveries_topic)
+                        .key(key)
+                        .payload(value),
                     self.produce_timeout,
                 )
             });

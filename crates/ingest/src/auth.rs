@@ -28,7 +28,10 @@ impl ApiKeys {
     /// Keys given in plain text.
     pub fn new(keys: &[String]) -> Self {
         Self {
-            digests: keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect(),
+            digests: keys
+                .iter()
+                .map(|k| Sha256::digest(k.as_bytes()).into())
+                .collect(),
         }
     }
 
@@ -49,16 +52,19 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <api key>`"))?;
+    let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing Authorization header; send `Authorization: Bearer <api key>`",
+        )
+    })?;
     let key = header
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <api key>`")
+        })?;
     if !state.api_keys.accepts(key) {
         return Err(ApiError::unauthorized("the API key is not valid"));
     }
@@ -71,7 +77,10 @@ mod tests {
 
     #[test]
     fn only_configured_keys_are_accepted() {
-        let keys = ApiKeys::new(&["first-key-0123456789".to_owned(), "second-key-0123456789".to_owned()]);
+        let keys = ApiKeys::new(&[
+            "first-key-0123456789".to_owned(),
+            "second-key-0123456789".to_owned(),
+        ]);
         assert!(keys.accepts("first-key-0123456789"));
         assert!(keys.accepts("second-key-0123456789"));
         assert!(!keys.accepts("first-key-012345678"));

@@ -9,13 +9,21 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// Checks the content type and reads the whole body, up to `limit` bytes.
-pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !is_json(content_type) {
-        let shown = if content_type.is_empty() { "none" } else { content_type };
+        let shown = if content_type.is_empty() {
+            "none"
+        } else {
+            content_type
+        };
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -50,18 +58,30 @@ pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Re
 
 /// `application/json`, or any `application/*+json`, with any parameters.
 fn is_json(content_type: &str) -> bool {
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
 /// Reads a JSON body into `T`; serde's message names the field at fault.
-pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: usize) -> Result<T, ApiError> {
+pub async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = read_json_body(headers, body, limit).await?;
     serde_json::from_slice(&bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {
             Category::Data => ApiError::bad_request("invalid_request", err.to_string()),
-            _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {err}")),
+            _ => ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {err}"),
+            ),
         }
     })
 }

@@ -25,7 +25,13 @@ const MAX_HEADERS: usize = 32;
 /// Longest description.
 const MAX_DESCRIPTION_LEN: usize = 1024;
 /// Headers that Herald sets itself and an endpoint may not override.
-const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "transfer-encoding", "connection"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
 
 /// Body of `POST /v1/endpoints`.
 #[derive(Debug, Deserialize)]
@@ -93,44 +99,73 @@ fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
 
 fn check_url(url: &str) -> Result<(), ApiError> {
     if url.len() > MAX_URL_LEN {
-        return Err(invalid("url", format_args!("is {} characters long; the limit is {MAX_URL_LEN}", url.len())));
+        return Err(invalid(
+            "url",
+            format_args!(
+                "is {} characters long; the limit is {MAX_URL_LEN}",
+                url.len()
+            ),
+        ));
     }
     validate_url(url).map(|_| ()).map_err(|p| invalid("url", p))
 }
 
 fn check_event_types(types: &[String]) -> Result<(), ApiError> {
     if types.is_empty() {
-        return Err(invalid("event_types", "must list at least one event type, `prefix.*` or `*`"));
+        return Err(invalid(
+            "event_types",
+            "must list at least one event type, `prefix.*` or `*`",
+        ));
     }
     if types.len() > 256 {
         return Err(invalid("event_types", "may list at most 256 entries"));
     }
     for pattern in types {
-        EventTypePattern::parse(pattern).map_err(|p| invalid("event_types", format_args!("has an invalid entry: {p}")))?;
+        EventTypePattern::parse(pattern)
+            .map_err(|p| invalid("event_types", format_args!("has an invalid entry: {p}")))?;
     }
     Ok(())
 }
 
 fn check_description(description: &str) -> Result<(), ApiError> {
     if description.len() > MAX_DESCRIPTION_LEN {
-        return Err(invalid("description", format_args!("may be at most {MAX_DESCRIPTION_LEN} characters long")));
+        return Err(invalid(
+            "description",
+            format_args!("may be at most {MAX_DESCRIPTION_LEN} characters long"),
+        ));
     }
     Ok(())
 }
 
 fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if headers.len() > MAX_HEADERS {
-        return Err(invalid("headers", format_args!("may hold at most {MAX_HEADERS} headers")));
+        return Err(invalid(
+            "headers",
+            format_args!("may hold at most {MAX_HEADERS} headers"),
+        ));
     }
     for (name, value) in headers {
-        let parsed = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid("headers", format_args!("has an invalid header name {name:?}")))?;
+        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(
+                "headers",
+                format_args!("has an invalid header name {name:?}"),
+            )
+        })?;
         let lower = parsed.as_str();
         if RESERVED_HEADERS.contains(&lower) || lower.starts_with("webhook-") {
-            return Err(invalid("headers", format_args!("may not set {name:?}: Herald sets that header itself")));
+            return Err(invalid(
+                "headers",
+                format_args!("may not set {name:?}: Herald sets that header itself"),
+            ));
         }
-        HeaderValue::from_str(value)
-            .map_err(|_| invalid("headers", format_args!("has an invalid value for {name:?} (no control characters or line breaks)")))?;
+        HeaderValue::from_str(value).map_err(|_| {
+            invalid(
+                "headers",
+                format_args!(
+                    "has an invalid value for {name:?} (no control characters or line breaks)"
+                ),
+            )
+        })?;
     }
     Ok(())
 }
@@ -171,7 +206,8 @@ pub async fn create(
     };
     state.endpoints.create(&endpoint, unix_millis(now)).await?;
     tracing::info!(endpoint_id = %endpoint.id, url = %endpoint.url, "endpoint created");
-    let mut view = serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?;
+    let mut view =
+        serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?;
     view["secret"] = Value::String(endpoint.secret.clone());
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -187,16 +223,25 @@ pub struct ListParams {
 
 /// `GET /v1/endpoints?limit=50&cursor=…`: a page in creation order, with
 /// `next_cursor` when there are more.
-pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
     let limit = params.limit.unwrap_or(50);
     if !(1..=250).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 250"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be between 1 and 250",
+        ));
     }
     let start = match params.cursor.as_deref() {
         None | Some("") => 0,
-        Some(cursor) => cursor
-            .parse::<usize>()
-            .map_err(|_| ApiError::bad_request("invalid_query", "`cursor` must be a value returned as `next_cursor`"))?,
+        Some(cursor) => cursor.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                "`cursor` must be a value returned as `next_cursor`",
+            )
+        })?,
     };
     // One extra tells whether another page exists.
     let mut endpoints = state.endpoints.list(start, limit + 1).await?;
@@ -219,13 +264,21 @@ async fn find(state: &AppState, id: &str) -> Result<Endpoint, ApiError> {
 }
 
 /// `GET /v1/endpoints/{id}`.
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let endpoint = find(&state, &id).await?;
-    Ok(Json(serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?))
+    Ok(Json(
+        serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,
+    ))
 }
 
 /// `GET /v1/endpoints/{id}/secret`: the only read of a secret after creation.
-pub async fn get_secret(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let endpoint = find(&state, &id).await?;
     Ok(Json(json!({ "secret": endpoint.secret })))
 }
@@ -263,11 +316,16 @@ pub async fn update(
         return Err(ApiError::not_found(format!("no endpoint with id {id:?}")));
     }
     tracing::info!(endpoint_id = %id, "endpoint updated");
-    Ok(Json(serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?))
+    Ok(Json(
+        serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,
+    ))
 }
 
 /// `DELETE /v1/endpoints/{id}`: 204.
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if state.endpoints.delete(&id).await? {
         tracing::info!(endpoint_id = %id, "endpoint deleted");
         Ok(StatusCode::NO_CONTENT)

@@ -61,9 +61,11 @@ impl ApiError {
 impl From<herald_core::redis_store::StoreError> for ApiError {
     fn from(err: herald_core::redis_store::StoreError) -> Self {
         match err {
-            herald_core::redis_store::StoreError::Redis(err) => {
-                ApiError::unavailable("redis_unavailable", "Redis is not available; retry later", err)
-            }
+            herald_core::redis_store::StoreError::Redis(err) => ApiError::unavailable(
+                "redis_unavailable",
+                "Redis is not available; retry later",
+                err,
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -27,16 +27,23 @@ pub async fn post_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_json_body(&headers, body, state.max_body_bytes).await?;
-    let event = parse_event(&bytes).map_err(|err| ApiError::bad_request(err.code(), err.to_string()))?;
+    let event =
+        parse_event(&bytes).map_err(|err| ApiError::bad_request(err.code(), err.to_string()))?;
 
     let header_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
             let key = value.to_str().map_err(|_| {
-                ApiError::bad_request("invalid_field", "header `Idempotency-Key` must be printable ASCII")
+                ApiError::bad_request(
+                    "invalid_field",
+                    "header `Idempotency-Key` must be printable ASCII",
+                )
             })?;
             validate_event_id(key).map_err(|problem| {
-                ApiError::bad_request("invalid_field", format!("header `Idempotency-Key` {problem}"))
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("header `Idempotency-Key` {problem}"),
+                )
             })?;
             Some(key.to_owned())
         }
@@ -45,7 +52,9 @@ pub async fn post_event(
         (Some(id), Some(key)) if id != key => {
             return Err(ApiError::bad_request(
                 "conflicting_id",
-                format!("field `id` ({id:?}) and header `Idempotency-Key` ({key:?}) differ; send one, or the same value in both"),
+                format!(
+                    "field `id` ({id:?}) and header `Idempotency-Key` ({key:?}) differ; send one, or the same value in both"
+                ),
             ));
         }
         (Some(id), _) | (None, Some(id)) => id,
@@ -64,7 +73,9 @@ pub async fn post_event(
     let produced = state
         .producer
         .send(
-            FutureRecord::to(&state.events_topic).key(&id).payload(&record),
+            FutureRecord::to(&state.events_topic)
+                .key(&id)
+                .payload(&record),
             state.produce_timeout,
         )
         .await;
@@ -128,14 +139,23 @@ async fn claim_id(state: &AppState, id: &str) -> Result<Claim, ApiError> {
             .arg(pending_ms)
             .query_async(&mut redis)
             .await
-            .map_err(|err| ApiError::unavailable("redis_unavailable", "Redis is not available; retry later", err))?;
+            .map_err(|err| {
+                ApiError::unavailable(
+                    "redis_unavailable",
+                    "Redis is not available; retry later",
+                    err,
+                )
+            })?;
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
-        let status: Option<String> = redis
-            .get(&key)
-            .await
-            .map_err(|err| ApiError::unavailable("redis_unavailable", "Redis is not available; retry later", err))?;
+        let status: Option<String> = redis.get(&key).await.map_err(|err| {
+            ApiError::unavailable(
+                "redis_unavailable",
+                "Redis is not available; retry later",
+                err,
+            )
+        })?;
         match status.as_deref() {
             Some("done") => return Ok(Claim::AlreadyAccepted),
             // Gone in between (the other attempt failed): claim again.
@@ -146,7 +166,9 @@ async fn claim_id(state: &AppState, id: &str) -> Result<Claim, ApiError> {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "in_progress",
-                format!("an event with id {id:?} is being accepted by another request; retry shortly"),
+                format!(
+                    "an event with id {id:?} is being accepted by another request; retry shortly"
+                ),
             ));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -26,7 +26,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let (kafka, redis) = tokio::join!(kafka, redis);
     let kafka_ok = kafka.is_ok();
     let redis_ok = redis.is_ok();
-    let describe = |ok: bool, err: Option<String>| if ok { "ok".to_owned() } else { err.unwrap_or_default() };
+    let describe = |ok: bool, err: Option<String>| {
+        if ok {
+            "ok".to_owned()
+        } else {
+            err.unwrap_or_default()
+        }
+    };
     let body = json!({
         "status": if kafka_ok && redis_ok { "ready" } else { "unavailable" },
         "checks": {
@@ -34,6 +40,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             "redis": describe(redis_ok, redis.err().map(|e| e.to_string())),
         }
     });
-    let status = if kafka_ok && redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if kafka_ok && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }

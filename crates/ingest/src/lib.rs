@@ -107,7 +107,9 @@ impl Application {
         let topic_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let topics = [kafka.events_topic()];
-            if let Err(err) = herald_core::kafka::ensure_topics_with_retry(&kafka, &topics, &topic_shutdown).await {
+            if let Err(err) =
+                herald_core::kafka::ensure_topics_with_retry(&kafka, &topics, &topic_shutdown).await
+            {
                 tracing::error!(error = %err, "cannot create the events topic");
             }
         });
@@ -122,13 +124,21 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/events", post(events::post_event))
-        .route("/v1/endpoints", post(endpoints::create).get(endpoints::list))
+        .route(
+            "/v1/endpoints",
+            post(endpoints::create).get(endpoints::list),
+        )
         .route(
             "/v1/endpoints/{id}",
-            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
+            get(endpoints::get)
+                .patch(endpoints::update)
+                .delete(endpoints::delete),
         )
         .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
     Router::new()
         .merge(api)
         .route("/healthz", get(health::healthz))

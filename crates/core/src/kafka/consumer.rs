@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 use super::offsets::{OffsetTracker, Outcome, TopicPartition};
 use crate::config::KafkaConfig;
 
+/// How long closing the consumer (leaving the group) may take after the
+/// drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// What to do with each record.
 pub trait RecordHandler: Send + Sync + 'static {
     /// Processes one record. Return [`Outcome::Done`] only once its effects
@@ -72,6 +76,7 @@ pub async fn run<H: RecordHandler>(
     consumer.subscribe(&topics)?;
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consumer started");
 
+    let drain_timeout = settings.drain_timeout;
     let runtime = tokio::runtime::Handle::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -84,8 +89,14 @@ pub async fn run<H: RecordHandler>(
             let _ = done_tx.send(());
         })
         .map_err(|_| KafkaError::Canceled)?;
-    let _ = done_rx.await;
-    tracing::info!("consumer stopped");
+    // Leaving the group needs the broker; if it is gone, do not hang on it.
+    let close_limit = drain_timeout + CLOSE_GRACE;
+    match tokio::time::timeout(close_limit, done_rx).await {
+        Ok(_) => tracing::info!("consumer stopped"),
+        Err(_) => tracing::warn!(
+            "consumer did not close within {close_limit:?} (is the broker reachable?); stopping anyway"
+        ),
+    }
     Ok(())
 }
 
@@ -137,7 +148,11 @@ fn detach(record: &BorrowedMessage<'_>) -> OwnedMessage {
 }
 
 /// Shutdown: wait for in-flight records, store and commit their offsets.
-fn finish(consumer: &BaseConsumer<TrackingContext>, tracker: &OffsetTracker, drain_timeout: Duration) {
+fn finish(
+    consumer: &BaseConsumer<TrackingContext>,
+    tracker: &OffsetTracker,
+    drain_timeout: Duration,
+) {
     let in_flight = tracker.in_flight(None);
     if in_flight > 0 {
         tracing::info!(in_flight, "draining in-flight records before stopping");
@@ -201,7 +216,11 @@ impl ConsumerContext for TrackingContext {
             Rebalance::Revoke(list) => {
                 let revoked = partitions(list);
                 let in_flight = self.tracker.in_flight(Some(&revoked));
-                tracing::info!(partitions = revoked.len(), in_flight, "partitions revoked; draining");
+                tracing::info!(
+                    partitions = revoked.len(),
+                    in_flight,
+                    "partitions revoked; draining"
+                );
                 if consumer.assignment_lost() {
                     // Another consumer may already own them: storing offsets
                     // now could skip its work.

@@ -121,7 +121,9 @@ impl OffsetTracker {
     /// assigned (the record must then be skipped: its new owner handles it).
     pub fn start(&self, topic: &str, partition: i32, offset: i64) -> Option<Ticket> {
         let mut map = self.lock();
-        let (key, state) = map.iter_mut().find(|((t, p), _)| &**t == topic && *p == partition)?;
+        let (key, state) = map
+            .iter_mut()
+            .find(|((t, p), _)| &**t == topic && *p == partition)?;
         if !state.assigned {
             return None;
         }
@@ -145,7 +147,11 @@ impl OffsetTracker {
         {
             state.in_flight.remove(&ticket.offset);
             if outcome == Outcome::Abandoned {
-                state.blocked_at = Some(state.blocked_at.map_or(ticket.offset, |b| b.min(ticket.offset)));
+                state.blocked_at = Some(
+                    state
+                        .blocked_at
+                        .map_or(ticket.offset, |b| b.min(ticket.offset)),
+                );
             }
         }
         self.finished.notify_all();
@@ -177,7 +183,10 @@ impl OffsetTracker {
         Self::count(&self.lock(), only)
     }
 
-    fn count(map: &HashMap<TopicPartition, PartitionState>, only: Option<&[TopicPartition]>) -> usize {
+    fn count(
+        map: &HashMap<TopicPartition, PartitionState>,
+        only: Option<&[TopicPartition]>,
+    ) -> usize {
         map.iter()
             .filter(|(tp, _)| only.is_none_or(|only| only.contains(tp)))
             .map(|(_, s)| s.in_flight.len())
