@@ -6,4 +6,5 @@ mod broker;
 mod idempotency;
 mod malformed_records;
 mod replicas;
+mod retries;
 mod routing;

@@ -1,5 +1,5 @@
-//! A record that is not a valid event or delivery does not hold up the
-//! records behind it.
+//! A record that is not a valid event or delivery lands in the DLQ with its
+//! reason and does not hold up the records behind it.
 
 use std::time::Duration;
 

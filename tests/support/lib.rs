@@ -281,6 +281,7 @@ impl Stack {
             ("HERALD_API_KEYS", api_key.as_str()),
             ("HERALD_ENDPOINT_CACHE_REFRESH", "100ms"),
             ("HERALD_DRAIN_TIMEOUT", "10s"),
+            ("HERALD_RETRY_SCHEDULE", "1s,2s,4s"),
             (
                 "HERALD_LOG",
                 "info,herald_core=debug,herald_dispatcher=debug,herald_fanout=debug",
@@ -490,6 +491,55 @@ impl Stack {
             .send(record, Duration::from_secs(10))
             .await
             .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
+    }
+
+    /// `GET path` with the API key; returns status and JSON.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST path` with a JSON body and the API key; returns status and JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until `GET /v1/dlq?{query}` lists at least `n` dead letters;
+    /// returns them.
+    pub async fn wait_for_dead_letters(
+        &self,
+        query: &str,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, body) = self.get_json(&format!("/v1/dlq?{query}")).await;
+            assert_eq!(status, 200, "{body}");
+            let data = body["data"].as_array().cloned().unwrap_or_default();
+            if data.len() >= n {
+                return data;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} dead letters for {query:?}; logs in {}",
+                data.len(),
+                self.logs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The directory holding this stack's logs.

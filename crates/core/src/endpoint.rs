@@ -38,6 +38,13 @@ pub struct Endpoint {
     /// A disabled endpoint receives nothing.
     #[serde(default)]
     pub disabled: bool,
+    /// Why Herald disabled the endpoint by itself (e.g. it answered 410
+    /// Gone); cleared when it is enabled again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Most deliveries per second, across all dispatchers; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     /// Signing secret, `whsec_…`.
     pub secret: String,
     /// RFC 3339.
@@ -189,6 +196,18 @@ impl EndpointStore {
             .query_async(&mut conn)
             .await?;
         Ok(deleted > 0)
+    }
+
+    /// Disables an endpoint, recording why. Returns false when it does not
+    /// exist.
+    pub async fn disable(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+        let Some(mut endpoint) = self.get(id).await? else {
+            return Ok(false);
+        };
+        endpoint.disabled = true;
+        endpoint.disabled_reason = Some(reason.to_owned());
+        endpoint.updated_at = crate::event::format_timestamp(time::OffsetDateTime::now_utc());
+        self.update(&endpoint).await
     }
 
     /// One endpoint, if it exists.
@@ -455,6 +474,8 @@ mod tests {
             description: String::new(),
             headers: BTreeMap::new(),
             disabled,
+            disabled_reason: None,
+            rate_limit: None,
             secret: Secret::generate().expose(),
             created_at: String::new(),
             updated_at: String::new(),

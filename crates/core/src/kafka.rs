@@ -148,3 +148,67 @@ pub async fn check_reachable(
     .await
     .unwrap_or(Err(KafkaError::Canceled))
 }
+
+/// The process is stopping: work that was not finished must be left for the
+/// next owner of its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopping;
+
+/// A record to produce, with its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingRecord<'a> {
+    /// Full topic name.
+    pub topic: &'a str,
+    /// Record key.
+    pub key: &'a str,
+    /// Record value.
+    pub value: &'a [u8],
+    /// Record headers.
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// Produces `record`, retrying with a growing pause until the broker
+/// acknowledges it, or until `shutdown`. Herald never stores an offset whose
+/// follow-up record (a delivery, a retry, a dead letter) was not
+/// acknowledged, so a broker outage pauses the work instead of losing it.
+pub async fn produce_until_acked(
+    producer: &FutureProducer,
+    record: OutgoingRecord<'_>,
+    queue_timeout: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), Stopping> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(*value),
+                })
+            });
+        let sent = producer
+            .send(
+                FutureRecord::to(record.topic)
+                    .key(record.key)
+                    .payload(record.value)
+                    .headers(headers),
+                queue_timeout,
+            )
+            .await;
+        match sent {
+            Ok(_) => return Ok(()),
+            Err((err, _)) => {
+                tracing::warn!(topic = record.topic, error = %err, "record not acknowledged; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Stopping),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -14,14 +14,18 @@
 //! - [`kafka`]: producers, topic creation, and the at-least-once consumer
 //!   loop ([`kafka::consumer`]) with its per-partition offset watermark
 //!   ([`kafka::offsets`]);
+//! - [`retry`]: the retry schedule and its tier topics;
+//! - [`dead_letter`]: writing dead letters;
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling.
 
 pub mod config;
+pub mod dead_letter;
 pub mod endpoint;
 pub mod event;
 pub mod kafka;
 pub mod redis_store;
+pub mod retry;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
@@ -38,6 +42,10 @@ pub mod topics {
     pub const EVENTS: &str = "herald.events";
     /// One record per (event, endpoint).
     pub const DELIVERIES: &str = "herald.deliveries";
+    /// Retry tiers are `herald.retry.<delay>`, e.g. `herald.retry.5m`.
+    pub const RETRY_PREFIX: &str = "herald.retry.";
+    /// Dead letters.
+    pub const DLQ: &str = "herald.dlq";
 }
 
 /// Consumer group base names (before `HERALD_TOPIC_PREFIX`).
@@ -46,4 +54,6 @@ pub mod groups {
     pub const FANOUT: &str = "herald-fanout";
     /// The dispatchers' group.
     pub const DISPATCHER: &str = "herald-dispatcher";
+    /// herald-ingest's dead-letter indexer.
+    pub const DLQ_INDEXER: &str = "herald-dlq-indexer";
 }

@@ -4,6 +4,8 @@
 //! `info,herald_dispatcher=debug`; `HERALD_LOG_FORMAT` is `text` (default,
 //! for people) or `json` (one object per line, for log pipelines).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, Env};
@@ -46,8 +48,11 @@ impl LogConfig {
 /// Installs the global logger. Call once, first thing in `main`.
 pub fn init_logging(config: &LogConfig) {
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: in files and log pipelines escape codes
+    // get in the way of searching.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.format {
         LogFormat::Text => builder.init(),

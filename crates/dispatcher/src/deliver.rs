@@ -6,17 +6,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_core::config::KafkaConfig;
+use herald_core::dead_letter::{self, DeadLetterWriter, reason};
 use herald_core::endpoint::{EndpointCache, ResolvedEndpoint};
-use herald_core::event::{format_timestamp, from_unix_millis};
+use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
-use herald_core::proto::Delivery;
+use herald_core::kafka::{OutgoingRecord, Stopping, produce_until_acked};
+use herald_core::proto::{Attempt, Delivery};
+use herald_core::redis_store::StoreError;
+use herald_core::retry::{
+    FailureHints, NOT_BEFORE_HEADER, RetrySchedule, next_wait, parse_retry_after, tier_topic,
+};
 use herald_core::signing;
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Config, DispatcherError};
@@ -81,21 +90,41 @@ pub enum AttemptResult {
         status: Option<u16>,
         /// What went wrong, for logs and records.
         error: String,
+        /// When the endpoint wants the next attempt.
+        hints: FailureHints,
     },
 }
 
 /// Delivers delivery records; one instance serves every in-flight record.
-#[derive(Debug)]
 pub struct Dispatcher {
     cache: EndpointCache,
     http: reqwest::Client,
-    attempts: u32,
-    retry_backoff: Duration,
+    schedule: RetrySchedule,
+    kafka: KafkaConfig,
+    producer: FutureProducer,
+    dead_letters: DeadLetterWriter,
     shutdown: CancellationToken,
 }
 
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an endpoint cannot be used for a delivery.
+enum Unavailable {
+    /// The process is stopping.
+    Stopping,
+    /// The stored endpoint cannot be used.
+    Unusable(String),
+}
+
 impl Dispatcher {
-    /// Builds the HTTP client (pooled connections, no redirects).
+    /// Builds the HTTP client (pooled connections, no redirects) and the
+    /// Kafka producer for retries and dead letters.
     pub fn new(
         config: &Config,
         cache: EndpointCache,
@@ -110,84 +139,203 @@ impl Dispatcher {
             .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
+        let producer = herald_core::kafka::producer(&config.kafka, "herald-dispatcher")?;
+        let dead_letters = DeadLetterWriter::new(
+            producer.clone(),
+            config.kafka.topic(herald_core::topics::DLQ),
+            config.kafka.produce_timeout,
+        );
         Ok(Self {
             cache,
             http,
-            attempts: config.attempts,
-            retry_backoff: config.retry_backoff,
+            schedule: config.retry_schedule.clone(),
+            kafka: config.kafka.clone(),
+            producer,
+            dead_letters,
             shutdown,
         })
     }
 
-    /// Finds the endpoint, waiting out Redis errors. `Err` means the process
-    /// is stopping; `Ok(None)` that the endpoint does not exist.
-    async fn endpoint(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, Stopping> {
+    /// Finds the endpoint, waiting out Redis errors. `Ok(None)` means it
+    /// does not exist.
+    async fn endpoint(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, Unavailable> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.cache.lookup(id).await {
                 Ok(found) => return Ok(found),
+                Err(StoreError::Corrupt(problem)) => return Err(Unavailable::Unusable(problem)),
                 Err(err) => {
                     tracing::warn!(endpoint_id = id, error = %err, "cannot look up endpoint; retrying")
                 }
             }
-            self.pause(delay).await?;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Unavailable::Stopping),
+                _ = tokio::time::sleep(delay) => {}
+            }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// Sleeps, unless the process stops first.
-    async fn pause(&self, delay: Duration) -> Result<(), Stopping> {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Err(Stopping),
-            _ = tokio::time::sleep(delay) => Ok(()),
+    /// Delivers one webhook: find the endpoint, attempt, then handle the
+    /// result.
+    #[tracing::instrument(skip_all, fields(
+        event_id = %webhook.delivery.event_id,
+        endpoint_id = %webhook.delivery.endpoint_id,
+        attempt = webhook.delivery.attempts_made + 1,
+    ))]
+    async fn deliver(&self, mut webhook: PreparedWebhook, source: &OwnedMessage) -> Outcome {
+        let endpoint = match self.endpoint(&webhook.delivery.endpoint_id).await {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => {
+                let detail = format!(
+                    "endpoint {} does not exist (deleted)",
+                    webhook.delivery.endpoint_id
+                );
+                return self
+                    .dead_letter(webhook.delivery, reason::ENDPOINT_DELETED, detail, source)
+                    .await;
+            }
+            Err(Unavailable::Unusable(problem)) => {
+                return self
+                    .dead_letter(webhook.delivery, reason::ENDPOINT_UNUSABLE, problem, source)
+                    .await;
+            }
+            Err(Unavailable::Stopping) => return Outcome::Abandoned,
+        };
+        if endpoint.endpoint.disabled {
+            let detail = match &endpoint.endpoint.disabled_reason {
+                Some(why) => format!("the endpoint is disabled: {why}"),
+                None => "the endpoint is disabled".to_owned(),
+            };
+            return self
+                .dead_letter(webhook.delivery, reason::ENDPOINT_DISABLED, detail, source)
+                .await;
+        }
+
+        let started_at_ms = unix_millis(OffsetDateTime::now_utc());
+        let started = Instant::now();
+        let result = self.attempt(&endpoint, &webhook).await;
+        let duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        let delivery = &mut webhook.delivery;
+        delivery.attempts_made += 1;
+        delivery.history.push(Attempt {
+            started_at_ms,
+            status_code: match &result {
+                AttemptResult::Delivered { status } => u32::from(*status),
+                AttemptResult::Failed { status, .. } => status.map_or(0, u32::from),
+            },
+            error: match &result {
+                AttemptResult::Delivered { .. } => String::new(),
+                AttemptResult::Failed { error, .. } => error.clone(),
+            },
+            duration_ms,
+        });
+        match result {
+            AttemptResult::Delivered { status } => {
+                tracing::debug!(status, duration_ms, "delivered");
+                Outcome::Done
+            }
+            AttemptResult::Failed {
+                status,
+                error,
+                hints,
+            } => {
+                tracing::info!(status, %error, duration_ms, "delivery attempt failed");
+                self.handle_failure(webhook.delivery, status, error, hints, source)
+                    .await
+            }
         }
     }
 
-    /// Delivers one webhook: up to `attempts` signed POSTs.
-    #[tracing::instrument(skip_all, fields(event_id = %webhook.delivery.event_id, endpoint_id = %webhook.delivery.endpoint_id))]
-    async fn deliver(&self, webhook: PreparedWebhook) -> Outcome {
-        for attempt in 1..=self.attempts {
-            let endpoint = match self.endpoint(&webhook.delivery.endpoint_id).await {
-                Ok(Some(endpoint)) => endpoint,
-                Ok(None) => {
-                    tracing::warn!("the endpoint no longer exists; the delivery is dropped");
-                    return Outcome::Done;
+    /// After a failed attempt: disable a gone endpoint, schedule the next
+    /// attempt, or give up.
+    async fn handle_failure(
+        &self,
+        delivery: Delivery,
+        status: Option<u16>,
+        error: String,
+        hints: FailureHints,
+        source: &OwnedMessage,
+    ) -> Outcome {
+        if status == Some(410) {
+            let why = format!(
+                "it answered 410 Gone at {}",
+                format_timestamp(OffsetDateTime::now_utc())
+            );
+            match self
+                .cache
+                .store()
+                .disable(&delivery.endpoint_id, &why)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(endpoint_id = %delivery.endpoint_id, "endpoint disabled: {why}")
                 }
-                Err(Stopping) => return Outcome::Abandoned,
-            };
-            if endpoint.endpoint.disabled {
-                tracing::info!("the endpoint is disabled; the delivery is dropped");
-                return Outcome::Done;
-            }
-            let started = Instant::now();
-            match self.attempt(&endpoint, &webhook).await {
-                AttemptResult::Delivered { status } => {
-                    tracing::debug!(
-                        attempt,
-                        status,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "delivered"
-                    );
-                    return Outcome::Done;
-                }
-                AttemptResult::Failed { status, error } => {
-                    tracing::warn!(attempt, status, %error, "delivery attempt failed");
+                Err(err) => {
+                    tracing::error!(endpoint_id = %delivery.endpoint_id, error = %err, "cannot disable a gone endpoint")
                 }
             }
-            if attempt < self.attempts {
-                let delay = self
-                    .retry_backoff
-                    .saturating_mul(1 << (attempt - 1).min(16));
-                if self.pause(delay).await.is_err() {
-                    return Outcome::Abandoned;
-                }
+            return self
+                .dead_letter(delivery, reason::ENDPOINT_GONE, why, source)
+                .await;
+        }
+        match self.schedule.delay_after(delivery.attempts_made) {
+            None => {
+                let detail = format!(
+                    "{} attempts failed; the last one: {error}",
+                    delivery.attempts_made
+                );
+                self.dead_letter(delivery, reason::ATTEMPTS_EXHAUSTED, detail, source)
+                    .await
+            }
+            Some(scheduled) => {
+                self.retry_later(delivery, next_wait(scheduled, hints))
+                    .await
             }
         }
-        tracing::error!(
-            attempts = self.attempts,
-            "delivery failed on every attempt; giving up"
-        );
-        Outcome::Done
+    }
+
+    /// Writes the delivery to the retry tier for `wait`, due after `wait`.
+    async fn retry_later(&self, mut delivery: Delivery, wait: Duration) -> Outcome {
+        let not_before_ms = unix_millis(OffsetDateTime::now_utc()) + wait.as_millis() as i64;
+        delivery.not_before_ms = not_before_ms;
+        let topic = tier_topic(&self.kafka, self.schedule.tier_for(wait));
+        let value = delivery.encode_to_vec();
+        let due = not_before_ms.to_string();
+        let record = OutgoingRecord {
+            topic: &topic,
+            key: &delivery.endpoint_id,
+            value: &value,
+            headers: &[(NOT_BEFORE_HEADER, due.as_bytes())],
+        };
+        match produce_until_acked(
+            &self.producer,
+            record,
+            self.kafka.produce_timeout,
+            &self.shutdown,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::debug!(%topic, wait_ms = wait.as_millis() as u64, "retry scheduled");
+                Outcome::Done
+            }
+            Err(Stopping) => Outcome::Abandoned,
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: Delivery,
+        why: &str,
+        detail: String,
+        source: &OwnedMessage,
+    ) -> Outcome {
+        let letter = dead_letter::for_delivery(delivery, why, detail, source);
+        match self.dead_letters.write(&letter, &self.shutdown).await {
+            Ok(()) => Outcome::Done,
+            Err(Stopping) => Outcome::Abandoned,
+        }
     }
 
     /// One signed POST.
@@ -196,7 +344,7 @@ impl Dispatcher {
         endpoint: &ResolvedEndpoint,
         webhook: &PreparedWebhook,
     ) -> AttemptResult {
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let timestamp = OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = &webhook.delivery.event_id;
         let signature = signing::sign(&endpoint.secret, msg_id, timestamp, &webhook.body);
         let mut request = self.http.post(&endpoint.endpoint.url);
@@ -213,6 +361,11 @@ impl Dispatcher {
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
                 // Read (a bounded part of) the body so the connection can be
                 // reused.
                 let mut read = 0usize;
@@ -228,20 +381,24 @@ impl Dispatcher {
                     AttemptResult::Failed {
                         status: Some(status),
                         error: format!("the endpoint answered {status}"),
+                        hints: FailureHints {
+                            retry_after,
+                            slow_down: status == 429,
+                        },
                     }
                 }
             }
             Err(err) => AttemptResult::Failed {
                 status: None,
                 error: describe_http_error(&err),
+                hints: FailureHints {
+                    retry_after: None,
+                    slow_down: err.is_timeout(),
+                },
             },
         }
     }
 }
-
-/// The process is shutting down.
-#[derive(Debug)]
-struct Stopping;
 
 /// A short, precise description of a failed request.
 fn describe_http_error(err: &reqwest::Error) -> String {
@@ -267,18 +424,23 @@ impl RecordHandler for Dispatcher {
             .ok_or_else(|| "the record has no value".to_owned())
             .and_then(prepare);
         match prepared {
-            Ok(webhook) => self.deliver(webhook).await,
-            Err(reason) => {
-                tracing::warn!(
-                    topic = record.topic(),
-                    partition = record.partition(),
-                    offset = record.offset(),
-                    %reason,
-                    "skipping a malformed delivery record"
-                );
-                Outcome::Done
+            Ok(webhook) => self.deliver(webhook, &record).await,
+            Err(detail) => {
+                let letter = dead_letter::for_malformed_record(&record, detail);
+                match self.dead_letters.write(&letter, &self.shutdown).await {
+                    Ok(()) => Outcome::Done,
+                    Err(Stopping) => Outcome::Abandoned,
+                }
             }
         }
+    }
+
+    fn due_at(&self, record: &BorrowedMessage<'_>) -> Option<i64> {
+        let headers = record.headers()?;
+        headers
+            .iter()
+            .find(|h| h.key == NOT_BEFORE_HEADER)
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
     }
 }
 

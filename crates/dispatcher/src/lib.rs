@@ -9,8 +9,13 @@
 //! delivery was given up), in order per partition, so a crash re-delivers at
 //! most what was in flight — with the same `webhook-id`.
 //!
-//! A failed attempt (non-2xx, timeout, connection error) is retried in place
-//! a few times with a growing pause. It is never reported as delivered.
+//! A failed attempt (non-2xx, timeout, connection error) is never retried in
+//! place: the delivery goes to the retry tier topic of its next delay
+//! (`herald_core::retry`), which the dispatchers also consume, and only once
+//! that record is acknowledged is the original offset stored. After the last
+//! attempt, or at once for a permanent failure (endpoint deleted or gone,
+//! malformed record), it goes to `herald.dlq` with its reason and attempt
+//! history (`herald_core::dead_letter`).
 
 pub mod deliver;
 
@@ -21,6 +26,7 @@ use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::endpoint::{EndpointCache, EndpointStore};
 use herald_core::kafka::consumer::ConsumerSettings;
 use herald_core::redis_store::{self, Keys};
+use herald_core::retry::RetrySchedule;
 use herald_core::telemetry::LogConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -35,11 +41,10 @@ pub struct Config {
     /// `HERALD_HTTP_TIMEOUT` (default `15s`): how long one webhook request
     /// may take, from connecting to the end of the response.
     pub http_timeout: Duration,
-    /// `HERALD_DELIVERY_ATTEMPTS` (default `3`): attempts per delivery.
-    pub attempts: u32,
-    /// `HERALD_RETRY_BACKOFF` (default `1s`): pause before the second
-    /// attempt; it doubles for each further one.
-    pub retry_backoff: Duration,
+    /// `HERALD_RETRY_SCHEDULE` (default `5s,5m,30m,2h,5h,10h,10h`): delays
+    /// between attempts; n delays make n + 1 attempts. Each delay gets ±20 %
+    /// jitter.
+    pub retry_schedule: RetrySchedule,
     /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the endpoint
     /// cache checks Redis for changes.
     pub cache_refresh: Duration,
@@ -60,8 +65,11 @@ impl Config {
         Ok(Self {
             max_in_flight: env.number("HERALD_DISPATCHER_MAX_IN_FLIGHT", 512, 1, 100_000)? as usize,
             http_timeout: env.duration("HERALD_HTTP_TIMEOUT", Duration::from_secs(15))?,
-            attempts: env.number("HERALD_DELIVERY_ATTEMPTS", 3, 1, 100)? as u32,
-            retry_backoff: env.duration("HERALD_RETRY_BACKOFF", Duration::from_secs(1))?,
+            retry_schedule: env.parse(
+                "HERALD_RETRY_SCHEDULE",
+                RetrySchedule::default(),
+                RetrySchedule::parse,
+            )?,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
             drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             kafka: KafkaConfig::from_env(env)?,
@@ -87,19 +95,17 @@ pub enum DispatcherError {
 
 /// Runs a dispatcher replica until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DispatcherError> {
-    let deliveries_topic = config.kafka.deliveries_topic();
-    herald_core::kafka::ensure_topics_with_retry(
-        &config.kafka,
-        std::slice::from_ref(&deliveries_topic),
-        &shutdown,
-    )
-    .await?;
+    // Consumed: new deliveries and every retry tier. Written: retry tiers
+    // and dead letters.
+    let mut topics = vec![config.kafka.deliveries_topic()];
+    topics.extend(config.retry_schedule.tier_topics(&config.kafka));
+    let mut needed = topics.clone();
+    needed.push(config.kafka.topic(herald_core::topics::DLQ));
+    herald_core::kafka::ensure_topics_with_retry(&config.kafka, &needed, &shutdown).await?;
 
     let redis = redis_store::connect(&config.redis)?;
-    let cache = EndpointCache::new(EndpointStore::new(
-        redis,
-        Keys::new(config.redis.key_prefix.clone()),
-    ));
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    let cache = EndpointCache::new(EndpointStore::new(redis.clone(), keys.clone()));
     if !cache.load_first(&shutdown).await {
         return Ok(());
     }
@@ -113,7 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
     let settings = ConsumerSettings {
         group_id: config.kafka.group(herald_core::groups::DISPATCHER),
         client_id: "herald-dispatcher".to_owned(),
-        topics: vec![deliveries_topic],
+        topics,
         max_in_flight: config.max_in_flight,
         drain_timeout: config.drain_timeout,
     };

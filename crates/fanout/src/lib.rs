@@ -10,13 +10,14 @@
 //! flight; delivery ids derive from (event id, endpoint id), so a re-run
 //! produces the same ids.
 //!
-//! A record that is not a valid event is logged with its reason and skipped,
-//! so it never holds up its partition.
+//! A record that is not a valid event goes to `herald.dlq` with its reason,
+//! so it never holds up its partition and is never lost silently.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
+use herald_core::dead_letter::{self, DeadLetterWriter};
 use herald_core::endpoint::{EndpointCache, EndpointStore, Snapshot};
 use herald_core::event::{event_id_from_position, parse_event, unix_millis};
 use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
@@ -80,9 +81,14 @@ pub enum FanoutError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), FanoutError> {
     let events_topic = config.kafka.events_topic();
     let deliveries_topic = config.kafka.deliveries_topic();
+    let dlq_topic = config.kafka.topic(herald_core::topics::DLQ);
     herald_core::kafka::ensure_topics_with_retry(
         &config.kafka,
-        &[events_topic.clone(), deliveries_topic.clone()],
+        &[
+            events_topic.clone(),
+            deliveries_topic.clone(),
+            dlq_topic.clone(),
+        ],
         &shutdown,
     )
     .await?;
@@ -103,9 +109,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
             .keep_fresh(config.cache_refresh, shutdown.clone()),
     );
 
+    let producer = herald_core::kafka::producer(&config.kafka, "herald-fanout")?;
     let handler = Arc::new(FanoutHandler {
         cache,
-        producer: herald_core::kafka::producer(&config.kafka, "herald-fanout")?,
+        dead_letters: DeadLetterWriter::new(
+            producer.clone(),
+            dlq_topic,
+            config.kafka.produce_timeout,
+        ),
+        producer,
         deliveries_topic,
         produce_timeout: config.kafka.produce_timeout,
         shutdown: shutdown.clone(),
@@ -124,6 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
 /// Fans out one event record.
 struct FanoutHandler {
     cache: EndpointCache,
+    dead_letters: DeadLetterWriter,
     producer: FutureProducer,
     deliveries_topic: String,
     produce_timeout: Duration,
@@ -140,14 +153,14 @@ impl RecordHandler for FanoutHandler {
         let deliveries = match plan(&record, &snapshot) {
             Ok(deliveries) => deliveries,
             Err(reason) => {
-                tracing::warn!(
-                    topic = record.topic(),
-                    partition = record.partition(),
-                    offset = record.offset(),
-                    %reason,
-                    "skipping a record that is not a valid event"
+                let letter = dead_letter::for_malformed_record(
+                    &record,
+                    format!("not a valid event: {reason}"),
                 );
-                return Outcome::Done;
+                return match self.dead_letters.write(&letter, &self.shutdown).await {
+                    Ok(()) => Outcome::Done,
+                    Err(_) => Outcome::Abandoned,
+                };
             }
         };
         self.produce_all(deliveries).await

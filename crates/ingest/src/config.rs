@@ -23,6 +23,13 @@ pub struct Config {
     /// `HERALD_IDEMPOTENCY_TTL` (default `24h`): how long an event id is
     /// remembered; the same id within this window is not published again.
     pub idempotency_ttl: Duration,
+    /// `HERALD_DLQ_RETENTION` (default `14d`): how long dead letters stay
+    /// listed and replayable through the API (`herald.dlq` keeps them as
+    /// long as the topic's own retention).
+    pub dlq_retention: Duration,
+    /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown, how long the
+    /// dead-letter indexer may take to finish.
+    pub drain_timeout: Duration,
     /// Kafka settings (`HERALD_KAFKA_*`, `HERALD_TOPIC_*`).
     pub kafka: KafkaConfig,
     /// Redis settings (`HERALD_REDIS_*`).
@@ -64,6 +71,9 @@ impl Config {
             api_keys: ApiKeys::new(&keys),
             max_body_bytes: env.number("HERALD_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20)? as usize,
             idempotency_ttl: env.duration("HERALD_IDEMPOTENCY_TTL", Duration::from_secs(86_400))?,
+            dlq_retention: env
+                .duration("HERALD_DLQ_RETENTION", Duration::from_secs(14 * 86_400))?,
+            drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             kafka: KafkaConfig::from_env(env)?,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,

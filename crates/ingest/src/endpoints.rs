@@ -47,6 +47,8 @@ pub struct CreateEndpoint {
     disabled: Option<bool>,
     #[serde(default)]
     secret: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<u32>,
 }
 
 /// Body of `PATCH /v1/endpoints/{id}`: only the fields to change.
@@ -63,6 +65,18 @@ pub struct UpdateEndpoint {
     headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     disabled: Option<bool>,
+    /// `null` removes the limit; absent leaves it as it is.
+    #[serde(default, deserialize_with = "present_or_null")]
+    rate_limit: Option<Option<u32>>,
+}
+
+/// Tells `"field": null` (Some(None)) from an absent field (None).
+fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// An endpoint as the API shows it: without its secret.
@@ -74,6 +88,9 @@ pub struct EndpointView<'a> {
     description: &'a str,
     headers: &'a BTreeMap<String, String>,
     disabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<&'a str>,
+    rate_limit: Option<u32>,
     created_at: &'a str,
     updated_at: &'a str,
 }
@@ -87,6 +104,8 @@ impl<'a> From<&'a Endpoint> for EndpointView<'a> {
             description: &e.description,
             headers: &e.headers,
             disabled: e.disabled,
+            disabled_reason: e.disabled_reason.as_deref(),
+            rate_limit: e.rate_limit,
             created_at: &e.created_at,
             updated_at: &e.updated_at,
         }
@@ -170,6 +189,20 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_rate_limit(limit: Option<u32>) -> Result<(), ApiError> {
+    match limit {
+        Some(0) => Err(invalid(
+            "rate_limit",
+            "must be at least 1 delivery per second (or null for no limit)",
+        )),
+        Some(n) if n > 100_000 => Err(invalid(
+            "rate_limit",
+            "may be at most 100000 deliveries per second",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn now() -> (OffsetDateTime, String) {
     let now = OffsetDateTime::now_utc();
     (now, format_timestamp(now))
@@ -188,6 +221,7 @@ pub async fn create(
     check_description(&description)?;
     let custom_headers = request.headers.unwrap_or_default();
     check_headers(&custom_headers)?;
+    check_rate_limit(request.rate_limit)?;
     let secret = match request.secret {
         Some(text) => Secret::parse(&text).map_err(|p| invalid("secret", p))?,
         None => Secret::generate(),
@@ -200,6 +234,8 @@ pub async fn create(
         description,
         headers: custom_headers,
         disabled: request.disabled.unwrap_or(false),
+        disabled_reason: None,
+        rate_limit: request.rate_limit,
         secret: secret.expose(),
         created_at: now_text.clone(),
         updated_at: now_text,
@@ -310,6 +346,13 @@ pub async fn update(
     }
     if let Some(disabled) = request.disabled {
         endpoint.disabled = disabled;
+        if !disabled {
+            endpoint.disabled_reason = None;
+        }
+    }
+    if let Some(limit) = request.rate_limit {
+        check_rate_limit(limit)?;
+        endpoint.rate_limit = limit;
     }
     endpoint.updated_at = now().1;
     if !state.endpoints.update(&endpoint).await? {

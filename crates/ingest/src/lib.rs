@@ -5,6 +5,8 @@
 //!   acknowledged the write ([`events`]).
 //! - `/v1/endpoints…` manages endpoints and their subscriptions, stored in
 //!   Redis ([`endpoints`]).
+//! - `/v1/dlq…` lists and replays dead letters, which a background consumer
+//!   copies from `herald.dlq` into Redis ([`dlq`]).
 //! - `/healthz` and `/readyz` report liveness and readiness ([`health`]).
 //!
 //! Every `/v1` route requires `Authorization: Bearer <api key>` ([`auth`]).
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod dlq;
 pub mod endpoints;
 pub mod error;
 pub mod events;
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use herald_core::endpoint::EndpointStore;
+use herald_core::kafka::consumer::ConsumerSettings;
 use herald_core::redis_store::{self, Keys};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +65,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     config: Config,
+    dlq: dlq::DlqIndex,
 }
 
 impl Application {
@@ -76,10 +81,17 @@ impl Application {
         let producer = herald_core::kafka::producer(&config.kafka, "herald-ingest")?;
         let redis = redis_store::connect(&config.redis)?;
         let keys = Keys::new(config.redis.key_prefix.clone());
+        let dlq = dlq::DlqIndex::new(
+            redis.clone(),
+            &config.redis.key_prefix,
+            config.dlq_retention,
+        );
         let state: AppState = Arc::new(Inner {
             api_keys: config.api_keys.clone(),
             producer,
             events_topic: config.kafka.events_topic(),
+            deliveries_topic: config.kafka.deliveries_topic(),
+            dlq: dlq.clone(),
             produce_timeout: config.kafka.produce_timeout,
             endpoints: EndpointStore::new(redis.clone(), keys.clone()),
             redis,
@@ -91,6 +103,7 @@ impl Application {
             listener,
             router: router(state),
             config,
+            dlq,
         })
     }
 
@@ -101,22 +114,52 @@ impl Application {
 
     /// Serves until `shutdown`, then finishes the requests in progress.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        // Create the events topic in the background: ingest serves (and
-        // answers 503 for events) even while Kafka is still starting.
+        // Topics and the dead-letter indexer start in the background: ingest
+        // serves (and answers 503 for events) even while Kafka is starting.
         let kafka = self.config.kafka.clone();
-        let topic_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let topics = [kafka.events_topic()];
+        let indexer = dlq::DlqIndexer {
+            index: self.dlq.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let drain_timeout = self.config.drain_timeout;
+        let background_shutdown = shutdown.clone();
+        let background = tokio::spawn(async move {
+            let dlq_topic = kafka.topic(herald_core::topics::DLQ);
+            let topics = [
+                kafka.events_topic(),
+                kafka.deliveries_topic(),
+                dlq_topic.clone(),
+            ];
             if let Err(err) =
-                herald_core::kafka::ensure_topics_with_retry(&kafka, &topics, &topic_shutdown).await
+                herald_core::kafka::ensure_topics_with_retry(&kafka, &topics, &background_shutdown)
+                    .await
             {
-                tracing::error!(error = %err, "cannot create the events topic");
+                tracing::error!(error = %err, "cannot create Herald's topics");
+            }
+            let settings = ConsumerSettings {
+                group_id: kafka.group(herald_core::groups::DLQ_INDEXER),
+                client_id: "herald-ingest".to_owned(),
+                topics: vec![dlq_topic],
+                max_in_flight: 64,
+                drain_timeout,
+            };
+            if let Err(err) = herald_core::kafka::consumer::run(
+                &kafka,
+                settings,
+                Arc::new(indexer),
+                background_shutdown,
+            )
+            .await
+            {
+                tracing::error!(error = %err, "the dead-letter indexer stopped");
             }
         });
         tracing::info!(addr = %self.listener.local_addr()?, "herald-ingest listening");
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+            .await;
+        let _ = background.await;
+        served
     }
 }
 
@@ -135,6 +178,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(endpoints::delete),
         )
         .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
+        .route("/v1/dlq", get(dlq::list))
+        .route("/v1/dlq/replay", post(dlq::replay))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,

@@ -21,6 +21,10 @@ pub struct Inner {
     pub producer: FutureProducer,
     /// Full name of the events topic.
     pub events_topic: String,
+    /// Full name of the deliveries topic (dead-letter replays go there).
+    pub deliveries_topic: String,
+    /// The dead-letter index.
+    pub dlq: crate::dlq::DlqIndex,
     /// How long a produce may wait for room in the producer's queue.
     pub produce_timeout: Duration,
     /// Redis connection (idempotency records).

@@ -16,14 +16,15 @@
 //! librdkafka runs rebalance callbacks inside `poll`, and those callbacks must
 //! block until in-flight work is drained.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,16 @@ pub trait RecordHandler: Send + Sync + 'static {
     /// Processes one record. Return [`Outcome::Done`] only once its effects
     /// are durable.
     fn handle(&self, record: OwnedMessage) -> impl Future<Output = Outcome> + Send;
+
+    /// When the record may be processed, in Unix milliseconds; `None` means
+    /// now. A record that is not due yet pauses its partition until it is
+    /// (the partition is re-read from that record then), so waiting costs
+    /// neither a busy loop nor a slot of the in-flight window, and other
+    /// partitions go on.
+    fn due_at(&self, record: &BorrowedMessage<'_>) -> Option<i64> {
+        let _ = record;
+        None
+    }
 }
 
 /// How to run a consumer.
@@ -65,8 +76,10 @@ pub async fn run<H: RecordHandler>(
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
     let tracker = Arc::new(OffsetTracker::new());
+    let paused = Arc::new(Mutex::new(HashMap::new()));
     let context = TrackingContext {
         tracker: tracker.clone(),
+        paused: paused.clone(),
         drain_timeout: settings.drain_timeout,
     };
     let consumer: BaseConsumer<TrackingContext> =
@@ -77,19 +90,31 @@ pub async fn run<H: RecordHandler>(
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consumer started");
 
     let drain_timeout = settings.drain_timeout;
+    let stop_requested = shutdown.clone();
     let runtime = tokio::runtime::Handle::current();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("poll-{}", settings.group_id))
         .spawn(move || {
-            poll_loop(&consumer, &settings, &tracker, handler, &runtime, &shutdown);
+            poll_loop(
+                &consumer, &settings, &tracker, &paused, handler, &runtime, &shutdown,
+            );
             finish(&consumer, &tracker, settings.drain_timeout);
             // Dropping the consumer leaves the group cleanly.
             drop(consumer);
             let _ = done_tx.send(());
         })
         .map_err(|_| KafkaError::Canceled)?;
-    // Leaving the group needs the broker; if it is gone, do not hang on it.
+    let mut done_rx = done_rx;
+    tokio::select! {
+        _ = &mut done_rx => {
+            tracing::info!("consumer stopped");
+            return Ok(());
+        }
+        _ = stop_requested.cancelled() => {}
+    }
+    // Draining and leaving the group need the broker; if it is gone, do not
+    // hang on it.
     let close_limit = drain_timeout + CLOSE_GRACE;
     match tokio::time::timeout(close_limit, done_rx).await {
         Ok(_) => tracing::info!("consumer stopped"),
@@ -104,6 +129,7 @@ fn poll_loop<H: RecordHandler>(
     consumer: &BaseConsumer<TrackingContext>,
     settings: &ConsumerSettings,
     tracker: &Arc<OffsetTracker>,
+    paused: &PausedPartitions,
     handler: Arc<H>,
     runtime: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
@@ -111,6 +137,7 @@ fn poll_loop<H: RecordHandler>(
     let window = Arc::new(Semaphore::new(settings.max_in_flight));
     while !shutdown.is_cancelled() {
         store_releasable(consumer, tracker, None);
+        resume_due(consumer, paused);
         let record = match consumer.poll(Duration::from_millis(100)) {
             None => continue,
             Some(Ok(record)) => record,
@@ -119,6 +146,25 @@ fn poll_loop<H: RecordHandler>(
                 continue;
             }
         };
+        let key: TopicPartition = (Arc::from(record.topic()), record.partition());
+        if lock(paused).contains_key(&key) {
+            // Fetched before the pause took effect; it is read again when
+            // the partition resumes.
+            continue;
+        }
+        if let Some(due_ms) = handler.due_at(&record) {
+            let wait_ms = due_ms - unix_now_ms();
+            if wait_ms > 0 {
+                pause_until(
+                    consumer,
+                    paused,
+                    key,
+                    record.offset(),
+                    Duration::from_millis(wait_ms as u64),
+                );
+                continue;
+            }
+        }
         // Wait for room in the window; while waiting nothing is polled, which
         // is what holds back a consumer that cannot keep up.
         let permit = runtime.block_on(async {
@@ -145,6 +191,83 @@ fn poll_loop<H: RecordHandler>(
 
 fn detach(record: &BorrowedMessage<'_>) -> OwnedMessage {
     record.detach()
+}
+
+/// Partitions held back until a moment, because their next record is not
+/// due yet.
+type PausedPartitions = Arc<Mutex<HashMap<TopicPartition, Instant>>>;
+
+fn lock(paused: &PausedPartitions) -> MutexGuard<'_, HashMap<TopicPartition, Instant>> {
+    paused
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_now_ms() -> i64 {
+    crate::event::unix_millis(time::OffsetDateTime::now_utc())
+}
+
+fn single(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    list
+}
+
+/// Stops fetching a partition and rewinds it to `offset`, to be resumed
+/// after `wait`.
+fn pause_until(
+    consumer: &BaseConsumer<TrackingContext>,
+    paused: &PausedPartitions,
+    key: TopicPartition,
+    offset: i64,
+    wait: Duration,
+) {
+    let (topic, partition) = (&*key.0, key.1);
+    if let Err(err) = consumer.pause(&single(topic, partition)) {
+        tracing::warn!(topic, partition, error = %err, "cannot pause partition");
+        return;
+    }
+    if let Err(err) = consumer.seek(
+        topic,
+        partition,
+        Offset::Offset(offset),
+        Duration::from_secs(5),
+    ) {
+        // Without the rewind the record would be skipped: resume and let the
+        // loop meet it again.
+        tracing::warn!(topic, partition, offset, error = %err, "cannot rewind partition");
+        let _ = consumer.resume(&single(topic, partition));
+        return;
+    }
+    tracing::debug!(
+        topic,
+        partition,
+        offset,
+        wait_ms = wait.as_millis() as u64,
+        "partition waits for its next record"
+    );
+    lock(paused).insert(key, Instant::now() + wait);
+}
+
+/// Resumes the partitions whose wait is over.
+fn resume_due(consumer: &BaseConsumer<TrackingContext>, paused: &PausedPartitions) {
+    let now = Instant::now();
+    let mut paused = lock(paused);
+    let due: Vec<TopicPartition> = paused
+        .iter()
+        .filter(|(_, until)| **until <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in due {
+        match consumer.resume(&single(&key.0, key.1)) {
+            Ok(()) => {
+                paused.remove(&key);
+            }
+            Err(err) => {
+                tracing::warn!(topic = %key.0, partition = key.1, error = %err, "cannot resume partition")
+            }
+        }
+    }
 }
 
 /// Shutdown: wait for in-flight records, store and commit their offsets.
@@ -200,6 +323,7 @@ fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
 /// revoked ones before they move to another consumer.
 struct TrackingContext {
     tracker: Arc<OffsetTracker>,
+    paused: PausedPartitions,
     drain_timeout: Duration,
 }
 
@@ -233,8 +357,22 @@ impl ConsumerContext for TrackingContext {
                     commit_sync(consumer);
                 }
                 self.tracker.revoke(&revoked);
+                let mut paused = lock(&self.paused);
+                for key in &revoked {
+                    paused.remove(key);
+                }
             }
             Rebalance::Error(err) => tracing::error!(error = %err, "rebalance failed"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // A partition that comes back must not stay paused from an earlier
+        // assignment.
+        if let Rebalance::Assign(list) = rebalance
+            && let Err(err) = consumer.resume(list)
+        {
+            tracing::warn!(error = %err, "cannot resume assigned partitions");
         }
     }
 

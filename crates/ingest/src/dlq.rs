@@ -1,0 +1,473 @@
+//! Dead letters: the index behind the API, and the API itself.
+//!
+//! `herald.dlq` is the record of truth; Kafka cannot be searched by endpoint,
+//! so herald-ingest consumes the topic (consumer group
+//! `herald-dlq-indexer`) into Redis, where the API lists them:
+//! - `dlq:letter:{id}`: the `herald.v1.DeadLetter`, expiring after the
+//!   retention period;
+//! - `dlq:all` and `dlq:endpoint:{endpoint id}`: sorted sets of ids by the
+//!   time they died.
+//!
+//! `GET /v1/dlq` lists them; `POST /v1/dlq/replay` sends them back to
+//! `herald.deliveries` for a fresh set of attempts, with the same event id
+//! (so the same `webhook-id`), and removes them from the index.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
+use herald_core::kafka::consumer::RecordHandler;
+use herald_core::kafka::offsets::Outcome;
+use herald_core::kafka::{OutgoingRecord, produce_until_acked};
+use herald_core::proto::{DeadLetter, Delivery};
+use herald_core::redis_store::StoreError;
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::read_json;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Most dead letters one replay call handles.
+const MAX_REPLAY: usize = 10_000;
+
+/// Dead letters in Redis.
+#[derive(Clone)]
+pub struct DlqIndex {
+    redis: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+}
+
+impl std::fmt::Debug for DlqIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlqIndex")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl DlqIndex {
+    /// An index under the Redis key prefix, keeping letters for `retention`.
+    pub fn new(redis: ConnectionManager, prefix: &str, retention: Duration) -> Self {
+        Self {
+            redis,
+            prefix: format!("{prefix}dlq:"),
+            retention,
+        }
+    }
+
+    fn letter_key(&self, id: &str) -> String {
+        format!("{}letter:{id}", self.prefix)
+    }
+
+    fn all_key(&self) -> String {
+        format!("{}all", self.prefix)
+    }
+
+    fn endpoint_key(&self, endpoint_id: &str) -> String {
+        format!("{}endpoint:{endpoint_id}", self.prefix)
+    }
+
+    fn set_key(&self, endpoint_id: Option<&str>) -> String {
+        endpoint_id.map_or_else(|| self.all_key(), |id| self.endpoint_key(id))
+    }
+
+    /// Adds (or refreshes) a dead letter; idempotent.
+    pub async fn put(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        let expired_before =
+            unix_millis(time::OffsetDateTime::now_utc()) - self.retention.as_millis() as i64;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.letter_key(&letter.id))
+            .arg(letter.encode_to_vec())
+            .arg("PX")
+            .arg(self.retention.as_millis() as u64)
+            .ignore()
+            .zadd(self.all_key(), &letter.id, letter.dead_at_ms)
+            .ignore()
+            .zrembyscore(self.all_key(), "-inf", expired_before)
+            .ignore();
+        if let Some(delivery) = &letter.delivery {
+            let key = self.endpoint_key(&delivery.endpoint_id);
+            pipe.zadd(&key, &letter.id, letter.dead_at_ms)
+                .ignore()
+                .zrembyscore(&key, "-inf", expired_before)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Newest first, from position `start`.
+    pub async fn list(
+        &self,
+        endpoint_id: Option<&str>,
+        start: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut conn = self.redis.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.set_key(endpoint_id))
+            .arg(start)
+            .arg(start + limit - 1)
+            .query_async(&mut conn)
+            .await?;
+        self.get_many(&ids).await
+    }
+
+    /// The letters with these ids that still exist.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<DeadLetter>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = ids.iter().map(|id| self.letter_key(id)).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        values
+            .into_iter()
+            .flatten()
+            .map(|bytes| {
+                DeadLetter::decode(bytes.as_slice())
+                    .map_err(|e| StoreError::Corrupt(format!("dead letter: {e}")))
+            })
+            .collect()
+    }
+
+    /// Every id listed for an endpoint (up to `limit`), oldest first.
+    pub async fn ids_for_endpoint(
+        &self,
+        endpoint_id: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.redis.clone();
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.endpoint_key(endpoint_id))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Removes a letter (after it was replayed).
+    pub async fn remove(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.letter_key(&letter.id))
+            .ignore()
+            .zrem(self.all_key(), &letter.id)
+            .ignore();
+        if let Some(delivery) = &letter.delivery {
+            pipe.zrem(self.endpoint_key(&delivery.endpoint_id), &letter.id)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Copies `herald.dlq` into the index.
+pub struct DlqIndexer {
+    /// The index.
+    pub index: DlqIndex,
+    /// Stops retries on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for DlqIndexer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlqIndexer")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl RecordHandler for DlqIndexer {
+    async fn handle(&self, record: OwnedMessage) -> Outcome {
+        let letter = match DeadLetter::decode(record.payload().unwrap_or_default()) {
+            Ok(letter) => letter,
+            Err(err) => {
+                tracing::error!(
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    error = %err,
+                    "a record on the dead-letter topic is not a herald.v1.DeadLetter; it stays only in Kafka"
+                );
+                return Outcome::Done;
+            }
+        };
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.index.put(&letter).await {
+                Ok(()) => return Outcome::Done,
+                Err(err) => tracing::warn!(error = %err, "cannot index a dead letter; retrying"),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Outcome::Abandoned,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+fn view(letter: &DeadLetter) -> Value {
+    let mut out = json!({
+        "id": letter.id,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "dead_at": format_timestamp(from_unix_millis(letter.dead_at_ms)),
+        "source": {
+            "topic": letter.source_topic,
+            "partition": letter.source_partition,
+            "offset": letter.source_offset,
+        },
+    });
+    match &letter.delivery {
+        Some(delivery) => {
+            let payload: Value =
+                serde_json::from_slice(&delivery.payload_json).unwrap_or(Value::Null);
+            let attempts: Vec<Value> = delivery
+                .history
+                .iter()
+                .enumerate()
+                .map(|(n, a)| {
+                    json!({
+                        "attempt": n + 1,
+                        "started_at": format_timestamp(from_unix_millis(a.started_at_ms)),
+                        "status_code": (a.status_code != 0).then_some(a.status_code),
+                        "error": (!a.error.is_empty()).then_some(&a.error),
+                        "duration_ms": a.duration_ms,
+                    })
+                })
+                .collect();
+            let last = delivery.history.last();
+            out["endpoint_id"] = json!(delivery.endpoint_id);
+            out["event_id"] = json!(delivery.event_id);
+            out["event_type"] = json!(delivery.event_type);
+            out["payload"] = payload;
+            out["attempts"] = Value::Array(attempts);
+            out["last_status_code"] =
+                json!(last.and_then(|a| (a.status_code != 0).then_some(a.status_code)));
+            out["last_error"] = json!(last.and_then(|a| (!a.error.is_empty()).then_some(&a.error)));
+        }
+        None => {
+            out["raw_record_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&letter.raw_record));
+        }
+    }
+    out
+}
+
+/// Query of `GET /v1/dlq`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    #[serde(default)]
+    endpoint_id: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `GET /v1/dlq?endpoint_id=…&limit=50&cursor=…`: newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=250).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be between 1 and 250",
+        ));
+    }
+    let start = match params.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(cursor) => cursor.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                "`cursor` must be a value returned as `next_cursor`",
+            )
+        })?,
+    };
+    let mut letters = state
+        .dlq
+        .list(params.endpoint_id.as_deref(), start, limit + 1)
+        .await?;
+    let next_cursor = (letters.len() > limit).then(|| (start + limit).to_string());
+    letters.truncate(limit);
+    Ok(Json(json!({
+        "data": letters.iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// Body of `POST /v1/dlq/replay`: exactly one of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    endpoint_id: Option<String>,
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+}
+
+/// `POST /v1/dlq/replay`: 200 `{"replayed": [...]}` when every dead letter
+/// was sent back; 409 with the reasons when some could not be.
+pub async fn replay(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: ReplayRequest = read_json(&headers, body, state.max_body_bytes).await?;
+    let ids = match (request.endpoint_id, request.ids) {
+        (Some(endpoint_id), None) => {
+            if state.endpoints.get(&endpoint_id).await?.is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "endpoint_not_found",
+                    format!(
+                        "endpoint {endpoint_id:?} does not exist (it may have been deleted); its dead letters cannot be replayed"
+                    ),
+                ));
+            }
+            state.dlq.ids_for_endpoint(&endpoint_id, MAX_REPLAY).await?
+        }
+        (None, Some(ids)) if !ids.is_empty() && ids.len() <= MAX_REPLAY => ids,
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("field `ids` must list 1 to {MAX_REPLAY} dead-letter ids"),
+            ));
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "send exactly one of `endpoint_id` and `ids`",
+            ));
+        }
+    };
+
+    let letters = state.dlq.get_many(&ids).await?;
+    let mut replayed = Vec::new();
+    let mut failed = Vec::new();
+    for id in ids
+        .iter()
+        .filter(|id| !letters.iter().any(|l| &l.id == *id))
+    {
+        failed.push(json!({"id": id, "code": "not_found", "message": format!("no dead letter with id {id:?}")}));
+    }
+    for letter in &letters {
+        match replay_one(&state, letter).await {
+            Ok(()) => replayed.push(letter.id.clone()),
+            Err((code, message)) => {
+                failed.push(json!({"id": letter.id, "code": code, "message": message}))
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(Json(json!({ "replayed": replayed })).into_response());
+    }
+    let first = failed[0]["message"].as_str().unwrap_or_default().to_owned();
+    let body = json!({
+        "error": {
+            "code": "replay_failed",
+            "message": format!("{} of {} dead letters could not be replayed; first: {first}", failed.len(), failed.len() + replayed.len()),
+        },
+        "replayed": replayed,
+        "failed": failed,
+    });
+    Ok((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
+/// Sends one dead letter back to `herald.deliveries`.
+async fn replay_one(state: &AppState, letter: &DeadLetter) -> Result<(), (&'static str, String)> {
+    let Some(dead) = &letter.delivery else {
+        return Err((
+            "not_replayable",
+            format!(
+                "dead letter {} is a record that could not be read ({}); there is nothing to deliver",
+                letter.id, letter.detail
+            ),
+        ));
+    };
+    match state.endpoints.get(&dead.endpoint_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err((
+                "endpoint_not_found",
+                format!(
+                    "endpoint {} of dead letter {} was deleted; it cannot be replayed",
+                    dead.endpoint_id, letter.id
+                ),
+            ));
+        }
+        Err(err) => {
+            return Err((
+                "redis_unavailable",
+                format!("Redis is not available: {err}"),
+            ));
+        }
+    }
+    // A fresh set of attempts for the same event: same event id, so the
+    // endpoint sees the same webhook-id.
+    let fresh = Delivery {
+        delivery_id: dead.delivery_id.clone(),
+        endpoint_id: dead.endpoint_id.clone(),
+        event_id: dead.event_id.clone(),
+        event_type: dead.event_type.clone(),
+        payload_json: dead.payload_json.clone(),
+        event_timestamp_ms: dead.event_timestamp_ms,
+        ..Default::default()
+    };
+    let value = fresh.encode_to_vec();
+    // Bounded: an API call must answer.
+    let shutdown = CancellationToken::new();
+    let give_up = shutdown.clone();
+    let produce_timeout = state.produce_timeout;
+    let watchdog = tokio::spawn(async move {
+        tokio::time::sleep(produce_timeout).await;
+        give_up.cancel();
+    });
+    let produced = produce_until_acked(
+        &state.producer,
+        OutgoingRecord {
+            topic: &state.deliveries_topic,
+            key: &fresh.endpoint_id,
+            value: &value,
+            headers: &[],
+        },
+        produce_timeout,
+        &shutdown,
+    )
+    .await;
+    watchdog.abort();
+    if produced.is_err() {
+        return Err((
+            "kafka_unavailable",
+            "Kafka did not acknowledge the replay; retry later".to_owned(),
+        ));
+    }
+    if let Err(err) = state.dlq.remove(letter).await {
+        // Delivered again, but still listed: a second replay would deliver
+        // once more, with the same webhook-id.
+        tracing::warn!(dead_letter = %letter.id, error = %err, "replayed, but not removed from the index");
+    }
+    tracing::info!(dead_letter = %letter.id, endpoint_id = %fresh.endpoint_id, event_id = %fresh.event_id, "dead letter replayed");
+    Ok(())
+}
