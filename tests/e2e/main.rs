@@ -2,9 +2,13 @@
 //! Redis and real HTTP receivers. Run them with `scripts/test`.
 
 mod api_errors;
+mod breaker;
 mod broker;
+mod crash;
 mod idempotency;
 mod malformed_records;
+mod rate_limit;
+mod redis_outage;
 mod replicas;
 mod retries;
 mod routing;

@@ -60,6 +60,15 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
             && l.contains(&endpoint_id)),
         "no 'delivered' line with attempt=4"
     );
+    // And in the endpoint's health: three failures, then a success.
+    let (_, health) = stack
+        .get_json(&format!("/v1/endpoints/{endpoint_id}/health"))
+        .await;
+    assert_eq!(health["recent"]["failures"], 3, "{health}");
+    assert_eq!(health["recent"]["successes"], 1, "{health}");
+    assert_eq!(health["state"], "closed");
+    assert_eq!(health["consecutive_failures"], 0);
+    assert!(health["last_error"].as_str().unwrap().contains("500"));
     let (_, dead) = stack.get_json("/v1/dlq").await;
     assert_eq!(dead["data"], json!([]), "nothing is dead-lettered");
 }

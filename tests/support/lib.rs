@@ -542,9 +542,118 @@ impl Stack {
         }
     }
 
+    /// Writes `count` delivery records for `endpoint_id` straight to
+    /// `herald.deliveries`, spread round-robin over `partitions` partitions
+    /// (so every dispatcher replica gets some). Returns the event ids.
+    pub async fn produce_deliveries(
+        &self,
+        endpoint_id: &str,
+        count: usize,
+        partitions: i32,
+    ) -> Vec<String> {
+        use prost::Message as _;
+        let producer = self.kafka_producer();
+        let topic = self.topic("herald.deliveries");
+        let mut ids = Vec::with_capacity(count);
+        for i in 0..count {
+            let event_id = format!("direct_{i}_{}", random_suffix());
+            let delivery = herald_core::proto::Delivery {
+                delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
+                endpoint_id: endpoint_id.to_owned(),
+                event_id: event_id.clone(),
+                event_type: "direct.test".to_owned(),
+                payload_json: format!("{{\"n\":{i}}}").into_bytes(),
+                event_timestamp_ms: herald_core::event::unix_millis(time::OffsetDateTime::now_utc()),
+                ..Default::default()
+            };
+            let value = delivery.encode_to_vec();
+            let partition = i as i32 % partitions;
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(endpoint_id)
+                        .payload(&value)
+                        .partition(partition),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
+            ids.push(event_id);
+        }
+        ids
+    }
+
     /// The directory holding this stack's logs.
     pub fn logs(&self) -> &std::path::Path {
         &self.logs
+    }
+}
+
+/// A private Redis server for tests that take Redis away. Stopped on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    /// `redis://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port, without persistence.
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Freezes the server: connections stay open but nothing answers, as
+    /// with a hung or unreachable Redis.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server answer again.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -50,7 +50,10 @@ pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer,
 }
 
 /// Consumer settings for [`consumer::run`]: offsets are stored by Herald once
-/// a record's effects are durable, and committed in the background.
+/// a record's effects are durable, and committed by the polling thread
+/// itself (not librdkafka's background auto-commit), so that no two commits
+/// of one consumer are ever in flight together: a broker that answered them
+/// out of order could otherwise keep an older offset over a newer one.
 pub(crate) fn consumer_config(
     config: &KafkaConfig,
     group_id: &str,
@@ -59,8 +62,7 @@ pub(crate) fn consumer_config(
     let mut client = base_config(config, client_id);
     client
         .set("group.id", group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // A crashed replica's partitions move to the others after this long.

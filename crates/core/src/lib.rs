@@ -16,14 +16,18 @@
 //!   ([`kafka::offsets`]);
 //! - [`retry`]: the retry schedule and its tier topics;
 //! - [`dead_letter`]: writing dead letters;
+//! - [`circuit`] and [`rate_limit`]: per-endpoint breakers and rate limits
+//!   shared by all dispatchers through Redis;
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling.
 
+pub mod circuit;
 pub mod config;
 pub mod dead_letter;
 pub mod endpoint;
 pub mod event;
 pub mod kafka;
+pub mod rate_limit;
 pub mod redis_store;
 pub mod retry;
 pub mod shutdown;

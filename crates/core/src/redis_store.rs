@@ -45,6 +45,11 @@ impl Keys {
         }
     }
 
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// One endpoint's JSON.
     pub fn endpoint(&self, id: &str) -> String {
         format!("{}endpoint:{id}", self.prefix)

@@ -2,10 +2,13 @@
 //! webhook, find the endpoint, make the signed HTTP call, and handle the
 //! result (success: done; failure: pause and retry, then give up).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_core::circuit::{Breakers, Permission, Transition};
 use herald_core::config::KafkaConfig;
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
 use herald_core::endpoint::{EndpointCache, ResolvedEndpoint};
@@ -14,6 +17,7 @@ use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
 use herald_core::kafka::{OutgoingRecord, Stopping, produce_until_acked};
 use herald_core::proto::{Attempt, Delivery};
+use herald_core::rate_limit::RateLimiter;
 use herald_core::redis_store::StoreError;
 use herald_core::retry::{
     FailureHints, NOT_BEFORE_HEADER, RetrySchedule, next_wait, parse_retry_after, tier_topic,
@@ -26,6 +30,7 @@ use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Config, DispatcherError};
@@ -98,12 +103,18 @@ pub enum AttemptResult {
 /// Delivers delivery records; one instance serves every in-flight record.
 pub struct Dispatcher {
     cache: EndpointCache,
+    breakers: Breakers,
+    limiter: RateLimiter,
+    slots: EndpointSlots,
+    redis_degraded: AtomicBool,
     http: reqwest::Client,
     schedule: RetrySchedule,
     kafka: KafkaConfig,
     producer: FutureProducer,
     dead_letters: DeadLetterWriter,
-    shutdown: CancellationToken,
+    /// Fires when in-flight work must be given up: the drain after a stop
+    /// request ran out of time. (A stop request alone lets deliveries finish.)
+    abandon: CancellationToken,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -128,7 +139,9 @@ impl Dispatcher {
     pub fn new(
         config: &Config,
         cache: EndpointCache,
-        shutdown: CancellationToken,
+        breakers: Breakers,
+        limiter: RateLimiter,
+        abandon: CancellationToken,
     ) -> Result<Self, DispatcherError> {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
@@ -147,12 +160,16 @@ impl Dispatcher {
         );
         Ok(Self {
             cache,
+            breakers,
+            limiter,
+            slots: EndpointSlots::new(config.endpoint_max_in_flight),
+            redis_degraded: AtomicBool::new(false),
             http,
             schedule: config.retry_schedule.clone(),
             kafka: config.kafka.clone(),
             producer,
             dead_letters,
-            shutdown,
+            abandon,
         })
     }
 
@@ -169,7 +186,7 @@ impl Dispatcher {
                 }
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Unavailable::Stopping),
+                _ = self.abandon.cancelled() => return Err(Unavailable::Stopping),
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -212,9 +229,73 @@ impl Dispatcher {
                 .await;
         }
 
+        let endpoint_id = endpoint.endpoint.id.as_str();
+        // The breaker is asked only once a slot is free, so that deliveries
+        // queued for a failing endpoint see the breaker open instead of all
+        // having been allowed while it was still closed.
+        let slot = tokio::select! {
+            slot = self.slots.acquire(endpoint_id) => slot,
+            _ = self.abandon.cancelled() => return Outcome::Abandoned,
+        };
+        let permission = match self.breakers.acquire(endpoint_id, now_ms()).await {
+            Ok(permission) => {
+                self.redis_answers();
+                permission
+            }
+            Err(err) => {
+                self.redis_fails(&err);
+                Permission::Allow
+            }
+        };
+        if let Permission::Deny { until_ms } = permission {
+            tracing::debug!(until_ms, "circuit open; delivery deferred");
+            return self.defer(webhook.delivery, until_ms).await;
+        }
+        if let Some(limit) = endpoint.endpoint.rate_limit {
+            match self.wait_for_rate_limit(endpoint_id, limit).await {
+                RateDecision::Go => {}
+                RateDecision::Later(until_ms) => {
+                    tracing::debug!(until_ms, "rate limit reached; delivery deferred");
+                    return self.defer(webhook.delivery, until_ms).await;
+                }
+                RateDecision::Stopping => return Outcome::Abandoned,
+            }
+        }
+        let probe = permission == Permission::Probe;
+        if probe {
+            tracing::info!("circuit half-open; this delivery probes the endpoint");
+        }
+
         let started_at_ms = unix_millis(OffsetDateTime::now_utc());
         let started = Instant::now();
         let result = self.attempt(&endpoint, &webhook).await;
+        drop(slot);
+        let (success, error) = match &result {
+            AttemptResult::Delivered { .. } => (true, ""),
+            AttemptResult::Failed { error, .. } => (false, error.as_str()),
+        };
+        match self
+            .breakers
+            .record(endpoint_id, now_ms(), success, probe, error)
+            .await
+        {
+            Ok(transition) => {
+                self.redis_answers();
+                match transition {
+                    Transition::None => {}
+                    Transition::Opened => {
+                        tracing::warn!(%error, "circuit opened: deliveries to this endpoint are paused")
+                    }
+                    Transition::Reopened => {
+                        tracing::warn!(%error, "probe failed: circuit open again, for longer")
+                    }
+                    Transition::Closed => {
+                        tracing::info!("circuit closed: the endpoint answers again")
+                    }
+                }
+            }
+            Err(err) => self.redis_fails(&err),
+        }
         let duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
         let delivery = &mut webhook.delivery;
         delivery.attempts_made += 1;
@@ -295,6 +376,54 @@ impl Dispatcher {
         }
     }
 
+    /// Puts a delivery off until `until_ms` without spending an attempt.
+    async fn defer(&self, mut delivery: Delivery, until_ms: i64) -> Outcome {
+        delivery.deferrals += 1;
+        let wait = Duration::from_millis(until_ms.saturating_sub(now_ms()).max(1) as u64);
+        self.retry_later(delivery, wait).await
+    }
+
+    /// Waits briefly for the endpoint's rate limit, or says when to come
+    /// back if the wait is long (so the delivery does not hold a slot of the
+    /// in-flight window meanwhile).
+    async fn wait_for_rate_limit(&self, endpoint_id: &str, per_second: u32) -> RateDecision {
+        loop {
+            let now = now_ms();
+            let wait_ms = match self.limiter.try_acquire(endpoint_id, per_second, now).await {
+                Ok(wait_ms) => {
+                    self.redis_answers();
+                    wait_ms
+                }
+                Err(err) => {
+                    self.redis_fails(&err);
+                    return RateDecision::Go;
+                }
+            };
+            if wait_ms == 0 {
+                return RateDecision::Go;
+            }
+            if wait_ms > MAX_RATE_WAIT_MS {
+                return RateDecision::Later(now + wait_ms as i64);
+            }
+            tokio::select! {
+                _ = self.abandon.cancelled() => return RateDecision::Stopping,
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            }
+        }
+    }
+
+    fn redis_fails(&self, err: &StoreError) {
+        if !self.redis_degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "Redis does not answer: delivering as if every circuit were closed and no rate limit were set, until it does");
+        }
+    }
+
+    fn redis_answers(&self) {
+        if self.redis_degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis answers again: circuit breakers and rate limits are back");
+        }
+    }
+
     /// Writes the delivery to the retry tier for `wait`, due after `wait`.
     async fn retry_later(&self, mut delivery: Delivery, wait: Duration) -> Outcome {
         let not_before_ms = unix_millis(OffsetDateTime::now_utc()) + wait.as_millis() as i64;
@@ -312,7 +441,7 @@ impl Dispatcher {
             &self.producer,
             record,
             self.kafka.produce_timeout,
-            &self.shutdown,
+            &self.abandon,
         )
         .await
         {
@@ -332,7 +461,7 @@ impl Dispatcher {
         source: &OwnedMessage,
     ) -> Outcome {
         let letter = dead_letter::for_delivery(delivery, why, detail, source);
-        match self.dead_letters.write(&letter, &self.shutdown).await {
+        match self.dead_letters.write(&letter, &self.abandon).await {
             Ok(()) => Outcome::Done,
             Err(Stopping) => Outcome::Abandoned,
         }
@@ -400,6 +529,58 @@ impl Dispatcher {
     }
 }
 
+/// The longest a delivery waits in place for its rate limit; longer waits
+/// go through a retry tier.
+const MAX_RATE_WAIT_MS: u64 = 1000;
+
+fn now_ms() -> i64 {
+    unix_millis(OffsetDateTime::now_utc())
+}
+
+/// What the rate limit allows.
+enum RateDecision {
+    /// Deliver now.
+    Go,
+    /// Come back at this time (Unix milliseconds).
+    Later(i64),
+    /// The process is stopping.
+    Stopping,
+}
+
+/// Per-endpoint caps on concurrent requests.
+#[derive(Debug)]
+struct EndpointSlots {
+    per_endpoint: usize,
+    semaphores: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl EndpointSlots {
+    fn new(per_endpoint: usize) -> Self {
+        Self {
+            per_endpoint,
+            semaphores: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn acquire(&self, endpoint_id: &str) -> OwnedSemaphorePermit {
+        let semaphore = {
+            let mut map = self.semaphores.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget idle endpoints now and then, so the map does not grow
+            // with every endpoint ever seen.
+            if map.len() > 10_000 {
+                map.retain(|_, s| s.available_permits() < self.per_endpoint);
+            }
+            map.entry(endpoint_id.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
+                .clone()
+        };
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("endpoint semaphores are never closed")
+    }
+}
+
 /// A short, precise description of a failed request.
 fn describe_http_error(err: &reqwest::Error) -> String {
     if err.is_timeout() {
@@ -427,7 +608,7 @@ impl RecordHandler for Dispatcher {
             Ok(webhook) => self.deliver(webhook, &record).await,
             Err(detail) => {
                 let letter = dead_letter::for_malformed_record(&record, detail);
-                match self.dead_letters.write(&letter, &self.shutdown).await {
+                match self.dead_letters.write(&letter, &self.abandon).await {
                     Ok(()) => Outcome::Done,
                     Err(Stopping) => Outcome::Abandoned,
                 }

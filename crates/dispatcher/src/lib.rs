@@ -9,6 +9,12 @@
 //! delivery was given up), in order per partition, so a crash re-delivers at
 //! most what was in flight — with the same `webhook-id`.
 //!
+//! Before each attempt the endpoint's circuit breaker and rate limit, both
+//! shared by all replicas through Redis, may put the delivery off; it then
+//! goes to a retry tier without spending an attempt. If Redis is away,
+//! delivery goes on as if breakers were closed and limits absent, and the
+//! log says so.
+//!
 //! A failed attempt (non-2xx, timeout, connection error) is never retried in
 //! place: the delivery goes to the retry tier topic of its next delay
 //! (`herald_core::retry`), which the dispatchers also consume, and only once
@@ -22,9 +28,11 @@ pub mod deliver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::circuit::{BreakerConfig, Breakers};
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::endpoint::{EndpointCache, EndpointStore};
 use herald_core::kafka::consumer::ConsumerSettings;
+use herald_core::rate_limit::RateLimiter;
 use herald_core::redis_store::{self, Keys};
 use herald_core::retry::RetrySchedule;
 use herald_core::telemetry::LogConfig;
@@ -45,6 +53,13 @@ pub struct Config {
     /// between attempts; n delays make n + 1 attempts. Each delay gets ±20 %
     /// jitter.
     pub retry_schedule: RetrySchedule,
+    /// `HERALD_ENDPOINT_MAX_IN_FLIGHT` (default `32`): deliveries in flight
+    /// to one endpoint at once in this replica, so that one endpoint cannot
+    /// take the whole window and a failing one is noticed before many
+    /// requests pile up on it.
+    pub endpoint_max_in_flight: usize,
+    /// Circuit breakers (`HERALD_BREAKER_*`).
+    pub breaker: BreakerConfig,
     /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the endpoint
     /// cache checks Redis for changes.
     pub cache_refresh: Duration,
@@ -62,9 +77,13 @@ pub struct Config {
 impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let http_timeout = env.duration("HERALD_HTTP_TIMEOUT", Duration::from_secs(15))?;
         Ok(Self {
+            endpoint_max_in_flight: env.number("HERALD_ENDPOINT_MAX_IN_FLIGHT", 32, 1, 100_000)?
+                as usize,
+            breaker: BreakerConfig::from_env(env, http_timeout)?,
             max_in_flight: env.number("HERALD_DISPATCHER_MAX_IN_FLIGHT", 512, 1, 100_000)? as usize,
-            http_timeout: env.duration("HERALD_HTTP_TIMEOUT", Duration::from_secs(15))?,
+            http_timeout,
             retry_schedule: env.parse(
                 "HERALD_RETRY_SCHEDULE",
                 RetrySchedule::default(),
@@ -115,13 +134,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
             .keep_fresh(config.cache_refresh, shutdown.clone()),
     );
 
-    let dispatcher = Arc::new(Dispatcher::new(&config, cache, shutdown.clone())?);
+    let breakers = Breakers::new(
+        redis.clone(),
+        &config.redis.key_prefix,
+        config.breaker.clone(),
+    );
+    let limiter = RateLimiter::new(redis, &config.redis.key_prefix);
+    let abandon = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(
+        &config,
+        cache,
+        breakers,
+        limiter,
+        abandon.clone(),
+    )?);
     let settings = ConsumerSettings {
         group_id: config.kafka.group(herald_core::groups::DISPATCHER),
         client_id: "herald-dispatcher".to_owned(),
         topics,
         max_in_flight: config.max_in_flight,
         drain_timeout: config.drain_timeout,
+        abandon,
     };
     herald_core::kafka::consumer::run(&config.kafka, settings, dispatcher, shutdown).await?;
     Ok(())

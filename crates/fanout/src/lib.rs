@@ -110,6 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
     );
 
     let producer = herald_core::kafka::producer(&config.kafka, "herald-fanout")?;
+    let abandon = CancellationToken::new();
     let handler = Arc::new(FanoutHandler {
         cache,
         dead_letters: DeadLetterWriter::new(
@@ -120,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
         producer,
         deliveries_topic,
         produce_timeout: config.kafka.produce_timeout,
-        shutdown: shutdown.clone(),
+        abandon: abandon.clone(),
     });
     let settings = ConsumerSettings {
         group_id: config.kafka.group(herald_core::groups::FANOUT),
@@ -128,6 +129,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
         topics: vec![events_topic],
         max_in_flight: config.max_in_flight,
         drain_timeout: config.drain_timeout,
+        abandon,
     };
     herald_core::kafka::consumer::run(&config.kafka, settings, handler, shutdown).await?;
     Ok(())
@@ -140,7 +142,9 @@ struct FanoutHandler {
     producer: FutureProducer,
     deliveries_topic: String,
     produce_timeout: Duration,
-    shutdown: CancellationToken,
+    /// Fires when in-flight work must be given up (the drain ran out of
+    /// time).
+    abandon: CancellationToken,
 }
 
 impl RecordHandler for FanoutHandler {
@@ -157,7 +161,7 @@ impl RecordHandler for FanoutHandler {
                     &record,
                     format!("not a valid event: {reason}"),
                 );
-                return match self.dead_letters.write(&letter, &self.shutdown).await {
+                return match self.dead_letters.write(&letter, &self.abandon).await {
                     Ok(()) => Outcome::Done,
                     Err(_) => Outcome::Abandoned,
                 };
@@ -229,7 +233,7 @@ impl FanoutHandler {
             }
             pending = failed;
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Outcome::Abandoned,
+                _ = self.abandon.cancelled() => return Outcome::Abandoned,
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));

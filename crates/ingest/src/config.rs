@@ -30,6 +30,10 @@ pub struct Config {
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown, how long the
     /// dead-letter indexer may take to finish.
     pub drain_timeout: Duration,
+    /// `HERALD_BREAKER_WINDOW` (default `5m`): the window of the recent
+    /// success and failure counts shown by the health endpoint (the same
+    /// setting as the dispatchers').
+    pub breaker_window: Duration,
     /// Kafka settings (`HERALD_KAFKA_*`, `HERALD_TOPIC_*`).
     pub kafka: KafkaConfig,
     /// Redis settings (`HERALD_REDIS_*`).
@@ -71,6 +75,7 @@ impl Config {
             api_keys: ApiKeys::new(&keys),
             max_body_bytes: env.number("HERALD_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20)? as usize,
             idempotency_ttl: env.duration("HERALD_IDEMPOTENCY_TTL", Duration::from_secs(86_400))?,
+            breaker_window: env.duration("HERALD_BREAKER_WINDOW", Duration::from_secs(300))?,
             dlq_retention: env
                 .duration("HERALD_DLQ_RETENTION", Duration::from_secs(14 * 86_400))?,
             drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,

@@ -184,8 +184,8 @@ impl DlqIndex {
 pub struct DlqIndexer {
     /// The index.
     pub index: DlqIndex,
-    /// Stops retries on shutdown.
-    pub shutdown: CancellationToken,
+    /// Stops retries when in-flight work must be given up.
+    pub abandon: CancellationToken,
 }
 
 impl std::fmt::Debug for DlqIndexer {
@@ -217,7 +217,7 @@ impl RecordHandler for DlqIndexer {
                 Err(err) => tracing::warn!(error = %err, "cannot index a dead letter; retrying"),
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Outcome::Abandoned,
+                _ = self.abandon.cancelled() => return Outcome::Abandoned,
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));

@@ -319,6 +319,42 @@ pub async fn get_secret(
     Ok(Json(json!({ "secret": endpoint.secret })))
 }
 
+/// `GET /v1/endpoints/{id}/health`: the circuit breaker's state and the
+/// recent attempts, as every dispatcher sees them.
+pub async fn health(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let endpoint = find(&state, &id).await?;
+    let now = OffsetDateTime::now_utc();
+    let status = herald_core::circuit::read_status(
+        &state.redis,
+        state.keys.prefix(),
+        &id,
+        state.breaker_window,
+        unix_millis(now),
+    )
+    .await?;
+    let time =
+        |ms: Option<i64>| ms.map(|ms| format_timestamp(herald_core::event::from_unix_millis(ms)));
+    Ok(Json(json!({
+        "endpoint_id": id,
+        "disabled": endpoint.disabled,
+        "state": status.state,
+        "consecutive_failures": status.consecutive_failures,
+        "recent": {
+            "successes": status.recent_successes,
+            "failures": status.recent_failures,
+            "window_seconds": status.window_seconds,
+        },
+        "next_probe_at": time(status.next_probe_at_ms),
+        "opened_at": time(status.opened_at_ms),
+        "last_error": status.last_error,
+        "last_failure_at": time(status.last_failure_at_ms),
+        "last_success_at": time(status.last_success_at_ms),
+    })))
+}
+
 /// `PATCH /v1/endpoints/{id}`: changes the given fields.
 pub async fn update(
     State(state): State<AppState>,

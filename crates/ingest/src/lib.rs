@@ -97,6 +97,7 @@ impl Application {
             redis,
             keys,
             max_body_bytes: config.max_body_bytes,
+            breaker_window: config.breaker_window,
             idempotency_ttl: config.idempotency_ttl,
         });
         Ok(Self {
@@ -117,9 +118,10 @@ impl Application {
         // Topics and the dead-letter indexer start in the background: ingest
         // serves (and answers 503 for events) even while Kafka is starting.
         let kafka = self.config.kafka.clone();
+        let abandon = tokio_util::sync::CancellationToken::new();
         let indexer = dlq::DlqIndexer {
             index: self.dlq.clone(),
-            shutdown: shutdown.clone(),
+            abandon: abandon.clone(),
         };
         let drain_timeout = self.config.drain_timeout;
         let background_shutdown = shutdown.clone();
@@ -142,6 +144,7 @@ impl Application {
                 topics: vec![dlq_topic],
                 max_in_flight: 64,
                 drain_timeout,
+                abandon,
             };
             if let Err(err) = herald_core::kafka::consumer::run(
                 &kafka,
@@ -178,6 +181,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(endpoints::delete),
         )
         .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
+        .route("/v1/endpoints/{id}/health", get(endpoints::health))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -4,8 +4,8 @@
 //! with at most `max_in_flight` tasks at a time (a full window stops the
 //! polling, which is the backpressure). A record's offset is stored only once
 //! its task reports [`Outcome::Done`] and every earlier record of its
-//! partition is done too ([`OffsetTracker`]); librdkafka commits stored
-//! offsets in the background.
+//! partition is done too ([`OffsetTracker`]); the polling thread commits
+//! stored offsets every [`COMMIT_INTERVAL`], one commit at a time.
 //!
 //! On a rebalance that takes partitions away, and on shutdown, the loop stops
 //! taking records, waits (up to the drain timeout) for the in-flight ones,
@@ -65,6 +65,10 @@ pub struct ConsumerSettings {
     pub max_in_flight: usize,
     /// How long a revoke or shutdown waits for in-flight records.
     pub drain_timeout: Duration,
+    /// Cancelled when a shutdown's drain runs out of time: handlers watch it
+    /// (not the shutdown request itself) to give up waits, so that a stop
+    /// request lets in-flight records finish.
+    pub abandon: CancellationToken,
 }
 
 /// Consumes `settings.topics` until `shutdown`, handing every record to
@@ -99,7 +103,12 @@ pub async fn run<H: RecordHandler>(
             poll_loop(
                 &consumer, &settings, &tracker, &paused, handler, &runtime, &shutdown,
             );
-            finish(&consumer, &tracker, settings.drain_timeout);
+            finish(
+                &consumer,
+                &tracker,
+                settings.drain_timeout,
+                &settings.abandon,
+            );
             // Dropping the consumer leaves the group cleanly.
             drop(consumer);
             let _ = done_tx.send(());
@@ -135,9 +144,22 @@ fn poll_loop<H: RecordHandler>(
     shutdown: &CancellationToken,
 ) {
     let window = Arc::new(Semaphore::new(settings.max_in_flight));
+    let mut idle_check = Instant::now() + IDLE_CHECK_INTERVAL;
+    let mut empty_since: Option<Instant> = None;
+    let mut next_commit = Instant::now() + COMMIT_INTERVAL;
+    let mut uncommitted = false;
     while !shutdown.is_cancelled() {
-        store_releasable(consumer, tracker, None);
+        uncommitted |= store_releasable(consumer, tracker, None);
+        if uncommitted && Instant::now() >= next_commit {
+            commit_sync(consumer);
+            uncommitted = false;
+            next_commit = Instant::now() + COMMIT_INTERVAL;
+        }
         resume_due(consumer, paused);
+        if Instant::now() >= idle_check {
+            idle_check = Instant::now() + IDLE_CHECK_INTERVAL;
+            rejoin_if_stranded(consumer, settings, &mut empty_since);
+        }
         let record = match consumer.poll(Duration::from_millis(100)) {
             None => continue,
             Some(Ok(record)) => record,
@@ -191,6 +213,105 @@ fn poll_loop<H: RecordHandler>(
 
 fn detach(record: &BorrowedMessage<'_>) -> OwnedMessage {
     record.detach()
+}
+
+/// How long abandoned handlers get to wind down after the drain timeout.
+const ABANDON_GRACE: Duration = Duration::from_secs(2);
+
+/// How often stored offsets are committed while running.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a consumer without partitions checks that it is not stranded.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a consumer that cannot describe its group may own nothing
+/// before it rejoins.
+const STRANDED_AFTER: Duration = Duration::from_secs(15);
+
+/// A consumer that owns no partitions although it is the only member of its
+/// group is stranded: Tansu 0.6 keeps a crashed member as the group's leader
+/// after its session expired, so the survivor's assignment stays empty until
+/// the group is joined again. Re-subscribing rejoins it.
+///
+/// Where the broker describes groups (Kafka does), the check is exact: rejoin
+/// only when no other member holds any partition, which never happens on a
+/// healthy broker. Where it cannot (Tansu), a consumer that has owned nothing
+/// for [`STRANDED_AFTER`] rejoins; on such a broker an idle extra replica
+/// then rejoins that often, which is harmless at local-stack scale.
+fn rejoin_if_stranded(
+    consumer: &BaseConsumer<TrackingContext>,
+    settings: &ConsumerSettings,
+    empty_since: &mut Option<Instant>,
+) {
+    match consumer.assignment() {
+        Ok(assignment) if assignment.count() == 0 => {}
+        _ => {
+            *empty_since = None;
+            return;
+        }
+    }
+    let since = *empty_since.get_or_insert_with(Instant::now);
+    let stranded =
+        match consumer.fetch_group_list(Some(&settings.group_id), Duration::from_secs(2)) {
+            Ok(groups) => groups
+                .groups()
+                .iter()
+                .find(|g| g.name() == settings.group_id)
+                .is_some_and(|group| {
+                    group.members().len() <= 1
+                        && !group.members().iter().any(|member| {
+                            member.assignment().is_some_and(assignment_has_partitions)
+                        })
+                }),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot describe the consumer group");
+                since.elapsed() >= STRANDED_AFTER
+            }
+        };
+    if !stranded {
+        return;
+    }
+    tracing::warn!(
+        group = %settings.group_id,
+        "no partitions assigned and no other member seems to hold any; rejoining the group"
+    );
+    *empty_since = None;
+    consumer.unsubscribe();
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    if let Err(err) = consumer.subscribe(&topics) {
+        tracing::error!(error = %err, "cannot subscribe again");
+    }
+}
+
+/// Whether a consumer-protocol assignment (version, then topics with their
+/// partitions) names at least one partition.
+fn assignment_has_partitions(bytes: &[u8]) -> bool {
+    // version: i16, topic count: i32, then per topic: name (i16 length +
+    // bytes) and partition count (i32) followed by the partitions.
+    let read_i32 = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(topics) = read_i32(2) else {
+        return false;
+    };
+    let mut at = 6;
+    for _ in 0..topics.max(0) {
+        let Some(len) = bytes
+            .get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        else {
+            return false;
+        };
+        at += 2 + len.max(0) as usize;
+        match read_i32(at) {
+            Some(partitions) if partitions > 0 => return true,
+            Some(partitions) => at += 4 + 4 * partitions.max(0) as usize,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Partitions held back until a moment, because their next record is not
@@ -275,6 +396,7 @@ fn finish(
     consumer: &BaseConsumer<TrackingContext>,
     tracker: &OffsetTracker,
     drain_timeout: Duration,
+    abandon: &CancellationToken,
 ) {
     let in_flight = tracker.in_flight(None);
     if in_flight > 0 {
@@ -285,22 +407,46 @@ fn finish(
             still_in_flight = tracker.in_flight(None),
             "drain timeout reached; unfinished records will be processed again by the next owner"
         );
+        // Let handlers give up their waits, and record what they finish.
+        abandon.cancel();
+        tracker.wait_idle(None, ABANDON_GRACE);
     }
     store_releasable(consumer, tracker, None);
     commit_sync(consumer);
+    log_committed(consumer);
 }
 
+/// Logs (at debug level) the offsets the broker holds for this consumer's
+/// partitions: what the next owner will start from.
+fn log_committed(consumer: &BaseConsumer<TrackingContext>) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    if let Ok(committed) = consumer.committed(Duration::from_secs(2)) {
+        let positions: Vec<String> = committed
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}={:?}", e.topic(), e.partition(), e.offset()))
+            .collect();
+        tracing::debug!(?positions, "committed offsets");
+    }
+}
+
+/// Stores every offset the tracker releases; returns whether there was any.
 fn store_releasable(
     consumer: &BaseConsumer<TrackingContext>,
     tracker: &OffsetTracker,
     only: Option<&[TopicPartition]>,
-) {
-    for ((topic, partition), done_through) in tracker.take_releasable(only) {
+) -> bool {
+    let releasable = tracker.take_releasable(only);
+    let any = !releasable.is_empty();
+    for ((topic, partition), done_through) in releasable {
         // `store_offset` commits `done_through + 1`: the next record to read.
         if let Err(err) = consumer.store_offset(&topic, partition, done_through) {
             tracing::warn!(%topic, partition, offset = done_through, error = %err, "cannot store offset");
         }
     }
+    any
 }
 
 fn commit_sync(consumer: &BaseConsumer<TrackingContext>) {
@@ -355,6 +501,7 @@ impl ConsumerContext for TrackingContext {
                     }
                     store_releasable(consumer, &self.tracker, Some(&revoked));
                     commit_sync(consumer);
+                    log_committed(consumer);
                 }
                 self.tracker.revoke(&revoked);
                 let mut paused = lock(&self.paused);
@@ -381,5 +528,28 @@ impl ConsumerContext for TrackingContext {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(err) => tracing::warn!(error = %err, "background offset commit failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assignment_has_partitions;
+
+    #[test]
+    fn assignments_are_read_from_the_consumer_protocol() {
+        // version 1, one topic "t" with partitions [0, 3], no user data.
+        let owned = [
+            0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 255, 255, 255, 255,
+        ];
+        assert!(assignment_has_partitions(&owned));
+        // version 1, no topics.
+        assert!(!assignment_has_partitions(&[
+            0, 1, 0, 0, 0, 0, 255, 255, 255, 255
+        ]));
+        // one topic with no partitions.
+        assert!(!assignment_has_partitions(&[
+            0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 0
+        ]));
+        assert!(!assignment_has_partitions(&[]));
     }
 }

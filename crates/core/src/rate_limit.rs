@@ -1,0 +1,77 @@
+//! Per-endpoint rate limits, shared by every dispatcher replica through
+//! Redis: the generic cell rate algorithm (GCRA), one atomic Lua script per
+//! decision.
+//!
+//! For a limit of `r` deliveries per second, deliveries are spaced at least
+//! `1/r` s apart across all replicas (no bursts), so any one-second window
+//! holds at most `r + 1` of them. A delivery over the limit is told how long
+//! to wait; it is delayed, never dropped.
+//!
+//! Redis layout: `ratelimit:{endpoint}` holds the theoretical arrival time of
+//! the next allowed delivery (Unix milliseconds, fractional).
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::redis_store::StoreError;
+
+const GCRA: &str = r#"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat > now then
+  return math.ceil(tat - now)
+end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+return 0
+"#;
+
+/// The rate limiters of all endpoints.
+#[derive(Clone)]
+pub struct RateLimiter {
+    redis: ConnectionManager,
+    prefix: String,
+    script: Script,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RateLimiter {
+    /// Limiters under the Redis key prefix.
+    pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            redis,
+            prefix: prefix.to_owned(),
+            script: Script::new(GCRA),
+        }
+    }
+
+    /// Takes a slot for one delivery to `endpoint_id` limited to
+    /// `per_second`: `0` when it may go now, otherwise the milliseconds to
+    /// wait before asking again (no slot is taken then).
+    pub async fn try_acquire(
+        &self,
+        endpoint_id: &str,
+        per_second: u32,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let interval_ms = 1000.0 / f64::from(per_second.max(1));
+        let mut conn = self.redis.clone();
+        let wait: u64 = self
+            .script
+            .key(format!("{}ratelimit:{endpoint_id}", self.prefix))
+            .arg(now_ms)
+            .arg(interval_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(wait)
+    }
+}

@@ -1,0 +1,239 @@
+//! The circuit-breaker and rate-limit scripts, run by a real Redis
+//! (`HERALD_TEST_REDIS_URL`, set by scripts/test). Times are passed in, so
+//! every case is exact.
+
+use std::time::Duration;
+
+use herald_core::circuit::{BreakerConfig, Breakers, Permission, Transition, read_status};
+use herald_core::config::{Env, RedisConfig};
+use herald_core::rate_limit::RateLimiter;
+use redis::aio::ConnectionManager;
+
+fn redis() -> ConnectionManager {
+    let url = std::env::var("HERALD_TEST_REDIS_URL")
+        .expect("HERALD_TEST_REDIS_URL is not set: run the tests with scripts/test");
+    let config = RedisConfig::from_env(&Env::from_pairs([("HERALD_REDIS_URL", url)])).unwrap();
+    herald_core::redis_store::connect(&config).unwrap()
+}
+
+fn prefix() -> String {
+    format!("t{}:", uuid::Uuid::new_v4().simple())
+}
+
+fn config() -> BreakerConfig {
+    BreakerConfig::from_env(&Env::default(), Duration::from_secs(15)).unwrap()
+}
+
+const T0: i64 = 1_800_000_000_000;
+
+async fn fail(breakers: &Breakers, now: i64, probe: bool) -> Transition {
+    breakers
+        .record("ep", now, false, probe, "the endpoint answered 503")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn five_failures_in_a_row_open_the_breaker_for_the_cooldown() {
+    let breakers = Breakers::new(redis(), &prefix(), config());
+    assert_eq!(breakers.acquire("ep", T0).await.unwrap(), Permission::Allow);
+    for i in 0..4 {
+        assert_eq!(fail(&breakers, T0 + i, false).await, Transition::None);
+    }
+    // A success resets the run.
+    breakers
+        .record("ep", T0 + 5, true, false, "")
+        .await
+        .unwrap();
+    for i in 0..4 {
+        assert_eq!(fail(&breakers, T0 + 10 + i, false).await, Transition::None);
+    }
+    assert_eq!(fail(&breakers, T0 + 20, false).await, Transition::Opened);
+    assert_eq!(
+        breakers.acquire("ep", T0 + 21).await.unwrap(),
+        Permission::Deny {
+            until_ms: T0 + 20 + 30_000
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_high_failure_ratio_opens_the_breaker() {
+    let breakers = Breakers::new(redis(), &prefix(), config());
+    // 3 successes and 7 failures, never 5 failures in a row.
+    let pattern = [
+        false, false, true, false, false, true, false, false, true, false,
+    ];
+    let mut last = Transition::None;
+    for (i, ok) in pattern.iter().enumerate() {
+        last = breakers
+            .record("ep", T0 + i as i64, *ok, false, "x")
+            .await
+            .unwrap();
+    }
+    assert_eq!(last, Transition::Opened, "70 % of 10 attempts failed");
+}
+
+#[tokio::test]
+async fn failures_outside_the_window_do_not_count() {
+    let breakers = Breakers::new(redis(), &prefix(), config());
+    for i in 0..7 {
+        breakers
+            .record("ep", T0 + i, i % 3 == 2, false, "x")
+            .await
+            .unwrap();
+    }
+    // Ten minutes later the window holds only the new attempts.
+    let later = T0 + 600_000;
+    let mut last = Transition::None;
+    for i in 0..4 {
+        last = breakers
+            .record("ep", later + i, i == 0, false, "x")
+            .await
+            .unwrap();
+    }
+    assert_eq!(last, Transition::None);
+}
+
+#[tokio::test]
+async fn exactly_one_probe_after_the_cooldown_and_its_result_decides() {
+    let prefix = prefix();
+    let redis = redis();
+    let breakers = Breakers::new(redis.clone(), &prefix, config());
+    for i in 0..5 {
+        fail(&breakers, T0 + i, false).await;
+    }
+    let reopen_at = T0 + 4 + 30_000;
+    // Two replicas ask at once after the cool-down: one probe, one wait.
+    let other = Breakers::new(redis.clone(), &prefix, config());
+    let (a, b) = tokio::join!(
+        breakers.acquire("ep", reopen_at),
+        other.acquire("ep", reopen_at)
+    );
+    let mut answers = [a.unwrap(), b.unwrap()];
+    answers.sort_by_key(|p| matches!(p, Permission::Deny { .. }));
+    assert_eq!(answers[0], Permission::Probe);
+    assert!(matches!(answers[1], Permission::Deny { .. }));
+
+    // The probe fails: open again for twice as long.
+    assert_eq!(
+        fail(&breakers, reopen_at + 10, true).await,
+        Transition::Reopened
+    );
+    assert_eq!(
+        breakers.acquire("ep", reopen_at + 11).await.unwrap(),
+        Permission::Deny {
+            until_ms: reopen_at + 10 + 60_000
+        }
+    );
+    let status = read_status(
+        &redis,
+        &prefix,
+        "ep",
+        Duration::from_secs(300),
+        reopen_at + 11,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status.state, "open");
+    assert_eq!(status.next_probe_at_ms, Some(reopen_at + 10 + 60_000));
+    assert_eq!(status.recent_failures, 6);
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the endpoint answered 503")
+    );
+
+    // The next probe succeeds: closed, and everyone may go.
+    let next = reopen_at + 10 + 60_000;
+    assert_eq!(
+        breakers.acquire("ep", next).await.unwrap(),
+        Permission::Probe
+    );
+    assert_eq!(
+        breakers
+            .record("ep", next + 5, true, true, "")
+            .await
+            .unwrap(),
+        Transition::Closed
+    );
+    assert_eq!(
+        other.acquire("ep", next + 6).await.unwrap(),
+        Permission::Allow
+    );
+}
+
+#[tokio::test]
+async fn the_cooldown_doubles_up_to_its_cap() {
+    let breakers = Breakers::new(redis(), &prefix(), config());
+    for i in 0..5 {
+        fail(&breakers, T0 + i, false).await;
+    }
+    let mut now = T0 + 4;
+    let mut cooldown = 30_000;
+    for _ in 0..8 {
+        now += cooldown;
+        assert_eq!(
+            breakers.acquire("ep", now).await.unwrap(),
+            Permission::Probe
+        );
+        fail(&breakers, now, true).await;
+        cooldown = (cooldown * 2).min(600_000);
+        assert_eq!(
+            breakers.acquire("ep", now + 1).await.unwrap(),
+            Permission::Deny {
+                until_ms: now + cooldown
+            }
+        );
+    }
+    assert_eq!(cooldown, 600_000);
+}
+
+#[tokio::test]
+async fn a_probe_whose_replica_died_is_replaced_after_its_lease() {
+    let breakers = Breakers::new(redis(), &prefix(), config());
+    for i in 0..5 {
+        fail(&breakers, T0 + i, false).await;
+    }
+    let at = T0 + 4 + 30_000;
+    assert_eq!(breakers.acquire("ep", at).await.unwrap(), Permission::Probe);
+    // Nothing is recorded: the prober died. After the 20 s lease another
+    // delivery may probe.
+    // Meanwhile others are told to come back in 5 s (min of cool-down, 5 s).
+    assert_eq!(
+        breakers.acquire("ep", at + 1_000).await.unwrap(),
+        Permission::Deny {
+            until_ms: at + 6_000
+        }
+    );
+    assert!(matches!(
+        breakers.acquire("ep", at + 19_000).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+    assert_eq!(
+        breakers.acquire("ep", at + 20_001).await.unwrap(),
+        Permission::Probe
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_deliveries_across_replicas() {
+    let prefix = prefix();
+    let a = RateLimiter::new(redis(), &prefix);
+    let b = RateLimiter::new(redis(), &prefix);
+    // 20 per second: one every 50 ms, whoever asks.
+    assert_eq!(a.try_acquire("ep", 20, T0).await.unwrap(), 0);
+    assert_eq!(b.try_acquire("ep", 20, T0).await.unwrap(), 50);
+    assert_eq!(b.try_acquire("ep", 20, T0 + 30).await.unwrap(), 20);
+    assert_eq!(b.try_acquire("ep", 20, T0 + 50).await.unwrap(), 0);
+    assert_eq!(a.try_acquire("ep", 20, T0 + 50).await.unwrap(), 50);
+    // Refused requests take no slot: after a quiet second, one goes at once.
+    assert_eq!(a.try_acquire("ep", 20, T0 + 2_000).await.unwrap(), 0);
+    // Over a simulated second of constant asking, exactly 20 get through.
+    let mut allowed = 0;
+    for ms in 0..1000 {
+        if a.try_acquire("other", 20, T0 + ms).await.unwrap() == 0 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 20);
+}

@@ -1,0 +1,211 @@
+//! A dead endpoint trips its circuit breaker, shared by every dispatcher
+//! replica through Redis; the healthy endpoints do not notice, and after
+//! recovery one probe closes the breaker and the deferred deliveries arrive.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
+use serde_json::json;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Posts `n` events tagged with `phase`; returns when each was accepted.
+async fn post_phase(stack: &Stack, phase: &str, n: usize) -> Vec<(String, Instant)> {
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let id = format!("{phase}_{i}");
+            let sent = Instant::now();
+            stack
+                .accept_event(&json!({"id": id, "type": "job.done", "payload": {"i": i}}))
+                .await;
+            (id, sent)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+/// Latency from acceptance to arrival at `receiver` for the given events.
+fn latencies(receiver: &Receiver, sent: &[(String, Instant)]) -> Vec<Duration> {
+    let received = receiver.received();
+    let mut out: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(id, at)| {
+            received
+                .iter()
+                .find(|r| &r.webhook_id() == id && r.answered == 200)
+                .map(|r| r.at.saturating_duration_since(*at))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
+    let stack = Stack::start(
+        StackOptions::new("breaker")
+            .env("HERALD_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s")
+            .env("HERALD_BREAKER_COOLDOWN", "2s")
+            .env("HERALD_BREAKER_MAX_COOLDOWN", "4s")
+            .env("HERALD_ENDPOINT_MAX_IN_FLIGHT", "4"),
+    )
+    .await;
+    let healthy = [
+        Receiver::start(Behaviour::Accept).await,
+        Receiver::start(Behaviour::Accept).await,
+        Receiver::start(Behaviour::Accept).await,
+    ];
+    for receiver in &healthy {
+        stack.subscribe(receiver, &["*"]).await;
+    }
+    let dead = Receiver::start(Behaviour::Accept).await;
+    let dead_id = stack.subscribe(&dead, &["*"]).await;
+    stack.settle_endpoints().await;
+
+    // Baseline: everyone healthy.
+    let baseline = post_phase(&stack, "base", 60).await;
+    for receiver in healthy.iter().chain([&dead]) {
+        assert!(receiver.wait_for(60, Duration::from_secs(30)).await);
+    }
+    let baseline_latency = latencies(&healthy[0], &baseline);
+
+    // The endpoint dies.
+    dead.set_behaviour(Behaviour::AlwaysFail(503));
+    let requests_before = dead.count();
+    let during = post_phase(&stack, "dead", 100).await;
+    for receiver in &healthy {
+        assert!(
+            receiver.wait_for(160, Duration::from_secs(30)).await,
+            "healthy endpoints got everything"
+        );
+    }
+    let (_, health) = stack
+        .get_json(&format!("/v1/endpoints/{dead_id}/health"))
+        .await;
+    assert_eq!(health["state"], "open", "{health}");
+    assert!(
+        health["last_error"].as_str().unwrap().contains("503"),
+        "{health}"
+    );
+    assert!(health["next_probe_at"].is_string());
+    // Stay dead for a few cool-downs.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let failed_requests = dead.count() - requests_before;
+    // 100 events, up to 11 attempts each, would be 1,100 requests without
+    // the breaker: it trips after 5 failures (plus the few already in
+    // flight), then lets through one probe per cool-down.
+    assert!(
+        failed_requests <= 20,
+        "the dead endpoint got {failed_requests} requests"
+    );
+
+    // Healthy latency is not hurt.
+    let dead_phase_latency = latencies(&healthy[0], &during);
+    assert_eq!(dead_phase_latency.len(), 100);
+    let (base_p95, dead_p95) = (
+        percentile(&baseline_latency, 0.95),
+        percentile(&dead_phase_latency, 0.95),
+    );
+    println!("healthy p95: {base_p95:?} with all endpoints healthy, {dead_p95:?} with one dead");
+    assert!(
+        dead_p95 <= base_p95 * 3 + Duration::from_millis(500),
+        "healthy p95 went from {base_p95:?} to {dead_p95:?}"
+    );
+
+    // It recovers: one probe closes the breaker, and every deferred delivery
+    // arrives.
+    dead.set_behaviour(Behaviour::Accept);
+    let recovered_at = dead.count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: HashSet<String> = dead
+            .received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .map(|r| r.webhook_id())
+            .collect();
+        if during.iter().all(|(id, _)| delivered.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deferred deliveries did not all arrive after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = &dead.received()[recovered_at..];
+    assert_eq!(
+        after[0].answered, 200,
+        "the first request after recovery is the probe, and it succeeds"
+    );
+    let (_, health) = stack
+        .get_json(&format!("/v1/endpoints/{dead_id}/health"))
+        .await;
+    assert_eq!(health["state"], "closed", "{health}");
+    let (_, dlq) = stack.get_json("/v1/dlq").await;
+    assert_eq!(dlq["data"], json!([]), "nothing was dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_breaker() {
+    let stack = Stack::start(
+        StackOptions::new("shared-breaker")
+            .dispatchers(2)
+            .env("HERALD_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s")
+            .env("HERALD_BREAKER_COOLDOWN", "3s")
+            .env("HERALD_BREAKER_MAX_COOLDOWN", "6s")
+            .env("HERALD_ENDPOINT_MAX_IN_FLIGHT", "2"),
+    )
+    .await;
+    let dead = Receiver::start(Behaviour::AlwaysFail(503)).await;
+    let dead_id = stack.subscribe(&dead, &["*"]).await;
+    stack.settle_endpoints().await;
+    stack.wait_dispatchers_assigned().await;
+
+    // Deliveries on every partition, so both replicas work for the endpoint.
+    let ids = stack.produce_deliveries(&dead_id, 40, 4).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Without sharing, each replica would need its own 5 failures and would
+    // send its own probes.
+    let requests = dead.count();
+    assert!(requests >= 5, "the breaker needs failures to open");
+    assert!(
+        requests <= 14,
+        "the dead endpoint got {requests} requests from two replicas"
+    );
+    for dispatcher in &stack.dispatchers {
+        assert!(
+            dispatcher
+                .log_text()
+                .contains("circuit open; delivery deferred"),
+            "{} did not see the open breaker",
+            dispatcher.name
+        );
+    }
+
+    // Recovery reaches both replicas' deferred deliveries.
+    dead.set_behaviour(Behaviour::Accept);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: HashSet<String> = dead
+            .received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .map(|r| r.webhook_id())
+            .collect();
+        if ids.iter().all(|id| delivered.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every deferred delivery arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

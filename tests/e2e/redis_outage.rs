@@ -1,0 +1,80 @@
+//! Redis goes away: deliveries go on (breakers and rate limits treated as
+//! closed and unlimited, with the cached subscriptions), the logs say so,
+//! ingest refuses events it cannot de-duplicate, and everything resumes
+//! when Redis answers again.
+
+use std::time::Duration;
+
+use herald_tests::{Behaviour, Receiver, RedisServer, Stack, StackOptions};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_go_on_while_redis_is_away() {
+    let redis = RedisServer::start().await;
+    let stack = Stack::start(
+        StackOptions::new("redis-outage")
+            .env("HERALD_REDIS_URL", &redis.url)
+            .env("HERALD_REDIS_TIMEOUT", "500ms"),
+    )
+    .await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    stack.subscribe(&receiver, &["*"]).await;
+    stack.settle_endpoints().await;
+    for i in 0..5 {
+        stack
+            .accept_event(&json!({"type": "before", "payload": i}))
+            .await;
+    }
+    assert!(receiver.wait_for(5, Duration::from_secs(30)).await);
+
+    redis.freeze();
+    let producer = stack.kafka_producer();
+    for i in 0..30 {
+        let event = json!({"id": format!("during_{i}"), "type": "during", "payload": i});
+        stack
+            .produce(
+                &producer,
+                "herald.events",
+                None,
+                event.to_string().as_bytes(),
+            )
+            .await;
+    }
+    assert!(
+        receiver.wait_for(35, Duration::from_secs(90)).await,
+        "only {} webhooks arrived while Redis was away; logs in {}",
+        receiver.count(),
+        stack.logs().display()
+    );
+    let dispatcher_log = stack.dispatchers[0].log_text();
+    assert!(
+        dispatcher_log.contains("Redis does not answer"),
+        "the dispatcher must say it lost Redis"
+    );
+    let (status, body) = stack
+        .post_event(&json!({"type": "refused", "payload": 1}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "redis_unavailable");
+
+    redis.thaw();
+    for i in 0..5 {
+        stack
+            .accept_event(&json!({"id": format!("after_{i}"), "type": "after", "payload": i}))
+            .await;
+    }
+    assert!(receiver.wait_for(40, Duration::from_secs(60)).await);
+    assert!(
+        herald_tests::eventually(Duration::from_secs(10), || stack.dispatchers[0]
+            .log_text()
+            .contains("Redis answers again"))
+        .await
+    );
+    let counts = receiver.id_counts();
+    assert_eq!(counts.len(), 40);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "every event exactly once: {counts:?}"
+    );
+    assert!(receiver.received().iter().all(|r| r.signature_valid));
+}
