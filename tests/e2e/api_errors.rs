@@ -324,6 +324,33 @@ async fn endpoint_errors_are_precise() {
         .await
         .unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    // Paging: three endpoints, two per page.
+    for n in 0..2 {
+        stack
+            .create_endpoint(
+                json!({"url": format!("https://example.com/{n}"), "event_types": ["*"]}),
+            )
+            .await;
+    }
+    let (_, first) = stack.get_json("/v1/endpoints?limit=2").await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first["data"][0]["id"], id);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let (_, second) = stack
+        .get_json(&format!("/v1/endpoints?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next_cursor"], Value::Null);
+    let (status, bad) = stack.get_json("/v1/endpoints?limit=0").await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`limit`")
+    );
+    let (status, _) = stack.get_json("/v1/dlq?cursor=abc").await;
+    assert_eq!(status, 400);
 
     for (method, path) in [
         (Method::GET, "/v1/endpoints/ep_missing".to_owned()),

@@ -2,7 +2,6 @@
 //! replica through Redis; the healthy endpoints do not notice, and after
 //! recovery one probe closes the breaker and the deferred deliveries arrive.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -121,23 +120,12 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
     // arrives.
     dead.set_behaviour(Behaviour::Accept);
     let recovered_at = dead.count();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: HashSet<String> = dead
-            .received()
-            .into_iter()
-            .filter(|r| r.answered == 200)
-            .map(|r| r.webhook_id())
-            .collect();
-        if during.iter().all(|(id, _)| delivered.contains(id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deferred deliveries did not all arrive after recovery"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let deferred: Vec<String> = during.iter().map(|(id, _)| id.clone()).collect();
+    assert!(
+        dead.wait_until_delivered(&deferred, Duration::from_secs(60))
+            .await,
+        "deferred deliveries did not all arrive after recovery"
+    );
     let after = &dead.received()[recovered_at..];
     assert_eq!(
         after[0].answered, 200,
@@ -191,21 +179,9 @@ async fn two_replicas_share_one_breaker() {
 
     // Recovery reaches both replicas' deferred deliveries.
     dead.set_behaviour(Behaviour::Accept);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: HashSet<String> = dead
-            .received()
-            .into_iter()
-            .filter(|r| r.answered == 200)
-            .map(|r| r.webhook_id())
-            .collect();
-        if ids.iter().all(|id| delivered.contains(id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every deferred delivery arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(
+        dead.wait_until_delivered(&ids, Duration::from_secs(60))
+            .await,
+        "not every deferred delivery arrived"
+    );
 }

@@ -169,6 +169,21 @@ impl Receiver {
         counts
     }
 
+    /// Waits until every one of `ids` was answered 2xx at least once, up to
+    /// `limit`.
+    pub async fn wait_until_delivered(&self, ids: &[String], limit: Duration) -> bool {
+        crate::eventually(limit, || {
+            let delivered: std::collections::HashSet<String> = self
+                .received()
+                .into_iter()
+                .filter(|r| (200..300).contains(&r.answered))
+                .map(|r| r.webhook_id())
+                .collect();
+            ids.iter().all(|id| delivered.contains(id))
+        })
+        .await
+    }
+
     /// Waits until at least `n` requests arrived, up to `limit`.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> bool {
         crate::eventually(limit, || self.count() >= n).await

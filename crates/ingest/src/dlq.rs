@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::paging::PageParams;
 use crate::state::AppState;
 
 /// Most dead letters one replay call handles.
@@ -278,39 +279,20 @@ fn view(letter: &DeadLetter) -> Value {
 pub struct ListParams {
     #[serde(default)]
     endpoint_id: Option<String>,
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    cursor: Option<String>,
 }
 
 /// `GET /v1/dlq?endpoint_id=…&limit=50&cursor=…`: newest first.
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
+    Query(paging): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=250).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`limit` must be between 1 and 250",
-        ));
-    }
-    let start = match params.cursor.as_deref() {
-        None | Some("") => 0,
-        Some(cursor) => cursor.parse::<usize>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                "`cursor` must be a value returned as `next_cursor`",
-            )
-        })?,
-    };
+    let page = paging.page()?;
     let mut letters = state
         .dlq
-        .list(params.endpoint_id.as_deref(), start, limit + 1)
+        .list(params.endpoint_id.as_deref(), page.start, page.fetch())
         .await?;
-    let next_cursor = (letters.len() > limit).then(|| (start + limit).to_string());
-    letters.truncate(limit);
+    let next_cursor = page.finish(&mut letters);
     Ok(Json(json!({
         "data": letters.iter().map(view).collect::<Vec<_>>(),
         "next_cursor": next_cursor,

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::paging::PageParams;
 use crate::state::AppState;
 
 /// Longest accepted URL.
@@ -248,45 +249,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// Paging parameters of `GET /v1/endpoints`.
-#[derive(Debug, Deserialize)]
-pub struct ListParams {
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    cursor: Option<String>,
-}
-
 /// `GET /v1/endpoints?limit=50&cursor=…`: a page in creation order, with
 /// `next_cursor` when there are more.
 pub async fn list(
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    Query(paging): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=250).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`limit` must be between 1 and 250",
-        ));
-    }
-    let start = match params.cursor.as_deref() {
-        None | Some("") => 0,
-        Some(cursor) => cursor.parse::<usize>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                "`cursor` must be a value returned as `next_cursor`",
-            )
-        })?,
-    };
-    // One extra tells whether another page exists.
-    let mut endpoints = state.endpoints.list(start, limit + 1).await?;
-    let next_cursor = if endpoints.len() > limit {
-        endpoints.truncate(limit);
-        Some((start + limit).to_string())
-    } else {
-        None
-    };
+    let page = paging.page()?;
+    let mut endpoints = state.endpoints.list(page.start, page.fetch()).await?;
+    let next_cursor = page.finish(&mut endpoints);
     let data: Vec<EndpointView<'_>> = endpoints.iter().map(EndpointView::from).collect();
     Ok(Json(json!({ "data": data, "next_cursor": next_cursor })))
 }

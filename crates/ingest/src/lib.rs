@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod paging;
 pub mod state;
 
 use std::net::SocketAddr;

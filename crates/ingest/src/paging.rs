@@ -1,0 +1,66 @@
+//! Paging of list endpoints: `?limit=50&cursor=…`, answered with
+//! `next_cursor` when there is more.
+
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Largest page.
+const MAX_LIMIT: usize = 250;
+
+/// `limit` (1-250, default 50) and `cursor` (an opaque value returned as
+/// `next_cursor`).
+#[derive(Debug, Deserialize)]
+pub struct PageParams {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A validated page request.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Position of the first item.
+    pub start: usize,
+    /// Items per page.
+    pub limit: usize,
+}
+
+impl PageParams {
+    /// Checks the parameters.
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("`limit` must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let start = match self.cursor.as_deref() {
+            None | Some("") => 0,
+            Some(cursor) => cursor.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "`cursor` must be a value returned as `next_cursor`",
+                )
+            })?,
+        };
+        Ok(Page { start, limit })
+    }
+}
+
+impl Page {
+    /// How many items to fetch: one more than the page, to tell whether
+    /// another page exists.
+    pub fn fetch(&self) -> usize {
+        self.limit + 1
+    }
+
+    /// Cuts the fetched items to the page; returns the next cursor, if any.
+    pub fn finish<T>(&self, items: &mut Vec<T>) -> Option<String> {
+        let more = items.len() > self.limit;
+        items.truncate(self.limit);
+        more.then(|| (self.start + self.limit).to_string())
+    }
+}
