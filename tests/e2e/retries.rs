@@ -60,6 +60,51 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
             && l.contains(&endpoint_id)),
         "no 'delivered' line with attempt=4"
     );
+    // The attempt log has all four, newest first, for the event and for the
+    // endpoint.
+    let (status, log) = stack.get_json(&format!("/v1/events/{id}/attempts")).await;
+    assert_eq!(status, 200, "{log}");
+    let attempts = log["data"].as_array().unwrap();
+    let summary: Vec<(u64, u64, bool)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["status_code"].as_u64().unwrap(),
+                a["success"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (4, 200, true),
+            (3, 500, false),
+            (2, 500, false),
+            (1, 500, false)
+        ],
+        "{log}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["endpoint_id"] == endpoint_id.as_str() && a["event_id"] == id.as_str())
+    );
+    assert!(attempts[1]["error"].as_str().unwrap().contains("500"));
+    let (_, by_endpoint) = stack
+        .get_json(&format!("/v1/endpoints/{endpoint_id}/attempts?limit=2"))
+        .await;
+    assert_eq!(by_endpoint["data"].as_array().unwrap().len(), 2);
+    assert_eq!(by_endpoint["data"][0]["attempt"], 4);
+    assert_eq!(by_endpoint["data"][1]["attempt"], 3);
+    let cursor = by_endpoint["next_cursor"].as_str().expect("more pages");
+    let (_, rest) = stack
+        .get_json(&format!(
+            "/v1/endpoints/{endpoint_id}/attempts?limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(rest["data"][1]["attempt"], 1);
+
     // And in the endpoint's health: three failures, then a success.
     let (_, health) = stack
         .get_json(&format!("/v1/endpoints/{endpoint_id}/health"))

@@ -18,9 +18,11 @@
 //! - [`dead_letter`]: writing dead letters;
 //! - [`circuit`] and [`rate_limit`]: per-endpoint breakers and rate limits
 //!   shared by all dispatchers through Redis;
+//! - [`attempt_log`]: every HTTP attempt, kept for a while in Redis;
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling.
 
+pub mod attempt_log;
 pub mod circuit;
 pub mod config;
 pub mod dead_letter;

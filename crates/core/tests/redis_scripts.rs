@@ -237,3 +237,51 @@ async fn the_rate_limit_spaces_deliveries_across_replicas() {
     }
     assert_eq!(allowed, 20);
 }
+
+#[tokio::test]
+async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let config = AttemptLogConfig {
+        retention: Duration::from_secs(3600),
+        max_per_endpoint: 3,
+    };
+    let log = AttemptLog::new(redis(), &prefix(), config);
+    let record = |n: u32, at: i64| AttemptRecord {
+        delivery_id: format!("dlv_{n}"),
+        endpoint_id: "ep".into(),
+        event_id: format!("evt_{}", n % 2),
+        attempt: n,
+        started_at_ms: at,
+        duration_ms: 3,
+        status_code: Some(500),
+        error: Some("the endpoint answered 500".into()),
+        response_body: "oops".into(),
+        success: false,
+    };
+    // One attempt older than the retention, then five recent ones.
+    log.record(&record(0, T0 - 7_200_000), T0 - 7_200_000)
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        log.record(&record(n, T0 + i64::from(n)), T0 + i64::from(n))
+            .await
+            .unwrap();
+    }
+    let kept: Vec<u32> = log
+        .for_endpoint("ep", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(kept, [5, 4, 3], "newest first, at most 3");
+    let event_1: Vec<u32> = log
+        .for_event("evt_1", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(event_1, [5, 3, 1]);
+    assert_eq!(log.for_endpoint("ep", 1, 1).await.unwrap()[0].attempt, 4);
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_core::attempt_log::{self, AttemptLog, AttemptRecord};
 use herald_core::circuit::{Breakers, Permission, Transition};
 use herald_core::config::KafkaConfig;
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
@@ -105,6 +106,7 @@ pub struct Dispatcher {
     cache: EndpointCache,
     breakers: Breakers,
     limiter: RateLimiter,
+    attempt_log: AttemptLog,
     slots: EndpointSlots,
     redis_degraded: AtomicBool,
     http: reqwest::Client,
@@ -141,6 +143,7 @@ impl Dispatcher {
         cache: EndpointCache,
         breakers: Breakers,
         limiter: RateLimiter,
+        attempt_log: AttemptLog,
         abandon: CancellationToken,
     ) -> Result<Self, DispatcherError> {
         let http = reqwest::Client::builder()
@@ -162,6 +165,7 @@ impl Dispatcher {
             cache,
             breakers,
             limiter,
+            attempt_log,
             slots: EndpointSlots::new(config.endpoint_max_in_flight),
             redis_degraded: AtomicBool::new(false),
             http,
@@ -268,7 +272,7 @@ impl Dispatcher {
 
         let started_at_ms = unix_millis(OffsetDateTime::now_utc());
         let started = Instant::now();
-        let result = self.attempt(&endpoint, &webhook).await;
+        let (result, response_body) = self.attempt(&endpoint, &webhook).await;
         drop(slot);
         let (success, error) = match &result {
             AttemptResult::Delivered { .. } => (true, ""),
@@ -311,6 +315,8 @@ impl Dispatcher {
             },
             duration_ms,
         });
+        self.log_attempt(delivery, &result, started_at_ms, duration_ms, response_body)
+            .await;
         match result {
             AttemptResult::Delivered { status } => {
                 tracing::debug!(status, duration_ms, "delivered");
@@ -467,12 +473,45 @@ impl Dispatcher {
         }
     }
 
-    /// One signed POST.
+    /// Adds an attempt to the attempt log (best effort: a Redis outage must
+    /// not hold up deliveries).
+    async fn log_attempt(
+        &self,
+        delivery: &Delivery,
+        result: &AttemptResult,
+        started_at_ms: i64,
+        duration_ms: u32,
+        response_body: String,
+    ) {
+        let (success, status_code, error) = match result {
+            AttemptResult::Delivered { status } => (true, Some(*status), None),
+            AttemptResult::Failed { status, error, .. } => (false, *status, Some(error.clone())),
+        };
+        let record = AttemptRecord {
+            delivery_id: delivery.delivery_id.clone(),
+            endpoint_id: delivery.endpoint_id.clone(),
+            event_id: delivery.event_id.clone(),
+            attempt: delivery.attempts_made,
+            started_at_ms,
+            duration_ms,
+            status_code,
+            error,
+            response_body,
+            success,
+        };
+        match self.attempt_log.record(&record, now_ms()).await {
+            Ok(()) => self.redis_answers(),
+            Err(err) => self.redis_fails(&err),
+        }
+    }
+
+    /// One signed POST. Returns the result and the start of the response
+    /// body.
     pub async fn attempt(
         &self,
         endpoint: &ResolvedEndpoint,
         webhook: &PreparedWebhook,
-    ) -> AttemptResult {
+    ) -> (AttemptResult, String) {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = &webhook.delivery.event_id;
         let signature = signing::sign(&endpoint.secret, msg_id, timestamp, &webhook.body);
@@ -496,15 +535,21 @@ impl Dispatcher {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
                 // Read (a bounded part of) the body so the connection can be
-                // reused.
+                // reused; keep its start for the attempt log.
                 let mut read = 0usize;
+                let mut kept = Vec::new();
                 while read < MAX_RESPONSE_BYTES {
                     match response.chunk().await {
-                        Ok(Some(chunk)) => read += chunk.len(),
+                        Ok(Some(chunk)) => {
+                            read += chunk.len();
+                            let room = attempt_log::MAX_BODY_BYTES.saturating_sub(kept.len());
+                            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                        }
                         _ => break,
                     }
                 }
-                if response.status().is_success() {
+                let body = String::from_utf8_lossy(&kept).into_owned();
+                let result = if response.status().is_success() {
                     AttemptResult::Delivered { status }
                 } else {
                     AttemptResult::Failed {
@@ -515,16 +560,20 @@ impl Dispatcher {
                             slow_down: status == 429,
                         },
                     }
-                }
+                };
+                (result, body)
             }
-            Err(err) => AttemptResult::Failed {
-                status: None,
-                error: describe_http_error(&err),
-                hints: FailureHints {
-                    retry_after: None,
-                    slow_down: err.is_timeout(),
+            Err(err) => (
+                AttemptResult::Failed {
+                    status: None,
+                    error: describe_http_error(&err),
+                    hints: FailureHints {
+                        retry_after: None,
+                        slow_down: err.is_timeout(),
+                    },
                 },
-            },
+                String::new(),
+            ),
         }
     }
 }

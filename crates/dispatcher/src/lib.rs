@@ -28,6 +28,7 @@ pub mod deliver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
 use herald_core::circuit::{BreakerConfig, Breakers};
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::endpoint::{EndpointCache, EndpointStore};
@@ -60,6 +61,8 @@ pub struct Config {
     pub endpoint_max_in_flight: usize,
     /// Circuit breakers (`HERALD_BREAKER_*`).
     pub breaker: BreakerConfig,
+    /// Attempt log retention (`HERALD_ATTEMPT_LOG_*`).
+    pub attempt_log: AttemptLogConfig,
     /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the endpoint
     /// cache checks Redis for changes.
     pub cache_refresh: Duration,
@@ -82,6 +85,7 @@ impl Config {
             endpoint_max_in_flight: env.number("HERALD_ENDPOINT_MAX_IN_FLIGHT", 32, 1, 100_000)?
                 as usize,
             breaker: BreakerConfig::from_env(env, http_timeout)?,
+            attempt_log: AttemptLogConfig::from_env(env)?,
             max_in_flight: env.number("HERALD_DISPATCHER_MAX_IN_FLIGHT", 512, 1, 100_000)? as usize,
             http_timeout,
             retry_schedule: env.parse(
@@ -139,13 +143,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         &config.redis.key_prefix,
         config.breaker.clone(),
     );
-    let limiter = RateLimiter::new(redis, &config.redis.key_prefix);
+    let limiter = RateLimiter::new(redis.clone(), &config.redis.key_prefix);
+    let attempt_log = AttemptLog::new(redis, &config.redis.key_prefix, config.attempt_log.clone());
     let abandon = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(
         &config,
         cache,
         breakers,
         limiter,
+        attempt_log,
         abandon.clone(),
     )?);
     let settings = ConsumerSettings {

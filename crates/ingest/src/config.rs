@@ -34,6 +34,9 @@ pub struct Config {
     /// success and failure counts shown by the health endpoint (the same
     /// setting as the dispatchers').
     pub breaker_window: Duration,
+    /// Attempt log retention (`HERALD_ATTEMPT_LOG_*`), as the dispatchers
+    /// use it.
+    pub attempt_log: herald_core::attempt_log::AttemptLogConfig,
     /// Kafka settings (`HERALD_KAFKA_*`, `HERALD_TOPIC_*`).
     pub kafka: KafkaConfig,
     /// Redis settings (`HERALD_REDIS_*`).
@@ -76,6 +79,7 @@ impl Config {
             max_body_bytes: env.number("HERALD_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20)? as usize,
             idempotency_ttl: env.duration("HERALD_IDEMPOTENCY_TTL", Duration::from_secs(86_400))?,
             breaker_window: env.duration("HERALD_BREAKER_WINDOW", Duration::from_secs(300))?,
+            attempt_log: herald_core::attempt_log::AttemptLogConfig::from_env(env)?,
             dlq_retention: env
                 .duration("HERALD_DLQ_RETENTION", Duration::from_secs(14 * 86_400))?,
             drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,

@@ -7,6 +7,8 @@
 //!   Redis ([`endpoints`]).
 //! - `/v1/dlq…` lists and replays dead letters, which a background consumer
 //!   copies from `herald.dlq` into Redis ([`dlq`]).
+//! - `/v1/events/{id}/attempts` and `/v1/endpoints/{id}/attempts` read the
+//!   delivery-attempt log ([`attempts`]).
 //! - `/healthz` and `/readyz` report liveness and readiness ([`health`]).
 //!
 //! Every `/v1` route requires `Authorization: Bearer <api key>` ([`auth`]).
@@ -16,6 +18,7 @@
 //! [`Application::run`] serves until the shutdown token fires. `main.rs` and
 //! the tests both go through these two calls.
 
+pub mod attempts;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -95,6 +98,11 @@ impl Application {
             dlq: dlq.clone(),
             produce_timeout: config.kafka.produce_timeout,
             endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+            attempt_log: herald_core::attempt_log::AttemptLog::new(
+                redis.clone(),
+                &config.redis.key_prefix,
+                config.attempt_log.clone(),
+            ),
             redis,
             keys,
             max_body_bytes: config.max_body_bytes,
@@ -183,6 +191,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
         .route("/v1/endpoints/{id}/health", get(endpoints::health))
+        .route("/v1/endpoints/{id}/attempts", get(attempts::for_endpoint))
+        .route("/v1/events/{id}/attempts", get(attempts::for_event))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay))
         .route_layer(axum::middleware::from_fn_with_state(

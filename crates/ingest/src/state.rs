@@ -35,6 +35,8 @@ pub struct Inner {
     pub endpoints: EndpointStore,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// The delivery-attempt log.
+    pub attempt_log: herald_core::attempt_log::AttemptLog,
     /// Window of the breakers' recent counts.
     pub breaker_window: Duration,
     /// How long event ids are remembered.
