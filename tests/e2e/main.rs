@@ -7,6 +7,7 @@ mod broker;
 mod crash;
 mod idempotency;
 mod malformed_records;
+mod metrics;
 mod rate_limit;
 mod redis_outage;
 mod replicas;

@@ -103,6 +103,9 @@ pub struct Service {
     child: Child,
     /// Its log file.
     pub log: PathBuf,
+    /// Base URL of its ops server (`/metrics`, `/healthz`, `/readyz`), for
+    /// fan-out and the dispatchers.
+    pub ops_url: Option<String>,
 }
 
 impl Service {
@@ -115,11 +118,14 @@ impl Service {
         std::fs::create_dir_all(logs).expect("create log dir");
         let log = logs.join(format!("{name}.log"));
         let out = File::create(&log).expect("create log file");
+        // Fan-out and dispatchers serve /metrics on a port of their own.
+        let ops_port = (binary != "herald-ingest").then(free_port);
         let err = out.try_clone().expect("clone log file");
         let child = Command::new(bin_path(binary))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env)
+            .envs(ops_port.map(|port| ("HERALD_OPS_ADDR", format!("127.0.0.1:{port}"))))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -129,6 +135,7 @@ impl Service {
             name: name.to_owned(),
             child,
             log,
+            ops_url: ops_port.map(|port| format!("http://127.0.0.1:{port}")),
         }
     }
 
@@ -655,6 +662,27 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Fetches `{base}/metrics` and returns the value of the sample whose name
+/// and labels are exactly `series` (e.g. `herald_retries_total{tier="1s"}`),
+/// or 0 when it is absent.
+pub async fn metric(base: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0)
 }
 
 /// Polls `check` every 50 ms until it returns true or `limit` passes.

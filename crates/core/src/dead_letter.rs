@@ -135,6 +135,10 @@ impl DeadLetterWriter {
             shutdown,
         )
         .await?;
+        crate::metrics::metrics()
+            .dead_letters
+            .get_or_create(&crate::metrics::label("reason", letter.reason.clone()))
+            .inc();
         tracing::warn!(
             dead_letter = %letter.id,
             reason = %letter.reason,

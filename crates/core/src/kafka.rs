@@ -67,7 +67,9 @@ pub(crate) fn consumer_config(
         .set("auto.offset.reset", "earliest")
         // A crashed replica's partitions move to the others after this long.
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        // Feeds the consumer-lag metric.
+        .set("statistics.interval.ms", "5000");
     apply_user_properties(&mut client, config);
     client
 }

@@ -20,6 +20,8 @@
 //!   shared by all dispatchers through Redis;
 //! - [`attempt_log`]: every HTTP attempt, kept for a while in Redis;
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
+//! - [`metrics`] and [`ops`]: Prometheus metrics and the small ops HTTP
+//!   server of fan-out and the dispatchers;
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling.
 
 pub mod attempt_log;
@@ -29,6 +31,8 @@ pub mod dead_letter;
 pub mod endpoint;
 pub mod event;
 pub mod kafka;
+pub mod metrics;
+pub mod ops;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod retry;

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald_core::attempt_log::{self, AttemptLog, AttemptRecord};
 use herald_core::circuit::{Breakers, Permission, Transition};
-use herald_core::config::KafkaConfig;
+use herald_core::config::{KafkaConfig, format_duration};
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
 use herald_core::endpoint::{EndpointCache, ResolvedEndpoint};
 use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
 use herald_core::kafka::{OutgoingRecord, Stopping, produce_until_acked};
+use herald_core::metrics::{label, metrics, status_class};
 use herald_core::proto::{Attempt, Delivery};
 use herald_core::rate_limit::RateLimiter;
 use herald_core::redis_store::StoreError;
@@ -267,6 +268,12 @@ impl Dispatcher {
         }
         let probe = permission == Permission::Probe;
         if probe {
+            metrics()
+                .breaker_state
+                .get_or_create(&label("endpoint_id", endpoint_id))
+                .set(2);
+        }
+        if probe {
             tracing::info!("circuit half-open; this delivery probes the endpoint");
         }
 
@@ -285,6 +292,7 @@ impl Dispatcher {
         {
             Ok(transition) => {
                 self.redis_answers();
+                record_transition(endpoint_id, transition);
                 match transition {
                     Transition::None => {}
                     Transition::Opened => {
@@ -317,6 +325,27 @@ impl Dispatcher {
         });
         self.log_attempt(delivery, &result, started_at_ms, duration_ms, response_body)
             .await;
+        let m = metrics();
+        m.attempt_duration.observe(f64::from(duration_ms) / 1000.0);
+        match &result {
+            AttemptResult::Delivered { status } => {
+                count_outcome("delivered", Some(*status));
+                let age_ms = now_ms() - delivery.event_timestamp_ms;
+                m.end_to_end_latency.observe(age_ms.max(0) as f64 / 1000.0);
+            }
+            AttemptResult::Failed { status, .. } => {
+                let retried = *status != Some(410)
+                    && self.schedule.delay_after(delivery.attempts_made).is_some();
+                count_outcome(
+                    if retried {
+                        "retry_scheduled"
+                    } else {
+                        "dead_lettered"
+                    },
+                    *status,
+                );
+            }
+        }
         match result {
             AttemptResult::Delivered { status } => {
                 tracing::debug!(status, duration_ms, "delivered");
@@ -385,6 +414,7 @@ impl Dispatcher {
     /// Puts a delivery off until `until_ms` without spending an attempt.
     async fn defer(&self, mut delivery: Delivery, until_ms: i64) -> Outcome {
         delivery.deferrals += 1;
+        count_outcome("deferred", None);
         let wait = Duration::from_millis(until_ms.saturating_sub(now_ms()).max(1) as u64);
         self.retry_later(delivery, wait).await
     }
@@ -434,7 +464,12 @@ impl Dispatcher {
     async fn retry_later(&self, mut delivery: Delivery, wait: Duration) -> Outcome {
         let not_before_ms = unix_millis(OffsetDateTime::now_utc()) + wait.as_millis() as i64;
         delivery.not_before_ms = not_before_ms;
-        let topic = tier_topic(&self.kafka, self.schedule.tier_for(wait));
+        let tier = self.schedule.tier_for(wait);
+        let topic = tier_topic(&self.kafka, tier);
+        metrics()
+            .retries
+            .get_or_create(&label("tier", format_duration(tier)))
+            .inc();
         let value = delivery.encode_to_vec();
         let due = not_before_ms.to_string();
         let record = OutgoingRecord {
@@ -576,6 +611,34 @@ impl Dispatcher {
             ),
         }
     }
+}
+
+/// Counts one delivery result.
+fn count_outcome(outcome: &str, status: Option<u16>) {
+    metrics()
+        .deliveries
+        .get_or_create(&vec![
+            ("outcome", outcome.to_owned()),
+            ("status_class", status_class(status)),
+        ])
+        .inc();
+}
+
+/// Updates the breaker metrics after a state change.
+fn record_transition(endpoint_id: &str, transition: Transition) {
+    let (name, state) = match transition {
+        Transition::None => return,
+        Transition::Opened => ("opened", 1),
+        Transition::Reopened => ("reopened", 1),
+        Transition::Closed => ("closed", 0),
+    };
+    let m = metrics();
+    m.breaker_transitions
+        .get_or_create(&label("transition", name))
+        .inc();
+    m.breaker_state
+        .get_or_create(&label("endpoint_id", endpoint_id))
+        .set(state);
 }
 
 /// The longest a delivery waits in place for its rate limit; longer waits

@@ -69,6 +69,9 @@ pub struct Config {
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
     /// long in-flight deliveries may take to finish.
     pub drain_timeout: Duration,
+    /// `HERALD_OPS_ADDR` (default `0.0.0.0:9090`): `/metrics`, `/healthz`
+    /// and `/readyz`.
+    pub ops_addr: std::net::SocketAddr,
     /// Kafka settings.
     pub kafka: KafkaConfig,
     /// Redis settings.
@@ -95,6 +98,7 @@ impl Config {
             )?,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
             drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            ops_addr: herald_core::ops::ops_addr(env)?,
             kafka: KafkaConfig::from_env(env)?,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
@@ -111,6 +115,9 @@ pub enum DispatcherError {
     /// Redis client creation failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The ops server cannot listen.
+    #[error("ops server: {0}")]
+    Ops(#[from] std::io::Error),
     /// The HTTP client cannot be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -127,6 +134,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
     herald_core::kafka::ensure_topics_with_retry(&config.kafka, &needed, &shutdown).await?;
 
     let redis = redis_store::connect(&config.redis)?;
+    herald_core::ops::serve(
+        config.ops_addr,
+        herald_core::kafka::producer(&config.kafka, "herald-dispatcher-ops")?,
+        config.kafka.deliveries_topic(),
+        redis.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let keys = Keys::new(config.redis.key_prefix.clone());
     let cache = EndpointCache::new(EndpointStore::new(redis.clone(), keys.clone()));
     if !cache.load_first(&shutdown).await {

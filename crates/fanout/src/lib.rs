@@ -44,6 +44,9 @@ pub struct Config {
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
     /// long in-flight events may take to finish.
     pub drain_timeout: Duration,
+    /// `HERALD_OPS_ADDR` (default `0.0.0.0:9090`): `/metrics`, `/healthz`
+    /// and `/readyz`.
+    pub ops_addr: std::net::SocketAddr,
     /// Kafka settings.
     pub kafka: KafkaConfig,
     /// Redis settings.
@@ -59,6 +62,7 @@ impl Config {
             max_in_flight: env.number("HERALD_FANOUT_MAX_IN_FLIGHT", 1000, 1, 100_000)? as usize,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
             drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            ops_addr: herald_core::ops::ops_addr(env)?,
             kafka: KafkaConfig::from_env(env)?,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
@@ -75,6 +79,9 @@ pub enum FanoutError {
     /// Redis client creation failed.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The ops server cannot listen.
+    #[error("ops server: {0}")]
+    Ops(#[from] std::io::Error),
 }
 
 /// Runs fan-out until `shutdown`.
@@ -94,6 +101,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
     .await?;
 
     let redis = redis_store::connect(&config.redis)?;
+    let producer = herald_core::kafka::producer(&config.kafka, "herald-fanout")?;
+    herald_core::ops::serve(
+        config.ops_addr,
+        producer.clone(),
+        events_topic.clone(),
+        redis.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let cache = EndpointCache::new(EndpointStore::new(
         redis,
         Keys::new(config.redis.key_prefix.clone()),
@@ -109,7 +125,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
             .keep_fresh(config.cache_refresh, shutdown.clone()),
     );
 
-    let producer = herald_core::kafka::producer(&config.kafka, "herald-fanout")?;
     let abandon = CancellationToken::new();
     let handler = Arc::new(FanoutHandler {
         cache,
@@ -210,6 +225,7 @@ impl FanoutHandler {
             .into_iter()
             .map(|d| (d.endpoint_id.clone(), d.encode_to_vec()))
             .collect();
+        let count = pending.len() as u64;
         let mut delay = Duration::from_millis(100);
         loop {
             let sends = pending.iter().map(|(key, value)| {
@@ -229,6 +245,9 @@ impl FanoutHandler {
                 }
             }
             if failed.is_empty() {
+                let m = herald_core::metrics::metrics();
+                m.events_fanned_out.inc();
+                m.deliveries_created.inc_by(count);
                 return Outcome::Done;
             }
             pending = failed;

@@ -52,6 +52,19 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let is_event = request.uri().path() == "/v1/events";
+    check_api_key(&state, &request).inspect_err(|_| {
+        if is_event {
+            herald_core::metrics::metrics()
+                .events_rejected
+                .get_or_create(&herald_core::metrics::label("reason", "unauthorized"))
+                .inc();
+        }
+    })?;
+    Ok(next.run(request).await)
+}
+
+fn check_api_key(state: &AppState, request: &Request) -> Result<(), ApiError> {
     let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized(
             "missing Authorization header; send `Authorization: Bearer <api key>`",
@@ -68,7 +81,7 @@ pub async fn require_api_key(
     if !state.api_keys.accepts(key) {
         return Err(ApiError::unauthorized("the API key is not valid"));
     }
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 #[cfg(test)]

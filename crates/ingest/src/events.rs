@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::event::{EventRecord, new_event_id, parse_event, validate_event_id};
+use herald_core::metrics;
 use rdkafka::producer::FutureRecord;
 use redis::AsyncCommands;
 use serde_json::json;
@@ -20,9 +21,26 @@ use crate::state::AppState;
 const WAIT_FOR_CONCURRENT: Duration = Duration::from_secs(5);
 
 /// Accepts one event. Answers 202 only after Kafka acknowledged the record.
-#[tracing::instrument(skip_all, fields(event_id))]
 pub async fn post_event(
     State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = accept_event(state, headers, body).await;
+    let m = metrics::metrics();
+    match &result {
+        Ok(_) => m.events_accepted.inc(),
+        Err(err) => m
+            .events_rejected
+            .get_or_create(&metrics::label("reason", err.code))
+            .inc(),
+    };
+    result
+}
+
+#[tracing::instrument(skip_all, fields(event_id))]
+async fn accept_event(
+    state: AppState,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

@@ -9,7 +9,8 @@
 //!   copies from `herald.dlq` into Redis ([`dlq`]).
 //! - `/v1/events/{id}/attempts` and `/v1/endpoints/{id}/attempts` read the
 //!   delivery-attempt log ([`attempts`]).
-//! - `/healthz` and `/readyz` report liveness and readiness ([`health`]).
+//! - `/healthz` and `/readyz` report liveness and readiness ([`health`]);
+//!   `/metrics` serves Prometheus metrics.
 //!
 //! Every `/v1` route requires `Authorization: Bearer <api key>` ([`auth`]).
 //! Errors are `{"error": {"code", "message"}}` ([`error`]).
@@ -203,6 +204,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(herald_core::ops::metrics_handler))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .with_state(state)
 }

@@ -144,6 +144,10 @@ fn poll_loop<H: RecordHandler>(
     shutdown: &CancellationToken,
 ) {
     let window = Arc::new(Semaphore::new(settings.max_in_flight));
+    let in_flight_gauge = crate::metrics::metrics()
+        .in_flight
+        .get_or_create(&crate::metrics::label("group", settings.group_id.clone()))
+        .clone();
     let mut idle_check = Instant::now() + IDLE_CHECK_INTERVAL;
     let mut empty_since: Option<Instant> = None;
     let mut next_commit = Instant::now() + COMMIT_INTERVAL;
@@ -203,9 +207,12 @@ fn poll_loop<H: RecordHandler>(
         let record = detach(&record);
         let handler = handler.clone();
         let tracker = tracker.clone();
+        let in_flight = in_flight_gauge.clone();
+        in_flight.inc();
         runtime.spawn(async move {
             let outcome = handler.handle(record).await;
             tracker.finish(ticket, outcome);
+            in_flight.dec();
             drop(permit);
         });
     }
@@ -473,7 +480,25 @@ struct TrackingContext {
     drain_timeout: Duration,
 }
 
-impl ClientContext for TrackingContext {}
+impl ClientContext for TrackingContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = &crate::metrics::metrics().consumer_lag;
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                // -1 is librdkafka's "unknown"; partition -1 its internal
+                // unassigned-messages queue.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                lag.get_or_create(&vec![
+                    ("topic", topic.clone()),
+                    ("partition", partition.to_string()),
+                ])
+                .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for TrackingContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
