@@ -13,3 +13,4 @@ mod redis_outage;
 mod replicas;
 mod retries;
 mod routing;
+mod tracing;

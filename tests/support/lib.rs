@@ -11,6 +11,7 @@
 //! prefix, so tests run in parallel against one broker and one Redis without
 //! seeing each other.
 
+pub mod otlp;
 pub mod receiver;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
+pub use otlp::{CollectedSpan, OtlpReceiver};
 pub use receiver::{Behaviour, Received, Receiver};
 
 /// The broker and Redis the tests run against.

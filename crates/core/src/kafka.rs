@@ -181,19 +181,19 @@ pub async fn produce_until_acked(
     queue_timeout: Duration,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(), Stopping> {
-    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::message::Header;
     use rdkafka::producer::FutureRecord;
     let mut delay = Duration::from_millis(100);
     loop {
-        let headers = record
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        let headers = record.headers.iter().fold(
+            crate::trace_context::kafka_headers(),
+            |headers, (key, value)| {
                 headers.insert(Header {
                     key,
                     value: Some(*value),
                 })
-            });
+            },
+        );
         let sent = producer
             .send(
                 FutureRecord::to(record.topic)

@@ -39,6 +39,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;
+pub mod trace_context;
 
 /// Types generated from `proto/herald/v1/herald.proto`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]

@@ -1,12 +1,19 @@
-//! Logging set-up shared by the three services.
+//! Logging and trace export, shared by the three services.
 //!
 //! `HERALD_LOG` (default `info`) is a `tracing` filter such as
 //! `info,herald_dispatcher=debug`; `HERALD_LOG_FORMAT` is `text` (default,
 //! for people) or `json` (one object per line, for log pipelines).
+//!
+//! Spans are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the default) or `grpc`.
+//! `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_BSP_*` are
+//! honoured as the OpenTelemetry specification describes.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 use crate::config::{ConfigError, Env};
 
@@ -45,17 +52,98 @@ impl LogConfig {
     }
 }
 
-/// Installs the global logger. Call once, first thing in `main`.
-pub fn init_logging(config: &LogConfig) {
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered. Call before the process exits.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Where and how to export spans, from the standard `OTEL_*` variables;
+/// `None` when no endpoint is set.
+fn exporter() -> Result<Option<opentelemetry_otlp::SpanExporter>, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let set = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
+    if set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        && set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+    {
+        return Ok(None);
+    }
+    let protocol = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "http/protobuf".to_owned());
+    let built = match protocol.as_str() {
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        other => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported: use http/protobuf or grpc"
+            ));
+        }
+    };
+    built
+        .map(Some)
+        .map_err(|err| format!("cannot set up the OTLP exporter: {err}"))
+}
+
+/// Installs the global logger and, when configured, the OTLP trace
+/// exporter. Call once, first thing in `main`, inside the tokio runtime.
+pub fn init(config: &LogConfig, service_name: &'static str) -> Result<Telemetry, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a terminal: in files and log pipelines escape codes
     // get in the way of searching.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let ansi = std::io::stderr().is_terminal();
+    let fmt_layer = match config.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let provider = match exporter()? {
+        None => None,
+        Some(exporter) => {
+            let mut resource = opentelemetry_sdk::Resource::builder();
+            if std::env::var("OTEL_SERVICE_NAME").is_err() {
+                resource = resource.with_service_name(service_name);
+            }
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource.build())
+                    .build(),
+            )
+        }
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .init();
+    Ok(Telemetry { provider })
 }

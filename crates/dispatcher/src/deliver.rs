@@ -25,6 +25,7 @@ use herald_core::retry::{
     FailureHints, NOT_BEFORE_HEADER, RetrySchedule, next_wait, parse_retry_after, tier_topic,
 };
 use herald_core::signing;
+use herald_core::trace_context;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
@@ -34,6 +35,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{Config, DispatcherError};
 
@@ -547,10 +549,50 @@ impl Dispatcher {
         endpoint: &ResolvedEndpoint,
         webhook: &PreparedWebhook,
     ) -> (AttemptResult, String) {
+        let span = tracing::info_span!(
+            "POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %redacted_url(&endpoint.endpoint.url),
+            herald.endpoint_id = %endpoint.endpoint.id,
+            herald.attempt = webhook.delivery.attempts_made + 1,
+            http.response.status_code = tracing::field::Empty,
+            herald.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let (result, body) = self.send(endpoint, webhook).instrument(span.clone()).await;
+        match &result {
+            AttemptResult::Delivered { status } => {
+                span.record("http.response.status_code", status);
+                span.record("herald.outcome", "delivered");
+            }
+            AttemptResult::Failed { status, error, .. } => {
+                if let Some(status) = status {
+                    span.record("http.response.status_code", status);
+                }
+                span.record("herald.outcome", "failed");
+                span.record("error.type", error.as_str());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        (result, body)
+    }
+
+    /// The HTTP exchange of one attempt, inside its span (whose context
+    /// goes to the endpoint as `traceparent`).
+    async fn send(
+        &self,
+        endpoint: &ResolvedEndpoint,
+        webhook: &PreparedWebhook,
+    ) -> (AttemptResult, String) {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
         let msg_id = &webhook.delivery.event_id;
         let signature = signing::sign(&endpoint.secret, msg_id, timestamp, &webhook.body);
         let mut request = self.http.post(&endpoint.endpoint.url);
+        for (name, value) in trace_context::current_headers() {
+            request = request.header(name, value);
+        }
         // Custom headers first, so Herald's own always win.
         for (name, value) in &endpoint.endpoint.headers {
             request = request.header(name, value);
@@ -610,6 +652,21 @@ impl Dispatcher {
                 String::new(),
             ),
         }
+    }
+}
+
+/// The URL without credentials or query string, for spans: endpoint URLs
+/// sometimes carry tokens.
+fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => String::new(),
     }
 }
 
@@ -712,6 +769,36 @@ fn describe_http_error(err: &reqwest::Error) -> String {
 
 impl RecordHandler for Dispatcher {
     async fn handle(&self, record: OwnedMessage) -> Outcome {
+        // Continue the event's trace from the record's headers.
+        let span = tracing::info_span!(
+            "dispatch",
+            otel.name = format!("{} process", record.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = record.topic(),
+            messaging.destination.partition.id = record.partition(),
+            messaging.kafka.offset = record.offset(),
+            trace_id = tracing::field::Empty,
+        );
+        trace_context::adopt(&span, trace_context::from_kafka(record.headers()));
+        if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
+            span.record("trace_id", trace_id);
+        }
+        self.dispatch(record).instrument(span).await
+    }
+
+    fn due_at(&self, record: &BorrowedMessage<'_>) -> Option<i64> {
+        let headers = record.headers()?;
+        headers
+            .iter()
+            .find(|h| h.key == NOT_BEFORE_HEADER)
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+    }
+}
+
+impl Dispatcher {
+    async fn dispatch(&self, record: OwnedMessage) -> Outcome {
         let prepared = record
             .payload()
             .ok_or_else(|| "the record has no value".to_owned())
@@ -726,14 +813,6 @@ impl RecordHandler for Dispatcher {
                 }
             }
         }
-    }
-
-    fn due_at(&self, record: &BorrowedMessage<'_>) -> Option<i64> {
-        let headers = record.headers()?;
-        headers
-            .iter()
-            .find(|h| h.key == NOT_BEFORE_HEADER)
-            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
     }
 }
 
@@ -756,6 +835,14 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&prepared.body).unwrap(),
             r#"{"type":"order.created","timestamp":"2026-01-02T03:04:05.123Z","data":{"b": 1, "a": [true]}}"#
+        );
+    }
+
+    #[test]
+    fn urls_in_spans_carry_no_credentials() {
+        assert_eq!(
+            redacted_url("https://user:pw@example.com:8443/hook?token=abc#x"),
+            "https://example.com:8443/hook"
         );
     }
 

@@ -15,13 +15,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    herald_core::telemetry::init_logging(&config.log);
+    let telemetry = match herald_core::telemetry::init(&config.log, "herald-dispatcher") {
+        Ok(telemetry) => telemetry,
+        Err(problem) => {
+            eprintln!("herald-dispatcher: configuration error: {problem}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = herald_core::shutdown::on_signal();
-    match herald_dispatcher::run(config, shutdown).await {
+    let code = match herald_dispatcher::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "herald-dispatcher stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }

@@ -25,11 +25,13 @@ use herald_core::kafka::offsets::Outcome;
 use herald_core::proto::Delivery;
 use herald_core::redis_store::{self, Keys};
 use herald_core::telemetry::LogConfig;
+use herald_core::trace_context;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Everything herald-fanout reads from the environment.
 #[derive(Debug, Clone)]
@@ -164,6 +166,31 @@ struct FanoutHandler {
 
 impl RecordHandler for FanoutHandler {
     async fn handle(&self, record: OwnedMessage) -> Outcome {
+        // One span per fanned-out event, continuing the trace the record
+        // carries (a record published without one starts a trace here).
+        let span = tracing::info_span!(
+            "fanout",
+            otel.name = format!("{} process", record.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = record.topic(),
+            messaging.destination.partition.id = record.partition(),
+            messaging.kafka.offset = record.offset(),
+            event_id = tracing::field::Empty,
+            subscribers = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        trace_context::adopt(&span, trace_context::from_kafka(record.headers()));
+        if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
+            span.record("trace_id", trace_id);
+        }
+        self.fan_out(record).instrument(span).await
+    }
+}
+
+impl FanoutHandler {
+    async fn fan_out(&self, record: OwnedMessage) -> Outcome {
         // `run` loads the cache before consuming, so this is always there.
         let Some(snapshot) = self.cache.snapshot() else {
             tracing::error!("endpoint cache not loaded; leaving the record for the next owner");
@@ -202,6 +229,9 @@ fn plan(record: &OwnedMessage, snapshot: &Snapshot) -> Result<Vec<Delivery>, Str
             .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
     };
     let subscribers = snapshot.subscribers(&event.event_type);
+    let span = tracing::Span::current();
+    span.record("event_id", event_id.as_str());
+    span.record("subscribers", subscribers.len());
     tracing::debug!(event_id, subscribers = subscribers.len(), "fanning out");
     Ok(subscribers
         .iter()
@@ -232,7 +262,8 @@ impl FanoutHandler {
                 self.producer.send(
                     FutureRecord::to(&self.deliveries_topic)
                         .key(key)
-                        .payload(value),
+                        .payload(value)
+                        .headers(trace_context::kafka_headers()),
                     self.produce_timeout,
                 )
             });

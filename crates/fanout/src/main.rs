@@ -15,13 +15,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    herald_core::telemetry::init_logging(&config.log);
+    let telemetry = match herald_core::telemetry::init(&config.log, "herald-fanout") {
+        Ok(telemetry) => telemetry,
+        Err(problem) => {
+            eprintln!("herald-fanout: configuration error: {problem}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = herald_core::shutdown::on_signal();
-    match herald_fanout::run(config, shutdown).await {
+    let code = match herald_fanout::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "herald-fanout stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }

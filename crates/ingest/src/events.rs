@@ -8,10 +8,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::event::{EventRecord, new_event_id, parse_event, validate_event_id};
 use herald_core::metrics;
+use herald_core::trace_context;
 use rdkafka::producer::FutureRecord;
 use redis::AsyncCommands;
 use serde_json::json;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
 use crate::body::read_json_body;
 use crate::error::ApiError;
@@ -26,7 +28,29 @@ pub async fn post_event(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = accept_event(state, headers, body).await;
+    // The caller's traceparent, if any, becomes this trace's parent.
+    let span = tracing::info_span!(
+        "POST /v1/events",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/events",
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    trace_context::adopt(&span, trace_context::from_http(&headers));
+    if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
+        span.record("trace_id", trace_id);
+    }
+    let result = accept_event(state, headers, body)
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "http.response.status_code",
+        match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(err) => err.status.as_u16(),
+        },
+    );
     let m = metrics::metrics();
     match &result {
         Ok(_) => m.events_accepted.inc(),
@@ -38,7 +62,11 @@ pub async fn post_event(
     result
 }
 
-#[tracing::instrument(skip_all, fields(event_id))]
+#[tracing::instrument(
+    name = "herald.events publish",
+    skip_all,
+    fields(otel.kind = "producer", messaging.system = "kafka", event_id)
+)]
 async fn accept_event(
     state: AppState,
     headers: HeaderMap,
@@ -93,7 +121,8 @@ async fn accept_event(
         .send(
             FutureRecord::to(&state.events_topic)
                 .key(&id)
-                .payload(&record),
+                .payload(&record)
+                .headers(trace_context::kafka_headers()),
             state.produce_timeout,
         )
         .await;

@@ -15,7 +15,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    herald_core::telemetry::init_logging(&config.log);
+    let telemetry = match herald_core::telemetry::init(&config.log, "herald-ingest") {
+        Ok(telemetry) => telemetry,
+        Err(problem) => {
+            eprintln!("herald-ingest: configuration error: {problem}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = herald_core::shutdown::on_signal();
     let app = match Application::build(config).await {
         Ok(app) => app,
@@ -24,11 +30,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run(shutdown).await {
+    let code = match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "herald-ingest stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }

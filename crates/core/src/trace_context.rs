@@ -1,0 +1,115 @@
+//! W3C trace context (`traceparent`, `tracestate`) carried across Kafka
+//! records and HTTP requests, so that one event is one trace from the ingest
+//! request to every delivery attempt and on to the endpoint.
+
+use std::collections::HashMap;
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The trace-context headers of the current span (empty when tracing is
+/// off or the span has no context).
+pub fn current_headers() -> Vec<(String, String)> {
+    let cx = tracing::Span::current().context();
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    let mut headers: Vec<(String, String)> = carrier.into_iter().collect();
+    headers.sort();
+    headers
+}
+
+/// The current span's trace context as Kafka record headers.
+pub fn kafka_headers() -> OwnedHeaders {
+    current_headers()
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        })
+}
+
+struct KafkaExtractor<'a>(Option<&'a BorrowedHeaders>);
+
+impl Extractor for KafkaExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let headers = self.0?;
+        headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|h| h.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
+    }
+}
+
+struct OwnedKafkaExtractor<'a>(Option<&'a OwnedHeaders>);
+
+impl Extractor for OwnedKafkaExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let headers = self.0?;
+        headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case(key))
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|h| h.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The trace context a Kafka record carries (an empty context when none).
+pub fn from_kafka(headers: Option<&OwnedHeaders>) -> Context {
+    TraceContextPropagator::new().extract(&OwnedKafkaExtractor(headers))
+}
+
+/// The trace context of a borrowed Kafka record.
+pub fn from_borrowed_kafka(headers: Option<&BorrowedHeaders>) -> Context {
+    TraceContextPropagator::new().extract(&KafkaExtractor(headers))
+}
+
+struct HttpExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The trace context of an HTTP request (an empty context when none).
+pub fn from_http(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HttpExtractor(headers))
+}
+
+/// Makes `span` a child of the remote context, when there is one.
+pub fn adopt(span: &tracing::Span, parent: Context) {
+    use opentelemetry::trace::TraceContextExt;
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The trace id of the current span, as 32 hex digits (for logs).
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = tracing::Span::current().context();
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
