@@ -32,7 +32,8 @@ async fn one_event_is_one_trace_from_ingest_to_both_endpoints() {
         StackOptions::new("tracing")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("HERALD_LOG_FORMAT", "json"),
     )
     .await;
     let receivers = [
@@ -131,10 +132,74 @@ async fn one_event_is_one_trace_from_ingest_to_both_endpoints() {
     attempted.sort();
     endpoint_ids.sort();
     assert_eq!(attempted, endpoint_ids, "one attempt span per endpoint");
+    // The logs are JSON, and each line on the delivery's path names the
+    // trace.
+    for service in stack.dispatchers.iter().chain(stack.fanout.as_ref()) {
+        let log = service.log_text();
+        let path_lines: Vec<&str> = log.lines().filter(|l| l.contains("traced_1")).collect();
+        assert!(
+            !path_lines.is_empty(),
+            "{} logged nothing about the event",
+            service.name
+        );
+        for line in path_lines {
+            let parsed: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+            assert!(
+                parsed["timestamp"].is_string() && parsed["level"].is_string(),
+                "{line}"
+            );
+            assert!(
+                line.contains(trace_id),
+                "a line without the trace id: {line}"
+            );
+        }
+    }
     // Each endpoint's traceparent names its own attempt span.
     for receiver in &receivers {
         let traceparent = receiver.received()[0].header("traceparent");
         let parent_span = traceparent.split('-').nth(2).unwrap().to_owned();
         assert_eq!(by_id[&parent_span].name, "POST");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_also_export_over_grpc() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let stack = Stack::start(
+        StackOptions::new("tracing-grpc")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    )
+    .await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    stack.subscribe(&receiver, &["*"]).await;
+    stack.settle_endpoints().await;
+    stack
+        .accept_event(&json!({"type": "a", "payload": 1}))
+        .await;
+    assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
+    let trace_id = receiver.received()[0]
+        .header("traceparent")
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let services: std::collections::HashSet<String> = otlp
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .map(|s| s.service)
+            .collect();
+        if services.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "services seen over gRPC: {services:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -62,6 +62,12 @@ fn text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Str
 
 async fn export(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes) -> Vec<u8> {
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export request");
+    collect(&spans, request);
+    // An empty ExportTraceServiceResponse.
+    Vec::new()
+}
+
+fn collect(spans: &Mutex<Vec<CollectedSpan>>, request: ExportTraceServiceRequest) {
     let mut collected = spans.lock().expect("spans lock");
     for resource_spans in request.resource_spans {
         let service = resource_spans
@@ -88,8 +94,27 @@ async fn export(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
             }
         }
     }
-    // An empty ExportTraceServiceResponse.
-    Vec::new()
+}
+
+/// The gRPC flavour of the receiver's service.
+struct GrpcTraces(Arc<Mutex<Vec<CollectedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcTraces
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        collect(&self.0, request.into_inner());
+        Ok(tonic::Response::new(Default::default()))
+    }
 }
 
 impl OtlpReceiver {
@@ -107,6 +132,33 @@ impl OtlpReceiver {
             let _ = axum::serve(listener, app).await;
         });
         OtlpReceiver { endpoint, spans }
+    }
+
+    /// Starts an OTLP/gRPC receiver on a free port.
+    pub async fn start_grpc() -> OtlpReceiver {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let port = crate::free_port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let service = TraceServiceServer::new(GrpcTraces(spans.clone()));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(addr)
+                .await;
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gRPC receiver did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        OtlpReceiver {
+            endpoint: format!("http://{addr}"),
+            spans,
+        }
     }
 
     /// Every span received so far.
