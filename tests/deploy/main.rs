@@ -247,3 +247,113 @@ mod toml_like {
         Manifest { bins }
     }
 }
+
+/// `kubectl kustomize <dir>`, as parsed documents.
+fn render(dir: &str) -> (String, Vec<Value>) {
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo_file(dir))
+        .output()
+        .expect("kubectl is installed (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let docs = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML"))
+        .collect();
+    (text, docs)
+}
+
+use serde::Deserialize as _;
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Validates rendered manifests against the Kubernetes API schemas.
+fn validate(text: &str, dir: &str) {
+    let path = std::env::temp_dir().join(format!("herald-{}.yaml", dir.replace('/', "-")));
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", "1.30.0"])
+        .arg(&path)
+        .output()
+        .expect("kubernetes-validate is installed (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "{dir} does not validate: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_kubernetes_base_and_overlay_render_and_validate() {
+    for dir in ["deploy/base", "deploy/overlays/production"] {
+        let (text, docs) = render(dir);
+        validate(&text, dir);
+        for name in HERALD {
+            let deployment = find(&docs, "Deployment", name);
+            let spec = &deployment["spec"]["template"]["spec"];
+            let container = &spec["containers"][0];
+            assert_eq!(
+                container["readinessProbe"]["httpGet"]["path"], "/readyz",
+                "{dir} {name}"
+            );
+            assert_eq!(
+                container["livenessProbe"]["httpGet"]["path"], "/healthz",
+                "{dir} {name}"
+            );
+            for kind in ["requests", "limits"] {
+                for resource in ["cpu", "memory"] {
+                    assert!(
+                        !container["resources"][kind][resource].is_null(),
+                        "{dir} {name} {kind}.{resource}"
+                    );
+                }
+            }
+            assert_eq!(
+                spec["securityContext"]["runAsNonRoot"], true,
+                "{dir} {name}"
+            );
+            assert_eq!(container["args"][0], name);
+            // Graceful termination outlasts the drain timeout (30 s).
+            assert!(
+                spec["terminationGracePeriodSeconds"].as_u64().unwrap() > 30,
+                "{dir} {name}"
+            );
+            find(&docs, "Service", name);
+            find(&docs, "PodDisruptionBudget", name);
+        }
+        find(&docs, "ConfigMap", "herald-config");
+        find(&docs, "Secret", "herald-api-keys");
+        find(&docs, "Job", "herald-topics");
+        let hpa = find(&docs, "HorizontalPodAutoscaler", "herald-dispatcher");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "herald-dispatcher");
+        // No more dispatchers than partitions of herald.deliveries.
+        let partitions: u64 =
+            find(&docs, "ConfigMap", "herald-config")["data"]["HERALD_TOPIC_PARTITIONS"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+        assert!(
+            hpa["spec"]["maxReplicas"].as_u64().unwrap() <= partitions,
+            "{dir}"
+        );
+        assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+    }
+    let (_, production) = render("deploy/overlays/production");
+    let deployment = find(&production, "Deployment", "herald-dispatcher");
+    assert_eq!(deployment["metadata"]["namespace"], "herald");
+    assert_eq!(
+        find(&production, "HorizontalPodAutoscaler", "herald-dispatcher")["spec"]["maxReplicas"],
+        24
+    );
+}
