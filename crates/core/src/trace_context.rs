@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
+use rdkafka::message::{Headers, OwnedHeaders};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The trace-context headers of the current span (empty when tracing is
@@ -33,27 +33,10 @@ pub fn kafka_headers() -> OwnedHeaders {
         })
 }
 
-struct KafkaExtractor<'a>(Option<&'a BorrowedHeaders>);
+/// Reads trace-context headers from Kafka record headers, owned or borrowed.
+struct KafkaExtractor<'a, H>(Option<&'a H>);
 
-impl Extractor for KafkaExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        let headers = self.0?;
-        headers
-            .iter()
-            .find(|h| h.key.eq_ignore_ascii_case(key))
-            .and_then(|h| std::str::from_utf8(h.value?).ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .map(|h| h.iter().map(|h| h.key).collect())
-            .unwrap_or_default()
-    }
-}
-
-struct OwnedKafkaExtractor<'a>(Option<&'a OwnedHeaders>);
-
-impl Extractor for OwnedKafkaExtractor<'_> {
+impl<H: Headers> Extractor for KafkaExtractor<'_, H> {
     fn get(&self, key: &str) -> Option<&str> {
         let headers = self.0?;
         headers
@@ -71,11 +54,6 @@ impl Extractor for OwnedKafkaExtractor<'_> {
 
 /// The trace context a Kafka record carries (an empty context when none).
 pub fn from_kafka(headers: Option<&OwnedHeaders>) -> Context {
-    TraceContextPropagator::new().extract(&OwnedKafkaExtractor(headers))
-}
-
-/// The trace context of a borrowed Kafka record.
-pub fn from_borrowed_kafka(headers: Option<&BorrowedHeaders>) -> Context {
     TraceContextPropagator::new().extract(&KafkaExtractor(headers))
 }
 
@@ -94,6 +72,31 @@ impl Extractor for HttpExtractor<'_> {
 /// The trace context of an HTTP request (an empty context when none).
 pub fn from_http(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HttpExtractor(headers))
+}
+
+/// The span of processing one Kafka record, continuing the trace the record
+/// carries (a record without one starts a trace), with the OpenTelemetry
+/// messaging attributes. Its `trace_id` field names the trace in logs.
+pub fn process_span(record: &rdkafka::message::OwnedMessage) -> tracing::Span {
+    use rdkafka::Message as _;
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("{} process", record.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = record.topic(),
+        messaging.destination.partition.id = record.partition(),
+        messaging.kafka.offset = record.offset(),
+        event_id = tracing::field::Empty,
+        subscribers = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    adopt(&span, from_kafka(record.headers()));
+    if let Some(trace_id) = span.in_scope(current_trace_id) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
 /// Makes `span` a child of the remote context, when there is one.

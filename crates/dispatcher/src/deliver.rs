@@ -770,21 +770,7 @@ fn describe_http_error(err: &reqwest::Error) -> String {
 impl RecordHandler for Dispatcher {
     async fn handle(&self, record: OwnedMessage) -> Outcome {
         // Continue the event's trace from the record's headers.
-        let span = tracing::info_span!(
-            "dispatch",
-            otel.name = format!("{} process", record.topic()),
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.destination.name = record.topic(),
-            messaging.destination.partition.id = record.partition(),
-            messaging.kafka.offset = record.offset(),
-            trace_id = tracing::field::Empty,
-        );
-        trace_context::adopt(&span, trace_context::from_kafka(record.headers()));
-        if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
-            span.record("trace_id", trace_id);
-        }
+        let span = trace_context::process_span(&record);
         self.dispatch(record).instrument(span).await
     }
 

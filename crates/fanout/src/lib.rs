@@ -168,23 +168,7 @@ impl RecordHandler for FanoutHandler {
     async fn handle(&self, record: OwnedMessage) -> Outcome {
         // One span per fanned-out event, continuing the trace the record
         // carries (a record published without one starts a trace here).
-        let span = tracing::info_span!(
-            "fanout",
-            otel.name = format!("{} process", record.topic()),
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.destination.name = record.topic(),
-            messaging.destination.partition.id = record.partition(),
-            messaging.kafka.offset = record.offset(),
-            event_id = tracing::field::Empty,
-            subscribers = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        trace_context::adopt(&span, trace_context::from_kafka(record.headers()));
-        if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
-            span.record("trace_id", trace_id);
-        }
+        let span = trace_context::process_span(&record);
         self.fan_out(record).instrument(span).await
     }
 }
