@@ -5,7 +5,8 @@
 #   docker run herald herald-ingest
 
 # ---- build -----------------------------------------------------------------
-FROM rust:1.88-bookworm AS build
+# The toolchain the project is built and tested with.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka is built from source by the rdkafka crate (make, perl and a C
 # compiler are in this image).
