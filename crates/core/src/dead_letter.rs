@@ -8,7 +8,7 @@ use rdkafka::producer::FutureProducer;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::unix_millis;
+use crate::event::{hex, unix_millis};
 use crate::kafka::{OutgoingRecord, Stopping, produce_until_acked};
 use crate::proto::{DeadLetter, Delivery};
 
@@ -73,10 +73,6 @@ pub fn for_delivery(
 
 fn now_ms() -> i64 {
     unix_millis(time::OffsetDateTime::now_utc())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes dead letters to `herald.dlq`.

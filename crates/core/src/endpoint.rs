@@ -406,7 +406,7 @@ impl EndpointCache {
     /// Loads the cache, retrying until it succeeds or `shutdown` fires.
     /// Returns false on shutdown.
     pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100));
         loop {
             match self.refresh().await {
                 Ok(_) => return true,
@@ -414,11 +414,9 @@ impl EndpointCache {
                     tracing::warn!(error = %err, "cannot load endpoints from Redis yet; retrying");
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(delay) => {}
+            if backoff.pause(shutdown).await.is_err() {
+                return false;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -259,7 +259,8 @@ pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
     format!("dlv_{}", hex(&hasher.finalize()[..16]))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex digits of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -9,6 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 
 pub mod consumer;
@@ -116,7 +117,7 @@ pub async fn ensure_topics_with_retry(
     topics: &[String],
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(), KafkaError> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     loop {
         match ensure_topics(config, topics).await {
             Ok(()) => return Ok(()),
@@ -125,11 +126,9 @@ pub async fn ensure_topics_with_retry(
                 tracing::warn!(error = %err, "cannot create topics yet; retrying");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+        if backoff.pause(shutdown).await.is_err() {
+            return Ok(());
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -153,10 +152,7 @@ pub async fn check_reachable(
     .unwrap_or(Err(KafkaError::Canceled))
 }
 
-/// The process is stopping: work that was not finished must be left for the
-/// next owner of its partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stopping;
+pub use crate::backoff::Stopping;
 
 /// A record to produce, with its headers.
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +179,7 @@ pub async fn produce_until_acked(
 ) -> Result<(), Stopping> {
     use rdkafka::message::Header;
     use rdkafka::producer::FutureRecord;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100));
     loop {
         let headers = record.headers.iter().fold(
             crate::trace_context::kafka_headers(),
@@ -209,10 +205,6 @@ pub async fn produce_until_acked(
                 tracing::warn!(topic = record.topic, error = %err, "record not acknowledged; retrying");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Stopping),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        backoff.pause(shutdown).await?;
     }
 }

@@ -22,9 +22,12 @@
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
 //! - [`metrics`] and [`ops`]: Prometheus metrics and the small ops HTTP
 //!   server of fan-out and the dispatchers;
+//! - [`backoff`]: the growing pause between retries of work that must
+//!   succeed;
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling.
 
 pub mod attempt_log;
+pub mod backoff;
 pub mod circuit;
 pub mod config;
 pub mod dead_letter;

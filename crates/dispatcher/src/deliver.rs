@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_core::attempt_log::{self, AttemptLog, AttemptRecord};
+use herald_core::backoff::Backoff;
 use herald_core::circuit::{Breakers, Permission, Transition};
 use herald_core::config::{KafkaConfig, format_duration};
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
@@ -183,7 +184,7 @@ impl Dispatcher {
     /// Finds the endpoint, waiting out Redis errors. `Ok(None)` means it
     /// does not exist.
     async fn endpoint(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, Unavailable> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200));
         loop {
             match self.cache.lookup(id).await {
                 Ok(found) => return Ok(found),
@@ -192,11 +193,9 @@ impl Dispatcher {
                     tracing::warn!(endpoint_id = id, error = %err, "cannot look up endpoint; retrying")
                 }
             }
-            tokio::select! {
-                _ = self.abandon.cancelled() => return Err(Unavailable::Stopping),
-                _ = tokio::time::sleep(delay) => {}
+            if backoff.pause(&self.abandon).await.is_err() {
+                return Err(Unavailable::Stopping);
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 

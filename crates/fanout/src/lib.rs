@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::backoff::Backoff;
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::dead_letter::{self, DeadLetterWriter};
 use herald_core::endpoint::{EndpointCache, EndpointStore, Snapshot};
@@ -240,7 +241,7 @@ impl FanoutHandler {
             .map(|d| (d.endpoint_id.clone(), d.encode_to_vec()))
             .collect();
         let count = pending.len() as u64;
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             let sends = pending.iter().map(|(key, value)| {
                 self.producer.send(
@@ -266,11 +267,9 @@ impl FanoutHandler {
                 return Outcome::Done;
             }
             pending = failed;
-            tokio::select! {
-                _ = self.abandon.cancelled() => return Outcome::Abandoned,
-                _ = tokio::time::sleep(delay) => {}
+            if backoff.pause(&self.abandon).await.is_err() {
+                return Outcome::Abandoned;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -20,6 +20,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use herald_core::backoff::Backoff;
 use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
@@ -211,17 +212,15 @@ impl RecordHandler for DlqIndexer {
                 return Outcome::Done;
             }
         };
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200));
         loop {
             match self.index.put(&letter).await {
                 Ok(()) => return Outcome::Done,
                 Err(err) => tracing::warn!(error = %err, "cannot index a dead letter; retrying"),
             }
-            tokio::select! {
-                _ = self.abandon.cancelled() => return Outcome::Abandoned,
-                _ = tokio::time::sleep(delay) => {}
+            if backoff.pause(&self.abandon).await.is_err() {
+                return Outcome::Abandoned;
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

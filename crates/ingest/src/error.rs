@@ -61,13 +61,19 @@ impl ApiError {
 impl From<herald_core::redis_store::StoreError> for ApiError {
     fn from(err: herald_core::redis_store::StoreError) -> Self {
         match err {
-            herald_core::redis_store::StoreError::Redis(err) => ApiError::unavailable(
-                "redis_unavailable",
-                "Redis is not available; retry later",
-                err,
-            ),
+            herald_core::redis_store::StoreError::Redis(err) => err.into(),
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(err: redis::RedisError) -> Self {
+        ApiError::unavailable(
+            "redis_unavailable",
+            "Redis is not available; retry later",
+            err,
+        )
     }
 }
 

@@ -185,24 +185,11 @@ async fn claim_id(state: &AppState, id: &str) -> Result<Claim, ApiError> {
             .arg("PX")
             .arg(pending_ms)
             .query_async(&mut redis)
-            .await
-            .map_err(|err| {
-                ApiError::unavailable(
-                    "redis_unavailable",
-                    "Redis is not available; retry later",
-                    err,
-                )
-            })?;
+            .await?;
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
-        let status: Option<String> = redis.get(&key).await.map_err(|err| {
-            ApiError::unavailable(
-                "redis_unavailable",
-                "Redis is not available; retry later",
-                err,
-            )
-        })?;
+        let status: Option<String> = redis.get(&key).await?;
         match status.as_deref() {
             Some("done") => return Ok(Claim::AlreadyAccepted),
             // Gone in between (the other attempt failed): claim again.

@@ -204,7 +204,7 @@ fn poll_loop<H: RecordHandler>(
         else {
             continue;
         };
-        let record = detach(&record);
+        let record = record.detach();
         let handler = handler.clone();
         let tracker = tracker.clone();
         let in_flight = in_flight_gauge.clone();
@@ -216,10 +216,6 @@ fn poll_loop<H: RecordHandler>(
             drop(permit);
         });
     }
-}
-
-fn detach(record: &BorrowedMessage<'_>) -> OwnedMessage {
-    record.detach()
 }
 
 /// How long abandoned handlers get to wind down after the drain timeout.
