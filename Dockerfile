@@ -18,10 +18,11 @@ COPY crates/core/Cargo.toml crates/core/build.rs crates/core/
 COPY crates/ingest/Cargo.toml crates/ingest/
 COPY crates/fanout/Cargo.toml crates/fanout/
 COPY crates/dispatcher/Cargo.toml crates/dispatcher/
+COPY crates/bench/Cargo.toml crates/bench/
 COPY tests/Cargo.toml tests/
 COPY proto proto
 RUN for c in core ingest fanout dispatcher; do mkdir -p crates/$c/src && echo "" > crates/$c/src/lib.rs; done \
-    && for c in ingest fanout dispatcher; do echo "fn main() {}" > crates/$c/src/main.rs; done \
+    && for c in ingest fanout dispatcher bench; do mkdir -p crates/$c/src && echo "fn main() {}" > crates/$c/src/main.rs; done \
     && mkdir -p tests/support tests/e2e && echo "" > tests/support/lib.rs && echo "" > tests/e2e/main.rs \
     && cargo build --release --locked -p herald-ingest -p herald-fanout -p herald-dispatcher \
     && rm -rf crates/*/src tests/support tests/e2e

@@ -6,13 +6,17 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
+use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
 const EVENTS: usize = 2500;
 
-/// Publishes the events straight to Kafka (ids `crash_{i}`), two endpoints
-/// subscribed: 5,000 deliveries.
-async fn start_run(name: &str) -> (Stack, [Receiver; 2]) {
+/// Starts publishing the events straight to Kafka (ids `crash_{i}`), two
+/// endpoints subscribed: 5,000 deliveries. Publishing goes on in the
+/// background (one record at a time, each acknowledged before the next), so
+/// that a kill lands while events are still coming in; the returned task
+/// ends when the last one is acknowledged.
+async fn start_run(name: &str) -> (Stack, [Receiver; 2], tokio::task::JoinHandle<()>) {
     let stack = Stack::start(StackOptions::new(name)).await;
     let receivers = [
         Receiver::start(Behaviour::Accept).await,
@@ -23,18 +27,22 @@ async fn start_run(name: &str) -> (Stack, [Receiver; 2]) {
     }
     stack.settle_endpoints().await;
     let producer = stack.kafka_producer();
-    for i in 0..EVENTS {
-        let event = json!({"id": format!("crash_{i}"), "type": "load.test", "payload": {"i": i}});
-        stack
-            .produce(
-                &producer,
-                "herald.events",
-                Some(&format!("crash_{i}")),
-                event.to_string().as_bytes(),
-            )
-            .await;
-    }
-    (stack, receivers)
+    let topic = stack.topic("herald.events");
+    let publishing = tokio::spawn(async move {
+        for i in 0..EVENTS {
+            let event =
+                json!({"id": format!("crash_{i}"), "type": "load.test", "payload": {"i": i}});
+            let (key, value) = (format!("crash_{i}"), event.to_string());
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
+        }
+    });
+    (stack, receivers, publishing)
 }
 
 /// Every event at least once at each receiver, and every request's
@@ -79,7 +87,7 @@ async fn assert_everything_arrived(stack: &Stack, receivers: &[Receiver; 2]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_dispatcher_mid_run_loses_nothing() {
-    let (mut stack, receivers) = start_run("kill-dispatcher").await;
+    let (mut stack, receivers, publishing) = start_run("kill-dispatcher").await;
     assert!(
         receivers[0]
             .wait_for(EVENTS / 3, Duration::from_secs(120))
@@ -95,12 +103,13 @@ async fn killing_a_dispatcher_mid_run_loses_nothing() {
         "the kill came too late to test anything"
     );
     stack.start_dispatcher();
+    publishing.await.expect("publishing");
     assert_everything_arrived(&stack, &receivers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_fanout_mid_run_loses_nothing() {
-    let (mut stack, receivers) = start_run("kill-fanout").await;
+    let (mut stack, receivers, publishing) = start_run("kill-fanout").await;
     assert!(
         receivers[0]
             .wait_for(EVENTS / 3, Duration::from_secs(120))
@@ -115,5 +124,6 @@ async fn killing_fanout_mid_run_loses_nothing() {
         "the kill came too late to test anything"
     );
     stack.restart_fanout();
+    publishing.await.expect("publishing");
     assert_everything_arrived(&stack, &receivers).await;
 }

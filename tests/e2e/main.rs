@@ -2,6 +2,7 @@
 //! Redis and real HTTP receivers. Run them with `scripts/test`.
 
 mod api_errors;
+mod bench;
 mod breaker;
 mod broker;
 mod crash;

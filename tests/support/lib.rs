@@ -454,10 +454,15 @@ impl Stack {
     /// Waits until every dispatcher replica has partitions assigned, i.e. the
     /// consumer group has settled with all of them in it.
     pub async fn wait_dispatchers_assigned(&self) {
+        let needle = format!(
+            "partitions assigned group={}{} ",
+            self.topic_prefix,
+            herald_core::groups::DISPATCHER
+        );
         for dispatcher in &self.dispatchers {
             assert!(
                 dispatcher
-                    .wait_for_log("partitions assigned", Duration::from_secs(60))
+                    .wait_for_log(&needle, Duration::from_secs(60))
                     .await,
                 "{} never got partitions; logs in {}",
                 dispatcher.name,

@@ -50,15 +50,28 @@ pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer,
     client.create()
 }
 
+/// How long the broker may hold a fetch of a consumer on Herald's hot path
+/// (`herald.events`, `herald.deliveries`) before answering it empty. Kafka
+/// answers as soon as a record is there, so this only sets how often an idle
+/// consumer asks again; some Kafka-compatible brokers (Tansu among them)
+/// hold every fetch this long, and there it is the floor of each hop's
+/// latency. librdkafka's default is 500 ms.
+pub const HOT_PATH_FETCH_WAIT: Duration = Duration::from_millis(10);
+
+/// The same for topics whose records wait seconds anyway (retry tiers, dead
+/// letters): fewer fetches, less broker work.
+pub const RELAXED_FETCH_WAIT: Duration = Duration::from_millis(500);
+
 /// Consumer settings for [`consumer::run`]: offsets are stored by Herald once
 /// a record's effects are durable, and committed by the polling thread
 /// itself (not librdkafka's background auto-commit), so that no two commits
 /// of one consumer are ever in flight together: a broker that answered them
 /// out of order could otherwise keep an older offset over a newer one.
-pub(crate) fn consumer_config(
+pub fn consumer_config(
     config: &KafkaConfig,
     group_id: &str,
     client_id: &str,
+    fetch_wait: Duration,
 ) -> ClientConfig {
     let mut client = base_config(config, client_id);
     client
@@ -70,7 +83,11 @@ pub(crate) fn consumer_config(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // Feeds the consumer-lag metric.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
+        // After a failed fetch, ask again soon rather than after librdkafka's
+        // default 500 ms, which would show as a latency spike.
+        .set("fetch.error.backoff.ms", "50");
     apply_user_properties(&mut client, config);
     client
 }

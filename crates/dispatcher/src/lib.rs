@@ -127,9 +127,9 @@ pub enum DispatcherError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DispatcherError> {
     // Consumed: new deliveries and every retry tier. Written: retry tiers
     // and dead letters.
-    let mut topics = vec![config.kafka.deliveries_topic()];
-    topics.extend(config.retry_schedule.tier_topics(&config.kafka));
-    let mut needed = topics.clone();
+    let retry_tiers = config.retry_schedule.tier_topics(&config.kafka);
+    let mut needed = vec![config.kafka.deliveries_topic()];
+    needed.extend(retry_tiers.iter().cloned());
     needed.push(config.kafka.topic(herald_core::topics::DLQ));
     herald_core::kafka::ensure_topics_with_retry(&config.kafka, &needed, &shutdown).await?;
 
@@ -169,11 +169,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         attempt_log,
         abandon.clone(),
     )?);
+    // One consumer reads new deliveries and every retry tier. (Reading the
+    // tiers in a second consumer group would keep the hot path's fetches
+    // small, which matters on brokers whose fetch cost grows with the
+    // partitions in it, such as Tansu; on Tansu 0.6 two groups joined at once
+    // from one process sometimes left partitions assigned but never fetched
+    // under CPU load, so it stays one consumer.)
+    let mut topics = vec![config.kafka.deliveries_topic()];
+    topics.extend(retry_tiers);
     let settings = ConsumerSettings {
         group_id: config.kafka.group(herald_core::groups::DISPATCHER),
         client_id: "herald-dispatcher".to_owned(),
         topics,
         max_in_flight: config.max_in_flight,
+        fetch_wait: herald_core::kafka::HOT_PATH_FETCH_WAIT,
         drain_timeout: config.drain_timeout,
         abandon,
     };

@@ -153,6 +153,7 @@ impl Application {
                 client_id: "herald-ingest".to_owned(),
                 topics: vec![dlq_topic],
                 max_in_flight: 64,
+                fetch_wait: herald_core::kafka::RELAXED_FETCH_WAIT,
                 drain_timeout,
                 abandon,
             };

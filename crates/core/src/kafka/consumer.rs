@@ -63,6 +63,9 @@ pub struct ConsumerSettings {
     pub topics: Vec<String>,
     /// Most records processed at once.
     pub max_in_flight: usize,
+    /// How long the broker may hold an empty fetch:
+    /// [`super::HOT_PATH_FETCH_WAIT`] or [`super::RELAXED_FETCH_WAIT`].
+    pub fetch_wait: Duration,
     /// How long a revoke or shutdown waits for in-flight records.
     pub drain_timeout: Duration,
     /// Cancelled when a shutdown's drain runs out of time: handlers watch it
@@ -85,10 +88,15 @@ pub async fn run<H: RecordHandler>(
         tracker: tracker.clone(),
         paused: paused.clone(),
         drain_timeout: settings.drain_timeout,
+        group: settings.group_id.clone(),
     };
-    let consumer: BaseConsumer<TrackingContext> =
-        super::consumer_config(kafka, &settings.group_id, &settings.client_id)
-            .create_with_context(context)?;
+    let consumer: BaseConsumer<TrackingContext> = super::consumer_config(
+        kafka,
+        &settings.group_id,
+        &settings.client_id,
+        settings.fetch_wait,
+    )
+    .create_with_context(context)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consumer started");
@@ -474,6 +482,9 @@ struct TrackingContext {
     tracker: Arc<OffsetTracker>,
     paused: PausedPartitions,
     drain_timeout: Duration,
+    /// The consumer group, named in rebalance logs (ingest runs a consumer
+    /// beside its HTTP server).
+    group: String,
 }
 
 impl ClientContext for TrackingContext {
@@ -501,13 +512,14 @@ impl ConsumerContext for TrackingContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 let assigned = partitions(list);
-                tracing::info!(partitions = assigned.len(), "partitions assigned");
+                tracing::info!(group = %self.group, partitions = assigned.len(), "partitions assigned");
                 self.tracker.assign(&assigned);
             }
             Rebalance::Revoke(list) => {
                 let revoked = partitions(list);
                 let in_flight = self.tracker.in_flight(Some(&revoked));
                 tracing::info!(
+                    group = %self.group,
                     partitions = revoked.len(),
                     in_flight,
                     "partitions revoked; draining"

@@ -1,0 +1,152 @@
+//! The two baselines Herald is compared with, measured in the same run on the
+//! same machine:
+//!
+//! - the broker: records of the event's size produced to one topic and
+//!   consumed from it, with the same client settings Herald's own producers
+//!   and consumers use (so the ratio isolates Herald's own work);
+//! - the receiver: how many bare HTTP POSTs per second it answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_core::config::KafkaConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::load::{self, MAX_FANOUT, Phase, PhaseResult, Source};
+use crate::receiver::{Arrival, Arrivals, Receiver};
+
+/// Runs `phase` through a bare topic: produce, consume, nothing else. The
+/// record of event `n` counts as arrived at "endpoint" `n % 10`, so the
+/// phase's bookkeeping is the same as for Herald with fan-out 1.
+pub async fn broker_phase(
+    kafka: &KafkaConfig,
+    topic: &str,
+    phase: &Phase,
+) -> Result<PhaseResult, String> {
+    herald_core::kafka::ensure_topics(kafka, &[topic.to_owned()])
+        .await
+        .map_err(|e| format!("creating {topic}: {e}"))?;
+    let consumer: StreamConsumer = herald_core::kafka::consumer_config(
+        kafka,
+        &format!("{topic}.reader"),
+        "herald-bench",
+        herald_core::kafka::HOT_PATH_FETCH_WAIT,
+    )
+    .create()
+    .map_err(|e| format!("consumer: {e}"))?;
+    let partitions = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        return Err(format!("{topic} has no partitions"));
+    }
+    // Reading the partitions directly, not as a group: a group's join only
+    // adds start-up time, and the fetch path is the same.
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&assignment).map_err(|e| e.to_string())?;
+
+    let arrivals = Arc::new(Arrivals::default());
+    let reader = {
+        let arrivals = arrivals.clone();
+        let prefix = format!("{}-", phase.id_prefix);
+        tokio::spawn(async move {
+            loop {
+                let Ok(message) = consumer.recv().await else {
+                    continue;
+                };
+                let at = Instant::now();
+                let Some(n) = message
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|n| n.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                arrivals.push(Arrival {
+                    endpoint: n % MAX_FANOUT,
+                    event_id: format!("{prefix}{n}"),
+                    at,
+                });
+            }
+        })
+    };
+    let producer = herald_core::kafka::producer(kafka, "herald-bench")
+        .map_err(|e| format!("producer: {e}"))?;
+    let source = Source::Kafka {
+        producer,
+        topic: topic.to_owned(),
+    };
+    let result = load::run_phase(phase, &source, &arrivals).await;
+    reader.abort();
+    result
+}
+
+/// The receiver's own limit.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReceiverBaseline {
+    /// POSTs answered per second.
+    pub posts_per_s: f64,
+    /// Connections used.
+    pub concurrency: usize,
+}
+
+/// Posts `body`-sized requests to the receiver's bare route for `duration`
+/// from `concurrency` keep-alive connections.
+pub async fn receiver(
+    receiver: &Receiver,
+    body_size: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<ReceiverBaseline, String> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = load::event_json("baseline", "bench.raw", body_size);
+    let url = receiver.raw_url();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, body, url, answered) =
+                (http.clone(), body.clone(), url.clone(), answered.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < duration {
+                    let response = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map_err(|e| format!("POST {url}: {e}"))?;
+                    if !response.status().is_success() {
+                        return Err(format!("POST {url}: {}", response.status()));
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for worker in futures::future::join_all(workers).await {
+        worker.map_err(|e| e.to_string())??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ReceiverBaseline {
+        posts_per_s: answered.load(Ordering::Relaxed) as f64 / seconds,
+        concurrency,
+    })
+}

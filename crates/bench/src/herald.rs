@@ -1,0 +1,296 @@
+//! Starting and watching Herald's processes, and talking to its API.
+//!
+//! Every mode of the benchmark starts a fresh ingest, fan-out and
+//! dispatcher(s) with a topic prefix of its own, so a mode never sees another
+//! mode's backlog. All modes share one Redis prefix, so the endpoints are
+//! registered once per run.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What every Herald process of one mode shares.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// Directory holding `herald-ingest`, `herald-fanout` and
+    /// `herald-dispatcher`.
+    pub bin_dir: PathBuf,
+    /// Where each process's log goes.
+    pub log_dir: PathBuf,
+    /// Environment of every process.
+    pub env: Vec<(String, String)>,
+}
+
+/// One running Herald process.
+#[derive(Debug)]
+pub struct Process {
+    /// `ingest`, `fanout`, `dispatcher-1`, …
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    /// `host:port` of its ops server (`/metrics`), if it has one.
+    ops_addr: Option<String>,
+}
+
+impl Process {
+    /// Starts `binary` with the deployment's environment plus `extra`.
+    pub fn spawn(
+        deployment: &Deployment,
+        binary: &str,
+        name: &str,
+        extra: &[(&str, String)],
+    ) -> Result<Process, String> {
+        std::fs::create_dir_all(&deployment.log_dir)
+            .map_err(|e| format!("cannot create {}: {e}", deployment.log_dir.display()))?;
+        let log = deployment.log_dir.join(format!("{name}.log"));
+        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let path = deployment.bin_dir.join(binary);
+        let mut command = Command::new(&path);
+        command
+            .envs(deployment.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().map(|(k, v)| (*k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            log,
+            ops_addr: extra
+                .iter()
+                .find(|(k, _)| *k == "HERALD_OPS_ADDR")
+                .map(|(_, v)| v.clone()),
+        })
+    }
+
+    /// Saves the process's `/metrics` next to its log (as `<name>.metrics`),
+    /// for finding out why a phase did not complete.
+    pub async fn save_metrics(&self) {
+        let Some(addr) = &self.ops_addr else { return };
+        let text = match reqwest::get(format!("http://{addr}/metrics")).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(err) => format!("cannot read /metrics: {err}"),
+        };
+        let _ = std::fs::write(self.log.with_extension("metrics"), text);
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the log contains `needle`, or the process exited, or
+    /// `limit` passed.
+    pub async fn wait_for_log(&mut self, needle: &str, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(needle)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited ({status}); see {}",
+                    self.name,
+                    self.log.display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not log {needle:?} within {limit:?}; see {}",
+                    self.name,
+                    self.log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asks it to stop (SIGTERM) and waits up to `limit` before killing it.
+    pub fn stop(&mut self, limit: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// CPU time and memory of a process, read from `/proc`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    /// User + system CPU seconds since the process started.
+    pub cpu_seconds: f64,
+    /// Peak resident set size (`VmHWM`), in MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Reads a process's CPU time and peak RSS; zeros where `/proc` has no
+/// answer (another operating system, or the process is gone).
+pub fn usage(pid: u32) -> Usage {
+    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesised command name start at field 3
+            // (state); utime and stime are fields 14 and 15.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / clock_ticks_per_second())
+        })
+        .unwrap_or(0.0);
+    let peak_rss_mib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(0.0);
+    Usage {
+        cpu_seconds,
+        peak_rss_mib,
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Herald's HTTP API, as the benchmark uses it.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Base URL of herald-ingest.
+    pub base_url: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client for the ingest at `base_url`.
+    pub fn new(base_url: String, api_key: String) -> Api {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        Api {
+            base_url,
+            api_key,
+            http,
+        }
+    }
+
+    /// POSTs a JSON body; returns the status and the answer's text.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.api_key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, text))
+    }
+
+    /// Waits until `GET /readyz` answers 200.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "herald-ingest at {} was not ready within {limit:?}",
+                    self.base_url
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Registers an endpoint; returns its secret.
+    pub async fn register(&self, url: &str, event_types: &[String]) -> Result<String, String> {
+        let body = serde_json::json!({ "url": url, "event_types": event_types });
+        let (status, text) = self
+            .post("/v1/endpoints", serde_json::to_vec(&body).expect("JSON"))
+            .await?;
+        if status != 201 {
+            return Err(format!("registering {url} answered {status}: {text}"));
+        }
+        let answer: HashMap<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| format!("endpoint answer: {e}"))?;
+        answer
+            .get("secret")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no secret in {text}"))
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The directory the benchmark's own executable is in, where cargo puts
+/// Herald's binaries too.
+pub fn own_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}

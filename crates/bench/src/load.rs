@@ -1,0 +1,422 @@
+//! Driving events into Herald (or into a bare topic) and watching them come
+//! out: one [`Phase`] is a numbered batch of events, sent flat out or at a
+//! fixed rate, and the deliveries the receiver must see for them.
+//!
+//! Event `n` of a phase has the id `<phase prefix>-<n>`; the receiver reports
+//! every verified webhook with that id, so the phase knows exactly which
+//! (event, endpoint) pairs arrived, which are missing and which came twice.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+
+use crate::herald::Api;
+use crate::receiver::Arrivals;
+
+/// Most endpoints one event may reach in the benchmark.
+pub const MAX_FANOUT: usize = 10;
+
+/// The event JSON for event `id`, padded so that the whole record is about
+/// `size` bytes (the same bytes go to the broker baseline).
+pub fn event_json(id: &str, event_type: &str, size: usize) -> Vec<u8> {
+    let bare = format!(r#"{{"id":"{id}","type":"{event_type}","payload":{{"pad":""}}}}"#);
+    let pad = "x".repeat(size.saturating_sub(bare.len()));
+    format!(r#"{{"id":"{id}","type":"{event_type}","payload":{{"pad":"{pad}"}}}}"#).into_bytes()
+}
+
+/// How a phase hands its events over.
+#[derive(Clone)]
+pub enum Source {
+    /// Produced straight to a topic.
+    Kafka {
+        /// The producer.
+        producer: FutureProducer,
+        /// The topic.
+        topic: String,
+    },
+    /// `POST /v1/events`, from `concurrency` connections at once.
+    Http {
+        /// Herald's API.
+        api: Api,
+        /// Requests in flight at once.
+        concurrency: usize,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Kafka { topic, .. } => write!(f, "Kafka({topic})"),
+            Source::Http { api, concurrency } => write!(f, "Http({}, {concurrency})", api.base_url),
+        }
+    }
+}
+
+/// One batch of events and what must arrive for it.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// What the progress line calls it.
+    pub label: String,
+    /// Prefix of its event ids; unique per run.
+    pub id_prefix: String,
+    /// Number of events.
+    pub events: usize,
+    /// Events per second, or flat out.
+    pub rate: Option<f64>,
+    /// Record size in bytes.
+    pub size: usize,
+    /// `true`: event `n` goes to endpoint `n % 10` only (type
+    /// `bench.one.<n % 10>`); `false`: to all ten (type `bench.all`).
+    pub fan_out_one: bool,
+    /// Endpoints that answer 500; their deliveries are not waited for.
+    pub dead: Vec<usize>,
+    /// How long to wait for the last delivery.
+    pub timeout: Duration,
+}
+
+impl Phase {
+    fn event_type(&self, n: usize) -> String {
+        if self.fan_out_one {
+            format!("bench.one.{}", n % MAX_FANOUT)
+        } else {
+            "bench.all".to_owned()
+        }
+    }
+
+    fn targets(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
+        let all = if self.fan_out_one {
+            n % MAX_FANOUT..n % MAX_FANOUT + 1
+        } else {
+            0..MAX_FANOUT
+        };
+        all.filter(|e| !self.dead.contains(e))
+    }
+
+    fn expected(&self) -> usize {
+        (0..self.events).map(|n| self.targets(n).count()).sum()
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+impl Percentiles {
+    /// Percentiles of `samples` (in milliseconds).
+    pub fn of(mut samples: Vec<f64>) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+        };
+        Percentiles {
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: samples[samples.len() - 1],
+            samples: samples.len(),
+        }
+    }
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseResult {
+    /// Events sent.
+    pub events: usize,
+    /// Events handed over per second (until the last was acknowledged).
+    pub accepted_per_s: f64,
+    /// Deliveries that had to arrive.
+    pub expected: usize,
+    /// Distinct (event, endpoint) pairs that arrived with a valid signature.
+    pub delivered: usize,
+    /// Deliveries that arrived more than once (extra copies).
+    pub duplicates: usize,
+    /// Deliveries per second: distinct deliveries over the time from the
+    /// first event handed over to the last delivery's arrival.
+    pub delivered_per_s: f64,
+    /// From handing an event over to its webhook's arrival.
+    pub latency: Percentiles,
+    /// From handing an event over to its acknowledgement (the broker's, or
+    /// ingest's `202`).
+    pub accept_latency: Percentiles,
+    /// Wall-clock seconds from the first event to the last arrival.
+    pub seconds: f64,
+}
+
+/// Hand-over times of a phase's events, as the senders record them.
+#[derive(Debug)]
+struct Handover {
+    sent: Vec<Option<Instant>>,
+    acked: Vec<Option<Instant>>,
+}
+
+/// Runs `phase` through `source` and waits for its deliveries to show up in
+/// `arrivals`.
+pub async fn run_phase(
+    phase: &Phase,
+    source: &Source,
+    arrivals: &Arrivals,
+) -> Result<PhaseResult, String> {
+    let handover = Arc::new(Mutex::new(Handover {
+        sent: vec![None; phase.events],
+        acked: vec![None; phase.events],
+    }));
+    let cursor_start = arrivals.count();
+    let sender = tokio::spawn(send_all(phase.clone(), source.clone(), handover.clone()));
+    let expected = phase.expected();
+    let mut arrived: Vec<Option<Instant>> = vec![None; phase.events * MAX_FANOUT];
+    let (mut delivered, mut duplicates) = (0usize, 0usize);
+    let mut cursor = cursor_start;
+    let id_prefix = format!("{}-", phase.id_prefix);
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut sender = Some(sender);
+    loop {
+        let fresh = arrivals.since(cursor);
+        cursor += fresh.len();
+        for arrival in fresh {
+            let Some(n) = arrival
+                .event_id
+                .strip_prefix(&id_prefix)
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n < phase.events)
+            else {
+                continue;
+            };
+            let slot = &mut arrived[n * MAX_FANOUT + arrival.endpoint];
+            match slot {
+                Some(_) => duplicates += 1,
+                None => {
+                    *slot = Some(arrival.at);
+                    if !phase.dead.contains(&arrival.endpoint) {
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        if let Some(task) = sender.as_ref()
+            && task.is_finished()
+        {
+            sender
+                .take()
+                .expect("sender present")
+                .await
+                .map_err(|e| format!("{}: sender failed: {e}", phase.label))??;
+        }
+        if delivered >= expected && sender.is_none() {
+            break;
+        }
+        if started.elapsed() > phase.timeout {
+            let mut missing_per_endpoint = [0usize; MAX_FANOUT];
+            for n in 0..phase.events {
+                for endpoint in phase.targets(n) {
+                    if arrived[n * MAX_FANOUT + endpoint].is_none() {
+                        missing_per_endpoint[endpoint] += 1;
+                    }
+                }
+            }
+            return Err(format!(
+                "{}: {} of {expected} webhooks arrived within {:?}; missing per endpoint: {:?}",
+                phase.label, delivered, phase.timeout, missing_per_endpoint
+            ));
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let accepted = handover
+                .lock()
+                .expect("handover lock")
+                .acked
+                .iter()
+                .flatten()
+                .count();
+            eprintln!(
+                "  {:<28} accepted {accepted:>7}/{}  delivered {delivered:>7}/{expected}  ({:.0}/s)",
+                phase.label,
+                phase.events,
+                delivered as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let handover = handover.lock().expect("handover lock");
+    let first_sent = handover
+        .sent
+        .iter()
+        .flatten()
+        .min()
+        .copied()
+        .unwrap_or(started);
+    let last_acked = handover
+        .acked
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or(started);
+    let mut latencies = Vec::with_capacity(expected);
+    let mut last_arrival = first_sent;
+    for n in 0..phase.events {
+        let Some(sent) = handover.sent[n] else {
+            continue;
+        };
+        for endpoint in phase.targets(n) {
+            if let Some(at) = arrived[n * MAX_FANOUT + endpoint] {
+                latencies.push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+                last_arrival = last_arrival.max(at);
+            }
+        }
+    }
+    let accept_latencies = handover
+        .sent
+        .iter()
+        .zip(&handover.acked)
+        .filter_map(|(sent, acked)| {
+            Some(acked.as_ref()?.saturating_duration_since(*sent.as_ref()?))
+        })
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    let seconds = last_arrival
+        .duration_since(first_sent)
+        .as_secs_f64()
+        .max(1e-6);
+    Ok(PhaseResult {
+        events: phase.events,
+        accepted_per_s: phase.events as f64
+            / last_acked
+                .duration_since(first_sent)
+                .as_secs_f64()
+                .max(1e-6),
+        expected,
+        delivered,
+        duplicates,
+        delivered_per_s: delivered as f64 / seconds,
+        latency: Percentiles::of(latencies),
+        accept_latency: Percentiles::of(accept_latencies),
+        seconds,
+    })
+}
+
+async fn send_all(
+    phase: Phase,
+    source: Source,
+    handover: Arc<Mutex<Handover>>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let due = move |n: usize| phase_due(started, phase.rate, n);
+    match source {
+        Source::Kafka { producer, topic } => {
+            let mut in_flight = FuturesUnordered::new();
+            for n in 0..phase.events {
+                if let Some(due) = due(n) {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let id = format!("{}-{n}", phase.id_prefix);
+                let value = event_json(&id, &phase.event_type(n), phase.size);
+                let sent = Instant::now();
+                let mut record = FutureRecord::to(&topic).key(&id).payload(&value);
+                let delivery = loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => break delivery,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            // The producer's queue is full: let some of what
+                            // is in flight be acknowledged first.
+                            match in_flight.next().await {
+                                Some(done) => record_ack(&handover, done)?,
+                                None => tokio::time::sleep(Duration::from_millis(5)).await,
+                            }
+                        }
+                        Err((err, _)) => return Err(format!("produce {id}: {err}")),
+                    }
+                };
+                handover.lock().expect("handover lock").sent[n] = Some(sent);
+                in_flight.push(async move { (n, delivery.await) });
+                // Collect acknowledgements that are already in.
+                while let Some(Some(done)) = futures::FutureExt::now_or_never(in_flight.next()) {
+                    record_ack(&handover, done)?;
+                }
+            }
+            while let Some(done) = in_flight.next().await {
+                record_ack(&handover, done)?;
+            }
+            Ok(())
+        }
+        Source::Http { api, concurrency } => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let workers = (0..concurrency.max(1)).map(|_| {
+                let (api, next, handover, phase) =
+                    (api.clone(), next.clone(), handover.clone(), phase.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= phase.events {
+                            return Ok::<(), String>(());
+                        }
+                        if let Some(due) = phase_due(started, phase.rate, n) {
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        let id = format!("{}-{n}", phase.id_prefix);
+                        let body = event_json(&id, &phase.event_type(n), phase.size);
+                        let sent = Instant::now();
+                        let (status, text) = api.post("/v1/events", body).await?;
+                        if status != 202 {
+                            return Err(format!("POST /v1/events for {id}: {status} {text}"));
+                        }
+                        let mut handover = handover.lock().expect("handover lock");
+                        handover.sent[n] = Some(sent);
+                        handover.acked[n] = Some(Instant::now());
+                    }
+                })
+            });
+            for worker in futures::future::join_all(workers).await {
+                worker.map_err(|e| format!("HTTP sender failed: {e}"))??;
+            }
+            Ok(())
+        }
+    }
+}
+
+type Acked = (
+    usize,
+    Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+);
+
+fn record_ack(handover: &Mutex<Handover>, (n, result): Acked) -> Result<(), String> {
+    match result {
+        Ok(Ok(_)) => {
+            handover.lock().expect("handover lock").acked[n] = Some(Instant::now());
+            Ok(())
+        }
+        Ok(Err((err, _))) => Err(format!("event {n} not acknowledged: {err}")),
+        Err(_) => Err(format!("event {n}: producer went away")),
+    }
+}
+
+/// When event `n` is due at `rate` events per second (`None`: now).
+fn phase_due(started: Instant, rate: Option<f64>, n: usize) -> Option<Instant> {
+    rate.map(|rate| started + Duration::from_secs_f64(n as f64 / rate))
+}

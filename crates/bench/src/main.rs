@@ -1,0 +1,641 @@
+//! `herald-bench`: how fast Herald is, against what this machine and broker
+//! allow, measured in one run.
+//!
+//! It starts its own webhook receiver on 127.0.0.1, measures two baselines
+//! (the broker's bare produce → consume rate and latency with Herald's own
+//! client settings, and the receiver's bare POST rate), then starts Herald's
+//! binaries in several modes against the same broker and Redis and drives
+//! events through them, straight into `herald.events` and through
+//! `POST /v1/events`. Every webhook's signature is verified and every
+//! (event, endpoint) pair must arrive, or the run fails; timing never fails
+//! it. It prints a table, each target with met / not met, and writes the
+//! same figures as JSON with `--json FILE`.
+//!
+//! Layout: [`receiver`] (the webhook receiver), [`load`] (sending a phase of
+//! events and accounting for its deliveries), [`baseline`] (broker and
+//! receiver baselines), [`herald`] (Herald's processes, `/proc` figures, the
+//! API), [`report`] (table, targets, JSON).
+
+mod baseline;
+mod herald;
+mod load;
+mod receiver;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_core::config::{Env, KafkaConfig};
+use herald_core::signing::Secret;
+
+use crate::herald::{Api, Deployment, Process, Usage};
+use crate::load::{MAX_FANOUT, Phase, Source};
+use crate::receiver::Receiver;
+use crate::report::{Baselines, ModeReport, ProcessReport, RatedPhase, Report, Setup};
+
+const USAGE: &str = "\
+herald-bench: measures Herald's throughput, latency and memory against the
+broker's and the receiver's own limits, in one run.
+
+usage: herald-bench [options]
+
+  --brokers LIST        Kafka bootstrap servers (default $HERALD_KAFKA_BROKERS
+                        or 127.0.0.1:9092); $HERALD_KAFKA_PROPERTIES applies
+  --redis URL           Redis (default $HERALD_REDIS_URL or redis://127.0.0.1:6379)
+  --bin-dir DIR         where herald-ingest, -fanout and -dispatcher are
+                        (default: next to herald-bench)
+  --deliveries N        webhooks per throughput phase (default 20000)
+  --http-events N       events posted to the ingest API (default 5000)
+  --registered N        endpoints registered, 10 of them subscribed (default 10000)
+  --record-bytes N      size of each event record (default 512)
+  --partitions N        partitions of every topic (default 12)
+  --latency-seconds S   length of the latency phases (default 10)
+  --concurrency N       HTTP connections of the ingest and receiver loads (default 64)
+  --modes LIST          fanout-1, fanout-10, fanout-1-2-dispatchers,
+                        fanout-10-one-dead (default: all)
+  --herald-env K=V      extra environment for Herald's processes (repeatable)
+  --observe NAME=PID    also report CPU and memory of this process, e.g. the
+                        broker (repeatable)
+  --json FILE           write the figures as JSON too
+  --log-dir DIR         Herald's logs (default: a new temporary directory)
+  --smoke               a few seconds with small numbers: checks that the
+                        benchmark works, measures nothing
+";
+
+#[derive(Debug, Clone)]
+struct Options {
+    brokers: String,
+    redis: String,
+    bin_dir: PathBuf,
+    deliveries: usize,
+    http_events: usize,
+    registered: usize,
+    record_bytes: usize,
+    partitions: i32,
+    latency_seconds: f64,
+    concurrency: usize,
+    modes: Vec<String>,
+    herald_env: Vec<(String, String)>,
+    observe: Vec<(String, u32)>,
+    json: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    smoke: bool,
+}
+
+const ALL_MODES: [&str; 4] = [
+    "fanout-1",
+    "fanout-10",
+    "fanout-1-2-dispatchers",
+    "fanout-10-one-dead",
+];
+
+fn parse_options() -> Result<Options, String> {
+    let env = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
+    let mut options = Options {
+        brokers: env("HERALD_KAFKA_BROKERS", "127.0.0.1:9092"),
+        redis: env("HERALD_REDIS_URL", "redis://127.0.0.1:6379"),
+        bin_dir: herald::own_bin_dir(),
+        deliveries: 20_000,
+        http_events: 5_000,
+        registered: 10_000,
+        record_bytes: 512,
+        partitions: 12,
+        latency_seconds: 10.0,
+        concurrency: 64,
+        modes: ALL_MODES.iter().map(|m| (*m).to_owned()).collect(),
+        herald_env: Vec::new(),
+        observe: Vec::new(),
+        json: None,
+        log_dir: None,
+        smoke: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        if flag == "--smoke" {
+            options.smoke = true;
+            options.deliveries = 300;
+            options.http_events = 100;
+            options.registered = 100;
+            options.latency_seconds = 2.0;
+            options.partitions = 4;
+            continue;
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value; see --help"))?;
+        let number = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
+        };
+        let pair = |v: &str| {
+            v.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("{flag}: write KEY=VALUE, not {v:?}"))
+        };
+        match flag.as_str() {
+            "--brokers" => options.brokers = value,
+            "--redis" => options.redis = value,
+            "--bin-dir" => options.bin_dir = PathBuf::from(value),
+            "--deliveries" => options.deliveries = number(&value)?.max(10),
+            "--http-events" => options.http_events = number(&value)?,
+            "--registered" => options.registered = number(&value)?.max(MAX_FANOUT),
+            "--record-bytes" => options.record_bytes = number(&value)?,
+            "--partitions" => options.partitions = number(&value)?.clamp(1, 1000) as i32,
+            "--latency-seconds" => {
+                options.latency_seconds = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
+            }
+            "--concurrency" => options.concurrency = number(&value)?.max(1),
+            "--modes" => {
+                options.modes = value.split(',').map(|m| m.trim().to_owned()).collect();
+                if let Some(unknown) = options
+                    .modes
+                    .iter()
+                    .find(|m| !ALL_MODES.contains(&m.as_str()))
+                {
+                    return Err(format!(
+                        "--modes: unknown mode {unknown:?}; modes are {}",
+                        ALL_MODES.join(", ")
+                    ));
+                }
+            }
+            "--herald-env" => options.herald_env.push(pair(&value)?),
+            "--observe" => {
+                let (name, pid) = pair(&value)?;
+                let pid = pid
+                    .parse()
+                    .map_err(|_| format!("{flag}: {pid:?} is not a process id"))?;
+                options.observe.push((name, pid));
+            }
+            "--json" => options.json = Some(PathBuf::from(value)),
+            "--log-dir" => options.log_dir = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown option {flag}; see --help")),
+        }
+    }
+    Ok(options)
+}
+
+/// The shared state of one run.
+#[derive(Debug)]
+struct Bench {
+    options: Options,
+    run_id: String,
+    kafka: KafkaConfig,
+    receiver: Receiver,
+    api_key: String,
+    log_dir: PathBuf,
+    /// Whether the endpoints are registered (the first mode does it).
+    registered: bool,
+}
+
+impl Running {
+    async fn save_metrics(&self) {
+        for (_, process) in &self.processes {
+            process.save_metrics().await;
+        }
+    }
+}
+
+/// A running mode: Herald's processes with their own topic prefix.
+#[derive(Debug)]
+struct Running {
+    api: Api,
+    topic_prefix: String,
+    processes: Vec<(String, Process)>,
+}
+
+impl Bench {
+    fn kafka_for(&self, topic_prefix: &str) -> Result<KafkaConfig, String> {
+        let mut pairs = vec![
+            (
+                "HERALD_KAFKA_BROKERS".to_owned(),
+                self.options.brokers.clone(),
+            ),
+            ("HERALD_TOPIC_PREFIX".to_owned(), topic_prefix.to_owned()),
+            (
+                "HERALD_TOPIC_PARTITIONS".to_owned(),
+                self.options.partitions.to_string(),
+            ),
+        ];
+        if let Ok(properties) = std::env::var("HERALD_KAFKA_PROPERTIES") {
+            pairs.push(("HERALD_KAFKA_PROPERTIES".to_owned(), properties));
+        }
+        KafkaConfig::from_env(&Env::from_pairs(pairs)).map_err(|e| e.to_string())
+    }
+
+    async fn start_mode(&mut self, mode: &str, dispatchers: usize) -> Result<Running, String> {
+        let topic_prefix = format!("bench-{}-{mode}.", self.run_id);
+        let port = herald::free_port();
+        let mut env: Vec<(String, String)> = [
+            ("HERALD_KAFKA_BROKERS", self.options.brokers.clone()),
+            ("HERALD_REDIS_URL", self.options.redis.clone()),
+            ("HERALD_REDIS_PREFIX", format!("bench-{}:", self.run_id)),
+            ("HERALD_TOPIC_PREFIX", topic_prefix.clone()),
+            (
+                "HERALD_TOPIC_PARTITIONS",
+                self.options.partitions.to_string(),
+            ),
+            ("HERALD_API_KEYS", self.api_key.clone()),
+            ("HERALD_INGEST_ADDR", format!("127.0.0.1:{port}")),
+            ("HERALD_LOG", "info".to_owned()),
+            // The receiver is on loopback, which Herald refuses by default.
+            (
+                "HERALD_ALLOWED_DESTINATION_CIDRS",
+                "127.0.0.1/32".to_owned(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Ok(properties) = std::env::var("HERALD_KAFKA_PROPERTIES") {
+            env.push(("HERALD_KAFKA_PROPERTIES".into(), properties));
+        }
+        env.extend(self.options.herald_env.iter().cloned());
+        let deployment = Deployment {
+            bin_dir: self.options.bin_dir.clone(),
+            log_dir: self.log_dir.join(mode),
+            env,
+        };
+        let ops = || {
+            vec![(
+                "HERALD_OPS_ADDR",
+                format!("127.0.0.1:{}", herald::free_port()),
+            )]
+        };
+        let mut processes = vec![
+            (
+                "herald-ingest".to_owned(),
+                Process::spawn(&deployment, "herald-ingest", "ingest", &[])?,
+            ),
+            (
+                "herald-fanout".to_owned(),
+                Process::spawn(&deployment, "herald-fanout", "fanout", &ops())?,
+            ),
+        ];
+        for i in 1..=dispatchers {
+            let name = format!("dispatcher-{i}");
+            processes.push((
+                format!("herald-{name}"),
+                Process::spawn(&deployment, "herald-dispatcher", &name, &ops())?,
+            ));
+        }
+        let api = Api::new(format!("http://127.0.0.1:{port}"), self.api_key.clone());
+        api.wait_ready(Duration::from_secs(90)).await?;
+        if !self.registered {
+            self.register(&api).await?;
+            self.registered = true;
+        }
+        // Fan-out's and each dispatcher's hot-path consumer must own
+        // partitions before the clock starts.
+        for (name, process) in processes.iter_mut().skip(1) {
+            let group = if name == "herald-fanout" {
+                herald_core::groups::FANOUT
+            } else {
+                herald_core::groups::DISPATCHER
+            };
+            let needle = format!("partitions assigned group={topic_prefix}{group} ");
+            process
+                .wait_for_log(&needle, Duration::from_secs(90))
+                .await?;
+        }
+        let running = Running {
+            api,
+            topic_prefix,
+            processes,
+        };
+        // Warm up: every endpoint gets traffic once, so caches are filled,
+        // connections open and every partition has been fetched.
+        let warm_up = Phase {
+            label: format!("{mode} warm-up"),
+            id_prefix: format!("{}-{mode}-warm", self.run_id),
+            events: 20,
+            rate: None,
+            size: self.options.record_bytes,
+            fan_out_one: false,
+            dead: Vec::new(),
+            timeout: Duration::from_secs(120),
+        };
+        let warmed = load::run_phase(
+            &warm_up,
+            &self.kafka_source(&running)?,
+            self.receiver.arrivals(),
+        )
+        .await;
+        if let Err(err) = warmed {
+            running.save_metrics().await;
+            return Err(err);
+        }
+        Ok(running)
+    }
+
+    fn kafka_source(&self, running: &Running) -> Result<Source, String> {
+        let kafka = self.kafka_for(&running.topic_prefix)?;
+        Ok(Source::Kafka {
+            producer: herald_core::kafka::producer(&kafka, "herald-bench")
+                .map_err(|e| format!("producer: {e}"))?,
+            topic: kafka.events_topic(),
+        })
+    }
+
+    /// Registers the ten subscribed endpoints and the unsubscribed rest.
+    async fn register(&self, api: &Api) -> Result<(), String> {
+        for index in 0..MAX_FANOUT {
+            let types = vec![format!("bench.one.{index}"), "bench.all".to_owned()];
+            let secret = api
+                .register(&self.receiver.endpoint_url(index), &types)
+                .await?;
+            let secret = Secret::parse(&secret).map_err(|e| format!("secret: {e}"))?;
+            let added = self.receiver.add_endpoint(secret);
+            assert_eq!(added, index, "receiver endpoints are added in order");
+        }
+        let others = self.options.registered.saturating_sub(MAX_FANOUT);
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                let (api, next, url) = (
+                    api.clone(),
+                    next.clone(),
+                    self.receiver.endpoint_url(1_000_000),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= others {
+                            return Ok::<(), String>(());
+                        }
+                        if i > 0 && i % 2000 == 0 {
+                            eprintln!("  registered {i}/{others} unsubscribed endpoints");
+                        }
+                        api.register(&url, &[format!("bench.unsubscribed.{i}")])
+                            .await?;
+                    }
+                })
+            })
+            .collect();
+        for worker in futures::future::join_all(workers).await {
+            worker.map_err(|e| e.to_string())??;
+        }
+        Ok(())
+    }
+
+    fn phase(&self, mode: &str, name: &str, events: usize, fan_out_one: bool) -> Phase {
+        Phase {
+            label: format!("{mode} {name}"),
+            id_prefix: format!("{}-{mode}-{name}", self.run_id),
+            events,
+            rate: None,
+            size: self.options.record_bytes,
+            fan_out_one,
+            dead: Vec::new(),
+            timeout: Duration::from_secs(if self.options.smoke { 120 } else { 600 }),
+        }
+    }
+
+    async fn run_mode(&mut self, mode: &str) -> Result<(ModeReport, Option<f64>), String> {
+        let (dispatchers, fan_out_one, dead) = match mode {
+            "fanout-1" => (1, true, vec![]),
+            "fanout-10" => (1, false, vec![]),
+            "fanout-1-2-dispatchers" => (2, true, vec![]),
+            _ => (1, false, vec![MAX_FANOUT - 1]),
+        };
+        eprintln!("mode {mode}: starting Herald with {dispatchers} dispatcher(s)");
+        let mut running = self.start_mode(mode, dispatchers).await?;
+        for index in &dead {
+            self.receiver.set_failing(*index, true);
+        }
+        let fan_out = if fan_out_one { 1 } else { MAX_FANOUT };
+        let mut phase = self.phase(
+            mode,
+            "kafka",
+            self.options.deliveries / fan_out,
+            fan_out_one,
+        );
+        phase.dead = dead.clone();
+        let source = self.kafka_source(&running)?;
+        let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
+        let watched = self.watched(&running);
+        let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
+        let kafka = load::run_phase(&phase, &source, self.receiver.arrivals()).await?;
+        let processes = watched
+            .iter()
+            .zip(before)
+            .map(|((name, pid), before)| {
+                ProcessReport::new(
+                    name,
+                    before,
+                    herald::usage(*pid),
+                    kafka.seconds,
+                    kafka.delivered,
+                )
+            })
+            .collect();
+        let dead_endpoint_requests =
+            dead.iter().map(|i| self.receiver.refused(*i)).sum::<u64>() - refused_before;
+        for index in &dead {
+            self.receiver.set_failing(*index, false);
+        }
+
+        let mut http = None;
+        let mut latency = None;
+        let mut latency_rate = None;
+        if mode == "fanout-1" {
+            let phase = self.phase(mode, "http", self.options.http_events, true);
+            let source = Source::Http {
+                api: running.api.clone(),
+                concurrency: self.options.concurrency,
+            };
+            http = Some(load::run_phase(&phase, &source, self.receiver.arrivals()).await?);
+            let rate = (kafka.delivered_per_s * 0.2).max(1.0);
+            let mut phase = self.phase(
+                mode,
+                "latency",
+                ((rate * self.options.latency_seconds) as usize).max(20),
+                true,
+            );
+            phase.rate = Some(rate);
+            let result = load::run_phase(
+                &phase,
+                &self.kafka_source(&running)?,
+                self.receiver.arrivals(),
+            )
+            .await?;
+            latency = Some(RatedPhase { rate, result });
+            latency_rate = Some(rate);
+        }
+        // Peak RSS over the whole mode, including the HTTP and latency phases.
+        let mut processes: Vec<ProcessReport> = processes;
+        for (report, (_, pid)) in processes.iter_mut().zip(&watched) {
+            report.peak_rss_mib = report.peak_rss_mib.max(herald::usage(*pid).peak_rss_mib);
+        }
+        for (_, process) in running.processes.iter_mut() {
+            process.stop(Duration::from_secs(30));
+        }
+        Ok((
+            ModeReport {
+                name: mode.to_owned(),
+                dispatchers,
+                fan_out,
+                dead_endpoints: dead.len(),
+                dead_endpoint_requests,
+                kafka,
+                http,
+                latency,
+                processes,
+            },
+            latency_rate,
+        ))
+    }
+
+    /// Herald's processes of a mode, and the observed ones.
+    fn watched(&self, running: &Running) -> Vec<(String, u32)> {
+        running
+            .processes
+            .iter()
+            .map(|(name, p)| (name.clone(), p.pid()))
+            .chain(self.options.observe.iter().cloned())
+            .collect()
+    }
+}
+
+async fn run(options: Options) -> Result<Report, String> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let log_dir = options
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("herald-bench-{run_id}")));
+    eprintln!(
+        "herald-bench run {run_id}: Herald's logs in {}",
+        log_dir.display()
+    );
+    let receiver = Receiver::start()
+        .await
+        .map_err(|e| format!("cannot start the receiver: {e}"))?;
+    let mut bench = Bench {
+        kafka: KafkaConfig::from_env(&Env::from_pairs([(
+            "HERALD_KAFKA_BROKERS",
+            options.brokers.as_str(),
+        )]))
+        .map_err(|e| e.to_string())?,
+        options,
+        run_id,
+        receiver,
+        api_key: format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        log_dir,
+        registered: false,
+    };
+    bench.kafka = bench.kafka_for(&format!("bench-{}.", bench.run_id))?;
+    let o = bench.options.clone();
+
+    eprintln!("baseline: receiver");
+    let receiver_baseline = baseline::receiver(
+        &bench.receiver,
+        o.record_bytes,
+        o.concurrency,
+        Duration::from_secs_f64(if o.smoke { 1.0 } else { 3.0 }),
+    )
+    .await?;
+    eprintln!("baseline: broker produce → consume");
+    let broker_phase = bench.phase("broker", "throughput", o.deliveries, true);
+    let broker_throughput = baseline::broker_phase(
+        &bench.kafka,
+        &bench.kafka.topic("bench.baseline.throughput"),
+        &broker_phase,
+    )
+    .await?;
+
+    let mut modes = Vec::new();
+    let mut broker_latency = None;
+    for mode in &o.modes {
+        let (report, latency_rate) = bench.run_mode(mode).await?;
+        modes.push(report);
+        if let Some(rate) = latency_rate {
+            eprintln!("baseline: broker at {rate:.0} records/s");
+            let mut phase = bench.phase(
+                "broker",
+                "latency",
+                ((rate * o.latency_seconds) as usize).max(20),
+                true,
+            );
+            phase.rate = Some(rate);
+            let result = baseline::broker_phase(
+                &bench.kafka,
+                &bench.kafka.topic("bench.baseline.latency"),
+                &phase,
+            )
+            .await?;
+            broker_latency = Some(RatedPhase { rate, result });
+        }
+    }
+    let invalid = bench.receiver.invalid_signatures();
+    if invalid > 0 {
+        return Err(format!(
+            "{invalid} webhooks arrived with a signature that does not verify"
+        ));
+    }
+    let baselines = Baselines {
+        broker_throughput,
+        broker_latency,
+        receiver: receiver_baseline,
+    };
+    let targets = report::targets(&baselines, &modes);
+    Ok(Report {
+        setup: Setup {
+            cpu: cpu_model(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            brokers: o.brokers.clone(),
+            record_bytes: o.record_bytes,
+            partitions: o.partitions,
+            registered_endpoints: o.registered,
+            deliveries_per_phase: o.deliveries,
+            smoke: o.smoke,
+        },
+        baselines,
+        modes,
+        targets,
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("herald-bench: {message}");
+            std::process::exit(2);
+        }
+    };
+    let json = options.json.clone();
+    match run(options).await {
+        Ok(report) => {
+            report::print(&report);
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report).expect("report is JSON");
+                if let Err(err) = std::fs::write(&path, text) {
+                    eprintln!("herald-bench: cannot write {}: {err}", path.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Err(message) => {
+            eprintln!("herald-bench: {message}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The benchmark's figures: the summary table on standard output, the
+//! targets with met / not met, and the same figures as JSON.
+
+use serde::Serialize;
+
+use crate::baseline::ReceiverBaseline;
+use crate::herald::Usage;
+use crate::load::PhaseResult;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The machine and the run's settings.
+    pub setup: Setup,
+    /// The broker and receiver baselines.
+    pub baselines: Baselines,
+    /// Herald, one entry per mode.
+    pub modes: Vec<ModeReport>,
+    /// The targets, each met or not.
+    pub targets: Vec<Target>,
+}
+
+/// The machine and the run's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    /// CPU model.
+    pub cpu: String,
+    /// CPUs the benchmark can use.
+    pub cpus: usize,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Record size in bytes.
+    pub record_bytes: usize,
+    /// Partitions of every topic.
+    pub partitions: i32,
+    /// Endpoints registered (10 of them subscribed).
+    pub registered_endpoints: usize,
+    /// Deliveries per throughput phase.
+    pub deliveries_per_phase: usize,
+    /// Short run that only checks the benchmark works.
+    pub smoke: bool,
+}
+
+/// The baselines.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baselines {
+    /// Produce → consume through one topic, flat out.
+    pub broker_throughput: PhaseResult,
+    /// Produce → consume at the rate of Herald's latency phase.
+    pub broker_latency: Option<RatedPhase>,
+    /// Bare POSTs to the receiver.
+    pub receiver: ReceiverBaseline,
+}
+
+/// A phase run at a fixed rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatedPhase {
+    /// Events per second.
+    pub rate: f64,
+    /// What it measured.
+    pub result: PhaseResult,
+}
+
+/// One mode's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeReport {
+    /// Name, e.g. `fanout-10`.
+    pub name: String,
+    /// Dispatcher replicas.
+    pub dispatchers: usize,
+    /// Endpoints per event.
+    pub fan_out: usize,
+    /// Endpoints answering 500 (their deliveries are not counted).
+    pub dead_endpoints: usize,
+    /// Requests the dead endpoints got during the Kafka phase.
+    pub dead_endpoint_requests: u64,
+    /// Events produced straight to `herald.events`, flat out.
+    pub kafka: PhaseResult,
+    /// Events posted to `POST /v1/events`, flat out.
+    pub http: Option<PhaseResult>,
+    /// Events produced at 20 % of the Kafka phase's rate.
+    pub latency: Option<RatedPhase>,
+    /// Herald's processes (and any observed ones) during the Kafka phase.
+    pub processes: Vec<ProcessReport>,
+}
+
+/// One process's use of the machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    /// Name.
+    pub name: String,
+    /// CPU seconds during the Kafka phase.
+    pub cpu_seconds: f64,
+    /// Those as a share of one CPU over the phase, in percent.
+    pub cpu_percent: f64,
+    /// CPU milliseconds per 1,000 deliveries of the phase.
+    pub cpu_ms_per_1k_deliveries: f64,
+    /// Peak RSS over the process's life, MiB (for Herald's processes, that
+    /// is the mode's whole run).
+    pub peak_rss_mib: f64,
+}
+
+impl ProcessReport {
+    /// From usage before and after a phase of `seconds` with `deliveries`.
+    pub fn new(
+        name: &str,
+        before: Usage,
+        after: Usage,
+        seconds: f64,
+        deliveries: usize,
+    ) -> ProcessReport {
+        let cpu = (after.cpu_seconds - before.cpu_seconds).max(0.0);
+        ProcessReport {
+            name: name.to_owned(),
+            cpu_seconds: cpu,
+            cpu_percent: 100.0 * cpu / seconds.max(1e-6),
+            cpu_ms_per_1k_deliveries: 1e6 * cpu / (deliveries.max(1) as f64),
+            peak_rss_mib: after.peak_rss_mib,
+        }
+    }
+}
+
+/// One target and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What it is about.
+    pub name: String,
+    /// The rule.
+    pub rule: String,
+    /// What was measured against the rule.
+    pub measured: String,
+    /// Whether the rule held.
+    pub met: bool,
+}
+
+/// Evaluates the targets from the report's figures. Targets whose modes did
+/// not run are left out.
+pub fn targets(baselines: &Baselines, modes: &[ModeReport]) -> Vec<Target> {
+    let mode = |name: &str| modes.iter().find(|m| m.name == name);
+    let broker = baselines.broker_throughput.delivered_per_s;
+    let mut targets = Vec::new();
+    let mut ratio_target = |name: &str, rule: &str, value: f64, base: f64, at_least: f64| {
+        let ratio = value / base.max(1e-9);
+        targets.push(Target {
+            name: name.to_owned(),
+            rule: rule.to_owned(),
+            measured: format!("{:.2} ({value:.0} vs {base:.0})", ratio),
+            met: ratio >= at_least,
+        });
+    };
+    if let Some(one) = mode("fanout-1") {
+        ratio_target(
+            "throughput, fan-out 1",
+            "webhooks/s ≥ 0.5 × broker records/s",
+            one.kafka.delivered_per_s,
+            broker,
+            0.5,
+        );
+    }
+    if let Some(ten) = mode("fanout-10") {
+        ratio_target(
+            "throughput, fan-out 10",
+            "webhooks/s ≥ 0.8 × broker records/s",
+            ten.kafka.delivered_per_s,
+            broker,
+            0.8,
+        );
+    }
+    if let (Some(ten), Some(dead)) = (mode("fanout-10"), mode("fanout-10-one-dead")) {
+        // The healthy nine endpoints' share of the all-healthy run.
+        let healthy_before = ten.kafka.delivered_per_s * 9.0 / 10.0;
+        ratio_target(
+            "one endpoint dead",
+            "healthy webhooks/s ≥ 0.9 × the all-healthy run's",
+            dead.kafka.delivered_per_s,
+            healthy_before,
+            0.9,
+        );
+    }
+    if let (Some(one), Some(two)) = (mode("fanout-1"), mode("fanout-1-2-dispatchers")) {
+        ratio_target(
+            "two dispatchers",
+            "webhooks/s ≥ 1.6 × one dispatcher's",
+            two.kafka.delivered_per_s,
+            one.kafka.delivered_per_s,
+            1.6,
+        );
+    }
+    if let (Some(herald), Some(broker)) = (
+        mode("fanout-1").and_then(|m| m.latency.as_ref()),
+        baselines.broker_latency.as_ref(),
+    ) {
+        let (h, b) = (&herald.result.latency, &broker.result.latency);
+        targets.push(Target {
+            name: "latency p50 at 20 % load".into(),
+            rule: "≤ 2 × broker p50 + 5 ms".into(),
+            measured: format!("{:.1} ms vs limit {:.1} ms", h.p50_ms, 2.0 * b.p50_ms + 5.0),
+            met: h.p50_ms <= 2.0 * b.p50_ms + 5.0,
+        });
+        targets.push(Target {
+            name: "latency p99 at 20 % load".into(),
+            rule: "≤ 2 × broker p99 + 20 ms".into(),
+            measured: format!(
+                "{:.1} ms vs limit {:.1} ms",
+                h.p99_ms,
+                2.0 * b.p99_ms + 20.0
+            ),
+            met: h.p99_ms <= 2.0 * b.p99_ms + 20.0,
+        });
+    }
+    let heaviest = modes
+        .iter()
+        .flat_map(|m| {
+            m.processes
+                .iter()
+                .filter(|p| p.name.starts_with("herald-"))
+                .map(move |p| (format!("{} in {}", p.name, m.name), p.peak_rss_mib))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((name, peak)) = heaviest {
+        targets.push(Target {
+            name: "memory".into(),
+            rule: "every Herald process ≤ 64 MiB peak RSS".into(),
+            measured: format!("largest {peak:.1} MiB ({name})"),
+            met: peak <= 64.0,
+        });
+    }
+    targets
+}
+
+/// Prints the summary table.
+pub fn print(report: &Report) {
+    let s = &report.setup;
+    println!();
+    println!(
+        "Herald benchmark: {} × {}, broker {}",
+        s.cpus, s.cpu, s.brokers
+    );
+    println!(
+        "records of {} bytes, {} partitions, {} endpoints registered (10 subscribed), {} deliveries per throughput phase{}",
+        s.record_bytes,
+        s.partitions,
+        s.registered_endpoints,
+        s.deliveries_per_phase,
+        if s.smoke {
+            " (smoke run: figures mean nothing)"
+        } else {
+            ""
+        }
+    );
+    println!();
+    let b = &report.baselines;
+    let broker = b.broker_throughput.delivered_per_s;
+    println!(
+        "{:<34} {:>11} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8} {:>5}",
+        "",
+        "accepted/s",
+        "ack p99",
+        "arrived/s",
+        "×broker",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "dup"
+    );
+    let row = |label: &str, r: &PhaseResult| {
+        println!(
+            "{label:<34} {:>11.0} {:>9.1} {:>11.0} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>5}",
+            r.accepted_per_s,
+            r.accept_latency.p99_ms,
+            r.delivered_per_s,
+            r.delivered_per_s / broker.max(1e-9),
+            r.latency.p50_ms,
+            r.latency.p95_ms,
+            r.latency.p99_ms,
+            r.latency.max_ms,
+            r.duplicates
+        );
+    };
+    row("broker produce→consume", &b.broker_throughput);
+    if let Some(rated) = &b.broker_latency {
+        row(&format!("broker at {:.0}/s", rated.rate), &rated.result);
+    }
+    println!(
+        "{:<34} {:>11} {:>11.0}   (bare POSTs, {} connections)",
+        "receiver", "", b.receiver.posts_per_s, b.receiver.concurrency
+    );
+    for mode in &report.modes {
+        row(&format!("{} (Kafka in)", mode.name), &mode.kafka);
+        if let Some(http) = &mode.http {
+            row(&format!("{} (HTTP in)", mode.name), http);
+        }
+        if let Some(rated) = &mode.latency {
+            row(
+                &format!("{} at {:.0}/s", mode.name, rated.rate),
+                &rated.result,
+            );
+        }
+        if mode.dead_endpoints > 0 {
+            println!(
+                "{:<34} dead endpoint got {} requests during the phase (breaker)",
+                "", mode.dead_endpoint_requests
+            );
+        }
+    }
+    println!();
+    println!(
+        "{:<40} {:>8} {:>7} {:>16} {:>13}",
+        "processes during each Kafka phase", "CPU s", "CPU %", "CPU ms/1k hooks", "peak RSS MiB"
+    );
+    for mode in &report.modes {
+        for p in &mode.processes {
+            println!(
+                "{:<40} {:>8.2} {:>7.0} {:>16.1} {:>13.1}",
+                format!("{} {}", mode.name, p.name),
+                p.cpu_seconds,
+                p.cpu_percent,
+                p.cpu_ms_per_1k_deliveries,
+                p.peak_rss_mib
+            );
+        }
+    }
+    println!();
+    println!("targets");
+    for t in &report.targets {
+        println!(
+            "  {:<9} {:<26} {:<50} {}",
+            if t.met { "met" } else { "NOT MET" },
+            t.name,
+            t.rule,
+            t.measured
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! The benchmark still works end to end: a short `herald-bench --smoke` run
+//! against the test broker and Redis. Its timings mean nothing here and are
+//! not looked at; what must hold is that every mode ran, every webhook
+//! arrived exactly once with a valid signature (the benchmark fails
+//! otherwise), and the report has every figure and target.
+
+use std::process::Command;
+
+use herald_tests::{bin_path, infra, log_dir, random_suffix};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
+    let infra = infra();
+    let id = random_suffix();
+    let logs = log_dir().join(format!("bench-{id}"));
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let json_path = logs.join("report.json");
+    let bench = bin_path("herald-bench");
+    let report_path = json_path.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&bench)
+            .args(["--smoke", "--brokers", &infra.kafka_brokers])
+            .args(["--redis", &infra.redis_url])
+            .arg("--bin-dir")
+            .arg(bench.parent().expect("bin dir"))
+            .arg("--log-dir")
+            .arg(&logs)
+            .arg("--json")
+            .arg(&json_path)
+            .output()
+            .expect("run herald-bench")
+    })
+    .await
+    .expect("bench task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "herald-bench failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    assert!(stdout.contains("targets"), "no targets in:\n{stdout}");
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&report_path).expect("JSON report")).expect("JSON");
+    assert_eq!(report["setup"]["smoke"], true);
+    let broker = &report["baselines"]["broker_throughput"];
+    assert_eq!(broker["delivered"], broker["expected"]);
+    assert!(broker["delivered_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["baselines"]["receiver"]["posts_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(report["baselines"]["broker_latency"]["result"]["latency"]["p50_ms"].is_number());
+
+    let modes = report["modes"].as_array().expect("modes");
+    let names: Vec<&str> = modes.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "fanout-1",
+            "fanout-10",
+            "fanout-1-2-dispatchers",
+            "fanout-10-one-dead"
+        ]
+    );
+    for mode in modes {
+        let kafka = &mode["kafka"];
+        assert!(kafka["expected"].as_u64().unwrap() > 0, "{mode}");
+        assert_eq!(kafka["delivered"], kafka["expected"], "{mode}");
+        assert_eq!(kafka["duplicates"], 0, "{mode}");
+        let processes: Vec<&str> = mode["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(processes.contains(&"herald-fanout"), "{processes:?}");
+        for process in mode["processes"].as_array().unwrap() {
+            assert!(
+                process["peak_rss_mib"].as_f64().unwrap() > 1.0,
+                "no memory figure for {process}"
+            );
+        }
+    }
+    let dead = &modes[3];
+    assert_eq!(dead["dead_endpoints"], 1);
+    assert!(
+        dead["dead_endpoint_requests"].as_u64().unwrap() >= 1,
+        "the dead endpoint was never tried: {dead}"
+    );
+    let http = &modes[0]["http"];
+    assert_eq!(http["delivered"], http["expected"]);
+
+    let targets: Vec<&str> = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "throughput, fan-out 1",
+        "throughput, fan-out 10",
+        "one endpoint dead",
+        "two dispatchers",
+        "latency p50 at 20 % load",
+        "latency p99 at 20 % load",
+        "memory",
+    ] {
+        assert!(
+            targets.contains(&expected),
+            "{expected} missing: {targets:?}"
+        );
+    }
+}
