@@ -5,6 +5,7 @@ mod api_errors;
 mod breaker;
 mod broker;
 mod crash;
+mod hostile;
 mod idempotency;
 mod malformed_records;
 mod metrics;

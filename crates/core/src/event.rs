@@ -212,9 +212,14 @@ fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<St
         None => Ok(None),
         Some(raw) => serde_json::from_str::<String>(raw.get())
             .map(Some)
-            .map_err(|_| EventError::InvalidField {
+            .map_err(|err| EventError::InvalidField {
                 field,
-                problem: format!("must be a string, not {}", json_kind(raw.get())),
+                problem: match json_kind(raw.get()) {
+                    // A string whose escapes do not make text, e.g. a lone
+                    // surrogate `\ud800`.
+                    "a string" => format!("is not a valid string: {err}"),
+                    kind => format!("must be a string, not {kind}"),
+                },
             }),
     }
 }
@@ -446,6 +451,16 @@ mod tests {
                 br#"{"type":"a","type":"b","payload":1}"#,
                 "invalid_event",
                 "duplicate field",
+            ),
+            (
+                br#"{"type":"\ud800","payload":1}"#,
+                "invalid_field",
+                "`type` is not a valid string",
+            ),
+            (
+                b"{\"type\":\"a\xff\",\"payload\":1}",
+                "malformed_json",
+                "not valid JSON",
             ),
         ];
         for (body, code, needle) in cases {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use herald_core::endpoint::{Endpoint, EventTypePattern, validate_url};
 use herald_core::event::{format_timestamp, new_endpoint_id, unix_millis};
 use herald_core::signing::Secret;
@@ -209,7 +209,9 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
         {
             return Err(invalid(
                 "headers",
-                format_args!("may not set {name:?}: Herald sets that header itself"),
+                format_args!(
+                    "may not set {name:?}: Herald sets that header itself, or it steers the connection"
+                ),
             ));
         }
         if value.len() > MAX_HEADER_VALUE_LEN {
@@ -220,14 +222,19 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 ),
             ));
         }
-        HeaderValue::from_str(value).map_err(|_| {
-            invalid(
+        // Printable ASCII only: no line breaks to smuggle headers with, and
+        // no bytes whose meaning depends on the receiver's charset.
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(invalid(
                 "headers",
                 format_args!(
-                    "has an invalid value for {name:?} (no control characters or line breaks)"
+                    "has an invalid value for {name:?} (printable ASCII only, no control characters or line breaks)"
                 ),
-            )
-        })?;
+            ));
+        }
     }
     Ok(())
 }
