@@ -9,6 +9,7 @@ mod hostile;
 mod idempotency;
 mod malformed_records;
 mod metrics;
+mod outbound;
 mod rate_limit;
 mod redis_outage;
 mod replicas;
