@@ -2,6 +2,7 @@
 //! Redis and real HTTP receivers. Run them with `scripts/test`.
 
 mod api_errors;
+mod api_keys;
 mod breaker;
 mod broker;
 mod crash;
@@ -14,5 +15,6 @@ mod rate_limit;
 mod redis_outage;
 mod replicas;
 mod retries;
+mod rotation;
 mod routing;
 mod tracing;
