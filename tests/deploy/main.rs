@@ -134,6 +134,24 @@ fn every_herald_service_sends_traces_to_jaeger() {
 }
 
 #[test]
+fn ingest_and_dispatchers_may_reach_the_example_receiver() {
+    let compose = compose();
+    let subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+        .as_str()
+        .expect("the compose network has a fixed subnet");
+    let subnet = herald_core::destination::parse_cidrs(subnet).expect("a CIDR")[0];
+    for name in ["herald-ingest", "herald-dispatcher"] {
+        let allowed = env_of(service(&compose, name), "HERALD_ALLOWED_DESTINATION_CIDRS")
+            .unwrap_or_else(|| panic!("{name} has no HERALD_ALLOWED_DESTINATION_CIDRS"));
+        let allowed = herald_core::destination::parse_cidrs(allowed).expect("valid CIDRs");
+        assert!(
+            allowed.iter().any(|net| net.contains(&subnet)),
+            "{name} does not allow the receiver's network {subnet}"
+        );
+    }
+}
+
+#[test]
 fn the_init_job_creates_every_topic_herald_uses() {
     let compose = compose();
     let script = service(&compose, "kafka-init")["command"][0]

@@ -2,16 +2,20 @@
 //! Redis and real HTTP receivers. Run them with `scripts/test`.
 
 mod api_errors;
+mod api_keys;
 mod bench;
 mod breaker;
 mod broker;
 mod crash;
+mod hostile;
 mod idempotency;
 mod malformed_records;
 mod metrics;
+mod outbound;
 mod rate_limit;
 mod redis_outage;
 mod replicas;
 mod retries;
+mod rotation;
 mod routing;
 mod tracing;

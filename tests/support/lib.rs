@@ -291,6 +291,9 @@ impl Stack {
             ("HERALD_ENDPOINT_CACHE_REFRESH", "100ms"),
             ("HERALD_DRAIN_TIMEOUT", "10s"),
             ("HERALD_RETRY_SCHEDULE", "1s,2s,4s"),
+            // The receivers listen on loopback, which Herald refuses by
+            // default.
+            ("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32,::1/128"),
             (
                 "HERALD_LOG",
                 "info,herald_core=debug,herald_dispatcher=debug,herald_fanout=debug",

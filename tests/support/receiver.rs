@@ -4,14 +4,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::StreamExt as _;
 
 /// How the receiver answers.
 #[derive(Debug, Clone)]
@@ -29,6 +32,37 @@ pub enum Behaviour {
     AlwaysFail(u16),
     /// 200 after a pause.
     Slow(Duration),
+    /// `status` with `Location: location`.
+    Redirect {
+        /// A 3xx status.
+        status: u16,
+        /// Where it points.
+        location: String,
+    },
+    /// 200 when the signature verifies with the receiver's secret, 401
+    /// otherwise: a receiver that knows only that secret.
+    VerifySignature,
+    /// 200 with a body that never ends; [`Receiver::endless_body`] tells
+    /// how much of it was sent before the client hung up.
+    EndlessBody,
+}
+
+/// What became of the endless bodies a receiver sent.
+#[derive(Debug, Default)]
+pub struct EndlessBodyState {
+    /// Bytes handed to the connection so far.
+    pub sent: AtomicU64,
+    /// Whether a client hung up on one.
+    pub closed: AtomicBool,
+}
+
+/// Marks the endless body closed when the server drops it.
+struct ClosedOnDrop(Arc<EndlessBodyState>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+    }
 }
 
 /// One request the receiver got.
@@ -75,6 +109,7 @@ struct Shared {
     behaviour: Behaviour,
     secret: Option<String>,
     received: Vec<Received>,
+    endless: Arc<EndlessBodyState>,
 }
 
 /// A running receiver; stops when dropped.
@@ -92,6 +127,7 @@ impl Receiver {
             behaviour,
             secret: None,
             received: Vec::new(),
+            endless: Arc::new(EndlessBodyState::default()),
         }));
         let app = Router::new()
             .route("/{*path}", post(receive))
@@ -114,6 +150,11 @@ impl Receiver {
             shared,
             stop: Some(stop),
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     /// The URL to register.
@@ -144,6 +185,11 @@ impl Receiver {
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.lock().received.clone()
+    }
+
+    /// How the endless bodies fared ([`Behaviour::EndlessBody`]).
+    pub fn endless_body(&self) -> Arc<EndlessBodyState> {
+        self.lock().endless.clone()
     }
 
     /// Number of requests received.
@@ -203,8 +249,8 @@ async fn receive(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    let (answer, delay) = {
+) -> Response {
+    let (answer, delay, extra) = {
         let mut shared = shared.lock().expect("receiver lock");
         let signature_valid = shared.secret.as_deref().is_some_and(|secret| {
             standardwebhooks::Webhook::new(secret)
@@ -212,13 +258,20 @@ async fn receive(
                 .is_ok()
         });
         let seen = shared.received.len();
-        let (answer, delay) = match &shared.behaviour {
-            Behaviour::Accept => (200, None),
+        let (answer, delay, extra) = match &shared.behaviour {
+            Behaviour::Accept => (200, None, Extra::None),
             Behaviour::FailFirst { count, status } => {
-                (if seen < *count { *status } else { 200 }, None)
+                (if seen < *count { *status } else { 200 }, None, Extra::None)
             }
-            Behaviour::AlwaysFail(status) => (*status, None),
-            Behaviour::Slow(delay) => (200, Some(*delay)),
+            Behaviour::AlwaysFail(status) => (*status, None, Extra::None),
+            Behaviour::Slow(delay) => (200, Some(*delay), Extra::None),
+            Behaviour::Redirect { status, location } => {
+                (*status, None, Extra::Location(location.clone()))
+            }
+            Behaviour::VerifySignature => {
+                (if signature_valid { 200 } else { 401 }, None, Extra::None)
+            }
+            Behaviour::EndlessBody => (200, None, Extra::Endless(shared.endless.clone())),
         };
         shared.received.push(Received {
             path: uri.path().to_owned(),
@@ -228,10 +281,30 @@ async fn receive(
             signature_valid,
             answered: answer,
         });
-        (answer, delay)
+        (answer, delay, extra)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    StatusCode::from_u16(answer).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(answer).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match extra {
+        Extra::None => status.into_response(),
+        Extra::Location(location) => (status, [("location", location)]).into_response(),
+        Extra::Endless(state) => {
+            let guard = ClosedOnDrop(state);
+            let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+            let stream = futures::stream::repeat(chunk).map(move |chunk| {
+                guard.0.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(chunk)
+            });
+            (status, Body::from_stream(stream)).into_response()
+        }
+    }
+}
+
+/// What goes into a response besides its status.
+enum Extra {
+    None,
+    Location(String),
+    Endless(Arc<EndlessBodyState>),
 }

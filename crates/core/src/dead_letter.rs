@@ -27,6 +27,9 @@ pub mod reason {
     pub const ENDPOINT_UNUSABLE: &str = "endpoint_unusable";
     /// A record on one of Herald's topics could not be decoded.
     pub const MALFORMED_RECORD: &str = "malformed_record";
+    /// The outbound address policy refuses the endpoint's destination (an
+    /// internal address, or plain http when https is required).
+    pub const DESTINATION_REFUSED: &str = "destination_refused";
 }
 
 /// A dead letter for a record that could not be read at all.

@@ -20,8 +20,14 @@ use crate::event::validate_event_type;
 use crate::redis_store::{Keys, StoreError};
 use crate::signing::Secret;
 
+/// Most secrets that keep signing after rotations (the oldest one goes first
+/// when a rotation would keep more).
+pub const MAX_PREVIOUS_SECRETS: usize = 5;
+
 /// An HTTP endpoint and the event types it subscribes to, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Its `Debug` output leaves the secrets out, so an endpoint can be logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// `ep_…`, assigned at creation.
     pub id: String,
@@ -47,10 +53,63 @@ pub struct Endpoint {
     pub rate_limit: Option<u32>,
     /// Signing secret, `whsec_…`.
     pub secret: String,
+    /// Secrets replaced by a rotation that keep signing, beside the current
+    /// one, until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<RetiringSecret>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("disabled", &self.disabled)
+            .field("rate_limit", &self.rate_limit)
+            .field("previous_secrets", &self.previous_secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret replaced by a rotation, still signing until `expires_at_ms`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetiringSecret {
+    /// The old secret, `whsec_…`.
+    pub secret: String,
+    /// When it stops signing (Unix milliseconds).
+    pub expires_at_ms: i64,
+}
+
+impl std::fmt::Debug for RetiringSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetiringSecret")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Makes `new` the signing secret. The current one keeps signing beside
+    /// it for `grace_ms` (not at all when 0); secrets whose time is up are
+    /// dropped.
+    pub fn rotate_secret(&mut self, new: &Secret, grace_ms: i64, now_ms: i64) {
+        let old = std::mem::replace(&mut self.secret, new.expose());
+        self.previous_secrets.retain(|s| s.expires_at_ms > now_ms);
+        if grace_ms > 0 {
+            self.previous_secrets.push(RetiringSecret {
+                secret: old,
+                expires_at_ms: now_ms.saturating_add(grace_ms),
+            });
+        }
+        self.previous_secrets
+            .sort_by_key(|s| std::cmp::Reverse(s.expires_at_ms));
+        self.previous_secrets.truncate(MAX_PREVIOUS_SECRETS);
+    }
 }
 
 /// One entry of `event_types`.
@@ -108,6 +167,9 @@ pub struct ResolvedEndpoint {
     pub endpoint: Endpoint,
     /// The decoded signing secret.
     pub secret: Secret,
+    /// Rotated-out secrets that still sign, with when they stop (Unix
+    /// milliseconds).
+    pub previous: Vec<(Secret, i64)>,
     /// The parsed subscriptions.
     pub patterns: Vec<EventTypePattern>,
 }
@@ -123,11 +185,36 @@ impl ResolvedEndpoint {
             .map(|p| EventTypePattern::parse(p))
             .collect::<Result<_, _>>()
             .map_err(|p| format!("endpoint {} has a bad subscription: {p}", endpoint.id))?;
+        let previous = endpoint
+            .previous_secrets
+            .iter()
+            .map(|s| Secret::parse(&s.secret).map(|secret| (secret, s.expires_at_ms)))
+            .collect::<Result<_, _>>()
+            .map_err(|p| {
+                format!(
+                    "endpoint {} has an unusable previous secret: it {p}",
+                    endpoint.id
+                )
+            })?;
         Ok(Self {
             endpoint,
             secret,
+            previous,
             patterns,
         })
+    }
+
+    /// The secrets that sign a webhook sent at `now_ms`: the current one,
+    /// then every rotated-out one whose grace period is still running.
+    pub fn signing_secrets(&self, now_ms: i64) -> Vec<&Secret> {
+        std::iter::once(&self.secret)
+            .chain(
+                self.previous
+                    .iter()
+                    .filter(|(_, expires_at_ms)| *expires_at_ms > now_ms)
+                    .map(|(secret, _)| secret),
+            )
+            .collect()
     }
 }
 
@@ -475,6 +562,7 @@ mod tests {
             disabled_reason: None,
             rate_limit: None,
             secret: Secret::generate().expose(),
+            previous_secrets: Vec::new(),
             created_at: String::new(),
             updated_at: String::new(),
         }
@@ -526,6 +614,33 @@ mod tests {
         assert_eq!(ids(snapshot.subscribers("invoice.paid")), ["ep_all"]);
         // Disabled endpoints receive nothing but can still be looked up.
         assert!(snapshot.get("ep_off").is_some());
+    }
+
+    #[test]
+    fn rotated_secrets_sign_until_their_grace_ends() {
+        let mut e = endpoint("ep_1", &["*"], false);
+        let first = Secret::parse(&e.secret).unwrap();
+        let second = Secret::generate();
+        e.rotate_secret(&second, 1_000, 10_000);
+        let resolved = ResolvedEndpoint::new(e.clone()).unwrap();
+        assert_eq!(resolved.signing_secrets(10_999), vec![&second, &first]);
+        assert_eq!(resolved.signing_secrets(11_000), vec![&second]);
+        // A rotation without grace retires the current secret at once, and
+        // expired ones are dropped.
+        let third = Secret::generate();
+        e.rotate_secret(&third, 0, 20_000);
+        assert!(e.previous_secrets.is_empty());
+        assert_eq!(e.secret, third.expose());
+        // The stored form round-trips; Debug shows no secret.
+        e.rotate_secret(&Secret::generate(), 5_000, 30_000);
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Endpoint>(&json).unwrap(), e);
+        let debug = format!("{e:?}");
+        assert!(!debug.contains("whsec_"), "{debug}");
+        for n in 0..10 {
+            e.rotate_secret(&Secret::generate(), 5_000, 30_000 + n);
+        }
+        assert_eq!(e.previous_secrets.len(), MAX_PREVIOUS_SECRETS);
     }
 
     #[test]

@@ -23,6 +23,10 @@ use time::format_description::well_known::Rfc3339;
 pub const MAX_ID_LEN: usize = 128;
 /// Longest event type, in bytes.
 pub const MAX_TYPE_LEN: usize = 128;
+/// Deepest nesting of arrays and objects accepted in an event (and in any
+/// API request body). Receivers parse what Herald forwards; a payload nested
+/// thousands deep can exhaust their parsers' stacks.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// Why a JSON document is not a valid event. Each variant renders as a
 /// message that names the problem, ready to show to the sender.
@@ -35,6 +39,11 @@ pub enum EventError {
     /// duplicate field).
     #[error("the body is not an event: {0}")]
     NotAnEvent(String),
+    /// Arrays and objects nested deeper than [`MAX_JSON_DEPTH`].
+    #[error(
+        "the body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; flatten the payload"
+    )]
+    TooDeep,
     /// A required field is absent.
     #[error("field `{0}` is required")]
     MissingField(&'static str),
@@ -54,6 +63,7 @@ impl EventError {
         match self {
             EventError::MalformedJson(_) => "malformed_json",
             EventError::NotAnEvent(_) => "invalid_event",
+            EventError::TooDeep => "nesting_too_deep",
             EventError::MissingField(_) => "missing_field",
             EventError::InvalidField { .. } => "invalid_field",
         }
@@ -98,6 +108,9 @@ pub struct ParsedEvent<'a> {
 
 /// Parses and validates an event from JSON bytes.
 pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
+    if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
+        return Err(EventError::TooDeep);
+    }
     // Derived deserializers also accept arrays for structs; an event must be
     // an object.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
@@ -160,15 +173,53 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
     })
 }
 
+/// Whether the JSON text `bytes` nests arrays and objects more than `max`
+/// levels deep. A single pass that skips strings; the bytes need not be
+/// valid JSON (the parser reports that), and nothing is allocated, so it is
+/// safe on any input.
+pub fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Reads an optional field that must be a JSON string.
 fn string_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<String>, EventError> {
     match raw {
         None => Ok(None),
         Some(raw) => serde_json::from_str::<String>(raw.get())
             .map(Some)
-            .map_err(|_| EventError::InvalidField {
+            .map_err(|err| EventError::InvalidField {
                 field,
-                problem: format!("must be a string, not {}", json_kind(raw.get())),
+                problem: match json_kind(raw.get()) {
+                    // A string whose escapes do not make text, e.g. a lone
+                    // surrogate `\ud800`.
+                    "a string" => format!("is not a valid string: {err}"),
+                    kind => format!("must be a string, not {kind}"),
+                },
             }),
     }
 }
@@ -260,7 +311,7 @@ pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
 }
 
 /// Lowercase hex digits of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
@@ -401,6 +452,16 @@ mod tests {
                 "invalid_event",
                 "duplicate field",
             ),
+            (
+                br#"{"type":"\ud800","payload":1}"#,
+                "invalid_field",
+                "`type` is not a valid string",
+            ),
+            (
+                b"{\"type\":\"a\xff\",\"payload\":1}",
+                "malformed_json",
+                "not valid JSON",
+            ),
         ];
         for (body, code, needle) in cases {
             let err = parse_event(body).unwrap_err();
@@ -411,6 +472,21 @@ mod tests {
                 err.to_string()
             );
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_and_strings_do_not_count() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(!json_depth_exceeds(nested(64).as_bytes(), 64));
+        assert!(json_depth_exceeds(nested(65).as_bytes(), 64));
+        let in_string = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(!json_depth_exceeds(in_string.as_bytes(), 2));
+        let ok = format!(r#"{{"type":"a","payload":{}}}"#, nested(63));
+        assert!(parse_event(ok.as_bytes()).is_ok());
+        let deep = format!(r#"{{"type":"a","payload":{}}}"#, nested(64));
+        let err = parse_event(deep.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "nesting_too_deep");
+        assert!(err.to_string().contains("64 levels"));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`event`]: the JSON event format, its validation, and Herald's ids;
 //! - [`proto`]: the protobuf types generated from `proto/herald/v1`;
 //! - [`endpoint`]: endpoints and subscriptions, stored in Redis and cached;
+//! - [`destination`]: the outbound address policy (which hosts webhooks
+//!   may reach);
 //! - [`redis_store`]: Redis connections and key names;
 //! - [`kafka`]: producers, topic creation, and the at-least-once consumer
 //!   loop ([`kafka::consumer`]) with its per-partition offset watermark
@@ -31,6 +33,7 @@ pub mod backoff;
 pub mod circuit;
 pub mod config;
 pub mod dead_letter;
+pub mod destination;
 pub mod endpoint;
 pub mod event;
 pub mod kafka;

@@ -1,14 +1,18 @@
-//! Per-endpoint rate limits, shared by every dispatcher replica through
-//! Redis: the generic cell rate algorithm (GCRA), one atomic Lua script per
-//! decision.
+//! Rate limits shared by every replica through Redis: the generic cell rate
+//! algorithm (GCRA), one atomic Lua script per decision.
 //!
-//! For a limit of `r` deliveries per second, deliveries are spaced at least
-//! `1/r` s apart across all replicas (no bursts), so any one-second window
-//! holds at most `r + 1` of them. A delivery over the limit is told how long
-//! to wait; it is delayed, never dropped.
+//! Per endpoint (the dispatchers): for a limit of `r` deliveries per second,
+//! deliveries are spaced at least `1/r` s apart across all replicas (no
+//! bursts), so any one-second window holds at most `r + 1` of them. A
+//! delivery over the limit is told how long to wait; it is delayed, never
+//! dropped.
 //!
-//! Redis layout: `ratelimit:{endpoint}` holds the theoretical arrival time of
-//! the next allowed delivery (Unix milliseconds, fractional).
+//! Per API key (herald-ingest): `r` events per second with a burst of `b`,
+//! i.e. up to `b` at once after a quiet spell, then one every `1/r` s.
+//!
+//! Redis layout: `ratelimit:{endpoint}` and `ingestlimit:{key id}` hold the
+//! theoretical arrival time of the next allowed request (Unix milliseconds,
+//! fractional).
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -18,10 +22,11 @@ use crate::redis_store::StoreError;
 const GCRA: &str = r#"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-if tat > now then
-  return math.ceil(tat - now)
+if tat - now > tolerance then
+  return math.ceil(tat - now - tolerance)
 end
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
@@ -63,13 +68,50 @@ impl RateLimiter {
         per_second: u32,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
+        self.acquire(
+            format!("{}ratelimit:{endpoint_id}", self.prefix),
+            per_second,
+            1,
+            now_ms,
+        )
+        .await
+    }
+
+    /// Takes a slot for one event sent with the API key `key_id` (a digest,
+    /// never the key), limited to `per_second` with bursts of `burst`: `0`
+    /// when it may go now, otherwise the milliseconds until it may.
+    pub async fn try_acquire_ingest(
+        &self,
+        key_id: &str,
+        per_second: u32,
+        burst: u32,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.acquire(
+            format!("{}ingestlimit:{key_id}", self.prefix),
+            per_second,
+            burst,
+            now_ms,
+        )
+        .await
+    }
+
+    async fn acquire(
+        &self,
+        key: String,
+        per_second: u32,
+        burst: u32,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         let interval_ms = 1000.0 / f64::from(per_second.max(1));
+        let tolerance_ms = interval_ms * f64::from(burst.max(1) - 1);
         let mut conn = self.redis.clone();
         let wait: u64 = self
             .script
-            .key(format!("{}ratelimit:{endpoint_id}", self.prefix))
+            .key(key)
             .arg(now_ms)
             .arg(interval_ms)
+            .arg(tolerance_ms)
             .invoke_async(&mut conn)
             .await?;
         Ok(wait)

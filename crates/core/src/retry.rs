@@ -136,6 +136,9 @@ pub struct FailureHints {
     pub retry_after: Option<Duration>,
     /// The endpoint answered 429 or did not answer in time.
     pub slow_down: bool,
+    /// The request was not sent: the outbound address policy refuses its
+    /// destination. Trying again would meet the same refusal.
+    pub destination_refused: bool,
 }
 
 /// The actual wait before the next attempt: the scheduled delay with ±20 %
@@ -248,14 +251,14 @@ mod tests {
         }
         let asked = |secs| FailureHints {
             retry_after: Some(Duration::from_secs(secs)),
-            slow_down: false,
+            ..FailureHints::default()
         };
         assert_eq!(next_wait(five, asked(7)), Duration::from_secs(7));
         assert_eq!(next_wait(five, asked(1)), five);
         assert_eq!(next_wait(five, asked(3600)), Duration::from_secs(10));
         let slow = FailureHints {
-            retry_after: None,
             slow_down: true,
+            ..FailureHints::default()
         };
         assert_eq!(next_wait(five, slow), SLOW_DOWN_MINIMUM);
     }

@@ -239,6 +239,55 @@ async fn the_rate_limit_spaces_deliveries_across_replicas() {
 }
 
 #[tokio::test]
+async fn the_ingest_limit_allows_a_burst_then_the_rate() {
+    let limiter = RateLimiter::new(redis(), &prefix());
+    // 10 per second with bursts of 3: three at once, then one per 100 ms.
+    for _ in 0..3 {
+        assert_eq!(
+            limiter.try_acquire_ingest("k1", 10, 3, T0).await.unwrap(),
+            0
+        );
+    }
+    assert_eq!(
+        limiter.try_acquire_ingest("k1", 10, 3, T0).await.unwrap(),
+        100
+    );
+    assert_eq!(
+        limiter
+            .try_acquire_ingest("k1", 10, 3, T0 + 60)
+            .await
+            .unwrap(),
+        40
+    );
+    assert_eq!(
+        limiter
+            .try_acquire_ingest("k1", 10, 3, T0 + 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // Another key has its own budget, and endpoints are limited apart.
+    assert_eq!(
+        limiter.try_acquire_ingest("k2", 10, 3, T0).await.unwrap(),
+        0
+    );
+    assert_eq!(limiter.try_acquire("k1", 10, T0).await.unwrap(), 0);
+    // Over a simulated second of constant asking: the burst plus the rate.
+    let mut allowed = 0;
+    for ms in 0..1000 {
+        if limiter
+            .try_acquire_ingest("k3", 10, 3, T0 + ms)
+            .await
+            .unwrap()
+            == 0
+        {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 3 + 9);
+}
+
+#[tokio::test]
 async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
     use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
     let config = AttemptLogConfig {

@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::outbound::{Outbound, refusal_of};
 use crate::{Config, DispatcherError};
 
 /// Most response-body bytes read from an endpoint (the rest is discarded).
@@ -113,7 +114,7 @@ pub struct Dispatcher {
     attempt_log: AttemptLog,
     slots: EndpointSlots,
     redis_degraded: AtomicBool,
-    http: reqwest::Client,
+    outbound: Outbound,
     schedule: RetrySchedule,
     kafka: KafkaConfig,
     producer: FutureProducer,
@@ -140,8 +141,8 @@ enum Unavailable {
 }
 
 impl Dispatcher {
-    /// Builds the HTTP client (pooled connections, no redirects) and the
-    /// Kafka producer for retries and dead letters.
+    /// Builds the HTTP client ([`Outbound`]) and the Kafka producer for
+    /// retries and dead letters.
     pub fn new(
         config: &Config,
         cache: EndpointCache,
@@ -150,15 +151,7 @@ impl Dispatcher {
         attempt_log: AttemptLog,
         abandon: CancellationToken,
     ) -> Result<Self, DispatcherError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.http_timeout)
-            .connect_timeout(config.http_timeout.min(Duration::from_secs(10)))
-            // A redirect is an answer that is not 2xx: following it would
-            // send the signed payload somewhere nobody registered.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+        let outbound = Outbound::new(config)?;
         let producer = herald_core::kafka::producer(&config.kafka, "herald-dispatcher")?;
         let dead_letters = DeadLetterWriter::new(
             producer.clone(),
@@ -172,7 +165,7 @@ impl Dispatcher {
             attempt_log,
             slots: EndpointSlots::new(config.endpoint_max_in_flight),
             redis_degraded: AtomicBool::new(false),
-            http,
+            outbound,
             schedule: config.retry_schedule.clone(),
             kafka: config.kafka.clone(),
             producer,
@@ -286,11 +279,18 @@ impl Dispatcher {
             AttemptResult::Delivered { .. } => (true, ""),
             AttemptResult::Failed { error, .. } => (false, error.as_str()),
         };
-        match self
-            .breakers
-            .record(endpoint_id, now_ms(), success, probe, error)
-            .await
-        {
+        // A refused destination was not contacted: it says nothing about
+        // the endpoint's health.
+        let refused =
+            matches!(&result, AttemptResult::Failed { hints, .. } if hints.destination_refused);
+        let recorded = if refused {
+            Ok(Transition::None)
+        } else {
+            self.breakers
+                .record(endpoint_id, now_ms(), success, probe, error)
+                .await
+        };
+        match recorded {
             Ok(transition) => {
                 self.redis_answers();
                 record_transition(endpoint_id, transition);
@@ -334,8 +334,9 @@ impl Dispatcher {
                 let age_ms = now_ms() - delivery.event_timestamp_ms;
                 m.end_to_end_latency.observe(age_ms.max(0) as f64 / 1000.0);
             }
-            AttemptResult::Failed { status, .. } => {
+            AttemptResult::Failed { status, hints, .. } => {
                 let retried = *status != Some(410)
+                    && !hints.destination_refused
                     && self.schedule.delay_after(delivery.attempts_made).is_some();
                 count_outcome(
                     if retried {
@@ -374,6 +375,11 @@ impl Dispatcher {
         hints: FailureHints,
         source: &OwnedMessage,
     ) -> Outcome {
+        if hints.destination_refused {
+            return self
+                .dead_letter(delivery, reason::DESTINATION_REFUSED, error, source)
+                .await;
+        }
         if status == Some(410) {
             let why = format!(
                 "it answered 410 Gone at {}",
@@ -585,10 +591,20 @@ impl Dispatcher {
         endpoint: &ResolvedEndpoint,
         webhook: &PreparedWebhook,
     ) -> (AttemptResult, String) {
-        let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(refused) = self.outbound.preflight(&endpoint.endpoint.url).await {
+            return (refused_attempt(refused), String::new());
+        }
+        let now = OffsetDateTime::now_utc();
+        let timestamp = now.unix_timestamp();
         let msg_id = &webhook.delivery.event_id;
-        let signature = signing::sign(&endpoint.secret, msg_id, timestamp, &webhook.body);
-        let mut request = self.http.post(&endpoint.endpoint.url);
+        // During a secret rotation the old secret signs too.
+        let signature = signing::signature_header(
+            endpoint.signing_secrets(unix_millis(now)),
+            msg_id,
+            timestamp,
+            &webhook.body,
+        );
+        let mut request = self.outbound.client().post(&endpoint.endpoint.url);
         for (name, value) in trace_context::current_headers() {
             request = request.header(name, value);
         }
@@ -634,23 +650,40 @@ impl Dispatcher {
                         hints: FailureHints {
                             retry_after,
                             slow_down: status == 429,
+                            destination_refused: false,
                         },
                     }
                 };
                 (result, body)
             }
-            Err(err) => (
-                AttemptResult::Failed {
-                    status: None,
-                    error: describe_http_error(&err),
-                    hints: FailureHints {
-                        retry_after: None,
-                        slow_down: err.is_timeout(),
+            Err(err) => match refusal_of(&err) {
+                Some(refused) => (refused_attempt(refused), String::new()),
+                None => (
+                    AttemptResult::Failed {
+                        status: None,
+                        error: describe_http_error(&err),
+                        hints: FailureHints {
+                            retry_after: None,
+                            slow_down: err.is_timeout(),
+                            destination_refused: false,
+                        },
                     },
-                },
-                String::new(),
-            ),
+                    String::new(),
+                ),
+            },
         }
+    }
+}
+
+/// An attempt the outbound address policy stopped before anything was sent.
+fn refused_attempt(refused: herald_core::destination::DestinationRefused) -> AttemptResult {
+    AttemptResult::Failed {
+        status: None,
+        error: format!("destination refused: {refused}"),
+        hints: FailureHints {
+            destination_refused: true,
+            ..FailureHints::default()
+        },
     }
 }
 

@@ -22,8 +22,15 @@
 //! attempt, or at once for a permanent failure (endpoint deleted or gone,
 //! malformed record), it goes to `herald.dlq` with its reason and attempt
 //! history (`herald_core::dead_letter`).
+//!
+//! Webhooks reach only the addresses the outbound address policy allows,
+//! checked on the address actually connected to ([`outbound`]). A delivery
+//! the policy refuses is dead-lettered at once (`destination_refused`):
+//! trying again would meet the same refusal, and an operator who opens the
+//! range can replay it.
 
 pub mod deliver;
+pub mod outbound;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +38,7 @@ use std::time::Duration;
 use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
 use herald_core::circuit::{BreakerConfig, Breakers};
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
+use herald_core::destination::DestinationPolicy;
 use herald_core::endpoint::{EndpointCache, EndpointStore};
 use herald_core::kafka::consumer::ConsumerSettings;
 use herald_core::rate_limit::RateLimiter;
@@ -59,6 +67,12 @@ pub struct Config {
     /// take the whole window and a failing one is noticed before many
     /// requests pile up on it.
     pub endpoint_max_in_flight: usize,
+    /// Where webhooks may go (`HERALD_ALLOWED_DESTINATION_CIDRS`,
+    /// `HERALD_REQUIRE_HTTPS`).
+    pub destinations: DestinationPolicy,
+    /// `HERALD_OUTBOUND_PROXY` (default none): an `http://` or `https://`
+    /// proxy that every webhook goes through.
+    pub outbound_proxy: Option<String>,
     /// Circuit breakers (`HERALD_BREAKER_*`).
     pub breaker: BreakerConfig,
     /// Attempt log retention (`HERALD_ATTEMPT_LOG_*`).
@@ -88,6 +102,8 @@ impl Config {
             endpoint_max_in_flight: env.number("HERALD_ENDPOINT_MAX_IN_FLIGHT", 32, 1, 100_000)?
                 as usize,
             breaker: BreakerConfig::from_env(env, http_timeout)?,
+            destinations: DestinationPolicy::from_env(env)?,
+            outbound_proxy: outbound_proxy(env)?,
             attempt_log: AttemptLogConfig::from_env(env)?,
             max_in_flight: env.number("HERALD_DISPATCHER_MAX_IN_FLIGHT", 512, 1, 100_000)? as usize,
             http_timeout,
@@ -103,6 +119,24 @@ impl Config {
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
         })
+    }
+}
+
+/// Reads `HERALD_OUTBOUND_PROXY`. Its value is not echoed in errors: it may
+/// hold the proxy's credentials.
+fn outbound_proxy(env: &Env) -> Result<Option<String>, ConfigError> {
+    let Some(value) = env.raw("HERALD_OUTBOUND_PROXY") else {
+        return Ok(None);
+    };
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(Some(value.to_owned()))
+        }
+        _ => Err(ConfigError {
+            key: "HERALD_OUTBOUND_PROXY".to_owned(),
+            value: None,
+            problem: "expected a proxy URL such as http://proxy.internal:3128".to_owned(),
+        }),
     }
 }
 

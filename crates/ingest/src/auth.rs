@@ -1,70 +1,237 @@
-//! Bearer-token authentication of the API.
+//! Bearer-token authentication, scopes and per-key rate limits of the API.
+//!
+//! A key has one of two scopes: `ingest` may only send events (`POST
+//! /v1/events`), `admin` may do everything. Keys are configured as SHA-256
+//! digests (`HERALD_API_KEY_HASHES`, `HERALD_API_KEYS_FILE`); plain keys
+//! (`HERALD_API_KEYS`) are still read, as `admin` keys, and kept only as
+//! digests too.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `POST /v1/events` only.
+    Ingest,
+    /// Every route.
+    Admin,
+}
+
+impl Scope {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ingest" => Some(Scope::Ingest),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Scope::Ingest => 0,
+            Scope::Admin => 1,
+        }
+    }
+
+    /// Its name in configuration and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// What the key may do.
+    pub scope: Scope,
+    /// A short digest that names the key (for its rate limit) without
+    /// revealing it.
+    pub key_id: String,
+}
+
+#[derive(Clone)]
+struct KeyEntry {
+    digest: [u8; 32],
+    scope: Scope,
+}
+
 /// The accepted API keys, kept only as SHA-256 digests. A presented key is
 /// hashed and compared against every digest in constant time, so neither the
 /// comparison's timing nor a memory dump gives a key away.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+    entries: Vec<KeyEntry>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} keys)", self.digests.len())
+        write!(f, "ApiKeys({} keys)", self.entries.len())
     }
 }
 
 impl ApiKeys {
-    /// Keys given in plain text.
+    /// Keys given in plain text; they have the `admin` scope.
     pub fn new(keys: &[String]) -> Self {
-        Self {
-            digests: keys
-                .iter()
-                .map(|k| Sha256::digest(k.as_bytes()).into())
-                .collect(),
+        let mut all = Self::default();
+        for key in keys {
+            all.entries.push(KeyEntry {
+                digest: Sha256::digest(key.as_bytes()).into(),
+                scope: Scope::Admin,
+            });
         }
+        all
+    }
+
+    /// Adds keys given as `scope:sha256hex` entries, separated by commas or
+    /// line breaks; blank lines and lines starting with `#` are skipped.
+    pub fn add_hashed(&mut self, text: &str) -> Result<(), String> {
+        for entry in text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#'))
+            .flat_map(|line| line.split(','))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+        {
+            self.entries.push(parse_hashed_entry(entry)?);
+        }
+        Ok(())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The caller `presented` identifies, if it is one of the keys.
+    pub fn find(&self, presented: &str) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // Look at every key, without stopping at a match.
+        let mut found = subtle::Choice::from(0);
+        let mut scope = 0u8;
+        for entry in &self.entries {
+            let matches = entry.digest.ct_eq(&digest);
+            found |= matches;
+            scope = u8::conditional_select(&scope, &entry.scope.bit(), matches);
+        }
+        bool::from(found).then(|| Caller {
+            scope: if scope == Scope::Admin.bit() {
+                Scope::Admin
+            } else {
+                Scope::Ingest
+            },
+            key_id: herald_core::event::hex(&digest[..8]),
+        })
     }
 
     /// Whether `presented` is one of the keys.
     pub fn accepts(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        // Check every key, without stopping at a match.
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
-            .into()
+        self.find(presented).is_some()
     }
 }
 
-/// Rejects requests without a valid `Authorization: Bearer <key>`.
+fn parse_hashed_entry(entry: &str) -> Result<KeyEntry, String> {
+    let how = "write scope:sha256hex, e.g. ingest:<the 64 hex digits of `printf %s \"$KEY\" | sha256sum`>, with scope ingest or admin";
+    let (scope, hex) = entry
+        .split_once(':')
+        .ok_or_else(|| format!("an entry has no scope; {how}"))?;
+    let scope = Scope::parse(scope.trim())
+        .ok_or_else(|| format!("unknown scope {:?}; {how}", scope.trim()))?;
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The entry is not echoed: it may be a plain key put here by mistake.
+        return Err(format!(
+            "an entry's digest is not 64 hexadecimal digits; {how}"
+        ));
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked hex digits");
+    }
+    Ok(KeyEntry { digest, scope })
+}
+
+/// Rejects requests without a valid `Authorization: Bearer <key>`, or whose
+/// key lacks the scope of the route; applies the per-key event rate limit.
 pub async fn require_api_key(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let is_event = request.uri().path() == "/v1/events";
-    check_api_key(&state, &request).inspect_err(|_| {
+    let is_event = request.method() == Method::POST && request.uri().path() == "/v1/events";
+    let checked = check_api_key(&state, &request).and_then(|caller| {
+        if caller.scope == Scope::Ingest && !is_event {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this API key has the `ingest` scope, which allows only POST /v1/events; {} {} needs a key with the `admin` scope",
+                    request.method(),
+                    request.uri().path()
+                ),
+            ));
+        }
+        Ok(caller)
+    });
+    let caller = checked.inspect_err(|err| {
         if is_event {
             herald_core::metrics::metrics()
                 .events_rejected
-                .get_or_create(&herald_core::metrics::label("reason", "unauthorized"))
+                .get_or_create(&herald_core::metrics::label("reason", err.code))
                 .inc();
         }
     })?;
+    if is_event && let Some(limit) = state.ingest_rate_limit {
+        let now = herald_core::event::unix_millis(time::OffsetDateTime::now_utc());
+        match state
+            .limiter
+            .try_acquire_ingest(&caller.key_id, limit.per_second, limit.burst, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(wait_ms) => {
+                herald_core::metrics::metrics()
+                    .events_rejected
+                    .get_or_create(&herald_core::metrics::label("reason", "rate_limited"))
+                    .inc();
+                let seconds = wait_ms.div_ceil(1000).max(1);
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "this API key may send {} events per second (bursts of {}); retry after {seconds} s",
+                        limit.per_second, limit.burst
+                    ),
+                );
+                err.retry_after_secs = Some(seconds);
+                return Err(err);
+            }
+            // Without Redis the event cannot be de-duplicated either, and is
+            // refused by the handler; the limit does not add a second error.
+            Err(_) => {}
+        }
+    }
     Ok(next.run(request).await)
 }
 
-fn check_api_key(state: &AppState, request: &Request) -> Result<(), ApiError> {
+fn check_api_key(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
     let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized(
             "missing Authorization header; send `Authorization: Bearer <api key>`",
@@ -78,15 +245,28 @@ fn check_api_key(state: &AppState, request: &Request) -> Result<(), ApiError> {
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be `Bearer <api key>`")
         })?;
-    if !state.api_keys.accepts(key) {
-        return Err(ApiError::unauthorized("the API key is not valid"));
-    }
-    Ok(())
+    state
+        .api_keys
+        .find(key)
+        .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))
+}
+
+/// The per-key limit on events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestRateLimit {
+    /// Events per second and key.
+    pub per_second: u32,
+    /// Events accepted at once after a quiet spell.
+    pub burst: u32,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sha256_hex(key: &str) -> String {
+        herald_core::event::hex(&Sha256::digest(key.as_bytes()))
+    }
 
     #[test]
     fn only_configured_keys_are_accepted() {
@@ -99,5 +279,42 @@ mod tests {
         assert!(!keys.accepts("first-key-012345678"));
         assert!(!keys.accepts(""));
         assert_eq!(format!("{keys:?}"), "ApiKeys(2 keys)");
+    }
+
+    #[test]
+    fn hashed_keys_carry_their_scope() {
+        let mut keys = ApiKeys::new(&["plain-admin-key-0123456789".to_owned()]);
+        let text = format!(
+            "# producers\ningest:{}\n\nadmin:{} , ingest:{}",
+            sha256_hex("ingest-key-0123456789"),
+            sha256_hex("admin-key-0123456789").to_uppercase(),
+            sha256_hex("other-ingest-0123456789"),
+        );
+        keys.add_hashed(&text).unwrap();
+        assert_eq!(keys.len(), 4);
+        let scope = |k: &str| keys.find(k).map(|c| c.scope);
+        assert_eq!(scope("ingest-key-0123456789"), Some(Scope::Ingest));
+        assert_eq!(scope("other-ingest-0123456789"), Some(Scope::Ingest));
+        assert_eq!(scope("admin-key-0123456789"), Some(Scope::Admin));
+        assert_eq!(scope("plain-admin-key-0123456789"), Some(Scope::Admin));
+        assert_eq!(scope("unknown-key-0123456789"), None);
+        // Key ids tell keys apart without revealing them.
+        let a = keys.find("ingest-key-0123456789").unwrap().key_id;
+        let b = keys.find("other-ingest-0123456789").unwrap().key_id;
+        assert_ne!(a, b);
+        assert!(!a.contains("ingest-key"));
+    }
+
+    #[test]
+    fn bad_hashed_entries_say_how_to_write_them_without_echoing() {
+        let mut keys = ApiKeys::default();
+        let err = keys.add_hashed("my-plain-secret-key-123").unwrap_err();
+        assert!(err.contains("no scope"), "{err}");
+        assert!(!err.contains("my-plain-secret"), "{err}");
+        let err = keys.add_hashed("reader:abcd").unwrap_err();
+        assert!(err.contains("unknown scope \"reader\""), "{err}");
+        let err = keys.add_hashed("ingest:my-plain-secret-key").unwrap_err();
+        assert!(err.contains("64 hexadecimal digits"), "{err}");
+        assert!(!err.contains("my-plain-secret"), "{err}");
     }
 }

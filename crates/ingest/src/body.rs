@@ -74,6 +74,12 @@ pub async fn read_json<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let bytes = read_json_body(headers, body, limit).await?;
+    if herald_core::event::json_depth_exceeds(&bytes, herald_core::event::MAX_JSON_DEPTH) {
+        return Err(ApiError::bad_request(
+            "nesting_too_deep",
+            herald_core::event::EventError::TooDeep.to_string(),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
+use herald_core::destination::DestinationPolicy;
 use herald_core::telemetry::LogConfig;
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, IngestRateLimit};
 
 /// Everything herald-ingest reads from the environment.
 #[derive(Debug, Clone)]
@@ -14,9 +15,25 @@ pub struct Config {
     /// `HERALD_INGEST_ADDR` (default `0.0.0.0:8080`): where the HTTP API
     /// listens.
     pub listen_addr: SocketAddr,
-    /// `HERALD_API_KEYS` (required, comma-separated): bearer tokens that may
-    /// call the API. `HERALD_API_KEY` (one key) is accepted as well.
+    /// The keys that may call the API, with their scopes:
+    /// `HERALD_API_KEY_HASHES` (comma-separated `scope:sha256hex` entries),
+    /// `HERALD_API_KEYS_FILE` (a file of such entries, one per line, e.g. a
+    /// mounted Kubernetes Secret), and the plain-text `HERALD_API_KEYS`
+    /// (comma-separated) and `HERALD_API_KEY`, which have the `admin` scope.
+    /// At least one key is required.
     pub api_keys: ApiKeys,
+    /// `HERALD_INGEST_RATE_LIMIT` (default `0`, off): events per second each
+    /// API key may send, shared by all ingest replicas through Redis;
+    /// `HERALD_INGEST_RATE_BURST` (default: one second's worth) events may
+    /// come at once.
+    pub ingest_rate_limit: Option<IngestRateLimit>,
+    /// Where endpoints may point (`HERALD_ALLOWED_DESTINATION_CIDRS`,
+    /// `HERALD_REQUIRE_HTTPS`).
+    pub destinations: DestinationPolicy,
+    /// `HERALD_SECRET_ROTATION_GRACE` (default `24h`): how long a rotated-out
+    /// secret keeps signing beside the new one, unless the rotation request
+    /// says otherwise.
+    pub secret_rotation_grace: Duration,
     /// `HERALD_MAX_BODY_BYTES` (default `1048576`, 1 MiB): largest request
     /// body; larger ones are answered with 413.
     pub max_body_bytes: usize,
@@ -56,13 +73,6 @@ impl Config {
         if let Some(single) = env.raw("HERALD_API_KEY") {
             keys.push(single.to_owned());
         }
-        if keys.is_empty() {
-            return Err(ConfigError {
-                key: "HERALD_API_KEYS".to_owned(),
-                value: None,
-                problem: "no API key is configured; set HERALD_API_KEYS to one or more comma-separated secret keys".to_owned(),
-            });
-        }
         if let Some(short) = keys.iter().find(|k| k.len() < 16) {
             return Err(ConfigError {
                 key: "HERALD_API_KEYS".to_owned(),
@@ -73,9 +83,49 @@ impl Config {
                 ),
             });
         }
+        let mut api_keys = ApiKeys::new(&keys);
+        if let Some(hashes) = env.raw("HERALD_API_KEY_HASHES") {
+            api_keys.add_hashed(hashes).map_err(|problem| ConfigError {
+                key: "HERALD_API_KEY_HASHES".to_owned(),
+                value: None,
+                problem,
+            })?;
+        }
+        if let Some(path) = env.raw("HERALD_API_KEYS_FILE") {
+            let problem = |problem: String| ConfigError {
+                key: "HERALD_API_KEYS_FILE".to_owned(),
+                value: Some(path.to_owned()),
+                problem,
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| problem(format!("cannot read the file: {err}")))?;
+            api_keys.add_hashed(&text).map_err(problem)?;
+        }
+        if api_keys.is_empty() {
+            return Err(ConfigError {
+                key: "HERALD_API_KEY_HASHES".to_owned(),
+                value: None,
+                problem: "no API key is configured; set HERALD_API_KEY_HASHES (or HERALD_API_KEYS_FILE) to scope:sha256hex entries, or HERALD_API_KEYS to plain keys".to_owned(),
+            });
+        }
+        let rate = env.number("HERALD_INGEST_RATE_LIMIT", 0, 0, 1_000_000)? as u32;
+        let burst = env.number(
+            "HERALD_INGEST_RATE_BURST",
+            u64::from(rate.max(1)),
+            1,
+            1_000_000,
+        )? as u32;
+        let ingest_rate_limit = (rate > 0).then_some(IngestRateLimit {
+            per_second: rate,
+            burst,
+        });
         Ok(Self {
             listen_addr,
-            api_keys: ApiKeys::new(&keys),
+            api_keys,
+            ingest_rate_limit,
+            destinations: DestinationPolicy::from_env(env)?,
+            secret_rotation_grace: env
+                .duration("HERALD_SECRET_ROTATION_GRACE", Duration::from_secs(86_400))?,
             max_body_bytes: env.number("HERALD_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20)? as usize,
             idempotency_ttl: env.duration("HERALD_IDEMPOTENCY_TTL", Duration::from_secs(86_400))?,
             breaker_window: env.duration("HERALD_BREAKER_WINDOW", Duration::from_secs(300))?,

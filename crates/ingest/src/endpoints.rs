@@ -1,12 +1,18 @@
 //! Management API for endpoints: `POST/GET /v1/endpoints`,
-//! `GET/PATCH/DELETE /v1/endpoints/{id}` and `GET /v1/endpoints/{id}/secret`.
+//! `GET/PATCH/DELETE /v1/endpoints/{id}`, `GET /v1/endpoints/{id}/secret`
+//! and `POST /v1/endpoints/{id}/secret/rotate`.
+//!
+//! A URL is checked against the outbound address policy when it is set
+//! ([`herald_core::destination`]); its host name is resolved for that, with
+//! a short timeout.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use herald_core::endpoint::{Endpoint, EventTypePattern, validate_url};
 use herald_core::event::{format_timestamp, new_endpoint_id, unix_millis};
 use herald_core::signing::Secret;
@@ -25,14 +31,29 @@ const MAX_URL_LEN: usize = 2048;
 const MAX_HEADERS: usize = 32;
 /// Longest description.
 const MAX_DESCRIPTION_LEN: usize = 1024;
-/// Headers that Herald sets itself and an endpoint may not override.
+/// Longest custom header value.
+const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// Headers that Herald sets itself, or that steer the connection rather than
+/// the request, and that an endpoint may not set. `webhook-*` and `proxy-*`
+/// are refused as prefixes.
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
     "content-length",
     "host",
     "transfer-encoding",
     "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "traceparent",
+    "tracestate",
 ];
+/// How long registration waits for a host name to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest grace period a rotation may ask for.
+const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 86_400);
 
 /// Body of `POST /v1/endpoints`.
 #[derive(Debug, Deserialize)]
@@ -117,7 +138,7 @@ fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_field", format!("field `{field}` {problem}"))
 }
 
-fn check_url(url: &str) -> Result<(), ApiError> {
+async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
     if url.len() > MAX_URL_LEN {
         return Err(invalid(
             "url",
@@ -127,7 +148,17 @@ fn check_url(url: &str) -> Result<(), ApiError> {
             ),
         ));
     }
-    validate_url(url).map(|_| ()).map_err(|p| invalid("url", p))
+    let parsed = validate_url(url).map_err(|p| invalid("url", p))?;
+    state
+        .destinations
+        .check_registration(&parsed, RESOLVE_TIMEOUT)
+        .await
+        .map_err(|refused| {
+            ApiError::bad_request(
+                "destination_not_allowed",
+                format!("field `url` is not allowed: {refused}"),
+            )
+        })
 }
 
 fn check_event_types(types: &[String]) -> Result<(), ApiError> {
@@ -172,20 +203,38 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
             )
         })?;
         let lower = parsed.as_str();
-        if RESERVED_HEADERS.contains(&lower) || lower.starts_with("webhook-") {
+        if RESERVED_HEADERS.contains(&lower)
+            || lower.starts_with("webhook-")
+            || lower.starts_with("proxy-")
+        {
             return Err(invalid(
                 "headers",
-                format_args!("may not set {name:?}: Herald sets that header itself"),
+                format_args!(
+                    "may not set {name:?}: Herald sets that header itself, or it steers the connection"
+                ),
             ));
         }
-        HeaderValue::from_str(value).map_err(|_| {
-            invalid(
+        if value.len() > MAX_HEADER_VALUE_LEN {
+            return Err(invalid(
                 "headers",
                 format_args!(
-                    "has an invalid value for {name:?} (no control characters or line breaks)"
+                    "has a value for {name:?} longer than {MAX_HEADER_VALUE_LEN} characters"
                 ),
-            )
-        })?;
+            ));
+        }
+        // Printable ASCII only: no line breaks to smuggle headers with, and
+        // no bytes whose meaning depends on the receiver's charset.
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Err(invalid(
+                "headers",
+                format_args!(
+                    "has an invalid value for {name:?} (printable ASCII only, no control characters or line breaks)"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -216,7 +265,7 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: CreateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
-    check_url(&request.url)?;
+    check_url(&state, &request.url).await?;
     check_event_types(&request.event_types)?;
     let description = request.description.unwrap_or_default();
     check_description(&description)?;
@@ -238,6 +287,7 @@ pub async fn create(
         disabled_reason: None,
         rate_limit: request.rate_limit,
         secret: secret.expose(),
+        previous_secrets: Vec::new(),
         created_at: now_text.clone(),
         updated_at: now_text,
     };
@@ -281,13 +331,103 @@ pub async fn get(
     ))
 }
 
-/// `GET /v1/endpoints/{id}/secret`: the only read of a secret after creation.
+/// `GET /v1/endpoints/{id}/secret`: the only read of a secret after creation
+/// (or rotation), with the rotated-out secrets that still sign.
 pub async fn get_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let endpoint = find(&state, &id).await?;
-    Ok(Json(json!({ "secret": endpoint.secret })))
+    let now_ms = unix_millis(OffsetDateTime::now_utc());
+    let previous: Vec<Value> = endpoint
+        .previous_secrets
+        .iter()
+        .filter(|s| s.expires_at_ms > now_ms)
+        .map(|s| {
+            json!({
+                "secret": s.secret,
+                "expires_at": format_timestamp(herald_core::event::from_unix_millis(s.expires_at_ms)),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "secret": endpoint.secret, "previous_secrets": previous }),
+    ))
+}
+
+/// Body of `POST /v1/endpoints/{id}/secret/rotate` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the current secret keeps signing, e.g. `1h`; `0` retires it
+    /// at once. Default `HERALD_SECRET_ROTATION_GRACE`.
+    #[serde(default)]
+    grace_period: Option<String>,
+    /// The new secret; generated when absent.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+/// `POST /v1/endpoints/{id}/secret/rotate`: a new signing secret. The old
+/// one keeps signing beside it (two signatures in `webhook-signature`) for
+/// the grace period, so receivers can switch at their own pace.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    // The body is optional: without a Content-Type it must be empty.
+    let request: RotateSecret = if headers.contains_key(axum::http::header::CONTENT_TYPE) {
+        read_json(&headers, body, state.max_body_bytes).await?
+    } else {
+        let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+            .await
+            .map_err(|_| invalid("body", "could not be read"))?;
+        if !bytes.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with `Content-Type: application/json` (got none)",
+            ));
+        }
+        RotateSecret::default()
+    };
+    let grace = match &request.grace_period {
+        None => state.secret_rotation_grace,
+        Some(text) => {
+            herald_core::config::parse_duration(text).map_err(|p| invalid("grace_period", p))?
+        }
+    };
+    if grace > MAX_ROTATION_GRACE {
+        return Err(invalid(
+            "grace_period",
+            "may be at most 30d (the old secret should not sign forever)",
+        ));
+    }
+    let secret = match &request.secret {
+        Some(text) => Secret::parse(text).map_err(|p| invalid("secret", p))?,
+        None => Secret::generate(),
+    };
+    let mut endpoint = find(&state, &id).await?;
+    let (now, now_text) = now();
+    let now_ms = unix_millis(now);
+    endpoint.rotate_secret(&secret, grace.as_millis() as i64, now_ms);
+    endpoint.updated_at = now_text;
+    if !state.endpoints.update(&endpoint).await? {
+        return Err(ApiError::not_found(format!("no endpoint with id {id:?}")));
+    }
+    let grace_text = herald_core::config::format_duration(grace);
+    tracing::info!(endpoint_id = %id, grace = %grace_text, "endpoint secret rotated");
+    let expires_at = (!grace.is_zero()).then(|| {
+        format_timestamp(herald_core::event::from_unix_millis(
+            now_ms + grace.as_millis() as i64,
+        ))
+    });
+    Ok(Json(json!({
+        "secret": endpoint.secret,
+        "previous_secret_expires_at": expires_at,
+    })))
 }
 
 /// `GET /v1/endpoints/{id}/health`: the circuit breaker's state and the
@@ -336,7 +476,7 @@ pub async fn update(
     let request: UpdateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
     let mut endpoint = find(&state, &id).await?;
     if let Some(url) = request.url {
-        check_url(&url)?;
+        check_url(&state, &url).await?;
         endpoint.url = url;
     }
     if let Some(types) = request.event_types {

@@ -12,7 +12,9 @@
 //! - `/healthz` and `/readyz` report liveness and readiness ([`health`]);
 //!   `/metrics` serves Prometheus metrics.
 //!
-//! Every `/v1` route requires `Authorization: Bearer <api key>` ([`auth`]).
+//! Every `/v1` route requires `Authorization: Bearer <api key>`; keys with
+//! the `ingest` scope may only send events, `admin` keys may do everything,
+//! and each key may be held to an event rate ([`auth`]).
 //! Errors are `{"error": {"code", "message"}}` ([`error`]).
 //!
 //! [`Application::build`] binds the listener and connects the clients;
@@ -93,6 +95,13 @@ impl Application {
         );
         let state: AppState = Arc::new(Inner {
             api_keys: config.api_keys.clone(),
+            ingest_rate_limit: config.ingest_rate_limit,
+            limiter: herald_core::rate_limit::RateLimiter::new(
+                redis.clone(),
+                &config.redis.key_prefix,
+            ),
+            destinations: config.destinations.clone(),
+            secret_rotation_grace: config.secret_rotation_grace,
             producer,
             events_topic: config.kafka.events_topic(),
             deliveries_topic: config.kafka.deliveries_topic(),
@@ -192,6 +201,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(endpoints::delete),
         )
         .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
+        .route(
+            "/v1/endpoints/{id}/secret/rotate",
+            post(endpoints::rotate_secret),
+        )
         .route("/v1/endpoints/{id}/health", get(endpoints::health))
         .route("/v1/endpoints/{id}/attempts", get(attempts::for_endpoint))
         .route("/v1/events/{id}/attempts", get(attempts::for_event))

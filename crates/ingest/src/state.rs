@@ -8,7 +8,7 @@ use herald_core::redis_store::Keys;
 use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, IngestRateLimit};
 
 /// Cheap to clone: everything lives behind one `Arc`.
 pub type AppState = Arc<Inner>;
@@ -17,6 +17,14 @@ pub type AppState = Arc<Inner>;
 pub struct Inner {
     /// Accepted API keys.
     pub api_keys: ApiKeys,
+    /// The per-key event limit, if any.
+    pub ingest_rate_limit: Option<IngestRateLimit>,
+    /// The shared rate limiters in Redis.
+    pub limiter: herald_core::rate_limit::RateLimiter,
+    /// Where endpoints may point.
+    pub destinations: herald_core::destination::DestinationPolicy,
+    /// Default grace period of a rotated-out secret.
+    pub secret_rotation_grace: Duration,
     /// Idempotent, acks=all producer for `herald.events`.
     pub producer: FutureProducer,
     /// Full name of the events topic.

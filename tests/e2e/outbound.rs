@@ -1,0 +1,145 @@
+//! Where webhooks may go and what Herald does with the answer: refused
+//! destinations at connect time, redirects, and endless response bodies.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use herald_tests::{Behaviour, Receiver, Stack, StackOptions, eventually};
+use serde_json::{Value, json};
+
+/// The attempts of one event, once at least `n` are logged.
+async fn wait_for_attempts(stack: &Stack, event_id: &str, n: usize) -> Vec<Value> {
+    let mut found = Vec::new();
+    for _ in 0..300 {
+        let (status, body) = stack
+            .get_json(&format!("/v1/events/{event_id}/attempts"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        found = body["data"].as_array().cloned().unwrap_or_default();
+        if found.len() >= n {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "only {} attempts of {event_id} logged: {found:?}",
+        found.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_refused_at_connect_time_is_dead_lettered_at_once() {
+    // Ingest allows loopback, so both endpoints register; the dispatcher
+    // does not, as if the names had resolved elsewhere at registration.
+    let mut stack = Stack::start(StackOptions::new("refused-destination").dispatchers(0)).await;
+    stack
+        .env
+        .insert("HERALD_ALLOWED_DESTINATION_CIDRS".into(), String::new());
+    stack.start_dispatcher();
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let port = receiver.port();
+    let by_name = stack
+        .create_endpoint(json!({"url": format!("http://localhost:{port}/by-name"), "event_types": ["ssrf.name"]}))
+        .await;
+    let by_address = stack
+        .create_endpoint(json!({"url": format!("http://127.0.0.1:{port}/by-address"), "event_types": ["ssrf.address"]}))
+        .await;
+    stack.settle_endpoints().await;
+
+    stack
+        .accept_event(&json!({"id": "ssrf_name", "type": "ssrf.name", "payload": 1}))
+        .await;
+    stack
+        .accept_event(&json!({"id": "ssrf_address", "type": "ssrf.address", "payload": 2}))
+        .await;
+
+    for (endpoint, needle) in [
+        (
+            &by_name,
+            "localhost resolves only to refused addresses: 127.0.0.1 is a loopback address",
+        ),
+        (&by_address, "127.0.0.1 is a loopback address"),
+    ] {
+        let id = endpoint["id"].as_str().unwrap();
+        let letters = stack
+            .wait_for_dead_letters(&format!("endpoint_id={id}"), 1, Duration::from_secs(60))
+            .await;
+        let letter = &letters[0];
+        assert_eq!(letter["reason"], "destination_refused", "{letter}");
+        let detail = letter["detail"].as_str().unwrap();
+        assert!(detail.starts_with("destination refused: "), "{detail}");
+        assert!(detail.contains(needle), "{detail}");
+        assert!(
+            detail.contains("HERALD_ALLOWED_DESTINATION_CIDRS"),
+            "{detail}"
+        );
+        // One attempt, not the retry schedule: trying again cannot help.
+        assert_eq!(letter["attempts"].as_array().unwrap().len(), 1, "{letter}");
+    }
+    assert_eq!(receiver.count(), 0, "a refused destination was reached");
+    // The refusal is in the attempt log too.
+    let attempts = wait_for_attempts(&stack, "ssrf_name", 1).await;
+    assert_eq!(attempts[0]["success"], false);
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("destination refused")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
+    let stack = Stack::start(StackOptions::new("redirect")).await;
+    let elsewhere = Receiver::start(Behaviour::Accept).await;
+    let redirecting = Receiver::start(Behaviour::Redirect {
+        status: 307,
+        location: elsewhere.url(),
+    })
+    .await;
+    stack.subscribe(&redirecting, &["moved.*"]).await;
+    stack.settle_endpoints().await;
+    stack
+        .accept_event(&json!({"id": "moved_1", "type": "moved.away", "payload": 1}))
+        .await;
+    // The first attempt fails, and so does the retry a second later.
+    assert!(redirecting.wait_for(2, Duration::from_secs(60)).await);
+    let attempts = wait_for_attempts(&stack, "moved_1", 2).await;
+    for attempt in &attempts {
+        assert_eq!(attempt["success"], false, "{attempt}");
+        assert_eq!(attempt["status_code"], 307, "{attempt}");
+    }
+    assert_eq!(elsewhere.count(), 0, "the redirect was followed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_response_body_is_cut_off() {
+    let stack = Stack::start(StackOptions::new("endless-body")).await;
+    let receiver = Receiver::start(Behaviour::EndlessBody).await;
+    stack.subscribe(&receiver, &["talk.*"]).await;
+    stack.settle_endpoints().await;
+    stack
+        .accept_event(&json!({"id": "talk_1", "type": "talk.long", "payload": 1}))
+        .await;
+    let attempts = wait_for_attempts(&stack, "talk_1", 1).await;
+    assert_eq!(attempts[0]["success"], true, "{}", attempts[0]);
+    assert_eq!(attempts[0]["status_code"], 200);
+    let kept = attempts[0]["response_body"].as_str().unwrap();
+    assert!(
+        kept.len() <= 4096 && kept.starts_with("xxxx"),
+        "{}",
+        kept.len()
+    );
+    // Herald hung up after its bound instead of reading until its timeout
+    // (which, over loopback, would have pulled gigabytes).
+    let endless = receiver.endless_body();
+    assert!(
+        eventually(Duration::from_secs(30), || endless
+            .closed
+            .load(Ordering::SeqCst))
+        .await,
+        "Herald never closed the connection"
+    );
+    let sent = endless.sent.load(Ordering::SeqCst);
+    assert!(sent < 32 << 20, "{sent} bytes were streamed to Herald");
+}
