@@ -289,6 +289,10 @@ impl Bench {
         if !self.registered {
             self.register(&api).await?;
             self.registered = true;
+            // Fan-out and the dispatchers see new subscriptions within one
+            // endpoint-cache refresh (1 s by default); events sent before
+            // that reach only the endpoints they already knew.
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
         // Fan-out's and each dispatcher's hot-path consumer must own
         // partitions before the clock starts.

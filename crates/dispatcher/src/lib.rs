@@ -203,12 +203,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         attempt_log,
         abandon.clone(),
     )?);
-    // One consumer reads new deliveries and every retry tier. (Reading the
-    // tiers in a second consumer group would keep the hot path's fetches
-    // small, which matters on brokers whose fetch cost grows with the
-    // partitions in it, such as Tansu; on Tansu 0.6 two groups joined at once
-    // from one process sometimes left partitions assigned but never fetched
-    // under CPU load, so it stays one consumer.)
+    // One consumer reads new deliveries and every retry tier. On brokers
+    // whose fetch cost grows with the partitions in a fetch (Tansu), the
+    // tiers' partitions slow the hot path down: reading the tiers in a
+    // consumer group of their own is the next step for latency there.
     let mut topics = vec![config.kafka.deliveries_topic()];
     topics.extend(retry_tiers);
     let settings = ConsumerSettings {
