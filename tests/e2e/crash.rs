@@ -85,9 +85,15 @@ async fn assert_everything_arrived(stack: &Stack, receivers: &[Receiver; 2]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_dispatcher_mid_run_loses_nothing() {
-    let (mut stack, receivers, publishing) = start_run("kill-dispatcher").await;
+/// Starts a run, kills one service with `kill` once a third of the events
+/// reached the first receiver, checks that the kill landed mid-run, starts
+/// the service again with `restart`, and checks that nothing was lost.
+async fn crash_mid_run(
+    name: &str,
+    kill: impl FnOnce(&mut Stack),
+    restart: impl FnOnce(&mut Stack),
+) {
+    let (mut stack, receivers, publishing) = start_run(name).await;
     assert!(
         receivers[0]
             .wait_for(EVENTS / 3, Duration::from_secs(120))
@@ -95,35 +101,33 @@ async fn killing_a_dispatcher_mid_run_loses_nothing() {
         "logs in {}",
         stack.logs().display()
     );
-    let victim = stack.dispatchers.remove(0);
-    victim.kill();
+    kill(&mut stack);
     let delivered_at_kill = receivers[0].count() + receivers[1].count();
     assert!(
         delivered_at_kill < 2 * EVENTS,
         "the kill came too late to test anything"
     );
-    stack.start_dispatcher();
+    restart(&mut stack);
     publishing.await.expect("publishing");
     assert_everything_arrived(&stack, &receivers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_dispatcher_mid_run_loses_nothing() {
+    crash_mid_run(
+        "kill-dispatcher",
+        |stack| stack.dispatchers.remove(0).kill(),
+        Stack::start_dispatcher,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_fanout_mid_run_loses_nothing() {
-    let (mut stack, receivers, publishing) = start_run("kill-fanout").await;
-    assert!(
-        receivers[0]
-            .wait_for(EVENTS / 3, Duration::from_secs(120))
-            .await,
-        "logs in {}",
-        stack.logs().display()
-    );
-    stack.fanout.take().expect("fan-out runs").kill();
-    let delivered_at_kill = receivers[0].count() + receivers[1].count();
-    assert!(
-        delivered_at_kill < 2 * EVENTS,
-        "the kill came too late to test anything"
-    );
-    stack.restart_fanout();
-    publishing.await.expect("publishing");
-    assert_everything_arrived(&stack, &receivers).await;
+    crash_mid_run(
+        "kill-fanout",
+        |stack| stack.fanout.take().expect("fan-out runs").kill(),
+        Stack::restart_fanout,
+    )
+    .await;
 }

@@ -193,6 +193,15 @@ struct Bench {
     registered: bool,
 }
 
+/// A running mode: Herald's processes with their own topic prefix.
+#[derive(Debug)]
+struct Running {
+    api: Api,
+    /// A producer to the mode's `herald.events`, shared by its phases.
+    kafka_source: Source,
+    processes: Vec<(String, Process)>,
+}
+
 impl Running {
     async fn save_metrics(&self) {
         for (_, process) in &self.processes {
@@ -201,60 +210,51 @@ impl Running {
     }
 }
 
-/// A running mode: Herald's processes with their own topic prefix.
-#[derive(Debug)]
-struct Running {
-    api: Api,
-    topic_prefix: String,
-    processes: Vec<(String, Process)>,
+/// The Kafka part of the environment, for Herald's processes and the
+/// benchmark's own clients alike: the broker, the topic prefix, the
+/// partitions of created topics and any `HERALD_KAFKA_PROPERTIES`.
+fn kafka_env(options: &Options, topic_prefix: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("HERALD_KAFKA_BROKERS".to_owned(), options.brokers.clone()),
+        ("HERALD_TOPIC_PREFIX".to_owned(), topic_prefix.to_owned()),
+        (
+            "HERALD_TOPIC_PARTITIONS".to_owned(),
+            options.partitions.to_string(),
+        ),
+    ];
+    if let Ok(properties) = std::env::var("HERALD_KAFKA_PROPERTIES") {
+        env.push(("HERALD_KAFKA_PROPERTIES".to_owned(), properties));
+    }
+    env
+}
+
+/// The benchmark's own Kafka settings for topics under `topic_prefix`.
+fn kafka_config(options: &Options, topic_prefix: &str) -> Result<KafkaConfig, String> {
+    KafkaConfig::from_env(&Env::from_pairs(kafka_env(options, topic_prefix)))
+        .map_err(|e| e.to_string())
 }
 
 impl Bench {
-    fn kafka_for(&self, topic_prefix: &str) -> Result<KafkaConfig, String> {
-        let mut pairs = vec![
-            (
-                "HERALD_KAFKA_BROKERS".to_owned(),
-                self.options.brokers.clone(),
-            ),
-            ("HERALD_TOPIC_PREFIX".to_owned(), topic_prefix.to_owned()),
-            (
-                "HERALD_TOPIC_PARTITIONS".to_owned(),
-                self.options.partitions.to_string(),
-            ),
-        ];
-        if let Ok(properties) = std::env::var("HERALD_KAFKA_PROPERTIES") {
-            pairs.push(("HERALD_KAFKA_PROPERTIES".to_owned(), properties));
-        }
-        KafkaConfig::from_env(&Env::from_pairs(pairs)).map_err(|e| e.to_string())
-    }
-
     async fn start_mode(&mut self, mode: &str, dispatchers: usize) -> Result<Running, String> {
         let topic_prefix = format!("bench-{}-{mode}.", self.run_id);
         let port = herald::free_port();
-        let mut env: Vec<(String, String)> = [
-            ("HERALD_KAFKA_BROKERS", self.options.brokers.clone()),
-            ("HERALD_REDIS_URL", self.options.redis.clone()),
-            ("HERALD_REDIS_PREFIX", format!("bench-{}:", self.run_id)),
-            ("HERALD_TOPIC_PREFIX", topic_prefix.clone()),
-            (
-                "HERALD_TOPIC_PARTITIONS",
-                self.options.partitions.to_string(),
-            ),
-            ("HERALD_API_KEYS", self.api_key.clone()),
-            ("HERALD_INGEST_ADDR", format!("127.0.0.1:{port}")),
-            ("HERALD_LOG", "info".to_owned()),
-            // The receiver is on loopback, which Herald refuses by default.
-            (
-                "HERALD_ALLOWED_DESTINATION_CIDRS",
-                "127.0.0.1/32".to_owned(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        if let Ok(properties) = std::env::var("HERALD_KAFKA_PROPERTIES") {
-            env.push(("HERALD_KAFKA_PROPERTIES".into(), properties));
-        }
+        let mut env = kafka_env(&self.options, &topic_prefix);
+        env.extend(
+            [
+                ("HERALD_REDIS_URL", self.options.redis.clone()),
+                ("HERALD_REDIS_PREFIX", format!("bench-{}:", self.run_id)),
+                ("HERALD_API_KEYS", self.api_key.clone()),
+                ("HERALD_INGEST_ADDR", format!("127.0.0.1:{port}")),
+                ("HERALD_LOG", "info".to_owned()),
+                // The receiver is on loopback, which Herald refuses by default.
+                (
+                    "HERALD_ALLOWED_DESTINATION_CIDRS",
+                    "127.0.0.1/32".to_owned(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
         env.extend(self.options.herald_env.iter().cloned());
         let deployment = Deployment {
             bin_dir: self.options.bin_dir.clone(),
@@ -307,9 +307,14 @@ impl Bench {
                 .wait_for_log(&needle, Duration::from_secs(90))
                 .await?;
         }
+        let kafka = kafka_config(&self.options, &topic_prefix)?;
         let running = Running {
             api,
-            topic_prefix,
+            kafka_source: Source::Kafka {
+                producer: herald_core::kafka::producer(&kafka, "herald-bench")
+                    .map_err(|e| format!("producer: {e}"))?,
+                topic: kafka.events_topic(),
+            },
             processes,
         };
         // Warm up: every endpoint gets traffic once, so caches are filled,
@@ -324,26 +329,13 @@ impl Bench {
             dead: Vec::new(),
             timeout: Duration::from_secs(120),
         };
-        let warmed = load::run_phase(
-            &warm_up,
-            &self.kafka_source(&running)?,
-            self.receiver.arrivals(),
-        )
-        .await;
+        let warmed =
+            load::run_phase(&warm_up, &running.kafka_source, self.receiver.arrivals()).await;
         if let Err(err) = warmed {
             running.save_metrics().await;
             return Err(err);
         }
         Ok(running)
-    }
-
-    fn kafka_source(&self, running: &Running) -> Result<Source, String> {
-        let kafka = self.kafka_for(&running.topic_prefix)?;
-        Ok(Source::Kafka {
-            producer: herald_core::kafka::producer(&kafka, "herald-bench")
-                .map_err(|e| format!("producer: {e}"))?,
-            topic: kafka.events_topic(),
-        })
     }
 
     /// Registers the ten subscribed endpoints and the unsubscribed rest.
@@ -420,12 +412,12 @@ impl Bench {
             fan_out_one,
         );
         phase.dead = dead.clone();
-        let source = self.kafka_source(&running)?;
         let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
         let watched = self.watched(&running);
         let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
-        let kafka = load::run_phase(&phase, &source, self.receiver.arrivals()).await?;
-        let processes = watched
+        let kafka =
+            load::run_phase(&phase, &running.kafka_source, self.receiver.arrivals()).await?;
+        let mut processes: Vec<ProcessReport> = watched
             .iter()
             .zip(before)
             .map(|((name, pid), before)| {
@@ -462,17 +454,12 @@ impl Bench {
                 true,
             );
             phase.rate = Some(rate);
-            let result = load::run_phase(
-                &phase,
-                &self.kafka_source(&running)?,
-                self.receiver.arrivals(),
-            )
-            .await?;
+            let result =
+                load::run_phase(&phase, &running.kafka_source, self.receiver.arrivals()).await?;
             latency = Some(RatedPhase { rate, result });
             latency_rate = Some(rate);
         }
         // Peak RSS over the whole mode, including the HTTP and latency phases.
-        let mut processes: Vec<ProcessReport> = processes;
         for (report, (_, pid)) in processes.iter_mut().zip(&watched) {
             report.peak_rss_mib = report.peak_rss_mib.max(herald::usage(*pid).peak_rss_mib);
         }
@@ -520,11 +507,7 @@ async fn run(options: Options) -> Result<Report, String> {
         .await
         .map_err(|e| format!("cannot start the receiver: {e}"))?;
     let mut bench = Bench {
-        kafka: KafkaConfig::from_env(&Env::from_pairs([(
-            "HERALD_KAFKA_BROKERS",
-            options.brokers.as_str(),
-        )]))
-        .map_err(|e| e.to_string())?,
+        kafka: kafka_config(&options, &format!("bench-{run_id}."))?,
         options,
         run_id,
         receiver,
@@ -532,7 +515,6 @@ async fn run(options: Options) -> Result<Report, String> {
         log_dir,
         registered: false,
     };
-    bench.kafka = bench.kafka_for(&format!("bench-{}.", bench.run_id))?;
     let o = bench.options.clone();
 
     eprintln!("baseline: receiver");
