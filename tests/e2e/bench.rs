@@ -55,6 +55,16 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             > 0.0
     );
     assert!(report["baselines"]["broker_latency"]["result"]["latency"]["p50_ms"].is_number());
+    let relay = &report["baselines"]["relay_throughput"];
+    assert_eq!(relay["delivered"], relay["expected"]);
+    assert_eq!(relay["duplicates"], 0);
+    assert!(report["baselines"]["relay_latency"]["result"]["latency"]["p50_ms"].is_number());
+    assert_eq!(
+        report["against_relay"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        report["against_relay"]
+    );
 
     let modes = report["modes"].as_array().expect("modes");
     let names: Vec<&str> = modes.iter().map(|m| m["name"].as_str().unwrap()).collect();
@@ -63,8 +73,9 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
         [
             "fanout-1",
             "fanout-10",
-            "fanout-1-2-dispatchers",
-            "fanout-10-one-dead"
+            "fanout-10-one-dead",
+            "slow-endpoints-1-dispatcher",
+            "slow-endpoints-2-dispatchers"
         ]
     );
     for mode in modes {
@@ -86,12 +97,20 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             );
         }
     }
-    let dead = &modes[3];
+    let dead = &modes[2];
     assert_eq!(dead["dead_endpoints"], 1);
     assert!(
         dead["dead_endpoint_requests"].as_u64().unwrap() >= 1,
         "the dead endpoint was never tried: {dead}"
     );
+    assert_eq!(modes[4]["dispatchers"], 2);
+    let dispatchers: Vec<&Value> = modes[4]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().unwrap().starts_with("herald-dispatcher"))
+        .collect();
+    assert_eq!(dispatchers.len(), 2, "{}", modes[4]["processes"]);
     let http = &modes[0]["http"];
     assert_eq!(http["delivered"], http["expected"]);
 

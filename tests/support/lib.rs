@@ -454,23 +454,27 @@ impl Stack {
         created["id"].as_str().expect("id").to_owned()
     }
 
-    /// Waits until every dispatcher replica has partitions assigned, i.e. the
-    /// consumer group has settled with all of them in it.
+    /// Waits until every dispatcher replica has partitions assigned in both
+    /// of its consumer groups (new deliveries and retries), i.e. the groups
+    /// have settled with all of them in it.
     pub async fn wait_dispatchers_assigned(&self) {
-        let needle = format!(
-            "partitions assigned group={}{} ",
-            self.topic_prefix,
-            herald_core::groups::DISPATCHER
-        );
-        for dispatcher in &self.dispatchers {
-            assert!(
-                dispatcher
-                    .wait_for_log(&needle, Duration::from_secs(60))
-                    .await,
-                "{} never got partitions; logs in {}",
-                dispatcher.name,
-                self.logs.display()
-            );
+        for group in [
+            herald_core::groups::DISPATCHER,
+            herald_core::groups::DISPATCHER_RETRY,
+        ] {
+            // The trailing space keeps `herald-dispatcher` from matching
+            // `herald-dispatcher-retry`.
+            let needle = format!("partitions assigned group={}{group} ", self.topic_prefix);
+            for dispatcher in &self.dispatchers {
+                assert!(
+                    dispatcher
+                        .wait_for_log(&needle, Duration::from_secs(60))
+                        .await,
+                    "{} never got partitions in {group}; logs in {}",
+                    dispatcher.name,
+                    self.logs.display()
+                );
+            }
         }
     }
 

@@ -1,9 +1,11 @@
-//! The two baselines Herald is compared with, measured in the same run on the
+//! The baselines Herald is compared with, measured in the same run on the
 //! same machine:
 //!
 //! - the broker: records of the event's size produced to one topic and
 //!   consumed from it, with the same client settings Herald's own producers
-//!   and consumers use (so the ratio isolates Herald's own work);
+//!   and consumers use (so the ratio isolates Herald's own work); and the
+//!   same relayed through a second topic ([`Hops::Two`]), the floor of any
+//!   pipeline with a topic between its stages;
 //! - the receiver: how many bare HTTP POSTs per second it answers.
 
 use std::sync::Arc;
@@ -13,50 +15,52 @@ use std::time::{Duration, Instant};
 use herald_core::config::KafkaConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::load::{self, MAX_FANOUT, Phase, PhaseResult, Source};
 use crate::receiver::{Arrival, Arrivals, Receiver};
 
-/// Runs `phase` through a bare topic: produce, consume, nothing else. The
-/// record of event `n` counts as arrived at "endpoint" `n % 10`, so the
-/// phase's bookkeeping is the same as for Herald with fan-out 1.
+/// How many topics a baseline record passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hops {
+    /// Produce to a topic, consume from it.
+    One,
+    /// Produce to a topic; a relay consumes it and produces each record to a
+    /// second topic, which is consumed. Any pipeline with a topic between
+    /// two stages (Herald's `herald.deliveries`) pays for this at least.
+    Two,
+}
+
+/// Runs `phase` through bare topics: produce, consume (and relay), nothing
+/// else. The record of event `n` counts as arrived at "endpoint" `n % 10`,
+/// so the phase's bookkeeping is the same as for Herald with fan-out 1.
 pub async fn broker_phase(
     kafka: &KafkaConfig,
     topic: &str,
+    hops: Hops,
     phase: &Phase,
 ) -> Result<PhaseResult, String> {
-    herald_core::kafka::ensure_topics(kafka, &[topic.to_owned()])
+    let relayed = format!("{topic}.relayed");
+    let last = match hops {
+        Hops::One => topic,
+        Hops::Two => relayed.as_str(),
+    };
+    herald_core::kafka::ensure_topics(kafka, &[topic.to_owned(), relayed.clone()])
         .await
         .map_err(|e| format!("creating {topic}: {e}"))?;
-    let consumer: StreamConsumer = herald_core::kafka::consumer_config(
-        kafka,
-        &format!("{topic}.reader"),
-        "herald-bench",
-        herald_core::kafka::HOT_PATH_FETCH_WAIT,
-    )
-    .create()
-    .map_err(|e| format!("consumer: {e}"))?;
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("metadata of {topic}: {e}"))?
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
-    if partitions == 0 {
-        return Err(format!("{topic} has no partitions"));
-    }
-    // Reading the partitions directly, not as a group: a group's join only
-    // adds start-up time, and the fetch path is the same.
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&assignment).map_err(|e| e.to_string())?;
-
+    let producer = herald_core::kafka::producer(kafka, "herald-bench")
+        .map_err(|e| format!("producer: {e}"))?;
+    let relay = match hops {
+        Hops::One => None,
+        Hops::Two => Some(tokio::spawn(relay(
+            assigned_consumer(kafka, topic)?,
+            producer.clone(),
+            relayed.clone(),
+        ))),
+    };
+    let consumer = assigned_consumer(kafka, last)?;
     let arrivals = Arc::new(Arrivals::default());
     let reader = {
         let arrivals = arrivals.clone();
@@ -83,15 +87,68 @@ pub async fn broker_phase(
             }
         })
     };
-    let producer = herald_core::kafka::producer(kafka, "herald-bench")
-        .map_err(|e| format!("producer: {e}"))?;
     let source = Source::Kafka {
         producer,
         topic: topic.to_owned(),
     };
     let result = load::run_phase(phase, &source, &arrivals).await;
     reader.abort();
+    if let Some(relay) = relay {
+        relay.abort();
+    }
     result
+}
+
+/// A consumer reading every partition of `topic` from the beginning, with
+/// Herald's consumer settings. It reads the partitions directly, not as a
+/// group: a group's join only adds start-up time, and the fetch path is the
+/// same.
+fn assigned_consumer(kafka: &KafkaConfig, topic: &str) -> Result<StreamConsumer, String> {
+    let consumer: StreamConsumer = herald_core::kafka::consumer_config(
+        kafka,
+        &format!("{topic}.reader"),
+        "herald-bench",
+        herald_core::kafka::HOT_PATH_FETCH_WAIT,
+    )
+    .create()
+    .map_err(|e| format!("consumer: {e}"))?;
+    let partitions = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        return Err(format!("{topic} has no partitions"));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&assignment).map_err(|e| e.to_string())?;
+    Ok(consumer)
+}
+
+/// Produces every record `consumer` reads to `to`, with its key, as fan-out
+/// does with events (without its lookups): the sends are not awaited one by
+/// one, so the relay keeps reading while the broker acknowledges.
+async fn relay(consumer: StreamConsumer, producer: FutureProducer, to: String) {
+    loop {
+        let Ok(message) = consumer.recv().await else {
+            continue;
+        };
+        let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
+        let value = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let (producer, to) = (producer.clone(), to.clone());
+        tokio::spawn(async move {
+            let record = FutureRecord::to(&to).key(&key).payload(&value);
+            if let Err((err, _)) = producer.send(record, Duration::from_secs(30)).await {
+                eprintln!("relay: a record was not acknowledged: {err}");
+            }
+        });
+    }
 }
 
 /// The receiver's own limit.

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -65,6 +65,8 @@ struct EndpointSlot {
 #[derive(Debug, Default)]
 struct Shared {
     endpoints: RwLock<Vec<Arc<EndpointSlot>>>,
+    /// How long every endpoint takes to answer, in milliseconds.
+    answer_delay_ms: AtomicU64,
     arrivals: Arrivals,
     invalid_signatures: AtomicU64,
 }
@@ -122,6 +124,15 @@ impl Receiver {
         if let Some(slot) = self.slot(index) {
             slot.failing.store(failing, Ordering::Relaxed);
         }
+    }
+
+    /// Makes every endpoint take `delay` to answer (after the webhook is
+    /// counted as arrived), like real endpoints that do work before they
+    /// answer.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.shared
+            .answer_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How many requests endpoint `index` refused while failing.
@@ -189,6 +200,10 @@ async fn receive(
         at: Instant::now(),
     };
     shared.arrivals.push(arrival);
+    let delay_ms = shared.answer_delay_ms.load(Ordering::Relaxed);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
     StatusCode::NO_CONTENT
 }
 

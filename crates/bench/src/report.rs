@@ -18,6 +18,8 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
     /// The targets, each met or not.
     pub targets: Vec<Target>,
+    /// Herald against the relayed baseline ([`against_relay`]).
+    pub against_relay: Vec<String>,
 }
 
 /// The machine and the run's settings.
@@ -44,10 +46,16 @@ pub struct Setup {
 /// The baselines.
 #[derive(Debug, Clone, Serialize)]
 pub struct Baselines {
-    /// Produce → consume through one topic, flat out.
+    /// Produce → consume through one topic, flat out (the better of two
+    /// rounds).
     pub broker_throughput: PhaseResult,
     /// Produce → consume at the rate of Herald's latency phase.
     pub broker_latency: Option<RatedPhase>,
+    /// Produce → relay through a second topic → consume, flat out: the
+    /// floor of any pipeline with a topic between its stages.
+    pub relay_throughput: PhaseResult,
+    /// The same at the rate of Herald's latency phase.
+    pub relay_latency: Option<RatedPhase>,
     /// Bare POSTs to the receiver.
     pub receiver: ReceiverBaseline,
 }
@@ -177,10 +185,13 @@ pub fn targets(baselines: &Baselines, modes: &[ModeReport]) -> Vec<Target> {
             0.9,
         );
     }
-    if let (Some(one), Some(two)) = (mode("fanout-1"), mode("fanout-1-2-dispatchers")) {
+    if let (Some(one), Some(two)) = (
+        mode("slow-endpoints-1-dispatcher"),
+        mode("slow-endpoints-2-dispatchers"),
+    ) {
         ratio_target(
             "two dispatchers",
-            "webhooks/s ≥ 1.6 × one dispatcher's",
+            "webhooks/s ≥ 1.6 × one dispatcher's (slow endpoints)",
             two.kafka.delivered_per_s,
             one.kafka.delivered_per_s,
             1.6,
@@ -226,6 +237,41 @@ pub fn targets(baselines: &Baselines, modes: &[ModeReport]) -> Vec<Target> {
         });
     }
     targets
+}
+
+/// Herald against the relayed broker baseline: the same broker work per
+/// webhook that Herald cannot avoid (two topics), without Herald's own. These
+/// are context for the targets, not targets.
+pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let relay = baselines.relay_throughput.delivered_per_s;
+    for name in ["fanout-1", "fanout-10"] {
+        if let Some(mode) = modes.iter().find(|m| m.name == name) {
+            lines.push(format!(
+                "throughput, {name}: {:.2} of the relayed rate ({:.0} vs {relay:.0} webhooks/s)",
+                mode.kafka.delivered_per_s / relay.max(1e-9),
+                mode.kafka.delivered_per_s
+            ));
+        }
+    }
+    if let (Some(herald), Some(relayed)) = (
+        modes
+            .iter()
+            .find(|m| m.name == "fanout-1")
+            .and_then(|m| m.latency.as_ref()),
+        baselines.relay_latency.as_ref(),
+    ) {
+        let (h, r) = (&herald.result.latency, &relayed.result.latency);
+        lines.push(format!(
+            "latency at {:.0}/s: p50 {:+.1} ms, p99 {:+.1} ms over the relayed records' ({:.1} ms, {:.1} ms)",
+            herald.rate,
+            h.p50_ms - r.p50_ms,
+            h.p99_ms - r.p99_ms,
+            r.p50_ms,
+            r.p99_ms
+        ));
+    }
+    lines
 }
 
 /// Prints the summary table.
@@ -282,6 +328,13 @@ pub fn print(report: &Report) {
     if let Some(rated) = &b.broker_latency {
         row(&format!("broker at {:.0}/s", rated.rate), &rated.result);
     }
+    row("broker, relayed (two topics)", &b.relay_throughput);
+    if let Some(rated) = &b.relay_latency {
+        row(
+            &format!("broker, relayed, at {:.0}/s", rated.rate),
+            &rated.result,
+        );
+    }
     println!(
         "{:<34} {:>11} {:>11.0}   (bare POSTs, {} connections)",
         "receiver", "", b.receiver.posts_per_s, b.receiver.concurrency
@@ -319,6 +372,13 @@ pub fn print(report: &Report) {
                 p.cpu_ms_per_1k_deliveries,
                 p.peak_rss_mib
             );
+        }
+    }
+    if !report.against_relay.is_empty() {
+        println!();
+        println!("against the relayed baseline (two topics, no other work)");
+        for line in &report.against_relay {
+            println!("  {line}");
         }
     }
     println!();

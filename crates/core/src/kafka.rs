@@ -62,6 +62,12 @@ pub const HOT_PATH_FETCH_WAIT: Duration = Duration::from_millis(10);
 /// letters): fewer fetches, less broker work.
 pub const RELAXED_FETCH_WAIT: Duration = Duration::from_millis(500);
 
+/// Most kibibytes of records a consumer fetches ahead of its work.
+const PREFETCH_KIB: u32 = 8 * 1024;
+
+/// Most bytes of one partition in one fetch.
+const PARTITION_RUN_BYTES: u32 = 128 * 1024;
+
 /// Consumer settings for [`consumer::run`]: offsets are stored by Herald once
 /// a record's effects are durable, and committed by the polling thread
 /// itself (not librdkafka's background auto-commit), so that no two commits
@@ -87,7 +93,17 @@ pub fn consumer_config(
         .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
         // After a failed fetch, ask again soon rather than after librdkafka's
         // default 500 ms, which would show as a latency spike.
-        .set("fetch.error.backoff.ms", "50");
+        .set("fetch.error.backoff.ms", "50")
+        // Records fetched ahead of the in-flight window wait in librdkafka's
+        // queue. Its default (64 MiB) alone would fill a 64 MiB memory
+        // budget whenever a backlog builds up; 8 MiB is still over ten
+        // thousand records ahead of a window of a thousand.
+        .set("queued.max.messages.kbytes", PREFETCH_KIB.to_string())
+        // Records reach the window in per-partition runs of up to this many
+        // bytes. Short runs interleave the partitions (so their endpoints)
+        // in the window; a 1 MiB run (the default) of one partition can hold
+        // every slot for the one or two endpoints it carries.
+        .set("max.partition.fetch.bytes", PARTITION_RUN_BYTES.to_string());
     apply_user_properties(&mut client, config);
     client
 }

@@ -69,8 +69,10 @@ pub mod topics {
 pub mod groups {
     /// The fan-out service's group.
     pub const FANOUT: &str = "herald-fanout";
-    /// The dispatchers' group.
+    /// The dispatchers' group for new deliveries (`herald.deliveries`).
     pub const DISPATCHER: &str = "herald-dispatcher";
+    /// The dispatchers' group for the retry tiers (`herald.retry.*`).
+    pub const DISPATCHER_RETRY: &str = "herald-dispatcher-retry";
     /// herald-ingest's dead-letter indexer.
     pub const DLQ_INDEXER: &str = "herald-dlq-indexer";
 }

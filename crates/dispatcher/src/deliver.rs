@@ -113,6 +113,9 @@ pub struct Dispatcher {
     limiter: RateLimiter,
     attempt_log: AttemptLog,
     slots: EndpointSlots,
+    /// Webhook requests in flight in this replica, across both consumers
+    /// (`HERALD_DISPATCHER_MAX_IN_FLIGHT`).
+    requests: Arc<Semaphore>,
     redis_degraded: AtomicBool,
     outbound: Outbound,
     schedule: RetrySchedule,
@@ -164,6 +167,7 @@ impl Dispatcher {
             limiter,
             attempt_log,
             slots: EndpointSlots::new(config.endpoint_max_in_flight),
+            requests: Arc::new(Semaphore::new(config.max_in_flight)),
             redis_degraded: AtomicBool::new(false),
             outbound,
             schedule: config.retry_schedule.clone(),
@@ -229,11 +233,23 @@ impl Dispatcher {
         }
 
         let endpoint_id = endpoint.endpoint.id.as_str();
-        // The breaker is asked only once a slot is free, so that deliveries
-        // queued for a failing endpoint see the breaker open instead of all
-        // having been allowed while it was still closed.
+        // First a slot of the endpoint, then one of the replica's requests:
+        // a delivery waiting for a busy endpoint holds no request slot, so
+        // other endpoints' deliveries go ahead of it. The breaker is asked
+        // only once both are held, so that deliveries queued for a failing
+        // endpoint see the breaker open instead of all having been allowed
+        // while it was still closed.
         let slot = tokio::select! {
-            slot = self.slots.acquire(endpoint_id) => slot,
+            slot = async {
+                let endpoint_slot = self.slots.acquire(endpoint_id).await;
+                let request_slot = self
+                    .requests
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the request semaphore is never closed");
+                (endpoint_slot, request_slot)
+            } => slot,
             _ = self.abandon.cancelled() => return Outcome::Abandoned,
         };
         let permission = match self.breakers.acquire(endpoint_id, now_ms()).await {
@@ -273,7 +289,10 @@ impl Dispatcher {
 
         let started_at_ms = unix_millis(OffsetDateTime::now_utc());
         let started = Instant::now();
-        let (result, response_body) = self.attempt(&endpoint, &webhook).await;
+        // Boxed: the HTTP exchange's state is large, and without the box
+        // every delivery still waiting for its slots would carry room for
+        // it (thousands wait when an endpoint is slow).
+        let (result, response_body) = Box::pin(self.attempt(&endpoint, &webhook)).await;
         drop(slot);
         let (success, error) = match &result {
             AttemptResult::Delivered { .. } => (true, ""),

@@ -1,7 +1,8 @@
 //! herald-dispatcher: delivers webhooks.
 //!
 //! Any number of replicas consume `herald.deliveries` in the
-//! `herald-dispatcher` consumer group. For each delivery record the
+//! `herald-dispatcher` consumer group, and the retry tiers in the
+//! `herald-dispatcher-retry` group. For each delivery record the
 //! dispatcher looks up the endpoint (cache, then Redis), signs the webhook
 //! per Standard Webhooks and POSTs it ([`deliver`]). Many deliveries are in
 //! flight at once, so a slow endpoint does not hold up the others; the
@@ -52,8 +53,10 @@ use deliver::Dispatcher;
 /// Everything herald-dispatcher reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `HERALD_DISPATCHER_MAX_IN_FLIGHT` (default `512`): deliveries in
-    /// flight at once in this replica.
+    /// `HERALD_DISPATCHER_MAX_IN_FLIGHT` (default `512`): webhook requests
+    /// in flight at once in this replica. Each of its two consumers holds up
+    /// to [`RECORDS_PER_REQUEST`] times as many records, so that deliveries
+    /// waiting for a busy endpoint do not keep the others from being read.
     pub max_in_flight: usize,
     /// `HERALD_HTTP_TIMEOUT` (default `15s`): how long one webhook request
     /// may take, from connecting to the end of the response.
@@ -140,6 +143,12 @@ fn outbound_proxy(env: &Env) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// Records a consumer may hold per request slot: most wait for their
+/// endpoint's slot (`HERALD_ENDPOINT_MAX_IN_FLIGHT`) while a few endpoints
+/// take the requests, and a record waiting costs little memory (about its
+/// own size) where a request costs a connection.
+pub const RECORDS_PER_REQUEST: usize = 2;
+
 /// A start-up failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
@@ -203,21 +212,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         attempt_log,
         abandon.clone(),
     )?);
-    // One consumer reads new deliveries and every retry tier. On brokers
-    // whose fetch cost grows with the partitions in a fetch (Tansu), the
-    // tiers' partitions slow the hot path down: reading the tiers in a
-    // consumer group of their own is the next step for latency there.
-    let mut topics = vec![config.kafka.deliveries_topic()];
-    topics.extend(retry_tiers);
-    let settings = ConsumerSettings {
+    // New deliveries and retries are read by two consumers in two groups.
+    // Retry records wait seconds at least, so their consumer may let the
+    // broker hold its fetches longer; and on brokers whose fetch cost grows
+    // with the partitions in a fetch (Tansu), the tiers' partitions no longer
+    // slow the hot path down. Each consumer has its own window of records, so
+    // a backlog of retries (an endpoint back after an outage) never keeps new
+    // deliveries from being read; both share the replica's request slots.
+    let stop = shutdown.child_token();
+    let consume = |settings: ConsumerSettings| {
+        let (kafka, dispatcher, stop) = (&config.kafka, dispatcher.clone(), stop.clone());
+        async move {
+            let result =
+                herald_core::kafka::consumer::run(kafka, settings, dispatcher, stop.clone()).await;
+            // A consumer that cannot start stops its sibling too (which then
+            // drains), so that the process exits and is restarted whole.
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        }
+    };
+    let new_deliveries = ConsumerSettings {
         group_id: config.kafka.group(herald_core::groups::DISPATCHER),
         client_id: "herald-dispatcher".to_owned(),
-        topics,
-        max_in_flight: config.max_in_flight,
+        topics: vec![config.kafka.deliveries_topic()],
+        max_in_flight: config.max_in_flight * RECORDS_PER_REQUEST,
         fetch_wait: herald_core::kafka::HOT_PATH_FETCH_WAIT,
         drain_timeout: config.drain_timeout,
-        abandon,
+        abandon: abandon.clone(),
     };
-    herald_core::kafka::consumer::run(&config.kafka, settings, dispatcher, shutdown).await?;
+    let retries = ConsumerSettings {
+        group_id: config.kafka.group(herald_core::groups::DISPATCHER_RETRY),
+        client_id: "herald-dispatcher-retry".to_owned(),
+        topics: retry_tiers,
+        fetch_wait: herald_core::kafka::RELAXED_FETCH_WAIT,
+        ..new_deliveries.clone()
+    };
+    let (new_deliveries, retries) = tokio::join!(consume(new_deliveries), consume(retries));
+    new_deliveries?;
+    retries?;
     Ok(())
 }
