@@ -43,13 +43,14 @@ pub async fn broker_phase(
     phase: &Phase,
 ) -> Result<PhaseResult, String> {
     let relayed = format!("{topic}.relayed");
-    let last = match hops {
-        Hops::One => topic,
-        Hops::Two => relayed.as_str(),
+    let topics = match hops {
+        Hops::One => vec![topic.to_owned()],
+        Hops::Two => vec![topic.to_owned(), relayed.clone()],
     };
-    herald_core::kafka::ensure_topics(kafka, &[topic.to_owned(), relayed.clone()])
+    herald_core::kafka::ensure_topics(kafka, &topics)
         .await
-        .map_err(|e| format!("creating {topic}: {e}"))?;
+        .map_err(|e| format!("creating {topics:?}: {e}"))?;
+    let last = topics.last().expect("one topic at least");
     let producer = herald_core::kafka::producer(kafka, "herald-bench")
         .map_err(|e| format!("producer: {e}"))?;
     let relay = match hops {

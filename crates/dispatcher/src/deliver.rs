@@ -289,10 +289,7 @@ impl Dispatcher {
 
         let started_at_ms = unix_millis(OffsetDateTime::now_utc());
         let started = Instant::now();
-        // Boxed: the HTTP exchange's state is large, and without the box
-        // every delivery still waiting for its slots would carry room for
-        // it (thousands wait when an endpoint is slow).
-        let (result, response_body) = Box::pin(self.attempt(&endpoint, &webhook)).await;
+        let (result, response_body) = self.attempt(&endpoint, &webhook).await;
         drop(slot);
         let (success, error) = match &result {
             AttemptResult::Delivered { .. } => (true, ""),
