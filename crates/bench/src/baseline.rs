@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::load::{self, MAX_FANOUT, Phase, PhaseResult, Source};
+use crate::load::{self, MAX_FANOUT, Phase, PhaseResult, Source, WARM_UP_EVENTS};
 use crate::receiver::{Arrival, Arrivals, Receiver};
 
 /// How many topics a baseline record passes through.
@@ -65,24 +65,23 @@ pub async fn broker_phase(
     let arrivals = Arc::new(Arrivals::default());
     let reader = {
         let arrivals = arrivals.clone();
-        let prefix = format!("{}-", phase.id_prefix);
         tokio::spawn(async move {
             loop {
                 let Ok(message) = consumer.recv().await else {
                     continue;
                 };
                 let at = Instant::now();
-                let Some(n) = message
+                // Keys are event ids, `<phase prefix>-<n>`.
+                let Some((event_id, n)) = message
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
-                    .and_then(|k| k.strip_prefix(&prefix))
-                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|k| Some((k, k.rsplit_once('-')?.1.parse::<usize>().ok()?)))
                 else {
                     continue;
                 };
                 arrivals.push(Arrival {
                     endpoint: n % MAX_FANOUT,
-                    event_id: format!("{prefix}{n}"),
+                    event_id: event_id.to_owned(),
                     at,
                 });
             }
@@ -92,7 +91,22 @@ pub async fn broker_phase(
         producer,
         topic: topic.to_owned(),
     };
-    let result = load::run_phase(phase, &source, &arrivals).await;
+    // Warm up first, as every Herald mode does: a fresh producer fetches its
+    // producer id and the topic's metadata, and fresh consumers their first
+    // offsets. Records sent meanwhile wait up to a second, which is start-up,
+    // not the broker's rate or latency; measured, it cut the broker's
+    // flat-out rate to a third.
+    let warm_up = Phase {
+        label: format!("{} warm-up", phase.label),
+        id_prefix: format!("{}-warm", phase.id_prefix),
+        events: WARM_UP_EVENTS,
+        rate: None,
+        ..phase.clone()
+    };
+    let result = match load::run_phase(&warm_up, &source, &arrivals).await {
+        Ok(_) => load::run_phase(phase, &source, &arrivals).await,
+        Err(err) => Err(err),
+    };
     reader.abort();
     if let Some(relay) = relay {
         relay.abort();

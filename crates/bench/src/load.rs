@@ -22,6 +22,10 @@ use crate::receiver::Arrivals;
 /// Most endpoints one event may reach in the benchmark.
 pub const MAX_FANOUT: usize = 10;
 
+/// Events of the phase that precedes every measured one (Herald's and the
+/// baselines' alike), so that start-up is not measured.
+pub const WARM_UP_EVENTS: usize = 20;
+
 /// The event JSON for event `id`, padded so that the whole record is about
 /// `size` bytes (the same bytes go to the broker baseline).
 pub fn event_json(id: &str, event_type: &str, size: usize) -> Vec<u8> {

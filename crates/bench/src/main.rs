@@ -345,7 +345,7 @@ impl Bench {
         let warm_up = Phase {
             label: format!("{mode} warm-up"),
             id_prefix: format!("{}-{mode}-warm", self.run_id),
-            events: 20,
+            events: load::WARM_UP_EVENTS,
             rate: None,
             size: self.options.record_bytes,
             fan_out_one: false,
