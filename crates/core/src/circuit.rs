@@ -13,6 +13,12 @@
 //!   the others come back a few seconds later. Success closes the breaker;
 //!   failure opens it again.
 //!
+//! A replica that saw an endpoint's breaker closed trusts that for
+//! [`CLOSED_TRUST_MS`] before asking Redis again, which spares a round trip
+//! before nearly every request. So a breaker another replica opens stops
+//! this one's deliveries that much later; one this replica opens stops them
+//! at once.
+//!
 //! Redis layout, under the key prefix:
 //! - `breaker:{endpoint}`: hash with `state`, `consecutive`, `cooldown_ms`,
 //!   `open_until`, `probe_until`, `opened_at`, `last_error`,
@@ -20,6 +26,8 @@
 //! - `breaker:{endpoint}:window`: hash of per-bucket counters, `s:{bucket}`
 //!   for successes and `f:{bucket}` for failures, 30 buckets per window.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
@@ -153,30 +161,38 @@ local max = tonumber(ARGV[11])
 local retention = tonumber(ARGV[12])
 
 local bucket = math.floor(now / bucket_ms)
-redis.call('HINCRBY', KEYS[2], (success and 's:' or 'f:') .. bucket, 1)
+local in_bucket = redis.call('HINCRBY', KEYS[2], (success and 's:' or 'f:') .. bucket, 1)
 redis.call('PEXPIRE', KEYS[2], window_ms * 2)
-local fields = redis.call('HGETALL', KEYS[2])
-local ok, fail = 0, 0
-for i = 1, #fields, 2 do
-  local b = tonumber(string.sub(fields[i], 3))
-  if (b + 1) * bucket_ms <= now - window_ms then
-    redis.call('HDEL', KEYS[2], fields[i])
-  elseif string.sub(fields[i], 1, 1) == 's' then
-    ok = ok + tonumber(fields[i + 1])
-  else
-    fail = fail + tonumber(fields[i + 1])
+-- Drops the buckets that left the window and sums the others. Failures
+-- need the sums; a success prunes only when it starts a bucket, which keeps
+-- the hash small without reading it on every success.
+local function window()
+  local fields = redis.call('HGETALL', KEYS[2])
+  local ok, fail = 0, 0
+  for i = 1, #fields, 2 do
+    local b = tonumber(string.sub(fields[i], 3))
+    if (b + 1) * bucket_ms <= now - window_ms then
+      redis.call('HDEL', KEYS[2], fields[i])
+    elseif string.sub(fields[i], 1, 1) == 's' then
+      ok = ok + tonumber(fields[i + 1])
+    else
+      fail = fail + tonumber(fields[i + 1])
+    end
   end
+  return ok, fail
 end
 
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local transition = 'none'
 if success then
+  if in_bucket == 1 then window() end
   redis.call('HSET', KEYS[1], 'consecutive', 0, 'last_success_at', now)
   if state ~= 'closed' then
     redis.call('HSET', KEYS[1], 'state', 'closed', 'cooldown_ms', 0, 'open_until', 0, 'probe_until', 0)
     transition = 'closed'
   end
 else
+  local ok, fail = window()
   local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
   redis.call('HSET', KEYS[1], 'last_error', ARGV[4], 'last_failure_at', now)
   if state == 'half_open' and probe then
@@ -193,11 +209,19 @@ else
   end
 end
 redis.call('PEXPIRE', KEYS[1], retention)
-return {transition, ok, fail}
+return transition
 "#;
 
 /// How long breaker state is kept after the last attempt.
 const STATE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+/// How long (milliseconds) a replica trusts a breaker it saw closed.
+pub const CLOSED_TRUST_MS: i64 = 250;
+
+/// Endpoints whose breaker was closed at the time (Unix milliseconds)
+/// Redis last said so. Pruned to the trusted entries when it grows past
+/// this many, so it holds about the endpoints of the last quarter second.
+const CLOSED_SEEN_PRUNE_AT: usize = 4096;
 
 /// The breakers of all endpoints.
 #[derive(Clone)]
@@ -207,6 +231,7 @@ pub struct Breakers {
     config: BreakerConfig,
     acquire: Script,
     record: Script,
+    closed_seen: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl std::fmt::Debug for Breakers {
@@ -234,11 +259,24 @@ impl Breakers {
             config,
             acquire: Script::new(ACQUIRE),
             record: Script::new(RECORD),
+            closed_seen: Arc::default(),
         }
+    }
+
+    fn closed_seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.closed_seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// May a delivery to `endpoint_id` go ahead at `now_ms`?
     pub async fn acquire(&self, endpoint_id: &str, now_ms: i64) -> Result<Permission, StoreError> {
+        let trusted = |seen: i64| (0..CLOSED_TRUST_MS).contains(&(now_ms - seen));
+        if self
+            .closed_seen()
+            .get(endpoint_id)
+            .is_some_and(|seen| trusted(*seen))
+        {
+            return Ok(Permission::Allow);
+        }
         let mut conn = self.redis.clone();
         let (decision, until): (String, i64) = self
             .acquire
@@ -248,11 +286,19 @@ impl Breakers {
             .arg(self.config.probe_wait().as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(match decision.as_str() {
+        let permission = match decision.as_str() {
             "allow" => Permission::Allow,
             "probe" => Permission::Probe,
             _ => Permission::Deny { until_ms: until },
-        })
+        };
+        if permission == Permission::Allow {
+            let mut seen = self.closed_seen();
+            if seen.len() >= CLOSED_SEEN_PRUNE_AT {
+                seen.retain(|_, at| trusted(*at));
+            }
+            seen.insert(endpoint_id.to_owned(), now_ms);
+        }
+        Ok(permission)
     }
 
     /// Records an attempt's result and returns the state change it caused.
@@ -266,7 +312,7 @@ impl Breakers {
     ) -> Result<Transition, StoreError> {
         let mut conn = self.redis.clone();
         let config = &self.config;
-        let (transition, _, _): (String, i64, i64) = self
+        let transition: String = self
             .record
             .key(state_key(&self.prefix, endpoint_id))
             .key(window_key(&self.prefix, endpoint_id))
@@ -284,12 +330,18 @@ impl Breakers {
             .arg(STATE_RETENTION.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(match transition.as_str() {
+        let transition = match transition.as_str() {
             "opened" => Transition::Opened,
             "reopened" => Transition::Reopened,
             "closed" => Transition::Closed,
             _ => Transition::None,
-        })
+        };
+        // After a failure, ask Redis again before the next delivery: this
+        // failure, or another replica's, may have opened the breaker.
+        if !success {
+            self.closed_seen().remove(endpoint_id);
+        }
+        Ok(transition)
     }
 }
 

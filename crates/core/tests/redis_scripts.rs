@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use herald_core::circuit::{BreakerConfig, Breakers, Permission, Transition, read_status};
+use herald_core::circuit::{
+    BreakerConfig, Breakers, CLOSED_TRUST_MS, Permission, Transition, read_status,
+};
 use herald_core::config::{Env, RedisConfig};
 use herald_core::rate_limit::RateLimiter;
 use redis::aio::ConnectionManager;
@@ -160,6 +162,71 @@ async fn exactly_one_probe_after_the_cooldown_and_its_result_decides() {
         other.acquire("ep", next + 6).await.unwrap(),
         Permission::Allow
     );
+}
+
+#[tokio::test]
+async fn a_replica_trusts_a_closed_breaker_only_briefly() {
+    let prefix = prefix();
+    let redis = redis();
+    let this = Breakers::new(redis.clone(), &prefix, config());
+    let other = Breakers::new(redis.clone(), &prefix, config());
+    assert_eq!(this.acquire("ep", T0).await.unwrap(), Permission::Allow);
+    assert_eq!(this.acquire("ep2", T0).await.unwrap(), Permission::Allow);
+    for endpoint in ["ep", "ep2"] {
+        let mut last = Transition::None;
+        for i in 0..5 {
+            last = other
+                .record(endpoint, T0 + 1 + i, false, false, "503")
+                .await
+                .unwrap();
+        }
+        assert_eq!(last, Transition::Opened);
+    }
+    // Another replica opened both: this one goes on what it saw until the
+    // trust ends, then asks Redis and stops.
+    assert_eq!(
+        this.acquire("ep", T0 + 10).await.unwrap(),
+        Permission::Allow
+    );
+    assert!(matches!(
+        this.acquire("ep", T0 + CLOSED_TRUST_MS).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+    // A failure this replica records itself ends the trust at once.
+    this.record("ep2", T0 + 10, false, false, "503")
+        .await
+        .unwrap();
+    assert!(matches!(
+        this.acquire("ep2", T0 + 11).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+}
+
+#[tokio::test]
+async fn successes_alone_keep_only_the_window() {
+    let prefix = prefix();
+    let redis = redis();
+    let breakers = Breakers::new(redis.clone(), &prefix, config());
+    for i in 0..3 {
+        breakers
+            .record("ep", T0 + i, true, false, "")
+            .await
+            .unwrap();
+    }
+    // Ten minutes later a success starts a new bucket and drops the old.
+    let later = T0 + 600_000;
+    breakers.record("ep", later, true, false, "").await.unwrap();
+    let status = read_status(&redis, &prefix, "ep", Duration::from_secs(300), later)
+        .await
+        .unwrap();
+    assert_eq!((status.recent_successes, status.recent_failures), (1, 0));
+    let mut conn = redis.clone();
+    let buckets: usize = redis::cmd("HLEN")
+        .arg(format!("{prefix}breaker:ep:window"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(buckets, 1, "the old bucket is gone from Redis");
 }
 
 #[tokio::test]

@@ -299,13 +299,36 @@ impl Dispatcher {
         // the endpoint's health.
         let refused =
             matches!(&result, AttemptResult::Failed { hints, .. } if hints.destination_refused);
-        let recorded = if refused {
-            Ok(Transition::None)
-        } else {
-            self.breakers
-                .record(endpoint_id, now_ms(), success, probe, error)
-                .await
+        let duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        let delivery = &mut webhook.delivery;
+        delivery.attempts_made += 1;
+        delivery.history.push(Attempt {
+            started_at_ms,
+            status_code: match &result {
+                AttemptResult::Delivered { status } => u32::from(*status),
+                AttemptResult::Failed { status, .. } => status.map_or(0, u32::from),
+            },
+            error: match &result {
+                AttemptResult::Delivered { .. } => String::new(),
+                AttemptResult::Failed { error, .. } => error.clone(),
+            },
+            duration_ms,
+        });
+        // The breaker and the attempt log are written together: two
+        // requests on one Redis connection, one round trip.
+        let record_breaker = async {
+            if refused {
+                Ok(Transition::None)
+            } else {
+                self.breakers
+                    .record(endpoint_id, now_ms(), success, probe, error)
+                    .await
+            }
         };
+        let (recorded, ()) = tokio::join!(
+            record_breaker,
+            self.log_attempt(delivery, &result, started_at_ms, duration_ms, response_body)
+        );
         match recorded {
             Ok(transition) => {
                 self.redis_answers();
@@ -325,23 +348,6 @@ impl Dispatcher {
             }
             Err(err) => self.redis_fails(&err),
         }
-        let duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
-        let delivery = &mut webhook.delivery;
-        delivery.attempts_made += 1;
-        delivery.history.push(Attempt {
-            started_at_ms,
-            status_code: match &result {
-                AttemptResult::Delivered { status } => u32::from(*status),
-                AttemptResult::Failed { status, .. } => status.map_or(0, u32::from),
-            },
-            error: match &result {
-                AttemptResult::Delivered { .. } => String::new(),
-                AttemptResult::Failed { error, .. } => error.clone(),
-            },
-            duration_ms,
-        });
-        self.log_attempt(delivery, &result, started_at_ms, duration_ms, response_body)
-            .await;
         let m = metrics();
         m.attempt_duration.observe(f64::from(duration_ms) / 1000.0);
         match &result {
