@@ -18,10 +18,11 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     let json_path = logs.join("report.json");
     let bench = bin_path("herald-bench");
     let report_path = json_path.clone();
+    let (brokers, redis_url) = (infra.kafka_brokers.clone(), infra.redis_url.clone());
     let output = tokio::task::spawn_blocking(move || {
         Command::new(&bench)
-            .args(["--smoke", "--brokers", &infra.kafka_brokers])
-            .args(["--redis", &infra.redis_url])
+            .args(["--smoke", "--brokers", &brokers])
+            .args(["--redis", &redis_url])
             .arg("--bin-dir")
             .arg(bench.parent().expect("bin dir"))
             .arg("--log-dir")
@@ -134,4 +135,24 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             "{expected} missing: {targets:?}"
         );
     }
+
+    // It leaves no Redis key of the run behind.
+    let run_id = stderr
+        .split_whitespace()
+        .skip_while(|word| *word != "run")
+        .nth(1)
+        .and_then(|id| id.strip_suffix(':'))
+        .unwrap_or_else(|| panic!("no run id in:\n{stderr}"))
+        .to_owned();
+    let mut redis = redis::Client::open(infra.redis_url.as_str())
+        .expect("Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("bench-{run_id}:*"))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    assert!(keys.is_empty(), "{} Redis keys left behind", keys.len());
 }

@@ -15,9 +15,11 @@
 //! Layout: [`receiver`] (the webhook receiver), [`load`] (sending a phase of
 //! events and accounting for its deliveries), [`baseline`] (broker and
 //! receiver baselines), [`herald`] (Herald's processes, `/proc` figures, the
-//! API), [`report`] (table, targets, JSON).
+//! API), [`report`] (table, targets, JSON), [`cleanup`] (the run's Redis
+//! keys).
 
 mod baseline;
+mod cleanup;
 mod herald;
 mod load;
 mod receiver;
@@ -252,6 +254,12 @@ fn kafka_config(options: &Options, topic_prefix: &str) -> Result<KafkaConfig, St
 }
 
 impl Bench {
+    /// The Redis key prefix of the run, shared by its modes so that the
+    /// endpoints are registered once.
+    fn redis_prefix(&self) -> String {
+        format!("bench-{}:", self.run_id)
+    }
+
     async fn start_mode(
         &mut self,
         mode: &str,
@@ -264,7 +272,7 @@ impl Bench {
         env.extend(
             [
                 ("HERALD_REDIS_URL", self.options.redis.clone()),
-                ("HERALD_REDIS_PREFIX", format!("bench-{}:", self.run_id)),
+                ("HERALD_REDIS_PREFIX", self.redis_prefix()),
                 ("HERALD_API_KEYS", self.api_key.clone()),
                 ("HERALD_INGEST_ADDR", format!("127.0.0.1:{port}")),
                 ("HERALD_LOG", "info".to_owned()),
@@ -591,6 +599,13 @@ async fn run(options: Options) -> Result<Report, String> {
         log_dir,
         registered: false,
     };
+    let report = measure(&mut bench).await;
+    cleanup::delete_redis_keys(&bench.options.redis, &bench.redis_prefix()).await;
+    report
+}
+
+/// The baselines and the modes, in order, and the report of them.
+async fn measure(bench: &mut Bench) -> Result<Report, String> {
     let o = bench.options.clone();
 
     eprintln!("baseline: receiver");
