@@ -63,7 +63,7 @@ pub const HOT_PATH_FETCH_WAIT: Duration = Duration::from_millis(10);
 pub const RELAXED_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Most kibibytes of records a consumer fetches ahead of its work.
-const PREFETCH_KIB: u32 = 8 * 1024;
+const PREFETCH_KIB: u32 = 4 * 1024;
 
 /// Most bytes of one partition in one fetch.
 const PARTITION_RUN_BYTES: u32 = 128 * 1024;
@@ -96,8 +96,10 @@ pub fn consumer_config(
         .set("fetch.error.backoff.ms", "50")
         // Records fetched ahead of the in-flight window wait in librdkafka's
         // queue. Its default (64 MiB) alone would fill a 64 MiB memory
-        // budget whenever a backlog builds up; 8 MiB is still over ten
-        // thousand records ahead of a window of a thousand.
+        // budget whenever a backlog builds up. A fetched record keeps its
+        // whole fetch response alive, so the queue costs about 2.5 times
+        // this figure (heaptrack: 19 MiB at 8 MiB). 4 MiB is still thousands
+        // of records ahead of the window; 2 MiB measured 15 % slower.
         .set("queued.max.messages.kbytes", PREFETCH_KIB.to_string())
         // Records reach the window in per-partition runs of up to this many
         // bytes. Short runs interleave the partitions (so their endpoints)
