@@ -259,8 +259,12 @@ impl Api {
         }
     }
 
-    /// Registers an endpoint; returns its secret.
-    pub async fn register(&self, url: &str, event_types: &[String]) -> Result<String, String> {
+    /// Registers an endpoint; returns its id and its secret.
+    pub async fn register(
+        &self,
+        url: &str,
+        event_types: &[String],
+    ) -> Result<(String, String), String> {
         let body = serde_json::json!({ "url": url, "event_types": event_types });
         let (status, text) = self
             .post("/v1/endpoints", serde_json::to_vec(&body).expect("JSON"))
@@ -270,11 +274,29 @@ impl Api {
         }
         let answer: HashMap<String, serde_json::Value> =
             serde_json::from_str(&text).map_err(|e| format!("endpoint answer: {e}"))?;
-        answer
-            .get("secret")
-            .and_then(|s| s.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| format!("no secret in {text}"))
+        let field = |name: &str| {
+            answer
+                .get(name)
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no {name} in {text}"))
+        };
+        Ok((field("id")?, field("secret")?))
+    }
+
+    /// Deletes an endpoint.
+    pub async fn delete_endpoint(&self, id: &str) -> Result<(), String> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/endpoints/{id}", self.base_url))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| format!("DELETE endpoint {id}: {e}"))?;
+        match response.status().as_u16() {
+            200 | 204 => Ok(()),
+            status => Err(format!("DELETE endpoint {id} answered {status}")),
+        }
     }
 }
 

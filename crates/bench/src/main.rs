@@ -247,6 +247,13 @@ fn kafka_env(options: &Options, topic_prefix: &str) -> Vec<(String, String)> {
     env
 }
 
+/// The partition of `herald.deliveries` an endpoint's deliveries go to:
+/// librdkafka's default partitioner (`consistent_random`) takes the CRC-32
+/// of the key, the endpoint id, modulo the partitions.
+fn delivery_partition(endpoint_id: &str, partitions: u32) -> u32 {
+    crc32fast::hash(endpoint_id.as_bytes()) % partitions.max(1)
+}
+
 /// The benchmark's own Kafka settings for topics under `topic_prefix`.
 fn kafka_config(options: &Options, topic_prefix: &str) -> Result<KafkaConfig, String> {
     KafkaConfig::from_env(&Env::from_pairs(kafka_env(options, topic_prefix)))
@@ -372,12 +379,30 @@ impl Bench {
     }
 
     /// Registers the ten subscribed endpoints and the unsubscribed rest.
+    ///
+    /// An endpoint's deliveries share one partition of `herald.deliveries`
+    /// (they are keyed by its id), and two dispatcher replicas each own
+    /// half of the partitions. So that the two-replica mode measures the
+    /// replicas and not how ten ids happen to hash (an 8:2 split caps two
+    /// replicas at 1.25 × one), the ten are chosen five on each half: an
+    /// endpoint whose half is full is deleted and registered again.
     async fn register(&self, api: &Api) -> Result<(), String> {
+        let partitions = self.options.partitions as u32;
+        let mut per_half = [0usize; 2];
         for index in 0..MAX_FANOUT {
             let types = vec![format!("bench.one.{index}"), "bench.all".to_owned()];
-            let secret = api
-                .register(&self.receiver.endpoint_url(index), &types)
-                .await?;
+            let secret = loop {
+                let (id, secret) = api
+                    .register(&self.receiver.endpoint_url(index), &types)
+                    .await?;
+                let half =
+                    usize::from(delivery_partition(&id, partitions) >= partitions.div_ceil(2));
+                if partitions < 2 || per_half[half] < MAX_FANOUT / 2 {
+                    per_half[half] += 1;
+                    break secret;
+                }
+                api.delete_endpoint(&id).await?;
+            };
             let secret = Secret::parse(&secret).map_err(|e| format!("secret: {e}"))?;
             let added = self.receiver.add_endpoint(secret);
             assert_eq!(added, index, "receiver endpoints are added in order");
