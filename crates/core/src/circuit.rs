@@ -219,9 +219,37 @@ const STATE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 pub const CLOSED_TRUST_MS: i64 = 250;
 
 /// Endpoints whose breaker was closed at the time (Unix milliseconds)
-/// Redis last said so. Pruned to the trusted entries when it grows past
-/// this many, so it holds about the endpoints of the last quarter second.
-const CLOSED_SEEN_PRUNE_AT: usize = 4096;
+/// Redis last said so.
+#[derive(Debug, Default)]
+struct ClosedSeen {
+    at: HashMap<String, i64>,
+    /// Pruned to the still-trusted entries when it reaches this size, which
+    /// then becomes twice what is left (at least [`CLOSED_SEEN_MIN_PRUNE`]),
+    /// so that many busy endpoints do not make every insert a full scan.
+    prune_at: usize,
+}
+
+const CLOSED_SEEN_MIN_PRUNE: usize = 4096;
+
+fn trusted(seen_ms: i64, now_ms: i64) -> bool {
+    (0..CLOSED_TRUST_MS).contains(&(now_ms - seen_ms))
+}
+
+impl ClosedSeen {
+    fn trusts(&self, endpoint_id: &str, now_ms: i64) -> bool {
+        self.at
+            .get(endpoint_id)
+            .is_some_and(|seen| trusted(*seen, now_ms))
+    }
+
+    fn saw_closed(&mut self, endpoint_id: &str, now_ms: i64) {
+        if self.at.len() >= self.prune_at.max(CLOSED_SEEN_MIN_PRUNE) {
+            self.at.retain(|_, seen| trusted(*seen, now_ms));
+            self.prune_at = self.at.len() * 2;
+        }
+        self.at.insert(endpoint_id.to_owned(), now_ms);
+    }
+}
 
 /// The breakers of all endpoints.
 #[derive(Clone)]
@@ -231,7 +259,7 @@ pub struct Breakers {
     config: BreakerConfig,
     acquire: Script,
     record: Script,
-    closed_seen: Arc<Mutex<HashMap<String, i64>>>,
+    closed_seen: Arc<Mutex<ClosedSeen>>,
 }
 
 impl std::fmt::Debug for Breakers {
@@ -263,18 +291,13 @@ impl Breakers {
         }
     }
 
-    fn closed_seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    fn closed_seen(&self) -> std::sync::MutexGuard<'_, ClosedSeen> {
         self.closed_seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// May a delivery to `endpoint_id` go ahead at `now_ms`?
     pub async fn acquire(&self, endpoint_id: &str, now_ms: i64) -> Result<Permission, StoreError> {
-        let trusted = |seen: i64| (0..CLOSED_TRUST_MS).contains(&(now_ms - seen));
-        if self
-            .closed_seen()
-            .get(endpoint_id)
-            .is_some_and(|seen| trusted(*seen))
-        {
+        if self.closed_seen().trusts(endpoint_id, now_ms) {
             return Ok(Permission::Allow);
         }
         let mut conn = self.redis.clone();
@@ -292,11 +315,7 @@ impl Breakers {
             _ => Permission::Deny { until_ms: until },
         };
         if permission == Permission::Allow {
-            let mut seen = self.closed_seen();
-            if seen.len() >= CLOSED_SEEN_PRUNE_AT {
-                seen.retain(|_, at| trusted(*at));
-            }
-            seen.insert(endpoint_id.to_owned(), now_ms);
+            self.closed_seen().saw_closed(endpoint_id, now_ms);
         }
         Ok(permission)
     }
@@ -339,7 +358,7 @@ impl Breakers {
         // After a failure, ask Redis again before the next delivery: this
         // failure, or another replica's, may have opened the breaker.
         if !success {
-            self.closed_seen().remove(endpoint_id);
+            self.closed_seen().at.remove(endpoint_id);
         }
         Ok(transition)
     }
@@ -426,4 +445,41 @@ pub async fn read_status(
         last_failure_at_ms: number("last_failure_at"),
         last_success_at_ms: number("last_success_at"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_breaker_is_trusted_for_a_quarter_second() {
+        let mut seen = ClosedSeen::default();
+        seen.saw_closed("ep", 1_000);
+        assert!(seen.trusts("ep", 1_000));
+        assert!(seen.trusts("ep", 1_000 + CLOSED_TRUST_MS - 1));
+        assert!(!seen.trusts("ep", 1_000 + CLOSED_TRUST_MS));
+        assert!(!seen.trusts("ep", 999), "a clock that went back");
+        assert!(!seen.trusts("other", 1_000));
+    }
+
+    #[test]
+    fn stale_entries_are_pruned_without_scanning_on_every_insert() {
+        let mut seen = ClosedSeen::default();
+        let min = CLOSED_SEEN_MIN_PRUNE;
+        for i in 0..min {
+            seen.saw_closed(&format!("busy-{i}"), 10_000);
+        }
+        // All still trusted: the scan keeps them and the next waits for
+        // twice as many.
+        seen.saw_closed("one-more", 10_000);
+        assert_eq!((seen.at.len(), seen.prune_at), (min + 1, 2 * min));
+        for i in min + 1..2 * min {
+            seen.saw_closed(&format!("busy-{i}"), 10_100);
+        }
+        assert_eq!(seen.prune_at, 2 * min, "no scan before the mark");
+        // A second later every entry is stale and goes.
+        seen.saw_closed("late", 11_000);
+        assert_eq!(seen.at.len(), 1);
+        assert!(seen.trusts("late", 11_000));
+    }
 }
