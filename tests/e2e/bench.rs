@@ -6,45 +6,72 @@
 
 use std::process::Command;
 
-use herald_tests::{bin_path, infra, log_dir, random_suffix};
+use herald_tests::{Behaviour, Receiver, bin_path, infra, log_dir, random_suffix};
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
+/// What a finished `herald-bench --smoke` run left: its stdout, its JSON
+/// report and its run id. Fails the test if the run failed.
+struct SmokeRun {
+    stdout: String,
+    report: Value,
+    run_id: String,
+}
+
+/// Runs `herald-bench --smoke` against the test broker and Redis, with
+/// `extra` arguments.
+async fn smoke_run(extra: &[&str]) -> SmokeRun {
     let infra = infra();
-    let id = random_suffix();
-    let logs = log_dir().join(format!("bench-{id}"));
+    let logs = log_dir().join(format!("bench-{}", random_suffix()));
     std::fs::create_dir_all(&logs).expect("log dir");
     let json_path = logs.join("report.json");
     let bench = bin_path("herald-bench");
-    let report_path = json_path.clone();
-    let (brokers, redis_url) = (infra.kafka_brokers.clone(), infra.redis_url.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(&bench)
-            .args(["--smoke", "--brokers", &brokers])
-            .args(["--redis", &redis_url])
-            .arg("--bin-dir")
-            .arg(bench.parent().expect("bin dir"))
-            .arg("--log-dir")
-            .arg(&logs)
-            .arg("--json")
-            .arg(&json_path)
-            .output()
-            .expect("run herald-bench")
-    })
-    .await
-    .expect("bench task");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = Command::new(&bench);
+    command
+        .args(["--smoke", "--brokers", &infra.kafka_brokers])
+        .args(["--redis", &infra.redis_url])
+        .args(extra)
+        .arg("--bin-dir")
+        .arg(bench.parent().expect("bin dir"))
+        .arg("--log-dir")
+        .arg(&logs)
+        .arg("--json")
+        .arg(&json_path);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run herald-bench"))
+        .await
+        .expect("bench task");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "herald-bench failed ({}):\n{stderr}\n{stdout}",
         output.status
     );
-    assert!(stdout.contains("targets"), "no targets in:\n{stdout}");
+    let report =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("JSON report")).expect("JSON");
+    let run_id = stderr
+        .split_whitespace()
+        .skip_while(|word| *word != "run")
+        .nth(1)
+        .and_then(|id| id.strip_suffix(':'))
+        .unwrap_or_else(|| panic!("no run id in:\n{stderr}"))
+        .to_owned();
+    SmokeRun {
+        stdout,
+        report,
+        run_id,
+    }
+}
 
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("JSON report")).expect("JSON");
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
+    let infra = infra();
+    let SmokeRun {
+        stdout,
+        report,
+        run_id,
+        ..
+    } = smoke_run(&[]).await;
+    assert!(stdout.contains("targets"), "no targets in:\n{stdout}");
     assert_eq!(report["setup"]["smoke"], true);
     let broker = &report["baselines"]["broker_throughput"];
     assert_eq!(broker["delivered"], broker["expected"]);
@@ -137,13 +164,6 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     }
 
     // It leaves no Redis key of the run behind.
-    let run_id = stderr
-        .split_whitespace()
-        .skip_while(|word| *word != "run")
-        .nth(1)
-        .and_then(|id| id.strip_suffix(':'))
-        .unwrap_or_else(|| panic!("no run id in:\n{stderr}"))
-        .to_owned();
     let mut redis = redis::Client::open(infra.redis_url.as_str())
         .expect("Redis URL")
         .get_multiplexed_async_connection()
@@ -155,4 +175,46 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
         .await
         .expect("KEYS");
     assert!(keys.is_empty(), "{} Redis keys left behind", keys.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn against_a_target_url_the_dispatchers_count_the_deliveries() {
+    let target = Receiver::start(Behaviour::Accept).await;
+    let SmokeRun { report, run_id, .. } = smoke_run(&["--target-url", &target.url()]).await;
+    assert!(
+        report["setup"]["webhooks_to"]
+            .as_str()
+            .unwrap()
+            .contains(&target.url()),
+        "{}",
+        report["setup"]
+    );
+    let modes = report["modes"].as_array().expect("modes");
+    let names: Vec<&str> = modes.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fanout-1", "fanout-10"]);
+    assert!(
+        modes[0]["latency"]["result"]["latency"]["p50_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    // The dispatchers' count matches what really reached the target: every
+    // event of each Kafka phase, once per subscribed endpoint.
+    let arrived = target.id_counts();
+    for mode in modes {
+        let kafka = &mode["kafka"];
+        assert_eq!(kafka["delivered"], kafka["expected"], "{mode}");
+        let prefix = format!("{run_id}-{}-kafka-", mode["name"].as_str().unwrap());
+        let at_target: usize = arrived
+            .iter()
+            .filter(|(id, _)| id.starts_with(&prefix))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            at_target as u64,
+            kafka["expected"].as_u64().unwrap(),
+            "{mode}"
+        );
+    }
 }

@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::load::{self, MAX_FANOUT, Phase, PhaseResult, Source, WARM_UP_EVENTS};
-use crate::receiver::{Arrival, Arrivals, Receiver};
+use crate::receiver::{Arrival, Arrivals};
 
 /// How many topics a baseline record passes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,10 +175,11 @@ pub struct ReceiverBaseline {
     pub concurrency: usize,
 }
 
-/// Posts `body`-sized requests to the receiver's bare route for `duration`
-/// from `concurrency` keep-alive connections.
+/// Posts `body`-sized requests to `url` (the built-in receiver's bare
+/// route, or `--target-url`) for `duration` from `concurrency` keep-alive
+/// connections.
 pub async fn receiver(
-    receiver: &Receiver,
+    url: String,
     body_size: usize,
     concurrency: usize,
     duration: Duration,
@@ -188,7 +189,6 @@ pub async fn receiver(
         .build()
         .map_err(|e| e.to_string())?;
     let body = load::event_json("baseline", "bench.raw", body_size);
-    let url = receiver.raw_url();
     let answered = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)

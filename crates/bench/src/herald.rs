@@ -82,6 +82,11 @@ impl Process {
         let _ = std::fs::write(self.log.with_extension("metrics"), text);
     }
 
+    /// Where its `/metrics` are served (fan-out and dispatchers).
+    pub fn ops_addr(&self) -> Option<&str> {
+        self.ops_addr.as_deref()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -174,6 +174,61 @@ struct Handover {
     acked: Vec<Option<Instant>>,
 }
 
+impl Handover {
+    fn new(events: usize) -> Arc<Mutex<Handover>> {
+        Arc::new(Mutex::new(Handover {
+            sent: vec![None; events],
+            acked: vec![None; events],
+        }))
+    }
+
+    /// When the first event was handed over (`or` if none was).
+    fn first_sent(&self, or: Instant) -> Instant {
+        self.sent.iter().flatten().min().copied().unwrap_or(or)
+    }
+
+    /// Events acknowledged per second, from the first hand-over.
+    fn accepted_per_s(&self, or: Instant) -> f64 {
+        let last_acked = self.acked.iter().flatten().max().copied().unwrap_or(or);
+        self.sent.len() as f64
+            / last_acked
+                .duration_since(self.first_sent(or))
+                .as_secs_f64()
+                .max(1e-6)
+    }
+
+    /// From hand-over to acknowledgement, per event.
+    fn accept_latency(&self) -> Percentiles {
+        Percentiles::of(
+            self.sent
+                .iter()
+                .zip(&self.acked)
+                .filter_map(|(sent, acked)| {
+                    Some(acked.as_ref()?.saturating_duration_since(*sent.as_ref()?))
+                })
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .collect(),
+        )
+    }
+}
+
+/// Takes the sender's result once it has finished.
+async fn collect_sender(
+    sender: &mut Option<tokio::task::JoinHandle<Result<(), String>>>,
+    label: &str,
+) -> Result<(), String> {
+    if let Some(task) = sender.as_ref()
+        && task.is_finished()
+    {
+        sender
+            .take()
+            .expect("sender present")
+            .await
+            .map_err(|e| format!("{label}: sender failed: {e}"))??;
+    }
+    Ok(())
+}
+
 /// Runs `phase` through `source` and waits for its deliveries to show up in
 /// `arrivals`.
 pub async fn run_phase(
@@ -181,10 +236,7 @@ pub async fn run_phase(
     source: &Source,
     arrivals: &Arrivals,
 ) -> Result<PhaseResult, String> {
-    let handover = Arc::new(Mutex::new(Handover {
-        sent: vec![None; phase.events],
-        acked: vec![None; phase.events],
-    }));
+    let handover = Handover::new(phase.events);
     let cursor_start = arrivals.count();
     let sender = tokio::spawn(send_all(phase.clone(), source.clone(), handover.clone()));
     let expected = phase.expected();
@@ -218,15 +270,7 @@ pub async fn run_phase(
                 }
             }
         }
-        if let Some(task) = sender.as_ref()
-            && task.is_finished()
-        {
-            sender
-                .take()
-                .expect("sender present")
-                .await
-                .map_err(|e| format!("{}: sender failed: {e}", phase.label))??;
-        }
+        collect_sender(&mut sender, &phase.label).await?;
         if delivered >= expected && sender.is_none() {
             break;
         }
@@ -264,20 +308,7 @@ pub async fn run_phase(
     }
 
     let handover = handover.lock().expect("handover lock");
-    let first_sent = handover
-        .sent
-        .iter()
-        .flatten()
-        .min()
-        .copied()
-        .unwrap_or(started);
-    let last_acked = handover
-        .acked
-        .iter()
-        .flatten()
-        .max()
-        .copied()
-        .unwrap_or(started);
+    let first_sent = handover.first_sent(started);
     let mut latencies = Vec::with_capacity(expected);
     let mut last_arrival = first_sent;
     for n in 0..phase.events {
@@ -291,32 +322,19 @@ pub async fn run_phase(
             }
         }
     }
-    let accept_latencies = handover
-        .sent
-        .iter()
-        .zip(&handover.acked)
-        .filter_map(|(sent, acked)| {
-            Some(acked.as_ref()?.saturating_duration_since(*sent.as_ref()?))
-        })
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
     let seconds = last_arrival
         .duration_since(first_sent)
         .as_secs_f64()
         .max(1e-6);
     Ok(PhaseResult {
         events: phase.events,
-        accepted_per_s: phase.events as f64
-            / last_acked
-                .duration_since(first_sent)
-                .as_secs_f64()
-                .max(1e-6),
+        accepted_per_s: handover.accepted_per_s(started),
         expected,
         delivered,
         duplicates,
         delivered_per_s: delivered as f64 / seconds,
         latency: Percentiles::of(latencies),
-        accept_latency: Percentiles::of(accept_latencies),
+        accept_latency: handover.accept_latency(),
         seconds,
     })
 }
@@ -423,4 +441,229 @@ fn record_ack(handover: &Mutex<Handover>, (n, result): Acked) -> Result<(), Stri
 /// When event `n` is due at `rate` events per second (`None`: now).
 fn phase_due(started: Instant, rate: Option<f64>, n: usize) -> Option<Instant> {
     rate.map(|rate| started + Duration::from_secs_f64(n as f64 / rate))
+}
+
+/// Where a phase's deliveries are seen.
+#[derive(Debug, Clone, Copy)]
+pub enum Tally<'a> {
+    /// The benchmark's own receiver: every webhook's id and signature.
+    Receiver(&'a Arrivals),
+    /// An endpoint the benchmark does not run (`--target-url`): the
+    /// dispatchers' own figures, read from their `/metrics` (ops
+    /// addresses): deliveries answered 2xx and the end-to-end histogram.
+    /// Nothing is known of ids or signatures there.
+    Metrics(&'a [String]),
+}
+
+/// Runs `phase` through `source` and waits for its deliveries.
+pub async fn run(phase: &Phase, source: &Source, tally: Tally<'_>) -> Result<PhaseResult, String> {
+    match tally {
+        Tally::Receiver(arrivals) => run_phase(phase, source, arrivals).await,
+        Tally::Metrics(ops) => run_counted(phase, source, ops).await,
+    }
+}
+
+/// What the dispatchers' `/metrics` say, summed over them.
+#[derive(Debug, Clone, Default)]
+struct Scrape {
+    /// `herald_deliveries_total{outcome="delivered"}`.
+    delivered: f64,
+    /// `herald_delivery_end_to_end_seconds_bucket`: (upper bound in
+    /// seconds, cumulative count), in bucket order.
+    buckets: Vec<(f64, f64)>,
+}
+
+async fn scrape(ops: &[String]) -> Result<Scrape, String> {
+    let mut total = Scrape::default();
+    for addr in ops {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .map_err(|e| format!("reading {addr}/metrics: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("reading {addr}/metrics: {e}"))?;
+        let mut buckets = Vec::new();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            if series.starts_with("herald_deliveries_total{")
+                && series.contains("outcome=\"delivered\"")
+            {
+                total.delivered += value;
+            } else if let Some(le) = series
+                .strip_prefix("herald_delivery_end_to_end_seconds_bucket{le=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+            {
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                };
+                buckets.push((le, value));
+            }
+        }
+        if total.buckets.is_empty() {
+            total.buckets = buckets;
+        } else {
+            for (sum, (_, count)) in total.buckets.iter_mut().zip(buckets) {
+                sum.1 += count;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Percentiles from the growth of a cumulative histogram, interpolated
+/// within buckets as Prometheus's `histogram_quantile` does; the top
+/// finite bound stands for anything above it.
+fn histogram_percentiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Percentiles {
+    let grown: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before.iter().map(|b| b.1).chain(std::iter::repeat(0.0)))
+        .map(|((le, count), was)| (*le, count - was))
+        .collect();
+    let total = grown.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return Percentiles::default();
+    }
+    let top = grown
+        .iter()
+        .rev()
+        .find(|b| b.0.is_finite())
+        .map_or(0.0, |b| b.0);
+    let at = |q: f64| {
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for (le, count) in &grown {
+            if *count >= rank {
+                if !le.is_finite() {
+                    return top * 1000.0;
+                }
+                let share = if *count > below {
+                    (rank - below) / (count - below)
+                } else {
+                    1.0
+                };
+                return (lower + (le - lower) * share) * 1000.0;
+            }
+            (lower, below) = (*le, *count);
+        }
+        top * 1000.0
+    };
+    Percentiles {
+        p50_ms: at(0.50),
+        p95_ms: at(0.95),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+        samples: total as usize,
+    }
+}
+
+/// [`run_phase`] for endpoints the benchmark does not run: waits until the
+/// dispatchers have delivered the phase's webhooks (it cannot tell which
+/// arrived, so `duplicates` counts deliveries beyond the expected ones).
+async fn run_counted(
+    phase: &Phase,
+    source: &Source,
+    ops: &[String],
+) -> Result<PhaseResult, String> {
+    let handover = Handover::new(phase.events);
+    let before = scrape(ops).await?;
+    let mut sender = Some(tokio::spawn(send_all(
+        phase.clone(),
+        source.clone(),
+        handover.clone(),
+    )));
+    let expected = phase.expected();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut now = before.clone();
+    let mut done_at = started;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = scrape(ops).await?;
+        if seen.delivered > now.delivered {
+            done_at = Instant::now();
+        }
+        now = seen;
+        collect_sender(&mut sender, &phase.label).await?;
+        let delivered = (now.delivered - before.delivered) as usize;
+        if delivered >= expected && sender.is_none() {
+            break;
+        }
+        if started.elapsed() > phase.timeout {
+            return Err(format!(
+                "{}: the dispatchers delivered {delivered} of {expected} webhooks within {:?}",
+                phase.label, phase.timeout
+            ));
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprintln!(
+                "  {:<28} delivered {delivered:>7}/{expected} (dispatchers' count)",
+                phase.label
+            );
+        }
+    }
+    let delivered = (now.delivered - before.delivered) as usize;
+    let handover = handover.lock().expect("handover lock");
+    let seconds = done_at
+        .duration_since(handover.first_sent(started))
+        .as_secs_f64()
+        .max(1e-6);
+    Ok(PhaseResult {
+        events: phase.events,
+        accepted_per_s: handover.accepted_per_s(started),
+        expected,
+        delivered: delivered.min(expected),
+        duplicates: delivered.saturating_sub(expected),
+        delivered_per_s: delivered.min(expected) as f64 / seconds,
+        latency: histogram_percentiles(&before.buckets, &now.buckets),
+        accept_latency: handover.accept_latency(),
+        seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_interpolate_within_buckets() {
+        let before = [
+            (0.001, 0.0),
+            (0.002, 0.0),
+            (0.004, 0.0),
+            (f64::INFINITY, 0.0),
+        ];
+        // 100 new samples: 50 up to 2 ms, 40 in (2, 4] ms, 10 above 4 ms.
+        let after = [
+            (0.001, 0.0),
+            (0.002, 50.0),
+            (0.004, 90.0),
+            (f64::INFINITY, 100.0),
+        ];
+        let p = histogram_percentiles(&before, &after);
+        assert_eq!(p.samples, 100);
+        assert!((p.p50_ms - 2.0).abs() < 1e-9, "{p:?}");
+        // Rank 95 is past the last finite bound: reported as that bound.
+        assert!((p.p95_ms - 4.0).abs() < 1e-9, "{p:?}");
+        // Nothing new: no figures.
+        assert_eq!(histogram_percentiles(&after, &after).samples, 0);
+        // All 100 in (2, 4] ms: the median is halfway through it.
+        let mid = histogram_percentiles(
+            &before,
+            &[
+                (0.001, 0.0),
+                (0.002, 0.0),
+                (0.004, 100.0),
+                (f64::INFINITY, 100.0),
+            ],
+        );
+        assert!((mid.p50_ms - 3.0).abs() < 1e-9, "{mid:?}");
+    }
 }

@@ -62,6 +62,11 @@ usage: herald-bench [options]
                         slow-endpoints modes (default 200), where each
                         dispatcher may have 64 requests in flight and a
                         phase has a quarter of --deliveries
+  --target-url URL      send the webhooks to URL instead of the built-in
+                        receiver; deliveries and latency are then the
+                        dispatchers' own figures (from /metrics; ids and
+                        signatures are not checked), and only the fanout-1
+                        and fanout-10 modes run
   --herald-env K=V      extra environment for Herald's processes (repeatable)
   --observe NAME=PID    also report CPU and memory of this process, e.g. the
                         broker (repeatable)
@@ -86,6 +91,8 @@ struct Options {
     slow_endpoint: Duration,
     concurrency: usize,
     modes: Vec<String>,
+    /// Where webhooks go instead of the built-in receiver.
+    target_url: Option<String>,
     herald_env: Vec<(String, String)>,
     observe: Vec<(String, u32)>,
     json: Option<PathBuf>,
@@ -104,6 +111,9 @@ const ALL_MODES: [&str; 5] = [
     "slow-endpoints-2-dispatchers",
 ];
 
+/// The modes that run against `--target-url`.
+const TARGET_URL_MODES: [&str; 2] = ["fanout-1", "fanout-10"];
+
 fn parse_options() -> Result<Options, String> {
     let env = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
     let mut options = Options {
@@ -119,12 +129,14 @@ fn parse_options() -> Result<Options, String> {
         slow_endpoint: Duration::from_millis(200),
         concurrency: 64,
         modes: ALL_MODES.iter().map(|m| (*m).to_owned()).collect(),
+        target_url: None,
         herald_env: Vec::new(),
         observe: Vec::new(),
         json: None,
         log_dir: None,
         smoke: false,
     };
+    let mut modes_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
@@ -170,7 +182,9 @@ fn parse_options() -> Result<Options, String> {
             "--slow-endpoint-ms" => {
                 options.slow_endpoint = Duration::from_millis(number(&value)? as u64);
             }
+            "--target-url" => options.target_url = Some(value),
             "--modes" => {
+                modes_given = true;
                 options.modes = value.split(',').map(|m| m.trim().to_owned()).collect();
                 if let Some(unknown) = options
                     .modes
@@ -196,6 +210,22 @@ fn parse_options() -> Result<Options, String> {
             _ => return Err(format!("unknown option {flag}; see --help")),
         }
     }
+    if options.target_url.is_some() {
+        // The other modes make the built-in receiver fail or answer slowly.
+        if !modes_given {
+            options.modes = TARGET_URL_MODES.map(str::to_owned).to_vec();
+        }
+        if let Some(mode) = options
+            .modes
+            .iter()
+            .find(|m| !TARGET_URL_MODES.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "--modes: {mode} needs the built-in receiver; with --target-url the modes are {}",
+                TARGET_URL_MODES.join(", ")
+            ));
+        }
+    }
     Ok(options)
 }
 
@@ -219,6 +249,8 @@ struct Running {
     /// A producer to the mode's `herald.events`, shared by its phases.
     kafka_source: Source,
     processes: Vec<(String, Process)>,
+    /// The dispatchers' ops addresses, for their `/metrics`.
+    dispatcher_ops: Vec<String>,
 }
 
 impl Running {
@@ -355,6 +387,11 @@ impl Bench {
                     .map_err(|e| format!("producer: {e}"))?,
                 topic: kafka.events_topic(),
             },
+            dispatcher_ops: processes
+                .iter()
+                .filter(|(name, _)| name.starts_with("herald-dispatcher"))
+                .filter_map(|(_, p)| p.ops_addr().map(str::to_owned))
+                .collect(),
             processes,
         };
         // Warm up: every endpoint gets traffic once, so caches are filled,
@@ -369,13 +406,29 @@ impl Bench {
             dead: Vec::new(),
             timeout: Duration::from_secs(120),
         };
-        let warmed =
-            load::run_phase(&warm_up, &running.kafka_source, self.receiver.arrivals()).await;
+        let warmed = load::run(&warm_up, &running.kafka_source, self.tally(&running)).await;
         if let Err(err) = warmed {
             running.save_metrics().await;
             return Err(err);
         }
         Ok(running)
+    }
+
+    /// Where the deliveries of `running`'s phases are seen.
+    fn tally<'a>(&'a self, running: &'a Running) -> load::Tally<'a> {
+        if self.options.target_url.is_some() {
+            load::Tally::Metrics(&running.dispatcher_ops)
+        } else {
+            load::Tally::Receiver(self.receiver.arrivals())
+        }
+    }
+
+    /// The URL of subscribed endpoint `index`.
+    fn endpoint_url(&self, index: usize) -> String {
+        match &self.options.target_url {
+            Some(url) => url.clone(),
+            None => self.receiver.endpoint_url(index),
+        }
     }
 
     /// Registers the ten subscribed endpoints and the unsubscribed rest.
@@ -392,9 +445,7 @@ impl Bench {
         for index in 0..MAX_FANOUT {
             let types = vec![format!("bench.one.{index}"), "bench.all".to_owned()];
             let secret = loop {
-                let (id, secret) = api
-                    .register(&self.receiver.endpoint_url(index), &types)
-                    .await?;
+                let (id, secret) = api.register(&self.endpoint_url(index), &types).await?;
                 let half =
                     usize::from(delivery_partition(&id, partitions) >= partitions.div_ceil(2));
                 if partitions < 2 || per_half[half] < MAX_FANOUT / 2 {
@@ -411,11 +462,7 @@ impl Bench {
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let workers: Vec<_> = (0..16)
             .map(|_| {
-                let (api, next, url) = (
-                    api.clone(),
-                    next.clone(),
-                    self.receiver.endpoint_url(1_000_000),
-                );
+                let (api, next, url) = (api.clone(), next.clone(), self.endpoint_url(1_000_000));
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -491,8 +538,7 @@ impl Bench {
         let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
         let watched = self.watched(&running);
         let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
-        let kafka =
-            load::run_phase(&phase, &running.kafka_source, self.receiver.arrivals()).await?;
+        let kafka = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
         let mut processes: Vec<ProcessReport> = watched
             .iter()
             .zip(before)
@@ -522,7 +568,7 @@ impl Bench {
                 api: running.api.clone(),
                 concurrency: self.options.concurrency,
             };
-            http = Some(load::run_phase(&phase, &source, self.receiver.arrivals()).await?);
+            http = Some(load::run(&phase, &source, self.tally(&running)).await?);
             let rate = (kafka.delivered_per_s * 0.2).max(1.0);
             let mut phase = self.phase(
                 mode,
@@ -531,8 +577,7 @@ impl Bench {
                 true,
             );
             phase.rate = Some(rate);
-            let result =
-                load::run_phase(&phase, &running.kafka_source, self.receiver.arrivals()).await?;
+            let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
             latency = Some(RatedPhase { rate, result });
             latency_rate = Some(rate);
         }
@@ -635,7 +680,9 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
 
     eprintln!("baseline: receiver");
     let receiver_baseline = baseline::receiver(
-        &bench.receiver,
+        o.target_url
+            .clone()
+            .unwrap_or_else(|| bench.receiver.raw_url()),
         o.record_bytes,
         o.concurrency,
         Duration::from_secs_f64(if o.smoke { 1.0 } else { 3.0 }),
@@ -698,6 +745,12 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
             partitions: o.partitions,
             registered_endpoints: o.registered,
             deliveries_per_phase: o.deliveries,
+            webhooks_to: match &o.target_url {
+                Some(url) => {
+                    format!("{url} (counted by the dispatchers; ids and signatures not checked)")
+                }
+                None => "the built-in receiver (every id and signature checked)".to_owned(),
+            },
             smoke: o.smoke,
         },
         baselines,

@@ -39,6 +39,8 @@ pub struct Setup {
     pub registered_endpoints: usize,
     /// Deliveries per throughput phase.
     pub deliveries_per_phase: usize,
+    /// Where webhooks went and how they were counted.
+    pub webhooks_to: String,
     /// Short run that only checks the benchmark works.
     pub smoke: bool,
 }
@@ -294,6 +296,7 @@ pub fn print(report: &Report) {
             ""
         }
     );
+    println!("webhooks to {}", s.webhooks_to);
     println!();
     let b = &report.baselines;
     let broker = b.broker_throughput.delivered_per_s;
