@@ -473,10 +473,12 @@ struct Scrape {
     buckets: Vec<(f64, f64)>,
 }
 
-async fn scrape(ops: &[String]) -> Result<Scrape, String> {
+async fn scrape(http: &reqwest::Client, ops: &[String]) -> Result<Scrape, String> {
     let mut total = Scrape::default();
     for addr in ops {
-        let text = reqwest::get(format!("http://{addr}/metrics"))
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
             .await
             .map_err(|e| format!("reading {addr}/metrics: {e}"))?
             .text()
@@ -572,7 +574,9 @@ async fn run_counted(
     ops: &[String],
 ) -> Result<PhaseResult, String> {
     let handover = Handover::new(phase.events);
-    let before = scrape(ops).await?;
+    // One client for the whole phase: it scrapes every 100 ms.
+    let http = reqwest::Client::new();
+    let before = scrape(&http, ops).await?;
     let mut sender = Some(tokio::spawn(send_all(
         phase.clone(),
         source.clone(),
@@ -585,7 +589,7 @@ async fn run_counted(
     let mut done_at = started;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let seen = scrape(ops).await?;
+        let seen = scrape(&http, ops).await?;
         if seen.delivered > now.delivered {
             done_at = Instant::now();
         }

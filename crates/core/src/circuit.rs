@@ -249,6 +249,10 @@ impl ClosedSeen {
         }
         self.at.insert(endpoint_id.to_owned(), now_ms);
     }
+
+    fn forget(&mut self, endpoint_id: &str) {
+        self.at.remove(endpoint_id);
+    }
 }
 
 /// The breakers of all endpoints.
@@ -358,7 +362,7 @@ impl Breakers {
         // After a failure, ask Redis again before the next delivery: this
         // failure, or another replica's, may have opened the breaker.
         if !success {
-            self.closed_seen().at.remove(endpoint_id);
+            self.closed_seen().forget(endpoint_id);
         }
         Ok(transition)
     }
