@@ -1,5 +1,12 @@
-//! Endpoints (the subscribers), their storage in Redis and the in-process
-//! cache that fan-out and the dispatchers read them from.
+//! Endpoints (the subscribers), their storage in Redis and the two
+//! in-process caches that read them:
+//! - fan-out's [`SubscriptionCache`]: every endpoint's id and subscriptions,
+//!   and nothing else (no URLs, secrets or headers), reloaded whole when the
+//!   change counter moves;
+//! - the dispatchers' [`EndpointCache`]: whole endpoints, loaded one at a
+//!   time when a delivery first needs them and dropped when the change
+//!   counter moves, so that a replica holds only the endpoints it delivers
+//!   to, however many are registered.
 //!
 //! Redis layout, under the configured key prefix:
 //! - `endpoint:{id}`: the endpoint as JSON ([`Endpoint`]);
@@ -7,12 +14,14 @@
 //! - `endpoints:version`: a counter bumped by every change, which caches poll
 //!   to notice changes without reloading everything.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -170,8 +179,6 @@ pub struct ResolvedEndpoint {
     /// Rotated-out secrets that still sign, with when they stop (Unix
     /// milliseconds).
     pub previous: Vec<(Secret, i64)>,
-    /// The parsed subscriptions.
-    pub patterns: Vec<EventTypePattern>,
 }
 
 impl ResolvedEndpoint {
@@ -179,12 +186,6 @@ impl ResolvedEndpoint {
     pub fn new(endpoint: Endpoint) -> Result<Self, String> {
         let secret = Secret::parse(&endpoint.secret)
             .map_err(|p| format!("endpoint {} has an unusable secret: it {p}", endpoint.id))?;
-        let patterns = endpoint
-            .event_types
-            .iter()
-            .map(|p| EventTypePattern::parse(p))
-            .collect::<Result<_, _>>()
-            .map_err(|p| format!("endpoint {} has a bad subscription: {p}", endpoint.id))?;
         let previous = endpoint
             .previous_secrets
             .iter()
@@ -200,7 +201,6 @@ impl ResolvedEndpoint {
             endpoint,
             secret,
             previous,
-            patterns,
         })
     }
 
@@ -315,14 +315,15 @@ impl EndpointStore {
         self.get_many(&ids).await
     }
 
-    /// Every endpoint.
-    pub async fn all(&self) -> Result<Vec<Endpoint>, StoreError> {
+    /// Every endpoint, read as `T`: [`Endpoint`], or a part of it such as
+    /// [`StoredSubscription`] (the other fields are skipped, not kept).
+    pub async fn all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let mut conn = self.redis.clone();
         let ids: Vec<String> = conn.zrange(self.keys.endpoint_index(), 0, -1).await?;
         self.get_many(&ids).await
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Endpoint>, StoreError> {
+    async fn get_many<T: DeserializeOwned>(&self, ids: &[String]) -> Result<Vec<T>, StoreError> {
         let mut endpoints = Vec::with_capacity(ids.len());
         let mut conn = self.redis.clone();
         for chunk in ids.chunks(500) {
@@ -344,75 +345,84 @@ impl EndpointStore {
     }
 }
 
-/// All endpoints at one moment, indexed by the event types they subscribe to.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    version: i64,
-    by_id: HashMap<String, Arc<ResolvedEndpoint>>,
-    exact: HashMap<String, Vec<Arc<ResolvedEndpoint>>>,
-    prefix: HashMap<String, Vec<Arc<ResolvedEndpoint>>>,
-    all: Vec<Arc<ResolvedEndpoint>>,
+/// What fan-out reads of a stored endpoint: the fields that decide which
+/// events it receives.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredSubscription {
+    /// `ep_…`.
+    pub id: String,
+    /// Exact types, `prefix.*` or `*`.
+    pub event_types: Vec<String>,
+    /// A disabled endpoint receives nothing.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
-impl Snapshot {
-    /// Indexes `endpoints`; invalid stored endpoints are skipped with a
-    /// warning rather than hiding every other endpoint.
-    pub fn build(version: i64, endpoints: Vec<Endpoint>) -> Self {
-        let mut snapshot = Snapshot {
+/// Every endpoint's subscriptions at one moment, indexed by event type.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    version: i64,
+    endpoints: usize,
+    exact: HashMap<String, Vec<Arc<str>>>,
+    prefix: HashMap<String, Vec<Arc<str>>>,
+    all: Vec<Arc<str>>,
+}
+
+impl Subscriptions {
+    /// Indexes the subscriptions of the enabled endpoints. An endpoint with a
+    /// subscription that does not parse (only a damaged store holds one) is
+    /// skipped with a warning rather than hiding every other endpoint.
+    pub fn build(version: i64, endpoints: Vec<StoredSubscription>) -> Self {
+        let mut index = Subscriptions {
             version,
+            endpoints: endpoints.len(),
             ..Default::default()
         };
-        for endpoint in endpoints {
-            let resolved = match ResolvedEndpoint::new(endpoint) {
-                Ok(resolved) => Arc::new(resolved),
+        for endpoint in endpoints.into_iter().filter(|e| !e.disabled) {
+            let patterns: Result<Vec<_>, _> = endpoint
+                .event_types
+                .iter()
+                .map(|p| EventTypePattern::parse(p))
+                .collect();
+            let patterns = match patterns {
+                Ok(patterns) => patterns,
                 Err(problem) => {
-                    tracing::warn!(%problem, "skipping an endpoint that cannot be used");
+                    tracing::warn!(endpoint_id = %endpoint.id, %problem, "skipping an endpoint with a bad subscription");
                     continue;
                 }
             };
-            if !resolved.endpoint.disabled {
-                for pattern in &resolved.patterns {
-                    let list = match pattern {
-                        EventTypePattern::All => &mut snapshot.all,
-                        EventTypePattern::Prefix(p) => {
-                            snapshot.prefix.entry(p.clone()).or_default()
-                        }
-                        EventTypePattern::Exact(t) => snapshot.exact.entry(t.clone()).or_default(),
-                    };
-                    list.push(resolved.clone());
-                }
+            let id: Arc<str> = Arc::from(endpoint.id);
+            for pattern in patterns {
+                let list = match pattern {
+                    EventTypePattern::All => &mut index.all,
+                    EventTypePattern::Prefix(p) => index.prefix.entry(p).or_default(),
+                    EventTypePattern::Exact(t) => index.exact.entry(t).or_default(),
+                };
+                list.push(id.clone());
             }
-            snapshot
-                .by_id
-                .insert(resolved.endpoint.id.clone(), resolved);
         }
-        snapshot
+        index
     }
 
-    /// The change counter this snapshot was loaded at.
+    /// The change counter this index was loaded at.
     pub fn version(&self) -> i64 {
         self.version
     }
 
-    /// Number of endpoints, enabled or not.
+    /// Number of endpoints read, enabled or not.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.endpoints
     }
 
-    /// Whether there are no endpoints.
+    /// Whether no endpoint was read.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.endpoints == 0
     }
 
-    /// One endpoint by id, enabled or not.
-    pub fn get(&self, id: &str) -> Option<&Arc<ResolvedEndpoint>> {
-        self.by_id.get(id)
-    }
-
-    /// The enabled endpoints subscribed to `event_type`, each once, in a
-    /// stable order.
-    pub fn subscribers(&self, event_type: &str) -> Vec<Arc<ResolvedEndpoint>> {
-        let mut found: Vec<Arc<ResolvedEndpoint>> = Vec::new();
+    /// The ids of the enabled endpoints subscribed to `event_type`, each
+    /// once, in a stable order.
+    pub fn subscribers(&self, event_type: &str) -> Vec<Arc<str>> {
+        let mut found: Vec<Arc<str>> = Vec::new();
         found.extend(self.all.iter().cloned());
         if let Some(list) = self.exact.get(event_type) {
             found.extend(list.iter().cloned());
@@ -425,30 +435,96 @@ impl Snapshot {
             }
         }
         if found.len() > 1 {
-            let mut seen = HashSet::with_capacity(found.len());
-            found.retain(|e| seen.insert(e.endpoint.id.clone()));
-            found.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+            found.sort_unstable();
+            found.dedup();
         }
         found
     }
 }
 
-/// An in-process copy of every endpoint, refreshed when the change counter in
-/// Redis moves. Changes reach fan-out and the dispatchers within one refresh
-/// interval.
+/// Fan-out's copy of every endpoint's subscriptions, reloaded when the change
+/// counter in Redis moves. Changes reach fan-out within one refresh interval.
 #[derive(Debug, Clone)]
-pub struct EndpointCache {
+pub struct SubscriptionCache {
     store: EndpointStore,
-    current: Arc<RwLock<Option<Arc<Snapshot>>>>,
+    current: Arc<RwLock<Option<Arc<Subscriptions>>>>,
 }
 
-impl EndpointCache {
-    /// An empty cache; call [`EndpointCache::refresh`] or
-    /// [`EndpointCache::keep_fresh`] to fill it.
+impl SubscriptionCache {
+    /// An empty cache; call [`SubscriptionCache::load_first`], then
+    /// [`SubscriptionCache::keep_fresh`].
     pub fn new(store: EndpointStore) -> Self {
         Self {
             store,
             current: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// The latest index, or `None` before the first successful load.
+    pub fn current(&self) -> Option<Arc<Subscriptions>> {
+        read(&self.current).clone()
+    }
+
+    /// Reloads when the change counter moved (or nothing is loaded yet).
+    pub async fn refresh(&self) -> Result<Arc<Subscriptions>, StoreError> {
+        let version = self.store.version().await?;
+        if let Some(current) = self.current()
+            && current.version() == version
+        {
+            return Ok(current);
+        }
+        // The counter is read before the endpoints: a change made during the
+        // load leaves the counter ahead of this index, so the next refresh
+        // loads again.
+        let endpoints = self.store.all::<StoredSubscription>().await?;
+        let index = Arc::new(Subscriptions::build(version, endpoints));
+        tracing::debug!(version, endpoints = index.len(), "subscriptions reloaded");
+        *write(&self.current) = Some(index.clone());
+        Ok(index)
+    }
+
+    /// Loads the index, retrying until it succeeds or `shutdown` fires.
+    /// Returns false on shutdown.
+    pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
+        retry_until_loaded(shutdown, || async { self.refresh().await.map(drop) }).await
+    }
+
+    /// Refreshes every `interval` until `shutdown`. While Redis is away the
+    /// last index stays in use, and that is logged once per outage.
+    pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
+        refresh_every(interval, &shutdown, || async {
+            self.refresh().await.map(drop)
+        })
+        .await;
+    }
+}
+
+/// A dispatcher's endpoints: each read from Redis when a delivery first needs
+/// it and kept until the change counter moves, then read again on next use.
+/// A replica thus holds the endpoints it delivers to, not every registered
+/// one, and a change costs one read per endpoint in use rather than a reload
+/// of all of them. Changes reach the dispatchers within one refresh interval.
+#[derive(Debug, Clone)]
+pub struct EndpointCache {
+    store: EndpointStore,
+    loaded: Arc<RwLock<LoadedEndpoints>>,
+}
+
+#[derive(Debug, Default)]
+struct LoadedEndpoints {
+    /// The change counter the entries were read under (`None` before the
+    /// first refresh).
+    version: Option<i64>,
+    by_id: HashMap<String, Arc<ResolvedEndpoint>>,
+}
+
+impl EndpointCache {
+    /// An empty cache; call [`EndpointCache::load_first`], then
+    /// [`EndpointCache::keep_fresh`].
+    pub fn new(store: EndpointStore) -> Self {
+        Self {
+            store,
+            loaded: Arc::new(RwLock::new(LoadedEndpoints::default())),
         }
     }
 
@@ -457,92 +533,124 @@ impl EndpointCache {
         &self.store
     }
 
-    /// The latest snapshot, or `None` before the first successful load.
-    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// Number of endpoints held.
+    pub fn len(&self) -> usize {
+        read(&self.loaded).by_id.len()
     }
 
-    /// Reloads when the change counter moved (or nothing is loaded yet).
-    pub async fn refresh(&self) -> Result<Arc<Snapshot>, StoreError> {
+    /// Whether no endpoint is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every endpoint held when the change counter moved.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
         let version = self.store.version().await?;
-        if let Some(current) = self.snapshot()
-            && current.version() == version
-        {
-            return Ok(current);
+        let mut loaded = write(&self.loaded);
+        if loaded.version != Some(version) {
+            if !loaded.by_id.is_empty() {
+                tracing::debug!(version, "endpoints changed; reading them again on next use");
+            }
+            *loaded = LoadedEndpoints {
+                version: Some(version),
+                by_id: HashMap::new(),
+            };
         }
-        // The counter is read before the endpoints: a change made during the
-        // load leaves the counter ahead of this snapshot, so the next refresh
-        // loads again.
-        let endpoints = self.store.all().await?;
-        let snapshot = Arc::new(Snapshot::build(version, endpoints));
-        tracing::debug!(
-            version,
-            endpoints = snapshot.len(),
-            "endpoint cache reloaded"
-        );
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot.clone());
-        Ok(snapshot)
+        Ok(())
     }
 
-    /// Loads the cache, retrying until it succeeds or `shutdown` fires.
-    /// Returns false on shutdown.
-    pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
-        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100));
-        loop {
-            match self.refresh().await {
-                Ok(_) => return true,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot load endpoints from Redis yet; retrying");
-                }
-            }
-            if backoff.pause(shutdown).await.is_err() {
-                return false;
-            }
-        }
-    }
-
-    /// Refreshes every `interval` until `shutdown`. While Redis is away the
-    /// last snapshot stays in use, and that is logged once per outage.
-    pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            match self.refresh().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("endpoint cache refreshes again");
-                }
-                Ok(_) => {}
-                Err(err) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %err, "cannot refresh endpoints; using the last copy until Redis answers");
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// One endpoint: from the snapshot, or straight from Redis when the
-    /// snapshot does not know it yet (it may have just been created).
-    /// `Ok(None)` means it does not exist.
+    /// One endpoint: held, or read from Redis. `Ok(None)` means it does not
+    /// exist.
     pub async fn lookup(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, StoreError> {
-        if let Some(found) = self.snapshot().and_then(|s| s.get(id).cloned()) {
-            return Ok(Some(found));
+        let read_under = {
+            let loaded = read(&self.loaded);
+            if let Some(found) = loaded.by_id.get(id) {
+                return Ok(Some(found.clone()));
+            }
+            loaded.version
+        };
+        let Some(endpoint) = self.store.get(id).await? else {
+            return Ok(None);
+        };
+        let resolved = Arc::new(ResolvedEndpoint::new(endpoint).map_err(StoreError::Corrupt)?);
+        let mut loaded = write(&self.loaded);
+        // A refresh that saw a change while this read was under way has
+        // dropped everything read before it; what this read returned may
+        // predate the change, so it is used once and not kept.
+        if loaded.version == read_under {
+            loaded.by_id.insert(id.to_owned(), resolved.clone());
         }
-        match self.store.get(id).await? {
-            None => Ok(None),
-            Some(endpoint) => ResolvedEndpoint::new(endpoint)
-                .map(|r| Some(Arc::new(r)))
-                .map_err(StoreError::Corrupt),
+        Ok(Some(resolved))
+    }
+
+    /// Waits until Redis answers (retrying) or `shutdown` fires. Returns
+    /// false on shutdown.
+    pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
+        retry_until_loaded(shutdown, || self.refresh()).await
+    }
+
+    /// Watches the change counter every `interval` until `shutdown`. While
+    /// Redis is away the endpoints held stay in use, and that is logged once
+    /// per outage.
+    pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
+        refresh_every(interval, &shutdown, || self.refresh()).await;
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Calls `refresh` until it succeeds (backing off) or `shutdown` fires.
+/// Returns false on shutdown.
+async fn retry_until_loaded<F, Fut>(shutdown: &CancellationToken, refresh: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100));
+    loop {
+        match refresh().await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot load endpoints from Redis yet; retrying");
+            }
+        }
+        if backoff.pause(shutdown).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Calls `refresh` every `interval` until `shutdown`, logging an outage
+/// once when it starts and once when it ends.
+async fn refresh_every<F, Fut>(interval: Duration, shutdown: &CancellationToken, refresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match refresh().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("endpoint cache refreshes again");
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!(error = %err, "cannot refresh endpoints; using the last copy until Redis answers");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -568,8 +676,15 @@ mod tests {
         }
     }
 
-    fn ids(found: Vec<Arc<ResolvedEndpoint>>) -> Vec<String> {
-        found.into_iter().map(|e| e.endpoint.id.clone()).collect()
+    /// What fan-out reads of `endpoint(..)`: parsed from its stored JSON,
+    /// as the cache does.
+    fn subscription(id: &str, types: &[&str], disabled: bool) -> StoredSubscription {
+        let stored = serde_json::to_string(&endpoint(id, types, disabled)).unwrap();
+        serde_json::from_str(&stored).unwrap()
+    }
+
+    fn ids(found: Vec<Arc<str>>) -> Vec<String> {
+        found.iter().map(|id| id.to_string()).collect()
     }
 
     #[test]
@@ -592,28 +707,44 @@ mod tests {
 
     #[test]
     fn subscribers_come_from_every_kind_of_pattern_once() {
-        let snapshot = Snapshot::build(
+        let index = Subscriptions::build(
             1,
             vec![
-                endpoint("ep_all", &["*"], false),
-                endpoint("ep_orders", &["order.*", "order.created"], false),
-                endpoint("ep_exact", &["order.created"], false),
-                endpoint("ep_deep", &["order.item.*"], false),
-                endpoint("ep_users", &["user.*"], false),
-                endpoint("ep_off", &["*"], true),
+                subscription("ep_all", &["*"], false),
+                subscription("ep_orders", &["order.*", "order.created"], false),
+                subscription("ep_exact", &["order.created"], false),
+                subscription("ep_deep", &["order.item.*"], false),
+                subscription("ep_users", &["user.*"], false),
+                subscription("ep_off", &["*"], true),
             ],
         );
         assert_eq!(
-            ids(snapshot.subscribers("order.created")),
+            ids(index.subscribers("order.created")),
             ["ep_all", "ep_exact", "ep_orders"]
         );
         assert_eq!(
-            ids(snapshot.subscribers("order.item.added")),
+            ids(index.subscribers("order.item.added")),
             ["ep_all", "ep_deep", "ep_orders"]
         );
-        assert_eq!(ids(snapshot.subscribers("invoice.paid")), ["ep_all"]);
-        // Disabled endpoints receive nothing but can still be looked up.
-        assert!(snapshot.get("ep_off").is_some());
+        // The disabled endpoint receives nothing, though it was read.
+        assert_eq!(ids(index.subscribers("invoice.paid")), ["ep_all"]);
+        assert_eq!(index.len(), 6);
+    }
+
+    #[test]
+    fn an_endpoint_with_a_bad_subscription_is_skipped_alone() {
+        let index = Subscriptions::build(
+            1,
+            vec![
+                subscription("ep_good", &["order.created"], false),
+                StoredSubscription {
+                    id: "ep_damaged".to_owned(),
+                    event_types: vec!["order.created".to_owned(), "order*".to_owned()],
+                    disabled: false,
+                },
+            ],
+        );
+        assert_eq!(ids(index.subscribers("order.created")), ["ep_good"]);
     }
 
     #[test]

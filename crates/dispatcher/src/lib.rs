@@ -3,7 +3,8 @@
 //! Any number of replicas consume `herald.deliveries` in the
 //! `herald-dispatcher` consumer group, and the retry tiers in the
 //! `herald-dispatcher-retry` group. For each delivery record the
-//! dispatcher looks up the endpoint (cache, then Redis), signs the webhook
+//! dispatcher looks up the endpoint (read from Redis on first use, then held
+//! until an endpoint changes), signs the webhook
 //! per Standard Webhooks and POSTs it ([`deliver`]). Many deliveries are in
 //! flight at once, so a slow endpoint does not hold up the others; the
 //! record's offset is stored only once the endpoint answered 2xx (or the
@@ -81,7 +82,8 @@ pub struct Config {
     /// Attempt log retention (`HERALD_ATTEMPT_LOG_*`).
     pub attempt_log: AttemptLogConfig,
     /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the endpoint
-    /// cache checks Redis for changes.
+    /// cache checks Redis for changes (a change makes it read the endpoints
+    /// it holds again, on their next use).
     pub cache_refresh: Duration,
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
     /// long in-flight deliveries may take to finish.

@@ -2,7 +2,8 @@
 //!
 //! It consumes `herald.events` in the `herald-fanout` consumer group. For
 //! each record it parses the event (JSON, see `herald_core::event`), finds
-//! the enabled endpoints subscribed to its type in the endpoint cache, and
+//! the enabled endpoints subscribed to its type in its copy of every
+//! endpoint's subscriptions (`SubscriptionCache`: ids and event types only), and
 //! produces one `herald.v1.Delivery` per endpoint to `herald.deliveries`,
 //! keyed by endpoint id so that one endpoint's deliveries share a partition.
 //! The record's offset is stored only after every one of those produces was
@@ -19,7 +20,7 @@ use std::time::Duration;
 use herald_core::backoff::Backoff;
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::dead_letter::{self, DeadLetterWriter};
-use herald_core::endpoint::{EndpointCache, EndpointStore, Snapshot};
+use herald_core::endpoint::{EndpointStore, SubscriptionCache, Subscriptions};
 use herald_core::event::{event_id_from_position, parse_event, unix_millis};
 use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
 use herald_core::kafka::offsets::Outcome;
@@ -40,9 +41,9 @@ pub struct Config {
     /// `HERALD_FANOUT_MAX_IN_FLIGHT` (default `1000`): events being fanned
     /// out at once.
     pub max_in_flight: usize,
-    /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the endpoint
-    /// cache checks Redis for changes; new or changed subscriptions take
-    /// effect within this interval.
+    /// `HERALD_ENDPOINT_CACHE_REFRESH` (default `1s`): how often the
+    /// subscription cache checks Redis for changes; new or changed
+    /// subscriptions take effect within this interval.
     pub cache_refresh: Duration,
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
     /// long in-flight events may take to finish.
@@ -113,7 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
         shutdown.clone(),
     )
     .await?;
-    let cache = EndpointCache::new(EndpointStore::new(
+    let cache = SubscriptionCache::new(EndpointStore::new(
         redis,
         Keys::new(config.redis.key_prefix.clone()),
     ));
@@ -156,7 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
 
 /// Fans out one event record.
 struct FanoutHandler {
-    cache: EndpointCache,
+    cache: SubscriptionCache,
     dead_letters: DeadLetterWriter,
     producer: FutureProducer,
     deliveries_topic: String,
@@ -178,11 +179,11 @@ impl RecordHandler for FanoutHandler {
 impl FanoutHandler {
     async fn fan_out(&self, record: OwnedMessage) -> Outcome {
         // `run` loads the cache before consuming, so this is always there.
-        let Some(snapshot) = self.cache.snapshot() else {
+        let Some(subscriptions) = self.cache.current() else {
             tracing::error!("endpoint cache not loaded; leaving the record for the next owner");
             return Outcome::Abandoned;
         };
-        let deliveries = match plan(&record, &snapshot) {
+        let deliveries = match plan(&record, &subscriptions) {
             Ok(deliveries) => deliveries,
             Err(reason) => {
                 let letter = dead_letter::for_malformed_record(
@@ -201,7 +202,7 @@ impl FanoutHandler {
 
 /// The delivery records for one event record: one per subscribed endpoint.
 /// An error means the record is not a valid event.
-fn plan(record: &OwnedMessage, snapshot: &Snapshot) -> Result<Vec<Delivery>, String> {
+fn plan(record: &OwnedMessage, subscriptions: &Subscriptions) -> Result<Vec<Delivery>, String> {
     let bytes = record.payload().ok_or("the record has no value")?;
     let event = parse_event(bytes).map_err(|err| err.to_string())?;
     let event_id = event.id.unwrap_or_else(|| {
@@ -214,16 +215,16 @@ fn plan(record: &OwnedMessage, snapshot: &Snapshot) -> Result<Vec<Delivery>, Str
             .to_millis()
             .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
     };
-    let subscribers = snapshot.subscribers(&event.event_type);
+    let subscribers = subscriptions.subscribers(&event.event_type);
     let span = tracing::Span::current();
     span.record("event_id", event_id.as_str());
     span.record("subscribers", subscribers.len());
     tracing::debug!(event_id, subscribers = subscribers.len(), "fanning out");
     Ok(subscribers
         .iter()
-        .map(|endpoint| Delivery {
-            delivery_id: herald_core::event::delivery_id(&event_id, &endpoint.endpoint.id),
-            endpoint_id: endpoint.endpoint.id.clone(),
+        .map(|endpoint_id| Delivery {
+            delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
+            endpoint_id: endpoint_id.to_string(),
             event_id: event_id.clone(),
             event_type: event.event_type.clone(),
             payload_json: event.payload.get().as_bytes().to_vec(),

@@ -1,0 +1,142 @@
+//! The two endpoint caches against a real Redis (`HERALD_TEST_REDIS_URL`,
+//! set by scripts/test): what each holds, and when a change reaches it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herald_core::config::{Env, RedisConfig};
+use herald_core::endpoint::{Endpoint, EndpointCache, EndpointStore, SubscriptionCache};
+use herald_core::redis_store::{Keys, StoreError};
+use herald_core::signing::Secret;
+
+fn store() -> EndpointStore {
+    let url = std::env::var("HERALD_TEST_REDIS_URL")
+        .expect("HERALD_TEST_REDIS_URL is not set: run the tests with scripts/test");
+    let config = RedisConfig::from_env(&Env::from_pairs([("HERALD_REDIS_URL", url)])).unwrap();
+    let redis = herald_core::redis_store::connect(&config).unwrap();
+    EndpointStore::new(
+        redis,
+        Keys::new(format!("t{}:", uuid::Uuid::new_v4().simple())),
+    )
+}
+
+fn endpoint(id: &str, url: &str, types: &[&str]) -> Endpoint {
+    Endpoint {
+        id: id.to_owned(),
+        url: url.to_owned(),
+        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        description: String::new(),
+        headers: BTreeMap::new(),
+        disabled: false,
+        disabled_reason: None,
+        rate_limit: None,
+        secret: Secret::generate().expose(),
+        previous_secrets: Vec::new(),
+        created_at: "2026-01-01T00:00:00Z".to_owned(),
+        updated_at: "2026-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+fn ids(found: Vec<Arc<str>>) -> Vec<String> {
+    found.iter().map(|id| id.to_string()).collect()
+}
+
+async fn url_of(cache: &EndpointCache, id: &str) -> String {
+    let found = cache
+        .lookup(id)
+        .await
+        .unwrap()
+        .expect("the endpoint exists");
+    found.endpoint.url.clone()
+}
+
+#[tokio::test]
+async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
+    let store = store();
+    for n in 0..20 {
+        let e = endpoint(&format!("ep_{n}"), "http://a.test/hook", &["*"]);
+        store.create(&e, n).await.unwrap();
+    }
+    let cache = EndpointCache::new(store.clone());
+    cache.refresh().await.unwrap();
+    assert_eq!(cache.len(), 0, "nothing is read before it is needed");
+
+    assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
+    assert_eq!(cache.len(), 1);
+    assert!(cache.lookup("ep_missing").await.unwrap().is_none());
+    assert_eq!(cache.len(), 1, "an unknown id is not held");
+
+    let changed = endpoint("ep_3", "http://b.test/hook", &["*"]);
+    assert!(store.update(&changed).await.unwrap());
+    // Until the next refresh, the held copy is used...
+    assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
+    // ...and the refresh that sees the change drops it.
+    cache.refresh().await.unwrap();
+    assert_eq!(cache.len(), 0);
+    assert_eq!(url_of(&cache, "ep_3").await, "http://b.test/hook");
+
+    // A refresh without a change keeps what is held.
+    cache.refresh().await.unwrap();
+    assert_eq!(cache.len(), 1);
+
+    assert!(store.delete("ep_3").await.unwrap());
+    cache.refresh().await.unwrap();
+    assert!(cache.lookup("ep_3").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn fan_out_reads_every_subscription_and_sees_changes_after_a_refresh() {
+    let store = store();
+    store
+        .create(&endpoint("ep_a", "http://a.test/", &["order.*"]), 1)
+        .await
+        .unwrap();
+    store
+        .create(&endpoint("ep_b", "http://b.test/", &["user.created"]), 2)
+        .await
+        .unwrap();
+    let cache = SubscriptionCache::new(store.clone());
+    assert!(cache.current().is_none());
+    cache.refresh().await.unwrap();
+    let index = cache.current().unwrap();
+    assert_eq!(index.len(), 2);
+    assert_eq!(ids(index.subscribers("order.created")), ["ep_a"]);
+    assert_eq!(ids(index.subscribers("user.created")), ["ep_b"]);
+
+    let b = endpoint("ep_b", "http://b.test/", &["order.created"]);
+    store.update(&b).await.unwrap();
+    let mut a = endpoint("ep_a", "http://a.test/", &["order.*"]);
+    a.disabled = true;
+    store.update(&a).await.unwrap();
+    // The index in use stays as it was; the refresh brings the change.
+    assert_eq!(ids(index.subscribers("order.created")), ["ep_a"]);
+    let index = cache.refresh().await.unwrap();
+    assert_eq!(ids(index.subscribers("order.created")), ["ep_b"]);
+    assert!(index.subscribers("user.created").is_empty());
+}
+
+/// Fan-out does not read secrets, so an endpoint whose stored secret is
+/// damaged still gets its deliveries, and the dispatcher's lookup says what
+/// is wrong (it dead-letters them with that reason) instead of the events
+/// vanishing before a delivery exists.
+#[tokio::test]
+async fn a_damaged_secret_is_the_dispatchers_error_not_a_silent_skip() {
+    let store = store();
+    let mut damaged = endpoint("ep_damaged", "http://a.test/", &["*"]);
+    damaged.secret = "not-a-secret".to_owned();
+    store.create(&damaged, 1).await.unwrap();
+
+    let subscriptions = SubscriptionCache::new(store.clone());
+    let index = subscriptions.refresh().await.unwrap();
+    assert_eq!(ids(index.subscribers("order.created")), ["ep_damaged"]);
+
+    let cache = EndpointCache::new(store);
+    cache.refresh().await.unwrap();
+    match cache.lookup("ep_damaged").await {
+        Err(StoreError::Corrupt(problem)) => {
+            assert!(problem.contains("unusable secret"), "{problem}")
+        }
+        other => panic!("expected a corrupt-endpoint error, got {other:?}"),
+    }
+    assert_eq!(cache.len(), 0);
+}
