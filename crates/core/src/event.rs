@@ -106,6 +106,62 @@ pub struct ParsedEvent<'a> {
     pub timestamp: Option<OffsetDateTime>,
 }
 
+/// Walks a JSON value without keeping any of it, converting every number to
+/// a double on the way: a number beyond a double's range (`1e400`) is an
+/// error, as it is for the event schema's `google.protobuf.Value`, while the
+/// payload itself still travels byte for byte.
+struct NumbersInRange;
+
+impl<'de> Deserialize<'de> for NumbersInRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NumbersInRange)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NumbersInRange {
+    type Value = NumbersInRange;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self, A::Error> {
+        while items.next_element::<NumbersInRange>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut fields: A) -> Result<Self, A::Error> {
+        while fields.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            fields.next_value::<NumbersInRange>()?;
+        }
+        Ok(self)
+    }
+}
+
 /// Parses and validates an event from JSON bytes.
 pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
     if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
@@ -143,6 +199,14 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
     })?;
 
     let payload = wire.payload.ok_or(EventError::MissingField("payload"))?;
+    serde_json::from_str::<NumbersInRange>(payload.get()).map_err(|err| {
+        EventError::InvalidField {
+            field: "payload",
+            problem: format!(
+                "must be JSON whose numbers fit a double, as the event schema's google.protobuf.Value holds them ({err})"
+            ),
+        }
+    })?;
 
     let id = string_field("id", wire.id)?;
     if let Some(id) = &id {
@@ -402,6 +466,19 @@ mod tests {
             parse_event(br#"{"type":"a"}"#).unwrap_err(),
             EventError::MissingField("payload")
         );
+    }
+
+    #[test]
+    fn payload_numbers_must_fit_a_double_and_travel_unchanged() {
+        let err = parse_event(br#"{"type":"a","payload":{"n":[1e400]}}"#).unwrap_err();
+        assert_eq!(err.code(), "invalid_field");
+        assert!(err.to_string().contains("fit a double"), "{err}");
+        // Within range, however written, the bytes are kept as sent: huge
+        // integers and tiny fractions included.
+        let text = r#"{"big":123456789012345678901234567890,"tiny":1e-400,"x":-0.0E+2}"#;
+        let bytes = format!(r#"{{"type":"a","payload":{text}}}"#);
+        let event = parse_event(bytes.as_bytes()).unwrap();
+        assert_eq!(event.payload.get(), text);
     }
 
     #[test]

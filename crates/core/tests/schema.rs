@@ -97,6 +97,7 @@ fn events_the_schema_refuses_herald_refuses_too() {
         r#"{"id":{"a":1},"type":"t","payload":1}"#,
         r#"{"type":"t","payload":1,"timestamp":"noon"}"#,
         r#"{"type":"t","payload":1,"colour":"red"}"#,
+        r#"{"type":"t","payload":{"n":[1e400]}}"#,
         r#"["type","t"]"#,
     ] {
         assert!(through_schema(json).is_err(), "schema accepts {json}");
