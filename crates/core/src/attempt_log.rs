@@ -7,10 +7,20 @@
 //!   scored by start time; trimmed to the newest `max_per_endpoint` and to
 //!   the retention period on every write;
 //! - `attempts:event:{event id}`: the same records for one event, expiring
-//!   after the retention period.
+//!   after the retention period;
+//! - `attempts:events`: the event ids that have such a log, scored by their
+//!   latest attempt. Only the newest `max_events` keep their log: each write
+//!   drops the oldest beyond that, so the log's memory is bounded whatever
+//!   the event rate (an event's log costs Redis about 1.3 KB for one
+//!   attempt; kept for the whole retention period at 100 attempts/s, logs
+//!   would take some 80 GB).
+//!
+//! One script does a write, in one round trip.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +64,9 @@ pub struct AttemptLogConfig {
     /// `HERALD_ATTEMPT_LOG_MAX_PER_ENDPOINT` (default `1000`): most attempts
     /// kept per endpoint.
     pub max_per_endpoint: u64,
+    /// `HERALD_ATTEMPT_LOG_MAX_EVENTS` (default `100000`): most events whose
+    /// attempts stay readable by event id (the newest by latest attempt).
+    pub max_events: u64,
 }
 
 impl AttemptLogConfig {
@@ -70,9 +83,41 @@ impl AttemptLogConfig {
                 1,
                 1_000_000,
             )?,
+            max_events: env.number("HERALD_ATTEMPT_LOG_MAX_EVENTS", 100_000, 1, 100_000_000)?,
         })
     }
 }
+
+/// Writes one attempt. KEYS: the endpoint's log, the event's log, the index
+/// of events. ARGV: the record, its start (score), now, retention (ms), most
+/// attempts per endpoint, most events, the event id, and the key prefix of
+/// event logs (the logs of events dropped from the index are named from it,
+/// so this script needs a single Redis, not a cluster).
+const RECORD: &str = r#"
+local now = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+local cutoff = now - retention
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+-- Keep the newest ARGV[5]: drop ranks 0 .. -(keep+1).
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[5]) + 1))
+redis.call('PEXPIRE', KEYS[1], retention)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], retention)
+redis.call('ZADD', KEYS[3], now, ARGV[7])
+redis.call('PEXPIRE', KEYS[3], retention)
+-- Events whose log has expired leave the index; past the cap, the oldest
+-- leave it and their logs go too.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', cutoff)
+local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[6])
+if excess > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[3], excess)
+  for i = 1, #oldest, 2 do
+    redis.call('UNLINK', ARGV[8] .. oldest[i])
+  end
+end
+return 0
+"#;
 
 /// Reads and writes the attempt log.
 #[derive(Clone)]
@@ -80,6 +125,7 @@ pub struct AttemptLog {
     redis: ConnectionManager,
     prefix: String,
     config: AttemptLogConfig,
+    record: Arc<Script>,
 }
 
 impl std::fmt::Debug for AttemptLog {
@@ -97,6 +143,7 @@ impl AttemptLog {
             redis,
             prefix: prefix.to_owned(),
             config,
+            record: Arc::new(Script::new(RECORD)),
         }
     }
 
@@ -104,33 +151,36 @@ impl AttemptLog {
         format!("{}attempts:endpoint:{endpoint_id}", self.prefix)
     }
 
-    fn event_key(&self, event_id: &str) -> String {
-        format!("{}attempts:event:{event_id}", self.prefix)
+    fn event_key_prefix(&self) -> String {
+        format!("{}attempts:event:", self.prefix)
     }
 
-    /// Records one attempt and trims the endpoint's log.
+    fn event_key(&self, event_id: &str) -> String {
+        format!("{}{event_id}", self.event_key_prefix())
+    }
+
+    fn event_index_key(&self) -> String {
+        format!("{}attempts:events", self.prefix)
+    }
+
+    /// Records one attempt, and trims the endpoint's log and the index of
+    /// event logs.
     pub async fn record(&self, attempt: &AttemptRecord, now_ms: i64) -> Result<(), StoreError> {
         let json = serde_json::to_string(attempt)?;
-        let retention_ms = self.config.retention.as_millis() as i64;
-        let endpoint_key = self.endpoint_key(&attempt.endpoint_id);
-        let event_key = self.event_key(&attempt.event_id);
-        let keep = self.config.max_per_endpoint as isize;
         let mut conn = self.redis.clone();
-        redis::pipe()
-            .zadd(&endpoint_key, &json, attempt.started_at_ms)
-            .ignore()
-            .zrembyscore(&endpoint_key, "-inf", now_ms - retention_ms)
-            .ignore()
-            // Keep the newest `keep`: drop ranks 0 .. -(keep+1).
-            .zremrangebyrank(&endpoint_key, 0, -(keep + 1))
-            .ignore()
-            .pexpire(&endpoint_key, retention_ms)
-            .ignore()
-            .zadd(&event_key, &json, attempt.started_at_ms)
-            .ignore()
-            .pexpire(&event_key, retention_ms)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        self.record
+            .key(self.endpoint_key(&attempt.endpoint_id))
+            .key(self.event_key(&attempt.event_id))
+            .key(self.event_index_key())
+            .arg(json)
+            .arg(attempt.started_at_ms)
+            .arg(now_ms)
+            .arg(self.config.retention.as_millis() as u64)
+            .arg(self.config.max_per_endpoint)
+            .arg(self.config.max_events)
+            .arg(&attempt.event_id)
+            .arg(self.event_key_prefix())
+            .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
     }

@@ -360,6 +360,7 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
     let config = AttemptLogConfig {
         retention: Duration::from_secs(3600),
         max_per_endpoint: 3,
+        max_events: 100,
     };
     let log = AttemptLog::new(redis(), &prefix(), config);
     let record = |n: u32, at: i64| AttemptRecord {
@@ -400,4 +401,63 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
         .collect();
     assert_eq!(event_1, [5, 3, 1]);
     assert_eq!(log.for_endpoint("ep", 1, 1).await.unwrap()[0].attempt, 4);
+}
+
+#[tokio::test]
+async fn only_the_newest_events_keep_a_log_of_their_own() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let prefix = prefix();
+    let config = AttemptLogConfig {
+        retention: Duration::from_secs(3600),
+        max_per_endpoint: 1000,
+        max_events: 3,
+    };
+    let log = AttemptLog::new(redis(), &prefix, config);
+    let write = |event: String, at: i64| {
+        let log = log.clone();
+        async move {
+            let record = AttemptRecord {
+                delivery_id: format!("dlv_{event}"),
+                endpoint_id: "ep".into(),
+                event_id: event,
+                attempt: 1,
+                started_at_ms: at,
+                duration_ms: 3,
+                status_code: Some(200),
+                error: None,
+                response_body: String::new(),
+                success: true,
+            };
+            log.record(&record, at).await.unwrap();
+        }
+    };
+    for n in 0..50 {
+        write(format!("evt_{n}"), T0 + n).await;
+    }
+    // A later attempt for an older event makes it one of the newest again.
+    write("evt_10".to_owned(), T0 + 50).await;
+    write("evt_50".to_owned(), T0 + 51).await;
+
+    let mut with_log = Vec::new();
+    for n in 0..=50 {
+        if !log
+            .for_event(&format!("evt_{n}"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            with_log.push(n);
+        }
+    }
+    assert_eq!(with_log, [10, 49, 50]);
+    // The dropped logs are gone from Redis, not merely unlisted.
+    let mut conn = redis();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}attempts:event:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    // The endpoint's own log is bounded by its own limit only.
+    assert_eq!(log.for_endpoint("ep", 0, 1000).await.unwrap().len(), 52);
 }
