@@ -289,3 +289,58 @@ async fn a_410_disables_the_endpoint_and_dead_letters_the_event() {
         .await;
     assert_eq!(letters["data"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_events_keep_their_attempt_log() {
+    let stack =
+        Stack::start(StackOptions::new("attempt-cap").env("HERALD_ATTEMPT_LOG_MAX_EVENTS", "2"))
+            .await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let endpoint_id = stack.subscribe(&receiver, &["*"]).await;
+    stack.settle_endpoints().await;
+
+    // One at a time, so that "newest" is well defined.
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        ids.push(
+            stack
+                .accept_event(&json!({"type": "invoice.paid", "payload": {"n": n}}))
+                .await,
+        );
+        assert!(
+            receiver.wait_for(n, Duration::from_secs(20)).await,
+            "logs in {}",
+            stack.logs().display()
+        );
+    }
+    let attempts_of = |id: String| {
+        let stack = &stack;
+        async move {
+            let (status, log) = stack.get_json(&format!("/v1/events/{id}/attempts")).await;
+            assert_eq!(status, 200, "{log}");
+            log["data"].as_array().unwrap().len()
+        }
+    };
+    // The dispatcher trims every second; give it a few.
+    let mut kept = Vec::new();
+    for _ in 0..50 {
+        kept.clear();
+        for id in &ids {
+            kept.push(attempts_of(id.clone()).await);
+        }
+        if kept == [0, 0, 0, 1, 1] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        kept,
+        [0, 0, 0, 1, 1],
+        "attempts kept per event, oldest first"
+    );
+    // The endpoint's own log is bounded separately and still has all five.
+    let (_, by_endpoint) = stack
+        .get_json(&format!("/v1/endpoints/{endpoint_id}/attempts"))
+        .await;
+    assert_eq!(by_endpoint["data"].as_array().unwrap().len(), 5);
+}

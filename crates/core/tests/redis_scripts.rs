@@ -437,6 +437,8 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
     // A later attempt for an older event makes it one of the newest again.
     write("evt_10".to_owned(), T0 + 50).await;
     write("evt_50".to_owned(), T0 + 51).await;
+    assert_eq!(log.trim(T0 + 52).await.unwrap(), 48);
+    assert_eq!(log.trim(T0 + 53).await.unwrap(), 0, "nothing left to drop");
 
     let mut with_log = Vec::new();
     for n in 0..=50 {

@@ -206,6 +206,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
     );
     let limiter = RateLimiter::new(redis.clone(), &config.redis.key_prefix);
     let attempt_log = AttemptLog::new(redis, &config.redis.key_prefix, config.attempt_log.clone());
+    tokio::spawn(attempt_log.clone().trim_every_interval(shutdown.clone()));
     let abandon = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(
         &config,
