@@ -127,6 +127,15 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     }
     let dead = &modes[2];
     assert_eq!(dead["dead_endpoints"], 1);
+    // Its target compares with an all-healthy phase of its own.
+    let all_healthy = &dead["all_healthy"];
+    assert!(all_healthy["expected"].as_u64().unwrap() > 0, "{dead}");
+    assert_eq!(all_healthy["delivered"], all_healthy["expected"]);
+    assert_eq!(all_healthy["duplicates"], 0);
+    assert!(
+        modes[1]["all_healthy"].is_null(),
+        "only the dead mode has one"
+    );
     assert!(
         dead["dead_endpoint_requests"].as_u64().unwrap() >= 1,
         "the dead endpoint was never tried: {dead}"

@@ -528,11 +528,19 @@ impl Bench {
         };
         eprintln!("mode {mode}: starting Herald with {dispatchers} dispatcher(s)");
         let mut running = self.start_mode(mode, dispatchers, extra_env).await?;
+        let fan_out = if fan_out_one { 1 } else { MAX_FANOUT };
+        // The dead-endpoint target compares with this phase: every endpoint
+        // healthy, on the same processes and topics, just before.
+        let all_healthy = if dead.is_empty() {
+            None
+        } else {
+            let phase = self.phase(mode, "kafka-all-healthy", deliveries / fan_out, fan_out_one);
+            Some(load::run(&phase, &running.kafka_source, self.tally(&running)).await?)
+        };
         for index in &dead {
             self.receiver.set_failing(*index, true);
         }
         self.receiver.set_answer_delay(answer_delay);
-        let fan_out = if fan_out_one { 1 } else { MAX_FANOUT };
         let mut phase = self.phase(mode, "kafka", deliveries / fan_out, fan_out_one);
         phase.dead = dead.clone();
         let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
@@ -596,6 +604,7 @@ impl Bench {
                 dead_endpoints: dead.len(),
                 dead_endpoint_requests,
                 kafka,
+                all_healthy,
                 http,
                 latency,
                 processes,
