@@ -78,3 +78,51 @@ async fn deliveries_go_on_while_redis_is_away() {
     );
     assert!(receiver.received().iter().all(|r| r.signature_valid));
 }
+
+/// A dispatcher re-reads the endpoints it holds after any endpoint changes.
+/// If Redis goes away right after such a change, it keeps delivering with
+/// the copies it has rather than waiting for Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_just_before_redis_goes_away_does_not_stop_deliveries() {
+    let redis = RedisServer::start().await;
+    let stack = Stack::start(
+        StackOptions::new("redis-outage-change")
+            .env("HERALD_REDIS_URL", &redis.url)
+            .env("HERALD_REDIS_TIMEOUT", "500ms"),
+    )
+    .await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    stack.subscribe(&receiver, &["*"]).await;
+    stack.settle_endpoints().await;
+    stack
+        .accept_event(&json!({"type": "before", "payload": 0}))
+        .await;
+    assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
+
+    // Any change moves the change counter; the caches notice it, then Redis
+    // stops answering.
+    let other = Receiver::start(Behaviour::Accept).await;
+    stack.subscribe(&other, &["unrelated.type"]).await;
+    stack.settle_endpoints().await;
+    redis.freeze();
+    let producer = stack.kafka_producer();
+    for i in 0..10 {
+        let event = json!({"id": format!("during_{i}"), "type": "during", "payload": i});
+        stack
+            .produce(
+                &producer,
+                "herald.events",
+                None,
+                event.to_string().as_bytes(),
+            )
+            .await;
+    }
+    assert!(
+        receiver.wait_for(11, Duration::from_secs(60)).await,
+        "only {} webhooks arrived while Redis was away; logs in {}",
+        receiver.count(),
+        stack.logs().display()
+    );
+    redis.thaw();
+    assert_eq!(other.count(), 0);
+}

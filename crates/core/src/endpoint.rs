@@ -500,10 +500,12 @@ impl SubscriptionCache {
 }
 
 /// A dispatcher's endpoints: each read from Redis when a delivery first needs
-/// it and kept until the change counter moves, then read again on next use.
-/// A replica thus holds the endpoints it delivers to, not every registered
-/// one, and a change costs one read per endpoint in use rather than a reload
-/// of all of them. Changes reach the dispatchers within one refresh interval.
+/// it and used until the change counter moves, then read again on its next
+/// use. A replica thus holds the endpoints it delivers to, not every
+/// registered one, and a change costs one read per endpoint in use rather
+/// than a reload of all of them. Changes reach the dispatchers within one
+/// refresh interval. While Redis does not answer, the last copy read is used,
+/// even one that a change has made stale.
 #[derive(Debug, Clone)]
 pub struct EndpointCache {
     store: EndpointStore,
@@ -512,10 +514,17 @@ pub struct EndpointCache {
 
 #[derive(Debug, Default)]
 struct LoadedEndpoints {
-    /// The change counter the entries were read under (`None` before the
-    /// first refresh).
+    /// The change counter as last read (`None` before the first refresh).
     version: Option<i64>,
-    by_id: HashMap<String, Arc<ResolvedEndpoint>>,
+    by_id: HashMap<String, HeldEndpoint>,
+}
+
+#[derive(Debug)]
+struct HeldEndpoint {
+    endpoint: Arc<ResolvedEndpoint>,
+    /// The change counter it was read under: older than
+    /// [`LoadedEndpoints::version`] means stale.
+    read_under: Option<i64>,
 }
 
 impl EndpointCache {
@@ -533,17 +542,18 @@ impl EndpointCache {
         &self.store
     }
 
-    /// Number of endpoints held.
-    pub fn len(&self) -> usize {
-        read(&self.loaded).by_id.len()
+    /// Number of endpoints held that no change has made stale.
+    pub fn fresh(&self) -> usize {
+        let loaded = read(&self.loaded);
+        loaded
+            .by_id
+            .values()
+            .filter(|held| held.read_under == loaded.version)
+            .count()
     }
 
-    /// Whether no endpoint is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Drops every endpoint held when the change counter moved.
+    /// Reads the change counter; when it moved, every endpoint held becomes
+    /// stale (read again on its next use).
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let version = self.store.version().await?;
         let mut loaded = write(&self.loaded);
@@ -551,10 +561,7 @@ impl EndpointCache {
             if !loaded.by_id.is_empty() {
                 tracing::debug!(version, "endpoints changed; reading them again on next use");
             }
-            *loaded = LoadedEndpoints {
-                version: Some(version),
-                by_id: HashMap::new(),
-            };
+            loaded.version = Some(version);
         }
         Ok(())
     }
@@ -562,23 +569,39 @@ impl EndpointCache {
     /// One endpoint: held, or read from Redis. `Ok(None)` means it does not
     /// exist.
     pub async fn lookup(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, StoreError> {
-        let read_under = {
+        let (read_under, stale) = {
             let loaded = read(&self.loaded);
-            if let Some(found) = loaded.by_id.get(id) {
-                return Ok(Some(found.clone()));
+            match loaded.by_id.get(id) {
+                Some(held) if held.read_under == loaded.version => {
+                    return Ok(Some(held.endpoint.clone()));
+                }
+                Some(held) => (loaded.version, Some(held.endpoint.clone())),
+                None => (loaded.version, None),
             }
-            loaded.version
         };
-        let Some(endpoint) = self.store.get(id).await? else {
-            return Ok(None);
+        let endpoint = match (self.store.get(id).await, stale) {
+            (Ok(Some(endpoint)), _) => endpoint,
+            (Ok(None), _) => {
+                write(&self.loaded).by_id.remove(id);
+                return Ok(None);
+            }
+            // Redis does not answer: the last copy is better than none.
+            (Err(StoreError::Redis(_)), Some(stale)) => return Ok(Some(stale)),
+            (Err(err), _) => return Err(err),
         };
         let resolved = Arc::new(ResolvedEndpoint::new(endpoint).map_err(StoreError::Corrupt)?);
         let mut loaded = write(&self.loaded);
-        // A refresh that saw a change while this read was under way has
-        // dropped everything read before it; what this read returned may
-        // predate the change, so it is used once and not kept.
+        // A refresh that saw another change while this read was under way
+        // makes what it returned possibly out of date: it is used once, and
+        // read again next time.
         if loaded.version == read_under {
-            loaded.by_id.insert(id.to_owned(), resolved.clone());
+            loaded.by_id.insert(
+                id.to_owned(),
+                HeldEndpoint {
+                    endpoint: resolved.clone(),
+                    read_under,
+                },
+            );
         }
         Ok(Some(resolved))
     }

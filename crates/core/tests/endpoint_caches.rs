@@ -59,25 +59,25 @@ async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
     }
     let cache = EndpointCache::new(store.clone());
     cache.refresh().await.unwrap();
-    assert_eq!(cache.len(), 0, "nothing is read before it is needed");
+    assert_eq!(cache.fresh(), 0, "nothing is read before it is needed");
 
     assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
-    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.fresh(), 1);
     assert!(cache.lookup("ep_missing").await.unwrap().is_none());
-    assert_eq!(cache.len(), 1, "an unknown id is not held");
+    assert_eq!(cache.fresh(), 1, "an unknown id is not held");
 
     let changed = endpoint("ep_3", "http://b.test/hook", &["*"]);
     assert!(store.update(&changed).await.unwrap());
     // Until the next refresh, the held copy is used...
     assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
-    // ...and the refresh that sees the change drops it.
+    // ...and the refresh that sees the change makes it stale.
     cache.refresh().await.unwrap();
-    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.fresh(), 0);
     assert_eq!(url_of(&cache, "ep_3").await, "http://b.test/hook");
 
     // A refresh without a change keeps what is held.
     cache.refresh().await.unwrap();
-    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.fresh(), 1);
 
     assert!(store.delete("ep_3").await.unwrap());
     cache.refresh().await.unwrap();
@@ -138,5 +138,5 @@ async fn a_damaged_secret_is_the_dispatchers_error_not_a_silent_skip() {
         }
         other => panic!("expected a corrupt-endpoint error, got {other:?}"),
     }
-    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.fresh(), 0);
 }
