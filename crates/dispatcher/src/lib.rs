@@ -3,9 +3,9 @@
 //! Any number of replicas consume `herald.deliveries` in the
 //! `herald-dispatcher` consumer group, and the retry tiers in the
 //! `herald-dispatcher-retry` group. For each delivery record the
-//! dispatcher looks up the endpoint (read from Redis on first use, then held
-//! until an endpoint changes), signs the webhook
-//! per Standard Webhooks and POSTs it ([`deliver`]). Many deliveries are in
+//! dispatcher looks up the endpoint (read from Redis on first use and again
+//! after any endpoint changed; `herald_core::endpoint::EndpointCache`), signs
+//! the webhook per Standard Webhooks and POSTs it ([`deliver`]). Many deliveries are in
 //! flight at once, so a slow endpoint does not hold up the others; the
 //! record's offset is stored only once the endpoint answered 2xx (or the
 //! delivery was given up), in order per partition, so a crash re-delivers at
