@@ -10,13 +10,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_go_on_while_redis_is_away() {
-    let redis = RedisServer::start().await;
-    let stack = Stack::start(
-        StackOptions::new("redis-outage")
-            .env("HERALD_REDIS_URL", &redis.url)
-            .env("HERALD_REDIS_TIMEOUT", "500ms"),
-    )
-    .await;
+    let (redis, stack) = stack_on_a_redis_of_its_own("redis-outage").await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
@@ -28,24 +22,8 @@ async fn deliveries_go_on_while_redis_is_away() {
     assert!(receiver.wait_for(5, Duration::from_secs(30)).await);
 
     redis.freeze();
-    let producer = stack.kafka_producer();
-    for i in 0..30 {
-        let event = json!({"id": format!("during_{i}"), "type": "during", "payload": i});
-        stack
-            .produce(
-                &producer,
-                "herald.events",
-                None,
-                event.to_string().as_bytes(),
-            )
-            .await;
-    }
-    assert!(
-        receiver.wait_for(35, Duration::from_secs(90)).await,
-        "only {} webhooks arrived while Redis was away; logs in {}",
-        receiver.count(),
-        stack.logs().display()
-    );
+    publish_straight_to_kafka(&stack, 30).await;
+    wait_for_webhooks(&stack, &receiver, 35, Duration::from_secs(90)).await;
     let dispatcher_log = stack.dispatchers[0].log_text();
     assert!(
         dispatcher_log.contains("Redis does not answer"),
@@ -84,13 +62,7 @@ async fn deliveries_go_on_while_redis_is_away() {
 /// the copies it has rather than waiting for Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_just_before_redis_goes_away_does_not_stop_deliveries() {
-    let redis = RedisServer::start().await;
-    let stack = Stack::start(
-        StackOptions::new("redis-outage-change")
-            .env("HERALD_REDIS_URL", &redis.url)
-            .env("HERALD_REDIS_TIMEOUT", "500ms"),
-    )
-    .await;
+    let (redis, stack) = stack_on_a_redis_of_its_own("redis-outage-change").await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
@@ -105,8 +77,30 @@ async fn a_change_just_before_redis_goes_away_does_not_stop_deliveries() {
     stack.subscribe(&other, &["unrelated.type"]).await;
     stack.settle_endpoints().await;
     redis.freeze();
+    publish_straight_to_kafka(&stack, 10).await;
+    wait_for_webhooks(&stack, &receiver, 11, Duration::from_secs(60)).await;
+    redis.thaw();
+    assert_eq!(other.count(), 0);
+}
+
+/// A stack whose Redis the test can freeze, with a short Redis timeout so
+/// that an outage is noticed quickly.
+async fn stack_on_a_redis_of_its_own(name: &str) -> (RedisServer, Stack) {
+    let redis = RedisServer::start().await;
+    let stack = Stack::start(
+        StackOptions::new(name)
+            .env("HERALD_REDIS_URL", &redis.url)
+            .env("HERALD_REDIS_TIMEOUT", "500ms"),
+    )
+    .await;
+    (redis, stack)
+}
+
+/// Publishes `count` events (`during_0` …) straight to `herald.events`:
+/// ingest refuses events while Redis is away.
+async fn publish_straight_to_kafka(stack: &Stack, count: usize) {
     let producer = stack.kafka_producer();
-    for i in 0..10 {
+    for i in 0..count {
         let event = json!({"id": format!("during_{i}"), "type": "during", "payload": i});
         stack
             .produce(
@@ -117,12 +111,13 @@ async fn a_change_just_before_redis_goes_away_does_not_stop_deliveries() {
             )
             .await;
     }
+}
+
+async fn wait_for_webhooks(stack: &Stack, receiver: &Receiver, total: usize, within: Duration) {
     assert!(
-        receiver.wait_for(11, Duration::from_secs(60)).await,
+        receiver.wait_for(total, within).await,
         "only {} webhooks arrived while Redis was away; logs in {}",
         receiver.count(),
         stack.logs().display()
     );
-    redis.thaw();
-    assert_eq!(other.count(), 0);
 }
