@@ -26,14 +26,7 @@ async fn garbage_records_are_skipped_and_the_rest_delivered() {
     }
     for i in 0..10 {
         let event = json!({"id": format!("after_garbage_{i}"), "type": "t", "payload": i});
-        stack
-            .produce(
-                &producer,
-                "herald.events",
-                None,
-                event.to_string().as_bytes(),
-            )
-            .await;
+        stack.produce_event(&producer, &event).await;
     }
     assert!(
         receiver.wait_for(10, Duration::from_secs(30)).await,

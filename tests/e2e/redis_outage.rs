@@ -102,14 +102,7 @@ async fn publish_straight_to_kafka(stack: &Stack, count: usize) {
     let producer = stack.kafka_producer();
     for i in 0..count {
         let event = json!({"id": format!("during_{i}"), "type": "during", "payload": i});
-        stack
-            .produce(
-                &producer,
-                "herald.events",
-                None,
-                event.to_string().as_bytes(),
-            )
-            .await;
+        stack.produce_event(&producer, &event).await;
     }
 }
 

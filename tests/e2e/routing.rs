@@ -79,14 +79,7 @@ async fn each_endpoint_receives_exactly_its_subscriptions() {
                 None,
             )
         };
-        stack
-            .produce(
-                &producer,
-                "herald.events",
-                None,
-                value.to_string().as_bytes(),
-            )
-            .await;
+        stack.produce_event(&producer, &value).await;
         sent.insert(marker, (event_type.to_owned(), id));
     }
 

@@ -514,6 +514,18 @@ impl Stack {
             .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
     }
 
+    /// Writes one JSON event straight to `herald.events`, as an application
+    /// that publishes to Kafka rather than calling ingest does.
+    pub async fn produce_event(&self, producer: &FutureProducer, event: &Value) {
+        self.produce(
+            producer,
+            "herald.events",
+            None,
+            event.to_string().as_bytes(),
+        )
+        .await;
+    }
+
     /// `GET path` with the API key; returns status and JSON.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self
