@@ -11,6 +11,7 @@
 //! prefix, so tests run in parallel against one broker and one Redis without
 //! seeing each other.
 
+pub mod cluster;
 pub mod otlp;
 pub mod receiver;
 
@@ -24,6 +25,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
+pub use cluster::KafkaCluster;
 pub use otlp::{CollectedSpan, OtlpReceiver};
 pub use receiver::{Behaviour, Received, Receiver};
 
@@ -215,6 +217,8 @@ pub struct StackOptions {
     pub fanout: bool,
     /// Whether to wait for ingest's `/readyz` (off for tests of outages).
     pub wait_ready: bool,
+    /// Another broker than the suite's own (a [`KafkaCluster`]'s).
+    pub kafka_brokers: Option<String>,
 }
 
 impl StackOptions {
@@ -226,6 +230,7 @@ impl StackOptions {
             env: Vec::new(),
             fanout: true,
             wait_ready: true,
+            kafka_brokers: None,
         }
     }
 
@@ -240,6 +245,13 @@ impl StackOptions {
     /// Sets the number of dispatchers.
     pub fn dispatchers(mut self, n: usize) -> Self {
         self.dispatchers = n;
+        self
+    }
+
+    /// Runs the stack against these bootstrap servers instead of the
+    /// suite's broker.
+    pub fn kafka_brokers(mut self, brokers: &str) -> Self {
+        self.kafka_brokers = Some(brokers.to_owned());
         self
     }
 
@@ -277,7 +289,10 @@ pub struct Stack {
 impl Stack {
     /// Starts every service and waits until ingest is ready.
     pub async fn start(options: StackOptions) -> Stack {
-        let infra = infra();
+        let mut infra = infra();
+        if let Some(brokers) = &options.kafka_brokers {
+            infra.kafka_brokers = brokers.clone();
+        }
         let id = random_suffix();
         let topic_prefix = format!("t{id}.");
         let api_key = format!("test-key-{}", random_suffix());
@@ -302,6 +317,10 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        // The broker's own fetch wait, where scripts/test set one (Tansu).
+        if let Ok(wait) = std::env::var("HERALD_KAFKA_FETCH_WAIT") {
+            env.insert("HERALD_KAFKA_FETCH_WAIT".into(), wait);
+        }
         env.insert("HERALD_REDIS_PREFIX".into(), format!("t{id}:"));
         env.insert("HERALD_INGEST_ADDR".into(), format!("127.0.0.1:{port}"));
         for (k, v) in &options.env {

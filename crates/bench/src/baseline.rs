@@ -123,7 +123,7 @@ fn assigned_consumer(kafka: &KafkaConfig, topic: &str) -> Result<StreamConsumer,
         kafka,
         &format!("{topic}.reader"),
         "herald-bench",
-        herald_core::kafka::HOT_PATH_FETCH_WAIT,
+        kafka.hot_fetch_wait,
     )
     .create()
     .map_err(|e| format!("consumer: {e}"))?;

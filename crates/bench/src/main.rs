@@ -263,7 +263,8 @@ impl Running {
 
 /// The Kafka part of the environment, for Herald's processes and the
 /// benchmark's own clients alike: the broker, the topic prefix, the
-/// partitions of created topics and any `HERALD_KAFKA_PROPERTIES`.
+/// partitions of created topics and any `HERALD_KAFKA_PROPERTIES` and
+/// `HERALD_KAFKA_FETCH_WAIT`.
 fn kafka_env(options: &Options, topic_prefix: &str) -> Vec<(String, String)> {
     let mut env = vec![
         ("HERALD_KAFKA_BROKERS".to_owned(), options.brokers.clone()),
@@ -273,8 +274,10 @@ fn kafka_env(options: &Options, topic_prefix: &str) -> Vec<(String, String)> {
             options.partitions.to_string(),
         ),
     ];
-    if let Ok(properties) = std::env::var("HERALD_KAFKA_PROPERTIES") {
-        env.push(("HERALD_KAFKA_PROPERTIES".to_owned(), properties));
+    for key in ["HERALD_KAFKA_PROPERTIES", "HERALD_KAFKA_FETCH_WAIT"] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key.to_owned(), value));
+        }
     }
     env
 }

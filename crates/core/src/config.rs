@@ -209,7 +209,18 @@ pub struct KafkaConfig {
     /// `HERALD_TOPIC_REPLICATION` (default `1`): replication factor of topics
     /// created at start-up.
     pub topic_replication: i32,
+    /// `HERALD_KAFKA_FETCH_WAIT` (default `500ms`): how long the broker may
+    /// hold a fetch of a hot-path consumer (`herald.events`,
+    /// `herald.deliveries`) that finds no record. Apache Kafka answers a
+    /// waiting fetch as soon as a record arrives, so this only sets how
+    /// often an idle consumer asks again. Brokers that hold every fetch for
+    /// the whole wait (Tansu 0.6) need it short, e.g. `10ms`, since there it
+    /// is the floor of each hop's latency.
+    pub hot_fetch_wait: Duration,
 }
+
+/// librdkafka's own default fetch wait, which suits Apache Kafka.
+const DEFAULT_HOT_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 impl KafkaConfig {
     /// Reads the Kafka settings shared by every Herald service.
@@ -247,6 +258,7 @@ impl KafkaConfig {
             create_topics: env.boolean("HERALD_CREATE_TOPICS", true)?,
             topic_partitions: env.number("HERALD_TOPIC_PARTITIONS", 12, 1, 10_000)? as i32,
             topic_replication: env.number("HERALD_TOPIC_REPLICATION", 1, 1, 32)? as i32,
+            hot_fetch_wait: env.duration("HERALD_KAFKA_FETCH_WAIT", DEFAULT_HOT_FETCH_WAIT)?,
         })
     }
 

@@ -50,16 +50,11 @@ pub fn producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer,
     client.create()
 }
 
-/// How long the broker may hold a fetch of a consumer on Herald's hot path
-/// (`herald.events`, `herald.deliveries`) before answering it empty. Kafka
-/// answers as soon as a record is there, so this only sets how often an idle
-/// consumer asks again; some Kafka-compatible brokers (Tansu among them)
-/// hold every fetch this long, and there it is the floor of each hop's
-/// latency. librdkafka's default is 500 ms.
-pub const HOT_PATH_FETCH_WAIT: Duration = Duration::from_millis(10);
-
-/// The same for topics whose records wait seconds anyway (retry tiers, dead
-/// letters): fewer fetches, less broker work.
+/// How long the broker may hold a fetch of a consumer whose records wait
+/// seconds anyway (retry tiers, dead letters) and finds nothing to return.
+/// Hot-path consumers take [`KafkaConfig::hot_fetch_wait`] instead, which is
+/// the same on Apache Kafka but can be set shorter for brokers that hold
+/// every fetch this long.
 pub const RELAXED_FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Most kibibytes of records a consumer fetches ahead of its work.

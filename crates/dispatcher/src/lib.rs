@@ -242,7 +242,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         client_id: "herald-dispatcher".to_owned(),
         topics: vec![config.kafka.deliveries_topic()],
         max_in_flight: config.max_in_flight * RECORDS_PER_REQUEST,
-        fetch_wait: herald_core::kafka::HOT_PATH_FETCH_WAIT,
+        fetch_wait: config.kafka.hot_fetch_wait,
         drain_timeout: config.drain_timeout,
         abandon: abandon.clone(),
     };

@@ -147,7 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
         client_id: "herald-fanout".to_owned(),
         topics: vec![events_topic],
         max_in_flight: config.max_in_flight,
-        fetch_wait: herald_core::kafka::HOT_PATH_FETCH_WAIT,
+        fetch_wait: config.kafka.hot_fetch_wait,
         drain_timeout: config.drain_timeout,
         abandon,
     };

@@ -64,7 +64,8 @@ pub struct ConsumerSettings {
     /// Most records processed at once.
     pub max_in_flight: usize,
     /// How long the broker may hold an empty fetch:
-    /// [`super::HOT_PATH_FETCH_WAIT`] or [`super::RELAXED_FETCH_WAIT`].
+    /// [`crate::config::KafkaConfig::hot_fetch_wait`] or
+    /// [`super::RELAXED_FETCH_WAIT`].
     pub fetch_wait: Duration,
     /// How long a revoke or shutdown waits for in-flight records.
     pub drain_timeout: Duration,
