@@ -17,6 +17,11 @@ struct SmokeRun {
     run_id: String,
 }
 
+/// Whether the suite runs on Tansu, which must keep the run's topics.
+fn tansu() -> bool {
+    std::env::var("HERALD_TEST_BROKER").is_ok_and(|broker| broker == "tansu")
+}
+
 /// Runs `herald-bench --smoke` against the test broker and Redis, with
 /// `extra` arguments.
 async fn smoke_run(extra: &[&str]) -> SmokeRun {
@@ -26,6 +31,9 @@ async fn smoke_run(extra: &[&str]) -> SmokeRun {
     let json_path = logs.join("report.json");
     let bench = bin_path("herald-bench");
     let mut command = Command::new(&bench);
+    if tansu() {
+        command.arg("--keep-topics");
+    }
     command
         .args(["--smoke", "--brokers", &infra.kafka_brokers])
         .args(["--redis", &infra.redis_url])
@@ -151,6 +159,32 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     let http = &modes[0]["http"];
     assert_eq!(http["delivered"], http["expected"]);
 
+    // The ordinary-load mode: an idle stack of ingest, fan-out and two
+    // dispatchers (plus what --observe adds), then a rated phase to ten
+    // endpoints.
+    let ordinary = &report["ordinary"];
+    let load = &ordinary["load"]["result"];
+    assert!(load["expected"].as_u64().unwrap() > 0, "{ordinary}");
+    assert_eq!(load["delivered"], load["expected"], "{ordinary}");
+    assert_eq!(ordinary["load"]["rate"], 200.0);
+    let idle: Vec<&str> = ordinary["idle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        idle,
+        [
+            "herald-ingest",
+            "herald-fanout",
+            "herald-dispatcher-1",
+            "herald-dispatcher-2"
+        ]
+    );
+    assert!(ordinary["idle_cpu_percent"].as_f64().unwrap() >= 0.0);
+    assert!(stdout.contains("ordinary load, 200 events/s"), "{stdout}");
+
     let targets: Vec<&str> = report["targets"]
         .as_array()
         .unwrap()
@@ -164,6 +198,9 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
         "two dispatchers",
         "latency p50 at 20 % load",
         "latency p99 at 20 % load",
+        "p50 at 2000 webhooks/s",
+        "p99 at 2000 webhooks/s",
+        "idle stack",
         "memory",
     ] {
         assert!(
@@ -184,6 +221,25 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
         .await
         .expect("KEYS");
     assert!(keys.is_empty(), "{} Redis keys left behind", keys.len());
+
+    // Nor, on Apache Kafka, a topic.
+    if !tansu() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &infra.kafka_brokers)
+            .create()
+            .expect("metadata client");
+        let metadata = consumer
+            .fetch_metadata(None, std::time::Duration::from_secs(10))
+            .expect("metadata");
+        let left: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name())
+            .filter(|name| name.starts_with(&format!("bench-{run_id}")))
+            .collect();
+        assert!(left.is_empty(), "topics left behind: {left:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -94,7 +94,9 @@ impl LocalStack {
     /// `kill -9` of `name`, then waits until the supervisor started it again
     /// under a new process id and that process is still alive a second later.
     async fn kill_and_wait_for_restart(&self, name: &str) {
-        let old = self.pid(name).unwrap_or_else(|| panic!("{name} is not running"));
+        let old = self
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
         signal(old, "-KILL");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -185,7 +187,11 @@ async fn the_local_stack_brings_killed_services_back_and_loses_nothing() {
     // Events go in all along, one every 10 ms, while first a dispatcher
     // and then fan-out are killed.
     let sending = {
-        let (http, url, key) = (http.clone(), stack.ingest_url.clone(), stack.api_key.clone());
+        let (http, url, key) = (
+            http.clone(),
+            stack.ingest_url.clone(),
+            stack.api_key.clone(),
+        );
         tokio::spawn(async move {
             let mut sent = Vec::new();
             let started = Instant::now();

@@ -113,3 +113,74 @@ async fn metrics_count_a_known_workload() {
         );
     }
 }
+
+/// The sum of `herald_consumer_lag` over the partitions of `topic`, and how
+/// many partitions of it have a sample, as `base`'s `/metrics` shows them.
+async fn lag_of(base: &str, topic: &str) -> (f64, usize) {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let needle = format!("topic=\"{topic}\"");
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with("herald_consumer_lag{") && line.contains(&needle))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (samples.iter().sum(), samples.len())
+}
+
+/// On Apache Kafka the lag is exact: records held in flight by an endpoint
+/// that takes its time count, every one, until their offsets are committed;
+/// and a consumer that has caught up shows zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_counts_exactly_the_records_not_yet_done() {
+    if std::env::var("HERALD_TEST_BROKER").is_ok_and(|b| b == "tansu") {
+        println!("skipped: Tansu's high watermark lags its committed offsets");
+        return;
+    }
+    const HELD: usize = 20;
+    let stack = Stack::start(
+        StackOptions::new("consumer-lag")
+            .env("HERALD_HTTP_TIMEOUT", "60s")
+            .env("HERALD_DRAIN_TIMEOUT", "1s"),
+    )
+    .await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    stack.subscribe(&receiver, &["*"]).await;
+    stack.settle_endpoints().await;
+    // A first delivery commits offsets, so the lag has a base to count from.
+    stack
+        .accept_event(&json!({"type": "lag.first", "payload": 0}))
+        .await;
+    assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
+
+    receiver.set_behaviour(Behaviour::Slow(Duration::from_secs(50)));
+    for i in 0..HELD {
+        stack
+            .accept_event(&json!({"type": "lag.held", "payload": i}))
+            .await;
+    }
+    assert!(
+        receiver.wait_for(1 + HELD, Duration::from_secs(30)).await,
+        "the held deliveries did not all reach the slow endpoint"
+    );
+    let dispatcher = stack.dispatchers[0].ops_url.clone().expect("ops url");
+    let fanout = stack.fanout.as_ref().unwrap().ops_url.clone().unwrap();
+    let deliveries = stack.topic("herald.deliveries");
+    let events = stack.topic("herald.events");
+    // librdkafka reports its statistics every 5 s.
+    let exact = herald_tests::eventually_async(Duration::from_secs(20), || async {
+        lag_of(&dispatcher, &deliveries).await.0 == HELD as f64
+            && lag_of(&fanout, &events).await == (0.0, 4)
+    })
+    .await;
+    assert!(
+        exact,
+        "dispatcher lag {:?} (want {HELD}), fan-out lag {:?} (want 0 over 4 partitions)",
+        lag_of(&dispatcher, &deliveries).await,
+        lag_of(&fanout, &events).await
+    );
+}

@@ -15,13 +15,15 @@
 //! Layout: [`receiver`] (the webhook receiver), [`load`] (sending a phase of
 //! events and accounting for its deliveries), [`baseline`] (broker and
 //! receiver baselines), [`herald`] (Herald's processes, `/proc` figures, the
-//! API), [`report`] (table, targets, JSON), [`cleanup`] (the run's Redis
-//! keys).
+//! API), [`ordinary`] (the idle stack and the 2,000 webhooks/s phase),
+//! [`report`] (table, targets, JSON), [`cleanup`] (the run's Redis keys and
+//! topics).
 
 mod baseline;
 mod cleanup;
 mod herald;
 mod load;
+mod ordinary;
 mod receiver;
 mod report;
 
@@ -57,7 +59,9 @@ usage: herald-bench [options]
   --concurrency N       HTTP connections of the ingest and receiver loads (default 64)
   --modes LIST          fanout-1, fanout-10, fanout-10-one-dead,
                         slow-endpoints-1-dispatcher,
-                        slow-endpoints-2-dispatchers (default: all)
+                        slow-endpoints-2-dispatchers, ordinary-load
+                        (an idle stack, then 200 events/s to 10 endpoints;
+                        default: all)
   --slow-endpoint-ms N  how long endpoints take to answer in the
                         slow-endpoints modes (default 200), where each
                         dispatcher may have 64 requests in flight and a
@@ -70,6 +74,9 @@ usage: herald-bench [options]
   --herald-env K=V      extra environment for Herald's processes (repeatable)
   --observe NAME=PID    also report CPU and memory of this process, e.g. the
                         broker (repeatable)
+  --keep-topics         leave the run's topics in the broker (by default
+                        they are deleted at the end; Tansu 0.6 must keep
+                        them: asked to delete one topic, it deletes all)
   --json FILE           write the figures as JSON too
   --log-dir DIR         Herald's logs (default: a new temporary directory)
   --smoke               a few seconds with small numbers: checks that the
@@ -97,18 +104,20 @@ struct Options {
     observe: Vec<(String, u32)>,
     json: Option<PathBuf>,
     log_dir: Option<PathBuf>,
+    keep_topics: bool,
     smoke: bool,
 }
 
 /// Requests in flight per dispatcher replica in the slow-endpoints modes.
 const SLOW_MODE_REQUESTS: usize = 64;
 
-const ALL_MODES: [&str; 5] = [
+const ALL_MODES: [&str; 6] = [
     "fanout-1",
     "fanout-10",
     "fanout-10-one-dead",
     "slow-endpoints-1-dispatcher",
     "slow-endpoints-2-dispatchers",
+    "ordinary-load",
 ];
 
 /// The modes that run against `--target-url`.
@@ -134,6 +143,7 @@ fn parse_options() -> Result<Options, String> {
         observe: Vec::new(),
         json: None,
         log_dir: None,
+        keep_topics: false,
         smoke: false,
     };
     let mut modes_given = false;
@@ -150,6 +160,10 @@ fn parse_options() -> Result<Options, String> {
             options.registered = 100;
             options.latency_seconds = 2.0;
             options.partitions = 4;
+            continue;
+        }
+        if flag == "--keep-topics" {
+            options.keep_topics = true;
             continue;
         }
         let value = args
@@ -683,6 +697,9 @@ async fn run(options: Options) -> Result<Report, String> {
     };
     let report = measure(&mut bench).await;
     cleanup::delete_redis_keys(&bench.options.redis, &bench.redis_prefix()).await;
+    if !bench.options.keep_topics {
+        cleanup::delete_topics(&bench.kafka, &format!("bench-{}", bench.run_id)).await;
+    }
     report
 }
 
@@ -706,7 +723,12 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
     let mut modes = Vec::new();
     let mut broker_latency = None;
     let mut relay_latency = None;
+    let mut ordinary = None;
     for mode in &o.modes {
+        if mode == "ordinary-load" {
+            ordinary = Some(bench.run_ordinary_load().await?);
+            continue;
+        }
         let (report, latency_rate) = bench.run_mode(mode).await?;
         modes.push(report);
         if let Some(rate) = latency_rate {
@@ -746,7 +768,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         relay_latency,
         receiver: receiver_baseline,
     };
-    let targets = report::targets(&baselines, &modes);
+    let targets = report::targets(&baselines, &modes, ordinary.as_ref());
     let against_relay = report::against_relay(&baselines, &modes);
     Ok(Report {
         setup: Setup {
@@ -767,6 +789,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         },
         baselines,
         modes,
+        ordinary,
         targets,
         against_relay,
     })

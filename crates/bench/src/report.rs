@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use crate::baseline::ReceiverBaseline;
 use crate::herald::Usage;
-use crate::load::PhaseResult;
+use crate::load::{MAX_FANOUT, PhaseResult};
+use crate::ordinary::OrdinaryLoadReport;
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -16,6 +17,8 @@ pub struct Report {
     pub baselines: Baselines,
     /// Herald, one entry per mode.
     pub modes: Vec<ModeReport>,
+    /// The `ordinary-load` mode, when it ran.
+    pub ordinary: Option<OrdinaryLoadReport>,
     /// The targets, each met or not.
     pub targets: Vec<Target>,
     /// Herald against the relayed baseline ([`against_relay`]).
@@ -151,7 +154,11 @@ pub struct Target {
 
 /// Evaluates the targets from the report's figures. Targets whose modes did
 /// not run are left out.
-pub fn targets(baselines: &Baselines, modes: &[ModeReport]) -> Vec<Target> {
+pub fn targets(
+    baselines: &Baselines,
+    modes: &[ModeReport],
+    ordinary: Option<&OrdinaryLoadReport>,
+) -> Vec<Target> {
     let mode = |name: &str| modes.iter().find(|m| m.name == name);
     let broker = baselines.broker_throughput.delivered_per_s;
     let mut targets = Vec::new();
@@ -229,14 +236,46 @@ pub fn targets(baselines: &Baselines, modes: &[ModeReport]) -> Vec<Target> {
             met: h.p99_ms <= 2.0 * b.p99_ms + 20.0,
         });
     }
+    if let Some(ordinary) = ordinary {
+        let latency = &ordinary.load.result.latency;
+        let webhooks = ordinary.load.rate * MAX_FANOUT as f64;
+        for (name, rule, measured, limit) in [
+            (
+                format!("p50 at {webhooks:.0} webhooks/s"),
+                "≤ 5 ms end to end",
+                latency.p50_ms,
+                5.0,
+            ),
+            (
+                format!("p99 at {webhooks:.0} webhooks/s"),
+                "≤ 25 ms end to end",
+                latency.p99_ms,
+                25.0,
+            ),
+        ] {
+            targets.push(Target {
+                name,
+                rule: rule.into(),
+                measured: format!("{measured:.1} ms"),
+                met: measured <= limit,
+            });
+        }
+        targets.push(Target {
+            name: "idle stack".into(),
+            rule: "broker, Redis, Herald ≤ 2 % of one CPU".into(),
+            measured: format!("{:.2} %", ordinary.idle_cpu_percent),
+            met: ordinary.idle_cpu_percent <= 2.0,
+        });
+    }
+    let ordinary_processes = ordinary
+        .iter()
+        .flat_map(|o| o.processes.iter().map(|p| (p, "ordinary-load")));
     let heaviest = modes
         .iter()
-        .flat_map(|m| {
-            m.processes
-                .iter()
-                .filter(|p| p.name.starts_with("herald-"))
-                .map(move |p| (format!("{} in {}", p.name, m.name), p.peak_rss_mib))
-        })
+        .flat_map(|m| m.processes.iter().map(move |p| (p, m.name.as_str())))
+        .chain(ordinary_processes)
+        .filter(|(p, _)| p.name.starts_with("herald-"))
+        .map(|(p, mode)| (format!("{} in {mode}", p.name), p.peak_rss_mib))
         .max_by(|a, b| a.1.total_cmp(&b.1));
     if let Some((name, peak)) = heaviest {
         targets.push(Target {
@@ -388,6 +427,9 @@ pub fn print(report: &Report) {
             );
         }
     }
+    if let Some(ordinary) = &report.ordinary {
+        print_ordinary(ordinary, &row);
+    }
     if !report.against_relay.is_empty() {
         println!();
         println!("against the relayed baseline (two topics, no other work)");
@@ -406,4 +448,36 @@ pub fn print(report: &Report) {
             t.measured
         );
     }
+}
+
+/// The `ordinary-load` mode's lines: its phase in the table's columns, then
+/// each process idle and under the load.
+fn print_ordinary(ordinary: &OrdinaryLoadReport, row: &impl Fn(&str, &PhaseResult)) {
+    println!();
+    row(
+        &format!(
+            "ordinary load, {:.0} events/s × {MAX_FANOUT}",
+            ordinary.load.rate
+        ),
+        &ordinary.load.result,
+    );
+    println!();
+    println!(
+        "{:<40} {:>12} {:>10} {:>16} {:>13}",
+        "processes of ordinary-load", "idle CPU %", "load CPU %", "CPU ms/1k hooks", "peak RSS MiB"
+    );
+    for (idle, load) in ordinary.idle.iter().zip(&ordinary.processes) {
+        println!(
+            "{:<40} {:>12.2} {:>10.1} {:>16.1} {:>13.1}",
+            idle.name,
+            idle.cpu_percent,
+            load.cpu_percent,
+            load.cpu_ms_per_1k_deliveries,
+            load.peak_rss_mib
+        );
+    }
+    println!(
+        "{:<40} {:>12.2}   (over {:.0} s)",
+        "all together", ordinary.idle_cpu_percent, ordinary.idle_seconds
+    );
 }

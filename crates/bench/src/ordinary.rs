@@ -1,0 +1,102 @@
+//! The `ordinary-load` mode: Herald as most installations see it most of
+//! the time. The stack of the README's local setup (ingest, fan-out, two
+//! dispatchers, beside the broker and Redis) first sits idle, and its CPU is
+//! measured, then takes 200 events/s for ten endpoints (2,000 webhooks/s),
+//! and its end-to-end latency is measured. Flat-out modes say how much
+//! Herald can carry; this one says what a webhook waits, and what an idle
+//! installation costs, at the load the peers are compared at.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::Bench;
+use crate::herald::{self, Usage};
+use crate::load::{self, MAX_FANOUT};
+use crate::report::{ProcessReport, RatedPhase};
+
+/// Events per second of the load phase (to ten endpoints each).
+pub const EVENTS_PER_S: f64 = 200.0;
+
+/// Dispatcher replicas, as `scripts/up` runs them.
+const DISPATCHERS: usize = 2;
+
+/// How long the stack is left alone after the warm-up before the idle
+/// measurement starts: consumers finish their first fetches, caches their
+/// first refreshes.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// What the mode measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrdinaryLoadReport {
+    /// Length of the idle measurement, seconds.
+    pub idle_seconds: f64,
+    /// Each process's CPU while idle (`cpu_percent` is the figure).
+    pub idle: Vec<ProcessReport>,
+    /// All of them together, percent of one CPU.
+    pub idle_cpu_percent: f64,
+    /// The load phase: `rate` events/s, each to ten endpoints.
+    pub load: RatedPhase,
+    /// Each process during the load phase.
+    pub processes: Vec<ProcessReport>,
+}
+
+impl Bench {
+    /// Runs the `ordinary-load` mode.
+    pub(crate) async fn run_ordinary_load(&mut self) -> Result<OrdinaryLoadReport, String> {
+        let mode = "ordinary-load";
+        eprintln!("mode {mode}: starting Herald with {DISPATCHERS} dispatchers");
+        let mut running = self.start_mode(mode, DISPATCHERS, Vec::new()).await?;
+        let watched = self.watched(&running);
+
+        tokio::time::sleep(SETTLE).await;
+        let idle_seconds = if self.options.smoke { 1.0 } else { 10.0 };
+        eprintln!("mode {mode}: idle for {idle_seconds} s");
+        let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
+        tokio::time::sleep(Duration::from_secs_f64(idle_seconds)).await;
+        let idle: Vec<ProcessReport> = watched
+            .iter()
+            .zip(before)
+            .map(|((name, pid), before)| {
+                ProcessReport::new(name, before, herald::usage(*pid), idle_seconds, 0)
+            })
+            .collect();
+        let idle_cpu_percent = idle.iter().map(|p| p.cpu_percent).sum();
+
+        let events = ((EVENTS_PER_S * self.options.latency_seconds) as usize).max(20);
+        let mut phase = self.phase(mode, "load", events, false);
+        phase.rate = Some(EVENTS_PER_S);
+        eprintln!(
+            "mode {mode}: {EVENTS_PER_S:.0} events/s to {MAX_FANOUT} endpoints for {} s",
+            self.options.latency_seconds
+        );
+        let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
+        let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
+        let processes = watched
+            .iter()
+            .zip(before)
+            .map(|((name, pid), before)| {
+                ProcessReport::new(
+                    name,
+                    before,
+                    herald::usage(*pid),
+                    result.seconds,
+                    result.delivered,
+                )
+            })
+            .collect();
+        for (_, process) in running.processes.iter_mut() {
+            process.stop(Duration::from_secs(30));
+        }
+        Ok(OrdinaryLoadReport {
+            idle_seconds,
+            idle,
+            idle_cpu_percent,
+            load: RatedPhase {
+                rate: EVENTS_PER_S,
+                result,
+            },
+            processes,
+        })
+    }
+}
