@@ -38,8 +38,7 @@ async fn resuming_inside_a_batch_yields_every_later_record_once() {
                         Duration::from_secs(10),
                     )
                     .await
-                    .map(|delivery| (delivery.offset, value))
-                    .map_err(|(err, _)| err)
+                    .map(|acked| (acked.offset, value))
             }
         })
         .buffer_unordered(64)

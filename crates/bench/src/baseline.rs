@@ -51,7 +51,8 @@ pub async fn broker_phase(
         .await
         .map_err(|e| format!("creating {topics:?}: {e}"))?;
     let last = topics.last().expect("one topic at least");
-    let producer = herald_core::kafka::producer(kafka, "herald-bench")
+    let producer = herald_core::kafka::producer_config(kafka, "herald-bench")
+        .create::<FutureProducer>()
         .map_err(|e| format!("producer: {e}"))?;
     let relay = match hops {
         Hops::One => None,

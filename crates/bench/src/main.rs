@@ -400,7 +400,8 @@ impl Bench {
         let running = Running {
             api,
             kafka_source: Source::Kafka {
-                producer: herald_core::kafka::producer(&kafka, "herald-bench")
+                producer: herald_core::kafka::producer_config(&kafka, "herald-bench")
+                    .create()
                     .map_err(|e| format!("producer: {e}"))?,
                 topic: kafka.events_topic(),
             },

@@ -2,9 +2,9 @@
 //! written to `herald.dlq` with their reason so that nothing disappears
 //! silently. herald-ingest indexes them for the API and can replay them.
 
+use crate::kafka::Producer;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +81,7 @@ fn now_ms() -> i64 {
 /// Writes dead letters to `herald.dlq`.
 #[derive(Clone)]
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     queue_timeout: std::time::Duration,
 }
@@ -96,11 +96,7 @@ impl std::fmt::Debug for DeadLetterWriter {
 
 impl DeadLetterWriter {
     /// Writes to `topic` with `producer`.
-    pub fn new(
-        producer: FutureProducer,
-        topic: String,
-        queue_timeout: std::time::Duration,
-    ) -> Self {
+    pub fn new(producer: Producer, topic: String, queue_timeout: std::time::Duration) -> Self {
         Self {
             producer,
             topic,

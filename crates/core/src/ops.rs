@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::kafka::Producer;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ pub async fn metrics_handler() -> impl IntoResponse {
 /// What `/readyz` checks.
 #[derive(Clone)]
 struct Probes {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     redis: ConnectionManager,
 }
@@ -44,7 +44,7 @@ struct Probes {
 /// once; serving happens in the background.
 pub async fn serve(
     addr: SocketAddr,
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     redis: ConnectionManager,
     shutdown: CancellationToken,

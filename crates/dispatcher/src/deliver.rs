@@ -15,6 +15,7 @@ use herald_core::config::{KafkaConfig, format_duration};
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
 use herald_core::endpoint::{EndpointCache, ResolvedEndpoint};
 use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
+use herald_core::kafka::Producer;
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
 use herald_core::kafka::{OutgoingRecord, Stopping, produce_until_acked};
@@ -30,7 +31,6 @@ use herald_core::trace_context;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -120,7 +120,7 @@ pub struct Dispatcher {
     outbound: Outbound,
     schedule: RetrySchedule,
     kafka: KafkaConfig,
-    producer: FutureProducer,
+    producer: Producer,
     dead_letters: DeadLetterWriter,
     /// Fires when in-flight work must be given up: the drain after a stop
     /// request ran out of time. (A stop request alone lets deliveries finish.)

@@ -22,6 +22,7 @@ use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::dead_letter::{self, DeadLetterWriter};
 use herald_core::endpoint::{EndpointStore, SubscriptionCache, Subscriptions};
 use herald_core::event::{event_id_from_position, parse_event, unix_millis};
+use herald_core::kafka::Producer;
 use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
 use herald_core::kafka::offsets::Outcome;
 use herald_core::proto::Delivery;
@@ -31,7 +32,7 @@ use herald_core::trace_context;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -159,7 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
 struct FanoutHandler {
     cache: SubscriptionCache,
     dead_letters: DeadLetterWriter,
-    producer: FutureProducer,
+    producer: Producer,
     deliveries_topic: String,
     produce_timeout: Duration,
     /// Fires when in-flight work must be given up (the drain ran out of
@@ -257,7 +258,7 @@ impl FanoutHandler {
             let results = futures::future::join_all(sends).await;
             let mut failed = Vec::new();
             for (item, result) in pending.into_iter().zip(results) {
-                if let Err((err, _)) = result {
+                if let Err(err) = result {
                     tracing::warn!(endpoint_id = %item.0, error = %err, "delivery record not acknowledged; retrying");
                     failed.push(item);
                 }

@@ -139,7 +139,7 @@ async fn accept_event(
             tracing::debug!("event accepted");
             Ok(accepted(&id, false))
         }
-        Err((err, _)) => {
+        Err(err) => {
             // Let a retry of the same id try again.
             let _ = redis.del::<_, ()>(&key).await;
             Err(ApiError::unavailable(

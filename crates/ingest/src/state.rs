@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::endpoint::EndpointStore;
+use herald_core::kafka::Producer;
 use herald_core::redis_store::Keys;
-use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 
 use crate::auth::{ApiKeys, IngestRateLimit};
@@ -26,7 +26,7 @@ pub struct Inner {
     /// Default grace period of a rotated-out secret.
     pub secret_rotation_grace: Duration,
     /// Idempotent, acks=all producer for `herald.events`.
-    pub producer: FutureProducer,
+    pub producer: Producer,
     /// Full name of the events topic.
     pub events_topic: String,
     /// Full name of the deliveries topic (dead-letter replays go there).
