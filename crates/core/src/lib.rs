@@ -13,8 +13,9 @@
 //! - [`destination`]: the outbound address policy (which hosts webhooks
 //!   may reach);
 //! - [`redis_store`]: Redis connections and key names;
-//! - [`kafka`]: producers, topic creation, and the at-least-once consumer
-//!   loop ([`kafka::consumer`]) with its per-partition offset watermark
+//! - [`kafka`]: client settings, topic creation, Herald's awaitable
+//!   producer ([`kafka::producer`]), and the at-least-once consumer loop
+//!   ([`kafka::consumer`]) with its per-partition offset watermark
 //!   ([`kafka::offsets`]);
 //! - [`retry`]: the retry schedule and its tier topics;
 //! - [`dead_letter`]: writing dead letters;
