@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
+use herald_tests::{Behaviour, Receiver, Stack, StackOptions, metric};
 use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -92,6 +92,12 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
         "{health}"
     );
     assert!(health["next_probe_at"].is_string());
+    // The dispatcher counts it among its open (or, probing, half-open)
+    // breakers: one series per state, none per endpoint.
+    let ops = stack.dispatchers[0].ops_url.clone().expect("ops url");
+    let not_closed = metric(&ops, r#"herald_circuit_breakers{state="open"}"#).await
+        + metric(&ops, r#"herald_circuit_breakers{state="half_open"}"#).await;
+    assert_eq!(not_closed, 1.0);
     // Stay dead for a few cool-downs.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let failed_requests = dead.count() - requests_before;
@@ -135,6 +141,20 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
         .get_json(&format!("/v1/endpoints/{dead_id}/health"))
         .await;
     assert_eq!(health["state"], "closed", "{health}");
+    for state in ["open", "half_open"] {
+        let series = format!("herald_circuit_breakers{{state=\"{state}\"}}");
+        assert_eq!(metric(&ops, &series).await, 0.0, "{series}");
+    }
+    let metrics_text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics_text.contains(&dead_id),
+        "no metric names an endpoint"
+    );
     let (_, dlq) = stack.get_json("/v1/dlq").await;
     assert_eq!(dlq["data"], json!([]), "nothing was dead-lettered");
 }

@@ -143,3 +143,60 @@ async fn an_endless_response_body_is_cut_off() {
     let sent = endless.sent.load(Ordering::SeqCst);
     assert!(sent < 32 << 20, "{sent} bytes were streamed to Herald");
 }
+
+/// An endpoint URL may carry credentials and tokens (user info, query):
+/// they reach the endpoint, and no log line, whether the delivery succeeds
+/// or the endpoint cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_an_endpoint_url_never_reach_a_log() {
+    let stack = Stack::start(StackOptions::new("url-credentials")).await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let token = format!("tok{}", herald_tests::random_suffix());
+    let with_credentials =
+        |port: u16| format!("http://herald:pw-{token}@127.0.0.1:{port}/hook?token={token}&x=1");
+    let reachable = stack
+        .create_endpoint(json!({"url": with_credentials(receiver.port()), "event_types": ["*"]}))
+        .await;
+    receiver.set_secret(reachable["secret"].as_str().unwrap());
+    let unreachable = stack
+        .create_endpoint(json!({
+            "url": with_credentials(herald_tests::free_port()),
+            "event_types": ["*"],
+        }))
+        .await;
+    stack.settle_endpoints().await;
+    let id = stack
+        .accept_event(&json!({"type": "secret.test", "payload": {}}))
+        .await;
+    assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
+    let delivered = &receiver.received()[0];
+    assert!(delivered.signature_valid);
+    assert!(
+        delivered.header("authorization").starts_with("Basic "),
+        "the user info reaches the endpoint as basic auth"
+    );
+    // The unreachable one fails at least once (its error is logged).
+    let attempts = wait_for_attempts(&stack, &id, 2).await;
+    let unreachable_id = unreachable["id"].as_str().unwrap();
+    assert!(
+        attempts.iter().any(|a| a["endpoint_id"] == unreachable_id
+            && a["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot connect"))),
+        "{attempts:?}"
+    );
+    let attempts_text = serde_json::to_string(&attempts).unwrap();
+    assert!(!attempts_text.contains(&token), "{attempts_text}");
+
+    let mut logs = String::new();
+    for service in stack
+        .ingest
+        .iter()
+        .chain(stack.fanout.iter())
+        .chain(stack.dispatchers.iter())
+    {
+        logs.push_str(&service.log_text());
+    }
+    assert!(logs.contains("endpoint created"), "the logs were read");
+    assert!(!logs.contains(&token), "a URL's credentials reached a log");
+}

@@ -147,6 +147,18 @@ redis.call('HSET', KEYS[1], 'probe_until', now + lease)
 return {'probe', 0}
 "#;
 
+/// Hands a probe back that will not be made (the delivery was deferred or
+/// refused before any request): the breaker stays half-open with no lease,
+/// so the next delivery probes at once. Only the lease this prober got is
+/// released (`probe_until` still the one it set); a later prober's, after
+/// this one's lease ran out, is left alone.
+const RELEASE_PROBE: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'half_open' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'probe_until', 0)
+return 1
+"#;
+
 const RECORD: &str = r#"
 local now = tonumber(ARGV[1])
 local success = ARGV[2] == '1'
@@ -262,6 +274,7 @@ pub struct Breakers {
     prefix: String,
     config: BreakerConfig,
     acquire: Script,
+    release_probe: Script,
     record: Script,
     closed_seen: Arc<Mutex<ClosedSeen>>,
 }
@@ -290,6 +303,7 @@ impl Breakers {
             prefix: prefix.to_owned(),
             config,
             acquire: Script::new(ACQUIRE),
+            release_probe: Script::new(RELEASE_PROBE),
             record: Script::new(RECORD),
             closed_seen: Arc::default(),
         }
@@ -322,6 +336,26 @@ impl Breakers {
             self.closed_seen().saw_closed(endpoint_id, now_ms);
         }
         Ok(permission)
+    }
+
+    /// Hands back the probe that [`Breakers::acquire`] granted at
+    /// `acquired_at_ms` when no request will be made for it, so that the
+    /// next delivery probes at once instead of after the probe lease.
+    /// Returns whether the lease was still this prober's.
+    pub async fn release_probe(
+        &self,
+        endpoint_id: &str,
+        acquired_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let lease_until = acquired_at_ms + self.config.probe_lease.as_millis() as i64;
+        let released: i64 = self
+            .release_probe
+            .key(state_key(&self.prefix, endpoint_id))
+            .arg(lease_until)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(released == 1)
     }
 
     /// Records an attempt's result and returns the state change it caused.

@@ -76,7 +76,7 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("id", &self.id)
-            .field("url", &self.url)
+            .field("url", &redacted_url(&self.url))
             .field("event_types", &self.event_types)
             .field("disabled", &self.disabled)
             .field("rate_limit", &self.rate_limit)
@@ -167,6 +167,23 @@ pub fn validate_url(text: &str) -> Result<url::Url, String> {
         return Err("must name a host".to_owned());
     }
     Ok(url)
+}
+
+/// The URL without user info, query or fragment, for logs, spans and
+/// `Debug`: endpoint URLs sometimes carry credentials or tokens there
+/// (`https://user:pw@host/hook?token=…`). Text that is not a URL becomes
+/// `(not a URL)`, since it could be anything.
+pub fn redacted_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 /// An endpoint ready for use: its secret decoded and its patterns parsed.
@@ -681,6 +698,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_in_logs_and_debug_carry_no_credentials() {
+        assert_eq!(
+            redacted_url("https://user:pw@example.com:8443/hook?token=abc#x"),
+            "https://example.com:8443/hook"
+        );
+        assert_eq!(redacted_url("not a url, user:pw"), "(not a URL)");
+        let mut endpoint = endpoint("ep_1", &["*"], false);
+        endpoint.url = "https://user:hunter2@example.com/hook?token=tok".to_owned();
+        let debug = format!("{endpoint:?}");
+        assert!(debug.contains("https://example.com/hook"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("token"),
+            "{debug}"
+        );
+    }
 
     fn endpoint(id: &str, types: &[&str], disabled: bool) -> Endpoint {
         Endpoint {

@@ -3,7 +3,8 @@
 //! dispatchers). Names start with `herald_` and follow Prometheus
 //! conventions: counters end in `_total`, durations are in seconds.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -49,9 +50,11 @@ pub struct Metrics {
     pub retries: Family<Labels, Counter>,
     /// Dead letters written, by `reason`.
     pub dead_letters: Family<Labels, Counter>,
-    /// Circuit state per `endpoint_id`: 0 closed, 1 open, 2 half-open (as
-    /// this replica last saw it).
-    pub breaker_state: Family<Labels, Gauge>,
+    /// Endpoints whose circuit this replica last saw open or half-open, by
+    /// `state` (`open`, `half_open`). Per-endpoint state is in the API
+    /// (`GET /v1/endpoints/{id}/health`): a series per endpoint would grow
+    /// with every endpoint ever delivered to.
+    pub breakers: BreakerCounts,
     /// Circuit state changes, by `transition`.
     pub breaker_transitions: Family<Labels, Counter>,
     /// Records being processed, by `group`.
@@ -74,7 +77,7 @@ impl Metrics {
             end_to_end_latency: SecondsBuckets.new_metric(),
             retries: Family::default(),
             dead_letters: Family::default(),
-            breaker_state: Family::default(),
+            breakers: BreakerCounts::default(),
             breaker_transitions: Family::default(),
             in_flight: Family::default(),
             consumer_lag: Family::default(),
@@ -126,9 +129,9 @@ impl Metrics {
             metrics.dead_letters.clone(),
         );
         registry.register(
-            "herald_circuit_breaker_state",
-            "Circuit state per endpoint: 0 closed, 1 open, 2 half-open",
-            metrics.breaker_state.clone(),
+            "herald_circuit_breakers",
+            "Endpoints whose circuit this replica last saw open or half-open, by state",
+            metrics.breakers.gauges.clone(),
         );
         registry.register(
             "herald_circuit_breaker_transitions",
@@ -157,6 +160,68 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// A circuit state as [`BreakerCounts`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Deliveries flow; not counted (every endpoint starts closed).
+    Closed,
+    /// Deliveries wait for the cool-down.
+    Open,
+    /// One probe delivery decides.
+    HalfOpen,
+}
+
+impl BreakerState {
+    fn label(self) -> Option<&'static str> {
+        match self {
+            BreakerState::Closed => None,
+            BreakerState::Open => Some("open"),
+            BreakerState::HalfOpen => Some("half_open"),
+        }
+    }
+}
+
+/// How many endpoints are in each state that is not closed, as this
+/// replica last saw them. It remembers only endpoints that are not closed,
+/// so its memory grows with the failing endpoints, not with all of them.
+#[derive(Debug, Default)]
+pub struct BreakerCounts {
+    not_closed: Mutex<HashMap<String, BreakerState>>,
+    gauges: Family<Labels, Gauge>,
+}
+
+impl BreakerCounts {
+    /// Records that `endpoint_id`'s circuit is now `state`.
+    pub fn set(&self, endpoint_id: &str, state: BreakerState) {
+        let mut not_closed = self
+            .not_closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = if state == BreakerState::Closed {
+            not_closed.remove(endpoint_id)
+        } else {
+            not_closed.insert(endpoint_id.to_owned(), state)
+        };
+        if before == Some(state) {
+            return;
+        }
+        if let Some(name) = before.and_then(BreakerState::label) {
+            self.gauges.get_or_create(&label("state", name)).dec();
+        }
+        if let Some(name) = state.label() {
+            self.gauges.get_or_create(&label("state", name)).inc();
+        }
+    }
+
+    /// The count of endpoints in `state` (0 for `Closed`, which is not
+    /// counted).
+    pub fn count(&self, state: BreakerState) -> i64 {
+        state.label().map_or(0, |name| {
+            self.gauges.get_or_create(&label("state", name)).get()
+        })
     }
 }
 
@@ -205,5 +270,22 @@ mod tests {
             "{text}"
         );
         assert_eq!(status_class(None), "none");
+    }
+
+    #[test]
+    fn breaker_counts_follow_each_endpoints_latest_state() {
+        let counts = BreakerCounts::default();
+        counts.set("ep_a", BreakerState::Open);
+        counts.set("ep_b", BreakerState::Open);
+        counts.set("ep_b", BreakerState::Open);
+        assert_eq!(counts.count(BreakerState::Open), 2);
+        counts.set("ep_a", BreakerState::HalfOpen);
+        assert_eq!(counts.count(BreakerState::Open), 1);
+        assert_eq!(counts.count(BreakerState::HalfOpen), 1);
+        counts.set("ep_a", BreakerState::Closed);
+        counts.set("ep_c", BreakerState::Closed);
+        assert_eq!(counts.count(BreakerState::HalfOpen), 0);
+        assert_eq!(counts.count(BreakerState::Open), 1);
+        assert_eq!(counts.not_closed.lock().unwrap().len(), 1);
     }
 }

@@ -69,8 +69,22 @@ fn mangled_event() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// Saved failing cases live beside this file
+/// (`properties.proptest-regressions`) and are replayed before new ones.
+/// proptest's default looks for them next to the crate's `src/`, which an
+/// integration test does not have.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(config(512))]
 
     /// Any bytes at all: an event or a classified refusal, never a panic.
     #[test]

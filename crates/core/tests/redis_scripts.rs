@@ -283,6 +283,41 @@ async fn a_probe_whose_replica_died_is_replaced_after_its_lease() {
 }
 
 #[tokio::test]
+async fn a_probe_handed_back_lets_the_next_delivery_probe_at_once() {
+    let breakers = Breakers::new(redis(), &prefix(), config());
+    for i in 0..5 {
+        fail(&breakers, T0 + i, false).await;
+    }
+    let at = T0 + 4 + 30_000;
+    assert_eq!(breakers.acquire("ep", at).await.unwrap(), Permission::Probe);
+    assert!(matches!(
+        breakers.acquire("ep", at + 1).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+    // The prober was deferred (say, by the rate limit) and hands it back.
+    assert!(breakers.release_probe("ep", at).await.unwrap());
+    assert_eq!(
+        breakers.acquire("ep", at + 2).await.unwrap(),
+        Permission::Probe,
+        "the next delivery probes without waiting for the lease"
+    );
+    // A stale hand-back (the first prober's, long after its lease ran out
+    // and another took the probe) leaves the new prober's lease alone.
+    assert!(!breakers.release_probe("ep", at).await.unwrap());
+    assert!(matches!(
+        breakers.acquire("ep", at + 3).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+    // Nothing to hand back once the probe closed the breaker.
+    breakers.record("ep", at + 4, true, true, "").await.unwrap();
+    assert!(!breakers.release_probe("ep", at + 2).await.unwrap());
+    assert_eq!(
+        breakers.acquire("ep", at + 5).await.unwrap(),
+        Permission::Allow
+    );
+}
+
+#[tokio::test]
 async fn the_rate_limit_spaces_deliveries_across_replicas() {
     let prefix = prefix();
     let a = RateLimiter::new(redis(), &prefix);

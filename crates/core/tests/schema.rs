@@ -125,6 +125,17 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
+    // Saved failing cases live beside this file
+    // (`schema.proptest-regressions`) and are replayed before new ones;
+    // proptest's default looks next to the crate's `src/`, which an
+    // integration test does not have.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
     /// What herald-ingest writes to `herald.events` reads back unchanged,
     /// both through Herald's parser and through the schema.
     #[test]

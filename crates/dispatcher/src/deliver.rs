@@ -13,13 +13,13 @@ use herald_core::backoff::Backoff;
 use herald_core::circuit::{Breakers, Permission, Transition};
 use herald_core::config::{KafkaConfig, format_duration};
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
-use herald_core::endpoint::{EndpointCache, ResolvedEndpoint};
+use herald_core::endpoint::{EndpointCache, ResolvedEndpoint, redacted_url};
 use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
 use herald_core::kafka::Producer;
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
 use herald_core::kafka::{OutgoingRecord, Stopping, produce_until_acked};
-use herald_core::metrics::{label, metrics, status_class};
+use herald_core::metrics::{BreakerState, label, metrics, status_class};
 use herald_core::proto::{Attempt, Delivery};
 use herald_core::rate_limit::RateLimiter;
 use herald_core::redis_store::StoreError;
@@ -252,7 +252,8 @@ impl Dispatcher {
             } => slot,
             _ = self.abandon.cancelled() => return Outcome::Abandoned,
         };
-        let permission = match self.breakers.acquire(endpoint_id, now_ms()).await {
+        let asked_at_ms = now_ms();
+        let permission = match self.breakers.acquire(endpoint_id, asked_at_ms).await {
             Ok(permission) => {
                 self.redis_answers();
                 permission
@@ -266,22 +267,27 @@ impl Dispatcher {
             tracing::debug!(until_ms, "circuit open; delivery deferred");
             return self.defer(webhook.delivery, until_ms).await;
         }
+        let probe = permission == Permission::Probe;
         if let Some(limit) = endpoint.endpoint.rate_limit {
             match self.wait_for_rate_limit(endpoint_id, limit).await {
                 RateDecision::Go => {}
                 RateDecision::Later(until_ms) => {
                     tracing::debug!(until_ms, "rate limit reached; delivery deferred");
+                    if probe {
+                        self.hand_back_probe(endpoint_id, asked_at_ms).await;
+                    }
                     return self.defer(webhook.delivery, until_ms).await;
                 }
-                RateDecision::Stopping => return Outcome::Abandoned,
+                RateDecision::Stopping => {
+                    if probe {
+                        self.hand_back_probe(endpoint_id, asked_at_ms).await;
+                    }
+                    return Outcome::Abandoned;
+                }
             }
         }
-        let probe = permission == Permission::Probe;
         if probe {
-            metrics()
-                .breaker_state
-                .get_or_create(&label("endpoint_id", endpoint_id))
-                .set(2);
+            metrics().breakers.set(endpoint_id, BreakerState::HalfOpen);
         }
         if probe {
             tracing::info!("circuit half-open; this delivery probes the endpoint");
@@ -318,6 +324,11 @@ impl Dispatcher {
         // requests on one Redis connection, one round trip.
         let record_breaker = async {
             if refused {
+                // No request reached the endpoint, so it says nothing of
+                // its health; a probe that was refused is handed back.
+                if probe {
+                    self.hand_back_probe(endpoint_id, asked_at_ms).await;
+                }
                 Ok(Transition::None)
             } else {
                 self.breakers
@@ -437,6 +448,20 @@ impl Dispatcher {
                 self.retry_later(delivery, next_wait(scheduled, hints))
                     .await
             }
+        }
+    }
+
+    /// Hands back a probe that will not be made, so that the next delivery
+    /// to the endpoint probes at once rather than after the probe lease.
+    /// Without Redis the lease simply runs out.
+    async fn hand_back_probe(&self, endpoint_id: &str, acquired_at_ms: i64) {
+        match self
+            .breakers
+            .release_probe(endpoint_id, acquired_at_ms)
+            .await
+        {
+            Ok(_) => tracing::debug!("probe handed back"),
+            Err(err) => self.redis_fails(&err),
         }
     }
 
@@ -709,21 +734,6 @@ fn refused_attempt(refused: herald_core::destination::DestinationRefused) -> Att
     }
 }
 
-/// The URL without credentials or query string, for spans: endpoint URLs
-/// sometimes carry tokens.
-fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.set_query(None);
-            parsed.set_fragment(None);
-            parsed.to_string()
-        }
-        Err(_) => String::new(),
-    }
-}
-
 /// Counts one delivery result.
 fn count_outcome(outcome: &str, status: Option<u16>) {
     metrics()
@@ -739,17 +749,15 @@ fn count_outcome(outcome: &str, status: Option<u16>) {
 fn record_transition(endpoint_id: &str, transition: Transition) {
     let (name, state) = match transition {
         Transition::None => return,
-        Transition::Opened => ("opened", 1),
-        Transition::Reopened => ("reopened", 1),
-        Transition::Closed => ("closed", 0),
+        Transition::Opened => ("opened", BreakerState::Open),
+        Transition::Reopened => ("reopened", BreakerState::Open),
+        Transition::Closed => ("closed", BreakerState::Closed),
     };
     let m = metrics();
     m.breaker_transitions
         .get_or_create(&label("transition", name))
         .inc();
-    m.breaker_state
-        .get_or_create(&label("endpoint_id", endpoint_id))
-        .set(state);
+    m.breakers.set(endpoint_id, state);
 }
 
 /// The longest a delivery waits in place for its rate limit; longer waits
@@ -804,20 +812,35 @@ impl EndpointSlots {
     }
 }
 
-/// A short, precise description of a failed request.
+/// A short, precise description of a failed request. It never holds the
+/// URL (reqwest's own message does: "error sending request for url (…)"),
+/// since it is logged and kept in the attempt log and dead letters, and an
+/// endpoint URL can carry credentials.
 fn describe_http_error(err: &reqwest::Error) -> String {
     if err.is_timeout() {
-        "timed out".to_owned()
-    } else if err.is_connect() {
-        let mut source: Option<&dyn std::error::Error> = Some(err);
-        let mut innermost = err.to_string();
-        while let Some(s) = source {
-            innermost = s.to_string();
-            source = s.source();
-        }
-        format!("cannot connect: {innermost}")
+        return "timed out".to_owned();
+    }
+    // The innermost cause says what happened (e.g. "Connection refused").
+    let mut innermost = None;
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        innermost = Some(cause.to_string());
+        source = cause.source();
+    }
+    let kind = if err.is_connect() {
+        "cannot connect"
+    } else if err.is_body() || err.is_decode() {
+        "response body failed"
+    } else if err.is_redirect() {
+        "redirect failed"
+    } else if err.is_request() {
+        "request failed"
     } else {
-        err.to_string()
+        "failed"
+    };
+    match innermost {
+        Some(cause) => format!("{kind}: {cause}"),
+        None => kind.to_owned(),
     }
 }
 
@@ -875,14 +898,6 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&prepared.body).unwrap(),
             r#"{"type":"order.created","timestamp":"2026-01-02T03:04:05.123Z","data":{"b": 1, "a": [true]}}"#
-        );
-    }
-
-    #[test]
-    fn urls_in_spans_carry_no_credentials() {
-        assert_eq!(
-            redacted_url("https://user:pw@example.com:8443/hook?token=abc#x"),
-            "https://example.com:8443/hook"
         );
     }
 

@@ -64,7 +64,16 @@ fn delivery() -> impl Strategy<Value = Delivery> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Saved failing cases live beside this file and are replayed before new
+    // ones; proptest's default looks next to the crate's `src/`, which an
+    // integration test does not have.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_bytes_are_rendered_or_refused_with_a_reason(bytes in prop::collection::vec(any::<u8>(), 0..300)) {

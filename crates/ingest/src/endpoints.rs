@@ -292,7 +292,11 @@ pub async fn create(
         updated_at: now_text,
     };
     state.endpoints.create(&endpoint, unix_millis(now)).await?;
-    tracing::info!(endpoint_id = %endpoint.id, url = %endpoint.url, "endpoint created");
+    tracing::info!(
+        endpoint_id = %endpoint.id,
+        url = %herald_core::endpoint::redacted_url(&endpoint.url),
+        "endpoint created"
+    );
     let mut view =
         serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?;
     view["secret"] = Value::String(endpoint.secret.clone());
