@@ -172,3 +172,42 @@ async fn a_rotation_without_a_body_generates_a_secret_and_a_zero_grace_retires_t
         .collect();
     assert_eq!(previous, [first.as_str()]);
 }
+
+/// A rotation and a PATCH of the same endpoint at the same moment: each
+/// lands on top of the other. Before endpoint changes were atomic, the
+/// later write could bring the old secret back after the API had answered
+/// with the new one, or re-enable a disabled endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_and_a_patch_at_once_both_take_effect() {
+    let stack = Stack::start(StackOptions::new("rotation-race").dispatchers(0)).await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    for round in 0..15 {
+        let id = stack.subscribe(&receiver, &["*"]).await;
+        let (rotate_path, rotate_body) = (
+            format!("/v1/endpoints/{id}/secret/rotate"),
+            json!({"grace_period": "0s"}),
+        );
+        let rotate = stack.post_json(&rotate_path, &rotate_body);
+        let patch = async {
+            stack
+                .request(reqwest::Method::PATCH, &format!("/v1/endpoints/{id}"))
+                .json(&json!({"disabled": true, "description": format!("round {round}")}))
+                .send()
+                .await
+                .expect("PATCH")
+                .status()
+                .as_u16()
+        };
+        let ((rotated_status, rotated), patched_status) = tokio::join!(rotate, patch);
+        assert_eq!(rotated_status, 200, "{rotated}");
+        assert_eq!(patched_status, 200);
+        let (_, revealed) = stack.get_json(&format!("/v1/endpoints/{id}/secret")).await;
+        assert_eq!(
+            revealed["secret"], rotated["secret"],
+            "round {round}: the rotated secret was lost"
+        );
+        let (_, endpoint) = stack.get_json(&format!("/v1/endpoints/{id}")).await;
+        assert_eq!(endpoint["disabled"], true, "round {round}: {endpoint}");
+        assert_eq!(endpoint["description"], format!("round {round}"));
+    }
+}

@@ -19,8 +19,8 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -235,6 +235,21 @@ impl ResolvedEndpoint {
     }
 }
 
+/// How often [`EndpointStore::modify`] starts again after losing a race
+/// before it gives up.
+const MODIFY_TRIES: usize = 32;
+
+/// Replaces KEYS[1] with ARGV[2] only while it still holds ARGV[1], and
+/// bumps the change counter KEYS[2]: 1 written, 0 changed meanwhile, -1 gone.
+const COMPARE_AND_SET: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"#;
+
 /// Reads and writes endpoints in Redis.
 #[derive(Clone)]
 pub struct EndpointStore {
@@ -305,13 +320,52 @@ impl EndpointStore {
     /// Disables an endpoint, recording why. Returns false when it does not
     /// exist.
     pub async fn disable(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
-        let Some(mut endpoint) = self.get(id).await? else {
-            return Ok(false);
-        };
-        endpoint.disabled = true;
-        endpoint.disabled_reason = Some(reason.to_owned());
-        endpoint.updated_at = crate::event::format_timestamp(time::OffsetDateTime::now_utc());
-        self.update(&endpoint).await
+        let changed = self
+            .modify(id, |endpoint| {
+                endpoint.disabled = true;
+                endpoint.disabled_reason = Some(reason.to_owned());
+                endpoint.updated_at =
+                    crate::event::format_timestamp(time::OffsetDateTime::now_utc());
+            })
+            .await?;
+        Ok(changed.is_some())
+    }
+
+    /// Changes an endpoint atomically: reads it, applies `change`, and
+    /// writes it back only if nobody wrote it in between (the stored JSON
+    /// is compared in a Lua script); otherwise reads it again and applies
+    /// `change` to what is there now, so concurrent changes (a PATCH, a
+    /// rotation, a 410 disabling it) never undo one another. Returns the
+    /// endpoint as written, or `None` when it does not exist (any more).
+    pub async fn modify(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Endpoint),
+    ) -> Result<Option<Endpoint>, StoreError> {
+        let key = self.keys.endpoint(id);
+        let mut conn = self.redis.clone();
+        for _ in 0..MODIFY_TRIES {
+            let Some(before) = conn.get::<_, Option<String>>(&key).await? else {
+                return Ok(None);
+            };
+            let mut endpoint: Endpoint = serde_json::from_str(&before)?;
+            change(&mut endpoint);
+            let after = serde_json::to_string(&endpoint)?;
+            let written: i64 = Script::new(COMPARE_AND_SET)
+                .key(&key)
+                .key(self.keys.endpoints_version())
+                .arg(&before)
+                .arg(&after)
+                .invoke_async(&mut conn)
+                .await?;
+            match written {
+                1 => return Ok(Some(endpoint)),
+                -1 => return Ok(None),
+                // Someone else wrote it first: start again from theirs.
+                _ => continue,
+            }
+        }
+        Err(StoreError::Contended(format!("endpoint {id}")))
     }
 
     /// One endpoint, if it exists.

@@ -16,6 +16,10 @@ pub enum StoreError {
     /// A stored value decoded but is not usable.
     #[error("stored data: {0}")]
     Corrupt(String),
+    /// A change kept losing the race against other writers of the same
+    /// value and gave up.
+    #[error("{0} kept changing under this write; try again")]
+    Contended(String),
 }
 
 /// Opens a Redis connection that reconnects by itself. It connects lazily, so

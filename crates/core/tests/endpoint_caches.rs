@@ -140,3 +140,56 @@ async fn a_damaged_secret_is_the_dispatchers_error_not_a_silent_skip() {
     }
     assert_eq!(cache.fresh(), 0);
 }
+
+/// Concurrent changes to one endpoint (PATCHes, rotations, a 410 disabling
+/// it) each apply on top of the others: none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_to_one_endpoint_all_survive() {
+    const WRITERS: usize = 24;
+    let store = store();
+    store
+        .create(&endpoint("ep_race", "http://a.test/hook", &["base"]), 0)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .modify("ep_race", |e| e.event_types.push(format!("t.{i}")))
+                    .await
+            })
+        })
+        .collect();
+    let disable = {
+        let store = store.clone();
+        tokio::spawn(async move { store.disable("ep_race", "410 Gone").await })
+    };
+    for writer in writers {
+        assert!(writer.await.unwrap().unwrap().is_some());
+    }
+    assert!(disable.await.unwrap().unwrap());
+    let stored = store.get("ep_race").await.unwrap().unwrap();
+    assert_eq!(
+        stored.event_types.len(),
+        WRITERS + 1,
+        "{:?}",
+        stored.event_types
+    );
+    for i in 0..WRITERS {
+        assert!(stored.event_types.contains(&format!("t.{i}")));
+    }
+    assert!(stored.disabled);
+    assert_eq!(stored.disabled_reason.as_deref(), Some("410 Gone"));
+
+    // A change to an endpoint deleted meanwhile writes nothing back.
+    assert!(store.delete("ep_race").await.unwrap());
+    assert!(
+        store
+            .modify("ep_race", |e| e.disabled = false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.get("ep_race").await.unwrap().is_none());
+}

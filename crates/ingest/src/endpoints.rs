@@ -413,14 +413,18 @@ pub async fn rotate_secret(
         Some(text) => Secret::parse(text).map_err(|p| invalid("secret", p))?,
         None => Secret::generate(),
     };
-    let mut endpoint = find(&state, &id).await?;
     let (now, now_text) = now();
     let now_ms = unix_millis(now);
-    endpoint.rotate_secret(&secret, grace.as_millis() as i64, now_ms);
-    endpoint.updated_at = now_text;
-    if !state.endpoints.update(&endpoint).await? {
-        return Err(ApiError::not_found(format!("no endpoint with id {id:?}")));
-    }
+    // Atomic: a change written meanwhile (a 410 disabling the endpoint, a
+    // PATCH) is kept, and this rotation applied on top of it.
+    let endpoint = state
+        .endpoints
+        .modify(&id, |endpoint| {
+            endpoint.rotate_secret(&secret, grace.as_millis() as i64, now_ms);
+            endpoint.updated_at = now_text.clone();
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint with id {id:?}")))?;
     let grace_text = herald_core::config::format_duration(grace);
     tracing::info!(endpoint_id = %id, grace = %grace_text, "endpoint secret rotated");
     let expires_at = (!grace.is_zero()).then(|| {
@@ -478,37 +482,54 @@ pub async fn update(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let request: UpdateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
-    let mut endpoint = find(&state, &id).await?;
-    if let Some(url) = request.url {
-        check_url(&state, &url).await?;
-        endpoint.url = url;
+    // An unknown endpoint is a 404 before any field is judged.
+    find(&state, &id).await?;
+    if let Some(url) = &request.url {
+        check_url(&state, url).await?;
     }
-    if let Some(types) = request.event_types {
-        check_event_types(&types)?;
-        endpoint.event_types = types;
+    if let Some(types) = &request.event_types {
+        check_event_types(types)?;
     }
-    if let Some(description) = request.description {
-        check_description(&description)?;
-        endpoint.description = description;
+    if let Some(description) = &request.description {
+        check_description(description)?;
     }
-    if let Some(custom_headers) = request.headers {
-        check_headers(&custom_headers)?;
-        endpoint.headers = custom_headers;
-    }
-    if let Some(disabled) = request.disabled {
-        endpoint.disabled = disabled;
-        if !disabled {
-            endpoint.disabled_reason = None;
-        }
+    if let Some(custom_headers) = &request.headers {
+        check_headers(custom_headers)?;
     }
     if let Some(limit) = request.rate_limit {
         check_rate_limit(limit)?;
-        endpoint.rate_limit = limit;
     }
-    endpoint.updated_at = now().1;
-    if !state.endpoints.update(&endpoint).await? {
-        return Err(ApiError::not_found(format!("no endpoint with id {id:?}")));
-    }
+    let updated_at = now().1;
+    // Atomic: only the given fields change, on top of whatever was written
+    // meanwhile (a rotated secret, a 410 disabling the endpoint).
+    let endpoint = state
+        .endpoints
+        .modify(&id, |endpoint| {
+            if let Some(url) = &request.url {
+                endpoint.url.clone_from(url);
+            }
+            if let Some(types) = &request.event_types {
+                endpoint.event_types.clone_from(types);
+            }
+            if let Some(description) = &request.description {
+                endpoint.description.clone_from(description);
+            }
+            if let Some(custom_headers) = &request.headers {
+                endpoint.headers.clone_from(custom_headers);
+            }
+            if let Some(disabled) = request.disabled {
+                endpoint.disabled = disabled;
+                if !disabled {
+                    endpoint.disabled_reason = None;
+                }
+            }
+            if let Some(limit) = request.rate_limit {
+                endpoint.rate_limit = limit;
+            }
+            endpoint.updated_at.clone_from(&updated_at);
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint with id {id:?}")))?;
     tracing::info!(endpoint_id = %id, "endpoint updated");
     Ok(Json(
         serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,

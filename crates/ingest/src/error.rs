@@ -65,6 +65,11 @@ impl From<herald_core::redis_store::StoreError> for ApiError {
     fn from(err: herald_core::redis_store::StoreError) -> Self {
         match err {
             herald_core::redis_store::StoreError::Redis(err) => err.into(),
+            herald_core::redis_store::StoreError::Contended(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} is being changed by other requests right now; retry shortly"),
+            ),
             other => ApiError::internal(other),
         }
     }
