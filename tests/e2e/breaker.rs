@@ -205,3 +205,127 @@ async fn two_replicas_share_one_breaker() {
         "not every deferred delivery arrived"
     );
 }
+
+/// Every record of `topic` from the beginning to its end now, decoded as
+/// delivery records.
+fn read_deliveries(brokers: &str, topic: &str) -> Vec<herald_core::proto::Delivery> {
+    use prost::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("count-{}", herald_tests::random_suffix()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        remaining += high - low;
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut found = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && Instant::now() < deadline {
+        if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
+            remaining -= 1;
+            let value = record.payload().unwrap_or_default();
+            found.push(herald_core::proto::Delivery::decode(value).expect("a delivery record"));
+        }
+    }
+    assert_eq!(remaining, 0, "could not read all of {topic}");
+    found
+}
+
+/// An endpoint that never recovers: its deliveries are put off ever more
+/// rarely while its breaker stays open, and once they are older than
+/// `HERALD_MAX_DELIVERY_AGE` each ends in the dead-letter queue (as
+/// `endpoint_unavailable` when it was still being put off), with its
+/// deferral count. The healthy endpoint gets everything meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_an_endpoint_that_never_recovers_end_in_the_dlq() {
+    const EVENTS: usize = 20;
+    let stack = Stack::start(
+        StackOptions::new("never-recovers")
+            .env("HERALD_RETRY_SCHEDULE", "1s,1s")
+            .env("HERALD_MAX_DELIVERY_AGE", "6s")
+            .env("HERALD_BREAKER_COOLDOWN", "1s")
+            .env("HERALD_BREAKER_MAX_COOLDOWN", "2s"),
+    )
+    .await;
+    let healthy = Receiver::start(Behaviour::Accept).await;
+    let dead = Receiver::start(Behaviour::AlwaysFail(503)).await;
+    stack.subscribe(&healthy, &["*"]).await;
+    let dead_id = stack.subscribe(&dead, &["*"]).await;
+    stack.settle_endpoints().await;
+    post_phase(&stack, "never", EVENTS).await;
+    assert!(healthy.wait_for(EVENTS, Duration::from_secs(30)).await);
+
+    let letters = stack
+        .wait_for_dead_letters(
+            &format!("endpoint_id={dead_id}&limit=100"),
+            EVENTS,
+            Duration::from_secs(90),
+        )
+        .await;
+    assert_eq!(letters.len(), EVENTS);
+    let unavailable: Vec<&serde_json::Value> = letters
+        .iter()
+        .filter(|l| l["reason"] == "endpoint_unavailable")
+        .collect();
+    for letter in &letters {
+        assert!(
+            ["attempts_exhausted", "endpoint_unavailable"]
+                .contains(&letter["reason"].as_str().unwrap()),
+            "{letter}"
+        );
+    }
+    assert!(
+        !unavailable.is_empty(),
+        "with the breaker open most deliveries never get their attempts: {letters:?}"
+    );
+    for letter in &unavailable {
+        assert!(letter["deferrals"].as_u64().unwrap() >= 1, "{letter}");
+        assert!(
+            letter["detail"]
+                .as_str()
+                .unwrap()
+                .contains("HERALD_MAX_DELIVERY_AGE"),
+            "{letter}"
+        );
+    }
+
+    // How often each delivery was written back to a retry tier: bounded by
+    // the backoff, not by how long the outage lasts.
+    let tier = stack.topic("herald.retry.1s");
+    let mut per_delivery: std::collections::HashMap<String, usize> = Default::default();
+    for delivery in read_deliveries(&stack.infra.kafka_brokers, &tier) {
+        *per_delivery.entry(delivery.delivery_id).or_default() += 1;
+    }
+    let most = per_delivery.values().copied().max().unwrap_or(0);
+    println!(
+        "retry-tier records per delivery: at most {most}, {} deliveries",
+        per_delivery.len()
+    );
+    assert!(
+        most <= 12,
+        "a delivery was written to a retry tier {most} times"
+    );
+    assert_eq!(
+        healthy.accepted_count(),
+        EVENTS,
+        "the healthy endpoint got each once"
+    );
+}

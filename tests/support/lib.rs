@@ -306,6 +306,11 @@ impl Stack {
             ("HERALD_ENDPOINT_CACHE_REFRESH", "100ms"),
             ("HERALD_DRAIN_TIMEOUT", "10s"),
             ("HERALD_RETRY_SCHEDULE", "1s,2s,4s"),
+            // By default a delivery put off (breaker open) longer than the
+            // retry schedule's span is given up; with the tests' short
+            // schedule that would be 7 s, shorter than the outages some
+            // tests stage. The test of that limit sets its own.
+            ("HERALD_MAX_DELIVERY_AGE", "10m"),
             // The receivers listen on loopback, which Herald refuses by
             // default.
             ("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.1/32,::1/128"),

@@ -25,6 +25,10 @@ pub mod reason {
     /// The endpoint's stored configuration cannot be used (e.g. its secret
     /// cannot sign).
     pub const ENDPOINT_UNUSABLE: &str = "endpoint_unusable";
+    /// The delivery was still being put off (breaker open, rate limit)
+    /// `HERALD_MAX_DELIVERY_AGE` after its first attempt, or after its
+    /// creation when it never had one.
+    pub const ENDPOINT_UNAVAILABLE: &str = "endpoint_unavailable";
     /// A record on one of Herald's topics could not be decoded.
     pub const MALFORMED_RECORD: &str = "malformed_record";
     /// The outbound address policy refuses the endpoint's destination (an

@@ -78,6 +78,12 @@ impl RetrySchedule {
         &self.delays
     }
 
+    /// The whole schedule, first attempt to last: the sum of the delays
+    /// (jitter aside).
+    pub fn span(&self) -> Duration {
+        self.delays.iter().sum()
+    }
+
     /// Total attempts: the first one plus one per delay.
     pub fn max_attempts(&self) -> u32 {
         self.delays.len() as u32 + 1

@@ -119,6 +119,7 @@ pub struct Dispatcher {
     redis_degraded: AtomicBool,
     outbound: Outbound,
     schedule: RetrySchedule,
+    deferrals: DeferralPolicy,
     kafka: KafkaConfig,
     producer: Producer,
     dead_letters: DeadLetterWriter,
@@ -171,6 +172,11 @@ impl Dispatcher {
             redis_degraded: AtomicBool::new(false),
             outbound,
             schedule: config.retry_schedule.clone(),
+            deferrals: DeferralPolicy {
+                first: config.breaker.cooldown,
+                longest: config.breaker.max_cooldown,
+                max_age: config.max_delivery_age,
+            },
             kafka: config.kafka.clone(),
             producer,
             dead_letters,
@@ -265,7 +271,7 @@ impl Dispatcher {
         };
         if let Permission::Deny { until_ms } = permission {
             tracing::debug!(until_ms, "circuit open; delivery deferred");
-            return self.defer(webhook.delivery, until_ms).await;
+            return self.defer(webhook.delivery, until_ms, source).await;
         }
         let probe = permission == Permission::Probe;
         if let Some(limit) = endpoint.endpoint.rate_limit {
@@ -276,7 +282,7 @@ impl Dispatcher {
                     if probe {
                         self.hand_back_probe(endpoint_id, asked_at_ms).await;
                     }
-                    return self.defer(webhook.delivery, until_ms).await;
+                    return self.defer(webhook.delivery, until_ms, source).await;
                 }
                 RateDecision::Stopping => {
                     if probe {
@@ -465,12 +471,30 @@ impl Dispatcher {
         }
     }
 
-    /// Puts a delivery off until `until_ms` without spending an attempt.
-    async fn defer(&self, mut delivery: Delivery, until_ms: i64) -> Outcome {
-        delivery.deferrals += 1;
-        count_outcome("deferred", None);
-        let wait = Duration::from_millis(until_ms.saturating_sub(now_ms()).max(1) as u64);
-        self.retry_later(delivery, wait).await
+    /// Puts a delivery off until `until_ms` at the earliest, without
+    /// spending an attempt, or dead-letters it as `endpoint_unavailable`
+    /// once it has been put off for longer than the age limit.
+    async fn defer(&self, mut delivery: Delivery, until_ms: i64, source: &OwnedMessage) -> Outcome {
+        let now = now_ms();
+        match self.deferrals.next(&delivery, until_ms, now) {
+            Deferral::Wait(wait) => {
+                delivery.deferrals += 1;
+                count_outcome("deferred", None);
+                self.retry_later(delivery, wait).await
+            }
+            Deferral::GiveUp { since_ms } => {
+                let detail = format!(
+                    "the endpoint could not be tried for {} (put off {} times after {} attempts); \
+                     deliveries are given up after HERALD_MAX_DELIVERY_AGE ({})",
+                    format_duration(Duration::from_millis(now.saturating_sub(since_ms) as u64)),
+                    delivery.deferrals,
+                    delivery.attempts_made,
+                    format_duration(self.deferrals.max_age),
+                );
+                self.dead_letter(delivery, reason::ENDPOINT_UNAVAILABLE, detail, source)
+                    .await
+            }
+        }
     }
 
     /// Waits briefly for the endpoint's rate limit, or says when to come
@@ -760,6 +784,64 @@ fn record_transition(endpoint_id: &str, transition: Transition) {
     m.breakers.set(endpoint_id, state);
 }
 
+/// How long deliveries are put off while their endpoint cannot be tried.
+#[derive(Debug, Clone, Copy)]
+struct DeferralPolicy {
+    /// The first deferral's least wait (the breaker's first cool-down).
+    first: Duration,
+    /// Where the wait stops growing (the breaker's longest cool-down).
+    longest: Duration,
+    /// `HERALD_MAX_DELIVERY_AGE`.
+    max_age: Duration,
+}
+
+/// What [`DeferralPolicy::next`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferral {
+    /// Put it off this long.
+    Wait(Duration),
+    /// Too old: dead-letter it. It has been waiting since `since_ms`.
+    GiveUp { since_ms: i64 },
+}
+
+impl DeferralPolicy {
+    /// The next deferral of `delivery`, which may not go ahead before
+    /// `until_ms`. The wait doubles with every deferral up to the longest
+    /// cool-down, so that a long outage rewrites each held delivery ever
+    /// more rarely instead of at every cool-down (and every few seconds while
+    /// another replica probes); it never runs past the age limit, so the
+    /// delivery is dead-lettered close to it.
+    fn next(&self, delivery: &Delivery, until_ms: i64, now_ms: i64) -> Deferral {
+        let since_ms = delivery
+            .history
+            .first()
+            .map(|attempt| attempt.started_at_ms)
+            .or((delivery.created_at_ms > 0).then_some(delivery.created_at_ms))
+            .unwrap_or(delivery.event_timestamp_ms);
+        let deadline_ms = since_ms.saturating_add(self.max_age.as_millis() as i64);
+        if now_ms >= deadline_ms {
+            return Deferral::GiveUp { since_ms };
+        }
+        // The first deferral waits what it was asked to; each later one at
+        // least the first cool-down, doubled per deferral since.
+        let doubling = match delivery.deferrals {
+            0 => Duration::ZERO,
+            n => self
+                .first
+                .saturating_mul(1_u32 << (n - 1).min(20))
+                .min(self.longest),
+        };
+        let asked = Duration::from_millis(until_ms.saturating_sub(now_ms).max(1) as u64);
+        let to_deadline = Duration::from_millis((deadline_ms - now_ms) as u64);
+        Deferral::Wait(
+            asked
+                .max(doubling)
+                .min(to_deadline)
+                .max(Duration::from_millis(1)),
+        )
+    }
+}
+
 /// The longest a delivery waits in place for its rate limit; longer waits
 /// go through a retry tier.
 const MAX_RATE_WAIT_MS: u64 = 1000;
@@ -899,6 +981,52 @@ mod tests {
             std::str::from_utf8(&prepared.body).unwrap(),
             r#"{"type":"order.created","timestamp":"2026-01-02T03:04:05.123Z","data":{"b": 1, "a": [true]}}"#
         );
+    }
+
+    #[test]
+    fn deferrals_back_off_to_the_longest_cooldown_and_end_at_the_age_limit() {
+        let policy = DeferralPolicy {
+            first: Duration::from_secs(30),
+            longest: Duration::from_secs(600),
+            max_age: Duration::from_secs(3600),
+        };
+        let created = 1_000_000;
+        let mut delivery = Delivery {
+            created_at_ms: created,
+            event_timestamp_ms: 1,
+            ..Default::default()
+        };
+        let now = created + 1000;
+        // The first deferral waits what the breaker asked (5 s while
+        // another replica probes); the later ones double from 30 s to 600 s.
+        let mut waits = Vec::new();
+        for deferrals in 0..8 {
+            delivery.deferrals = deferrals;
+            match policy.next(&delivery, now + 5_000, now) {
+                Deferral::Wait(wait) => waits.push(wait.as_secs()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, [5, 30, 60, 120, 240, 480, 600, 600]);
+        // Never past the age limit, and given up from there on.
+        let late = created + 3_590_000;
+        assert_eq!(
+            policy.next(&delivery, late + 5_000, late),
+            Deferral::Wait(Duration::from_secs(10))
+        );
+        assert_eq!(
+            policy.next(&delivery, late + 20_000, created + 3_600_000),
+            Deferral::GiveUp { since_ms: created }
+        );
+        // The first attempt, when there was one, starts the clock.
+        delivery.history.push(Attempt {
+            started_at_ms: created + 500_000,
+            ..Default::default()
+        });
+        assert!(matches!(
+            policy.next(&delivery, 0, created + 3_600_000),
+            Deferral::Wait(_)
+        ));
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub struct Config {
     /// between attempts; n delays make n + 1 attempts. Each delay gets ±20 %
     /// jitter.
     pub retry_schedule: RetrySchedule,
+    /// `HERALD_MAX_DELIVERY_AGE` (default: the retry schedule's whole span,
+    /// 27h35m5s with the default schedule): a delivery still put off
+    /// (breaker open, rate limit) this long after its first attempt, or
+    /// after fan-out created it when it never had one, is dead-lettered as
+    /// `endpoint_unavailable`, with its history and its deferral count.
+    pub max_delivery_age: Duration,
     /// `HERALD_ENDPOINT_MAX_IN_FLIGHT` (default `32`): deliveries in flight
     /// to one endpoint at once in this replica, so that one endpoint cannot
     /// take the whole window and a failing one is noticed before many
@@ -103,6 +109,11 @@ impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let http_timeout = env.duration("HERALD_HTTP_TIMEOUT", Duration::from_secs(15))?;
+        let retry_schedule = env.parse(
+            "HERALD_RETRY_SCHEDULE",
+            RetrySchedule::default(),
+            RetrySchedule::parse,
+        )?;
         Ok(Self {
             endpoint_max_in_flight: env.number("HERALD_ENDPOINT_MAX_IN_FLIGHT", 32, 1, 100_000)?
                 as usize,
@@ -112,11 +123,8 @@ impl Config {
             attempt_log: AttemptLogConfig::from_env(env)?,
             max_in_flight: env.number("HERALD_DISPATCHER_MAX_IN_FLIGHT", 512, 1, 100_000)? as usize,
             http_timeout,
-            retry_schedule: env.parse(
-                "HERALD_RETRY_SCHEDULE",
-                RetrySchedule::default(),
-                RetrySchedule::parse,
-            )?,
+            max_delivery_age: env.duration("HERALD_MAX_DELIVERY_AGE", retry_schedule.span())?,
+            retry_schedule,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
             drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
             ops_addr: herald_core::ops::ops_addr(env)?,

@@ -216,6 +216,7 @@ fn plan(record: &OwnedMessage, subscriptions: &Subscriptions) -> Result<Vec<Deli
             .to_millis()
             .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
     };
+    let created_at_ms = unix_millis(time::OffsetDateTime::now_utc());
     let subscribers = subscriptions.subscribers(&event.event_type);
     let span = tracing::Span::current();
     span.record("event_id", event_id.as_str());
@@ -230,6 +231,7 @@ fn plan(record: &OwnedMessage, subscriptions: &Subscriptions) -> Result<Vec<Deli
             event_type: event.event_type.clone(),
             payload_json: event.payload.get().as_bytes().to_vec(),
             event_timestamp_ms,
+            created_at_ms,
             ..Default::default()
         })
         .collect())

@@ -261,6 +261,7 @@ fn view(letter: &DeadLetter) -> Value {
             out["event_type"] = json!(delivery.event_type);
             out["payload"] = payload;
             out["attempts"] = Value::Array(attempts);
+            out["deferrals"] = json!(delivery.deferrals);
             out["last_status_code"] =
                 json!(last.and_then(|a| (a.status_code != 0).then_some(a.status_code)));
             out["last_error"] = json!(last.and_then(|a| (!a.error.is_empty()).then_some(&a.error)));
