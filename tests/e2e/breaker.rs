@@ -145,12 +145,7 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
         let series = format!("herald_circuit_breakers{{state=\"{state}\"}}");
         assert_eq!(metric(&ops, &series).await, 0.0, "{series}");
     }
-    let metrics_text = reqwest::get(format!("{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_text = herald_tests::metrics_text(&ops).await;
     assert!(
         !metrics_text.contains(&dead_id),
         "no metric names an endpoint"

@@ -2,8 +2,8 @@
 //! event reaches every subscribed endpoint at least once, and a duplicate
 //! carries the same `webhook-id` as the original.
 
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
 use rdkafka::producer::FutureRecord;
@@ -48,22 +48,16 @@ async fn start_run(name: &str) -> (Stack, [Receiver; 2], tokio::task::JoinHandle
 /// Every event at least once at each receiver, and every request's
 /// `webhook-id` is the id of the event in its body.
 async fn assert_everything_arrived(stack: &Stack, receivers: &[Receiver; 2]) {
-    let deadline = Instant::now() + Duration::from_secs(180);
     for receiver in receivers {
-        loop {
-            let seen: HashSet<String> =
-                receiver.received().iter().map(|r| r.webhook_id()).collect();
-            if seen.len() >= EVENTS {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {EVENTS} events arrived after the restart; logs in {}",
-                seen.len(),
-                stack.logs().display()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let seen = receiver
+            .wait_for_distinct(EVENTS, Duration::from_secs(180))
+            .await;
+        assert_eq!(
+            seen,
+            EVENTS,
+            "not every event arrived after the restart; logs in {}",
+            stack.logs().display()
+        );
         let mut duplicates = 0;
         let mut per_id: HashMap<String, usize> = HashMap::new();
         for webhook in receiver.received() {

@@ -117,12 +117,7 @@ async fn metrics_count_a_known_workload() {
 /// The sum of `herald_consumer_lag` over the partitions of `topic`, and how
 /// many partitions of it have a sample, as `base`'s `/metrics` shows them.
 async fn lag_of(base: &str, topic: &str) -> (f64, usize) {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = herald_tests::metrics_text(base).await;
     let needle = format!("topic=\"{topic}\"");
     let samples: Vec<f64> = text
         .lines()

@@ -714,17 +714,23 @@ impl Drop for RedisServer {
     }
 }
 
-/// Fetches `{base}/metrics` and returns the value of the sample whose name
-/// and labels are exactly `series` (e.g. `herald_retries_total{tier="1s"}`),
-/// or 0 when it is absent.
-pub async fn metric(base: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+/// `{base}/metrics` as text.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
-    text.lines()
+        .expect("metrics text")
+}
+
+/// Fetches `{base}/metrics` and returns the value of the sample whose name
+/// and labels are exactly `series` (e.g. `herald_retries_total{tier="1s"}`),
+/// or 0 when it is absent.
+pub async fn metric(base: &str, series: &str) -> f64 {
+    metrics_text(base)
+        .await
+        .lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;

@@ -230,6 +230,20 @@ impl Receiver {
         .await
     }
 
+    /// Waits until requests with `n` distinct `webhook-id`s arrived (up to
+    /// `limit`): every event at least once, duplicates aside. Returns how
+    /// many distinct ids arrived.
+    pub async fn wait_for_distinct(&self, n: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = self.id_counts().len();
+            if seen >= n || Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Waits until at least `n` requests arrived, up to `limit`.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> bool {
         crate::eventually(limit, || self.count() >= n).await

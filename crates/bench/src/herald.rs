@@ -159,6 +159,11 @@ pub struct Usage {
     pub peak_rss_mib: f64,
 }
 
+/// [`usage`] of each process of `watched` (name, pid), in order.
+pub fn usages(watched: &[(String, u32)]) -> Vec<Usage> {
+    watched.iter().map(|(_, pid)| usage(*pid)).collect()
+}
+
 /// Reads a process's CPU time and peak RSS; zeros where `/proc` has no
 /// answer (another operating system, or the process is gone).
 pub fn usage(pid: u32) -> Usage {

@@ -34,7 +34,7 @@ use herald_core::config::{Env, KafkaConfig};
 use herald_core::signing::Secret;
 
 use crate::baseline::Hops;
-use crate::herald::{Api, Deployment, Process, Usage};
+use crate::herald::{Api, Deployment, Process};
 use crate::load::{MAX_FANOUT, Phase, PhaseResult, Source};
 use crate::receiver::Receiver;
 use crate::report::{Baselines, ModeReport, ProcessReport, RatedPhase, Report, Setup};
@@ -563,21 +563,9 @@ impl Bench {
         phase.dead = dead.clone();
         let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
         let watched = self.watched(&running);
-        let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
+        let before = herald::usages(&watched);
         let kafka = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
-        let mut processes: Vec<ProcessReport> = watched
-            .iter()
-            .zip(before)
-            .map(|((name, pid), before)| {
-                ProcessReport::new(
-                    name,
-                    before,
-                    herald::usage(*pid),
-                    kafka.seconds,
-                    kafka.delivered,
-                )
-            })
-            .collect();
+        let mut processes = ProcessReport::since(&watched, before, kafka.seconds, kafka.delivered);
         let dead_endpoint_requests =
             dead.iter().map(|i| self.receiver.refused(*i)).sum::<u64>() - refused_before;
         for index in &dead {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::Bench;
-use crate::herald::{self, Usage};
+use crate::herald;
 use crate::load::{self, MAX_FANOUT};
 use crate::report::{ProcessReport, RatedPhase};
 
@@ -75,15 +75,9 @@ impl Bench {
         tokio::time::sleep(SETTLE).await;
         let idle_seconds = if self.options.smoke { 1.0 } else { 10.0 };
         eprintln!("mode {mode}: idle for {idle_seconds} s");
-        let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
+        let before = herald::usages(&watched);
         tokio::time::sleep(Duration::from_secs_f64(idle_seconds)).await;
-        let idle: Vec<ProcessReport> = watched
-            .iter()
-            .zip(before)
-            .map(|((name, pid), before)| {
-                ProcessReport::new(name, before, herald::usage(*pid), idle_seconds, 0)
-            })
-            .collect();
+        let idle = ProcessReport::since(&watched, before, idle_seconds, 0);
         let idle_cpu_percent = idle.iter().map(|p| p.cpu_percent).sum();
 
         let events = ((EVENTS_PER_S * self.options.latency_seconds) as usize).max(20);
@@ -93,21 +87,9 @@ impl Bench {
             "mode {mode}: {EVENTS_PER_S:.0} events/s to {MAX_FANOUT} endpoints for {} s",
             self.options.latency_seconds
         );
-        let before: Vec<Usage> = watched.iter().map(|(_, pid)| herald::usage(*pid)).collect();
+        let before = herald::usages(&watched);
         let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
-        let processes = watched
-            .iter()
-            .zip(before)
-            .map(|((name, pid), before)| {
-                ProcessReport::new(
-                    name,
-                    before,
-                    herald::usage(*pid),
-                    result.seconds,
-                    result.delivered,
-                )
-            })
-            .collect();
+        let processes = ProcessReport::since(&watched, before, result.seconds, result.delivered);
         for (_, process) in running.processes.iter_mut() {
             process.stop(Duration::from_secs(30));
         }

@@ -120,6 +120,30 @@ pub struct ProcessReport {
 }
 
 impl ProcessReport {
+    /// One report per process of `watched` (name, pid), from its usage
+    /// `before` (as [`crate::herald::usages`] read it) to now, over a phase
+    /// of `seconds` with `deliveries`.
+    pub fn since(
+        watched: &[(String, u32)],
+        before: Vec<Usage>,
+        seconds: f64,
+        deliveries: usize,
+    ) -> Vec<ProcessReport> {
+        watched
+            .iter()
+            .zip(before)
+            .map(|((name, pid), before)| {
+                ProcessReport::new(
+                    name,
+                    before,
+                    crate::herald::usage(*pid),
+                    seconds,
+                    deliveries,
+                )
+            })
+            .collect()
+    }
+
     /// From usage before and after a phase of `seconds` with `deliveries`.
     pub fn new(
         name: &str,
