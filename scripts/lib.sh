@@ -7,7 +7,7 @@
 # one process. HERALD_BROKER=tansu runs Tansu instead, a Kafka-compatible
 # broker that `cargo install` alone provides.
 
-HERALD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HERALD_BROKER="${HERALD_BROKER:-kafka}"
 HERALD_CACHE_DIR="${HERALD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}"
 
@@ -15,7 +15,7 @@ TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
 # memory:// and sqlite:// storage need these features.
 TANSU_FEATURES="dynostore,libsql"
 
-KAFKA_POM="$HERALD_ROOT/scripts/kafka/pom.xml"
+KAFKA_POM="$REPO_ROOT/scripts/kafka/pom.xml"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")"
 # Heap of one test broker. Kafka's own start script takes 1 GiB; a test node
 # holding a few thousand small partitions runs in half of that.
@@ -26,11 +26,11 @@ herald_die() { herald_log "error: $*"; exit 1; }
 
 herald_sudo() { if [ "$(id -u)" -ne 0 ]; then sudo "$@"; else "$@"; fi; }
 
-HERALD_APT_UPDATED=""
+APT_UPDATED=""
 herald_apt_install() {
-    if [ -z "$HERALD_APT_UPDATED" ]; then
+    if [ -z "$APT_UPDATED" ]; then
         herald_sudo apt-get update -qq >/dev/null || herald_die "apt-get update failed"
-        HERALD_APT_UPDATED=yes
+        APT_UPDATED=yes
     fi
     DEBIAN_FRONTEND=noninteractive herald_sudo apt-get install -y -qq "$@" >/dev/null
 }
@@ -57,7 +57,7 @@ herald_wait_port() {
 herald_wait_metadata() {
     local address="$1" want="${2:-1}" limit="${3:-60}" start=$SECONDS listed
     while :; do
-        listed="$(python3 "$HERALD_ROOT/scripts/kafka/metadata.py" "$address" 2>/dev/null | wc -l)"
+        listed="$(python3 "$REPO_ROOT/scripts/kafka/metadata.py" "$address" 2>/dev/null | wc -l)"
         [ "$listed" -ge "$want" ] && return 0
         [ $((SECONDS - start)) -ge "$limit" ] && return 1
         sleep 0.2
@@ -202,7 +202,7 @@ num.recovery.threads.per.data.dir=2
 log.index.size.max.bytes=1048576
 EOF
     if [ ! -f "$dir/data/meta.properties" ]; then
-        java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$HERALD_ROOT/scripts/kafka/log4j2.properties" \
+        java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.properties" \
             kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
             >"$dir/format.log" 2>&1 \
             || herald_die "cannot format the Kafka log directory $dir/data (see $dir/format.log)"
@@ -213,7 +213,7 @@ EOF
 ulimit -n "\$(ulimit -Hn)" 2>/dev/null || true
 exec java -Xms$heap -Xmx$heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \\
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \\
-    -Dlog4j2.configurationFile="$HERALD_ROOT/scripts/kafka/log4j2.properties" \\
+    -Dlog4j2.configurationFile="$REPO_ROOT/scripts/kafka/log4j2.properties" \\
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
 EOF
     chmod +x "$dir/run"
