@@ -54,14 +54,7 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
             .env("HERALD_ENDPOINT_MAX_IN_FLIGHT", "4"),
     )
     .await;
-    let healthy = [
-        Receiver::start(Behaviour::Accept).await,
-        Receiver::start(Behaviour::Accept).await,
-        Receiver::start(Behaviour::Accept).await,
-    ];
-    for receiver in &healthy {
-        stack.subscribe(receiver, &["*"]).await;
-    }
+    let healthy: [Receiver; 3] = stack.accepting_receivers(&["*"]).await;
     let dead = Receiver::start(Behaviour::Accept).await;
     let dead_id = stack.subscribe(&dead, &["*"]).await;
     stack.settle_endpoints().await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herald_tests::{Behaviour, KafkaCluster, Receiver, Stack, StackOptions};
+use herald_tests::{KafkaCluster, Receiver, Stack, StackOptions};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
@@ -50,13 +50,7 @@ async fn killing_a_broker_mid_load_loses_no_accepted_event() {
             .dispatchers(2),
     )
     .await;
-    let receivers = [
-        Receiver::start(Behaviour::Accept).await,
-        Receiver::start(Behaviour::Accept).await,
-    ];
-    for receiver in &receivers {
-        stack.subscribe(receiver, &["*"]).await;
-    }
+    let receivers: [Receiver; 2] = stack.accepting_receivers(&["*"]).await;
     stack.settle_endpoints().await;
     stack.wait_dispatchers_assigned().await;
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
+use herald_tests::{Receiver, Stack, StackOptions};
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
@@ -18,13 +18,7 @@ const EVENTS: usize = 2500;
 /// ends when the last one is acknowledged.
 async fn start_run(name: &str) -> (Stack, [Receiver; 2], tokio::task::JoinHandle<()>) {
     let stack = Stack::start(StackOptions::new(name)).await;
-    let receivers = [
-        Receiver::start(Behaviour::Accept).await,
-        Receiver::start(Behaviour::Accept).await,
-    ];
-    for receiver in &receivers {
-        stack.subscribe(receiver, &["*"]).await;
-    }
+    let receivers = stack.accepting_receivers(&["*"]).await;
     stack.settle_endpoints().await;
     let producer = stack.kafka_producer();
     let topic = stack.topic("herald.events");

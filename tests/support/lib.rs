@@ -478,6 +478,20 @@ impl Stack {
         created["id"].as_str().expect("id").to_owned()
     }
 
+    /// Starts `N` receivers that accept everything, each registered as an
+    /// endpoint subscribed to `event_types`.
+    pub async fn accepting_receivers<const N: usize>(&self, event_types: &[&str]) -> [Receiver; N] {
+        let mut receivers = Vec::with_capacity(N);
+        for _ in 0..N {
+            let receiver = Receiver::start(Behaviour::Accept).await;
+            self.subscribe(&receiver, event_types).await;
+            receivers.push(receiver);
+        }
+        receivers
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("exactly N receivers were started"))
+    }
+
     /// Waits until every dispatcher replica has partitions assigned in both
     /// of its consumer groups (new deliveries and retries), i.e. the groups
     /// have settled with all of them in it.

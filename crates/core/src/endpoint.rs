@@ -285,25 +285,6 @@ impl EndpointStore {
         Ok(())
     }
 
-    /// Overwrites an existing endpoint. Returns false when it does not exist
-    /// (any more).
-    pub async fn update(&self, endpoint: &Endpoint) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(endpoint)?;
-        let mut conn = self.redis.clone();
-        // SET XX only replaces an existing key, so an endpoint deleted in the
-        // meantime is not resurrected.
-        let (replaced, _): (Option<String>, i64) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(self.keys.endpoint(&endpoint.id))
-            .arg(json)
-            .arg("XX")
-            .incr(self.keys.endpoints_version(), 1)
-            .query_async(&mut conn)
-            .await?;
-        Ok(replaced.is_some())
-    }
-
     /// Removes an endpoint. Returns false when it did not exist.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.redis.clone();
@@ -344,6 +325,7 @@ impl EndpointStore {
     ) -> Result<Option<Endpoint>, StoreError> {
         let key = self.keys.endpoint(id);
         let mut conn = self.redis.clone();
+        let compare_and_set = Script::new(COMPARE_AND_SET);
         for _ in 0..MODIFY_TRIES {
             let Some(before) = conn.get::<_, Option<String>>(&key).await? else {
                 return Ok(None);
@@ -351,7 +333,7 @@ impl EndpointStore {
             let mut endpoint: Endpoint = serde_json::from_str(&before)?;
             change(&mut endpoint);
             let after = serde_json::to_string(&endpoint)?;
-            let written: i64 = Script::new(COMPARE_AND_SET)
+            let written: i64 = compare_and_set
                 .key(&key)
                 .key(self.keys.endpoints_version())
                 .arg(&before)

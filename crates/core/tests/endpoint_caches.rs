@@ -66,8 +66,11 @@ async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
     assert!(cache.lookup("ep_missing").await.unwrap().is_none());
     assert_eq!(cache.fresh(), 1, "an unknown id is not held");
 
-    let changed = endpoint("ep_3", "http://b.test/hook", &["*"]);
-    assert!(store.update(&changed).await.unwrap());
+    let changed = store
+        .modify("ep_3", |e| e.url = "http://b.test/hook".to_owned())
+        .await
+        .unwrap();
+    assert!(changed.is_some());
     // Until the next refresh, the held copy is used...
     assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
     // ...and the refresh that sees the change makes it stale.
@@ -103,11 +106,11 @@ async fn fan_out_reads_every_subscription_and_sees_changes_after_a_refresh() {
     assert_eq!(ids(index.subscribers("order.created")), ["ep_a"]);
     assert_eq!(ids(index.subscribers("user.created")), ["ep_b"]);
 
-    let b = endpoint("ep_b", "http://b.test/", &["order.created"]);
-    store.update(&b).await.unwrap();
-    let mut a = endpoint("ep_a", "http://a.test/", &["order.*"]);
-    a.disabled = true;
-    store.update(&a).await.unwrap();
+    store
+        .modify("ep_b", |e| e.event_types = vec!["order.created".to_owned()])
+        .await
+        .unwrap();
+    store.modify("ep_a", |e| e.disabled = true).await.unwrap();
     // The index in use stays as it was; the refresh brings the change.
     assert_eq!(ids(index.subscribers("order.created")), ["ep_a"]);
     let index = cache.refresh().await.unwrap();
