@@ -3,6 +3,7 @@
 
 mod api_errors;
 mod api_keys;
+mod backpressure;
 mod bench;
 mod breaker;
 mod broker;

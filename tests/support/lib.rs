@@ -622,36 +622,51 @@ impl Stack {
         count: usize,
         partitions: i32,
     ) -> Vec<String> {
-        use prost::Message as _;
         let producer = self.kafka_producer();
-        let topic = self.topic("herald.deliveries");
         let mut ids = Vec::with_capacity(count);
         for i in 0..count {
-            let event_id = format!("direct_{i}_{}", random_suffix());
-            let delivery = herald_core::proto::Delivery {
-                delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
-                endpoint_id: endpoint_id.to_owned(),
-                event_id: event_id.clone(),
-                event_type: "direct.test".to_owned(),
-                payload_json: format!("{{\"n\":{i}}}").into_bytes(),
-                event_timestamp_ms: herald_core::event::unix_millis(time::OffsetDateTime::now_utc()),
-                ..Default::default()
-            };
-            let value = delivery.encode_to_vec();
-            let partition = i as i32 % partitions;
-            producer
-                .send(
-                    FutureRecord::to(&topic)
-                        .key(endpoint_id)
-                        .payload(&value)
-                        .partition(partition),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
-            ids.push(event_id);
+            ids.push(
+                self.produce_delivery(&producer, endpoint_id, i, i as i32 % partitions)
+                    .await,
+            );
         }
         ids
+    }
+
+    /// Writes one delivery record for `endpoint_id` (payload `{"n": n}`)
+    /// to `partition` of `herald.deliveries`, and returns its event id once
+    /// Kafka acknowledged it.
+    pub async fn produce_delivery(
+        &self,
+        producer: &FutureProducer,
+        endpoint_id: &str,
+        n: usize,
+        partition: i32,
+    ) -> String {
+        use prost::Message as _;
+        let topic = self.topic("herald.deliveries");
+        let event_id = format!("direct_{n}_{}", random_suffix());
+        let delivery = herald_core::proto::Delivery {
+            delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
+            endpoint_id: endpoint_id.to_owned(),
+            event_id: event_id.clone(),
+            event_type: "direct.test".to_owned(),
+            payload_json: format!("{{\"n\":{n}}}").into_bytes(),
+            event_timestamp_ms: herald_core::event::unix_millis(time::OffsetDateTime::now_utc()),
+            ..Default::default()
+        };
+        let value = delivery.encode_to_vec();
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(endpoint_id)
+                    .payload(&value)
+                    .partition(partition),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
+        event_id
     }
 
     /// The directory holding this stack's logs.

@@ -217,6 +217,48 @@ pub struct KafkaConfig {
     /// the whole wait (Tansu 0.6) need it short, e.g. `10ms`, since there it
     /// is the floor of each hop's latency.
     pub hot_fetch_wait: Duration,
+    /// `HERALD_KAFKA_MAX_POLL_INTERVAL` (default `60s`, at least the
+    /// consumers' 10 s session timeout): librdkafka's `max.poll.interval.ms`.
+    /// A consumer that does not poll for this long is taken out of its
+    /// group. Herald's consumers poll on while their in-flight window is
+    /// full; the one time they do not is a rebalance's drain, so
+    /// `HERALD_DRAIN_TIMEOUT` must end well within it ([`drain_timeout`]).
+    /// `max.poll.interval.ms` in `HERALD_KAFKA_PROPERTIES` sets it too.
+    pub max_poll_interval: Duration,
+}
+
+/// What a drain must leave of the poll interval: the store and commit
+/// after it, and a wait for room in the window.
+const POLL_INTERVAL_MARGIN: Duration = Duration::from_secs(5);
+
+/// The consumers' `session.timeout.ms`: a crashed replica's partitions move
+/// to the others after this long. librdkafka refuses a poll interval
+/// shorter than it.
+pub const KAFKA_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance,
+/// how long in-flight records may take to finish. A rebalance's drain runs
+/// inside the consumer's poll, so it is refused at start-up when it would
+/// not end, with its commit, within the poll interval
+/// (`HERALD_KAFKA_MAX_POLL_INTERVAL`): the group would otherwise take the
+/// consumer out in the middle of it and hand its records to another.
+pub fn drain_timeout(env: &Env, kafka: &KafkaConfig) -> Result<Duration, ConfigError> {
+    let drain = env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?;
+    let longest = kafka.max_poll_interval.saturating_sub(POLL_INTERVAL_MARGIN);
+    if drain > longest {
+        return Err(ConfigError {
+            key: "HERALD_DRAIN_TIMEOUT".to_owned(),
+            value: Some(format_duration(drain)),
+            problem: format!(
+                "a drain must end {} before the Kafka poll interval \
+                 (HERALD_KAFKA_MAX_POLL_INTERVAL, {}): set it to at most {}, or raise the poll interval",
+                format_duration(POLL_INTERVAL_MARGIN),
+                format_duration(kafka.max_poll_interval),
+                format_duration(longest),
+            ),
+        });
+    }
+    Ok(drain)
 }
 
 /// librdkafka's own default fetch wait, which suits Apache Kafka.
@@ -252,13 +294,14 @@ impl KafkaConfig {
         Ok(Self {
             brokers,
             topic_prefix,
-            properties,
             produce_timeout: env
                 .duration("HERALD_KAFKA_PRODUCE_TIMEOUT", Duration::from_secs(10))?,
             create_topics: env.boolean("HERALD_CREATE_TOPICS", true)?,
             topic_partitions: env.number("HERALD_TOPIC_PARTITIONS", 12, 1, 10_000)? as i32,
             topic_replication: env.number("HERALD_TOPIC_REPLICATION", 1, 1, 32)? as i32,
             hot_fetch_wait: env.duration("HERALD_KAFKA_FETCH_WAIT", DEFAULT_HOT_FETCH_WAIT)?,
+            max_poll_interval: max_poll_interval(env, &properties)?,
+            properties,
         })
     }
 
@@ -281,6 +324,36 @@ impl KafkaConfig {
     pub fn group(&self, base: &str) -> String {
         format!("{}{base}", self.topic_prefix)
     }
+}
+
+/// `HERALD_KAFKA_MAX_POLL_INTERVAL`, or `max.poll.interval.ms` among the
+/// client properties, which wins since it is what librdkafka is given.
+fn max_poll_interval(env: &Env, properties: &[(String, String)]) -> Result<Duration, ConfigError> {
+    let from_properties = properties
+        .iter()
+        .find(|(key, _)| key == "max.poll.interval.ms");
+    let interval = match from_properties {
+        Some((_, ms)) => ms
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| ConfigError {
+                key: "HERALD_KAFKA_PROPERTIES".to_owned(),
+                value: Some(format!("max.poll.interval.ms={ms}")),
+                problem: "max.poll.interval.ms is a number of milliseconds".to_owned(),
+            })?,
+        None => env.duration("HERALD_KAFKA_MAX_POLL_INTERVAL", Duration::from_secs(60))?,
+    };
+    if interval < KAFKA_SESSION_TIMEOUT {
+        return Err(ConfigError {
+            key: "HERALD_KAFKA_MAX_POLL_INTERVAL".to_owned(),
+            value: Some(format_duration(interval)),
+            problem: format!(
+                "must be at least the consumers' session timeout, {}",
+                format_duration(KAFKA_SESSION_TIMEOUT)
+            ),
+        });
+    }
+    Ok(interval)
 }
 
 /// How to reach Redis.

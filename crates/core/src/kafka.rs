@@ -12,6 +12,7 @@ use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 
 pub mod consumer;
+pub mod holds;
 pub mod offsets;
 pub mod producer;
 
@@ -98,8 +99,16 @@ pub fn consumer_config(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // A crashed replica's partitions move to the others after this long.
-        .set("session.timeout.ms", "10000")
+        .set(
+            "session.timeout.ms",
+            crate::config::KAFKA_SESSION_TIMEOUT.as_millis().to_string(),
+        )
+        // Set, not left to librdkafka's 5 minutes: the drain timeout is
+        // checked against it (`config::drain_timeout`).
+        .set(
+            "max.poll.interval.ms",
+            config.max_poll_interval.as_millis().to_string(),
+        )
         .set("heartbeat.interval.ms", "1000")
         // Feeds the consumer-lag metric.
         .set("statistics.interval.ms", "5000")

@@ -2,10 +2,11 @@
 //! algorithm (GCRA), one atomic Lua script per decision.
 //!
 //! Per endpoint (the dispatchers): for a limit of `r` deliveries per second,
-//! deliveries are spaced at least `1/r` s apart across all replicas (no
-//! bursts), so any one-second window holds at most `r + 1` of them. A
-//! delivery over the limit is told how long to wait; it is delayed, never
-//! dropped.
+//! each delivery reserves the next free moment, `1/r` s after the one
+//! before it across all replicas ([`RateLimiter::reserve`]). A backlog is
+//! thus lined up in one pass — the n-th delivery waits n/r s, in a retry
+//! tier when that is long — instead of every waiting delivery asking again
+//! and again. A delivery is delayed, never dropped.
 //!
 //! Per API key (herald-ingest): `r` events per second with a burst of `b`,
 //! i.e. up to `b` at once after a quiet spell, then one every `1/r` s.
@@ -19,6 +20,20 @@ use redis::aio::ConnectionManager;
 
 use crate::redis_store::StoreError;
 
+/// Takes the next free moment of an endpoint: returns how long from now it
+/// is (0: now) and moves the next free moment one interval past it.
+const RESERVE: &str = r#"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+return math.ceil(tat - now)
+"#;
+
+/// Lets a request through when the limit and burst allow it, or says how
+/// long until they do (taking nothing then).
 const GCRA: &str = r#"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -39,6 +54,7 @@ pub struct RateLimiter {
     redis: ConnectionManager,
     prefix: String,
     script: Script,
+    reserve: Script,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -56,25 +72,29 @@ impl RateLimiter {
             redis,
             prefix: prefix.to_owned(),
             script: Script::new(GCRA),
+            reserve: Script::new(RESERVE),
         }
     }
 
-    /// Takes a slot for one delivery to `endpoint_id` limited to
-    /// `per_second`: `0` when it may go now, otherwise the milliseconds to
-    /// wait before asking again (no slot is taken then).
-    pub async fn try_acquire(
+    /// Reserves the next free moment for one delivery to `endpoint_id`
+    /// limited to `per_second`: the milliseconds from `now_ms` until it (0:
+    /// it may go now). The moment is taken whatever the caller does with it.
+    pub async fn reserve(
         &self,
         endpoint_id: &str,
         per_second: u32,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        self.acquire(
-            format!("{}ratelimit:{endpoint_id}", self.prefix),
-            per_second,
-            1,
-            now_ms,
-        )
-        .await
+        let interval_ms = 1000.0 / f64::from(per_second.max(1));
+        let mut conn = self.redis.clone();
+        let wait: u64 = self
+            .reserve
+            .key(format!("{}ratelimit:{endpoint_id}", self.prefix))
+            .arg(now_ms)
+            .arg(interval_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(wait)
     }
 
     /// Takes a slot for one event sent with the API key `key_id` (a digest,

@@ -25,6 +25,9 @@ pub const NOT_BEFORE_HEADER: &str = "herald-not-before";
 /// less traffic, or is too busy to answer.
 pub const SLOW_DOWN_MINIMUM: Duration = Duration::from_secs(60);
 
+/// Most one retry tier's delay may be above the one before it.
+pub const MAX_TIER_RATIO: u32 = 10;
+
 /// Delays between attempts. `n` delays mean `n + 1` attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule {
@@ -96,11 +99,25 @@ impl RetrySchedule {
         self.delays.get(index).copied()
     }
 
-    /// The distinct delays, shortest first: one retry tier topic each.
+    /// The retry tiers, shortest first, one topic each: the distinct
+    /// delays, and where two are more than [`MAX_TIER_RATIO`] apart, tiers
+    /// in between (`5s`, `50s`, `5m`, … by default), so that a wait of any
+    /// length takes a few hops at most ([`RetrySchedule::hop`]).
     pub fn tiers(&self) -> Vec<Duration> {
-        let mut tiers = self.delays.clone();
-        tiers.sort();
-        tiers.dedup();
+        let mut delays = self.delays.clone();
+        delays.sort();
+        delays.dedup();
+        let mut tiers: Vec<Duration> = Vec::with_capacity(delays.len());
+        for delay in delays {
+            if let Some(&shorter) = tiers.last() {
+                let mut between = shorter * MAX_TIER_RATIO;
+                while between < delay {
+                    tiers.push(between);
+                    between *= MAX_TIER_RATIO;
+                }
+            }
+            tiers.push(delay);
+        }
         tiers
     }
 
@@ -115,6 +132,19 @@ impl RetrySchedule {
             .or(tiers.first())
             .copied()
             .unwrap_or(wait)
+    }
+
+    /// How long a record that must wait `wait` sleeps in its tier
+    /// ([`RetrySchedule::tier_for`]) before it is read again: the whole wait
+    /// when that is about the tier's delay (a quarter more at most, which
+    /// covers the schedule's jitter), otherwise the tier's delay, after
+    /// which it hops to the tier of what is left. So every record of a tier
+    /// is due about that tier's delay after it was written: the records of
+    /// a partition come due in the order they were written, and none waits
+    /// behind a record written before it but due much later.
+    pub fn hop(&self, wait: Duration) -> Duration {
+        let tier = self.tier_for(wait);
+        if wait <= tier + tier / 4 { wait } else { tier }
     }
 
     /// The topic names of every tier.
@@ -197,8 +227,20 @@ mod tests {
         assert_eq!(schedule.delay_after(7), Some(Duration::from_secs(36_000)));
         assert_eq!(schedule.delay_after(8), None);
         assert_eq!(schedule.delay_after(0), None);
-        // 10h appears twice but is one tier.
-        assert_eq!(schedule.tiers().len(), 6);
+        // 10h appears twice but is one tier; 50s lies between 5s and 5m.
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(
+            schedule.tiers(),
+            [
+                Duration::from_secs(5),
+                Duration::from_secs(50),
+                minutes(5),
+                minutes(30),
+                minutes(120),
+                minutes(300),
+                minutes(600)
+            ]
+        );
     }
 
     #[test]
@@ -232,8 +274,12 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(
-            schedule.tier_for(Duration::from_secs(60)),
+            schedule.tier_for(Duration::from_secs(40)),
             Duration::from_secs(5)
+        );
+        assert_eq!(
+            schedule.tier_for(Duration::from_secs(60)),
+            Duration::from_secs(50)
         );
         assert_eq!(
             schedule.tier_for(Duration::from_secs(400)),
@@ -243,6 +289,27 @@ mod tests {
             schedule.tier_for(Duration::from_secs(100_000)),
             Duration::from_secs(36_000)
         );
+    }
+
+    #[test]
+    fn a_long_wait_hops_through_its_tiers() {
+        let schedule = RetrySchedule::default();
+        let secs = Duration::from_secs;
+        // About the tier's delay (the schedule's jitter): in one go.
+        assert_eq!(schedule.hop(secs(6)), secs(6));
+        assert_eq!(schedule.hop(secs(2)), secs(2));
+        assert_eq!(schedule.hop(secs(360)), secs(360));
+        // Longer: the tier's delay, then what is left.
+        assert_eq!(schedule.hop(secs(40)), secs(5));
+        let mut left = secs(290);
+        let mut hops = Vec::new();
+        while !left.is_zero() {
+            let hop = schedule.hop(left);
+            hops.push(hop.as_secs());
+            left -= hop;
+        }
+        // Tiers at most ten times apart: a few hops per tier at most.
+        assert_eq!(hops, [50, 50, 50, 50, 50, 5, 5, 5, 5, 5, 5, 5, 5]);
     }
 
     #[test]

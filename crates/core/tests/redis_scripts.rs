@@ -318,26 +318,32 @@ async fn a_probe_handed_back_lets_the_next_delivery_probe_at_once() {
 }
 
 #[tokio::test]
-async fn the_rate_limit_spaces_deliveries_across_replicas() {
+async fn the_rate_limit_lines_deliveries_up_across_replicas() {
     let prefix = prefix();
     let a = RateLimiter::new(redis(), &prefix);
     let b = RateLimiter::new(redis(), &prefix);
-    // 20 per second: one every 50 ms, whoever asks.
-    assert_eq!(a.try_acquire("ep", 20, T0).await.unwrap(), 0);
-    assert_eq!(b.try_acquire("ep", 20, T0).await.unwrap(), 50);
-    assert_eq!(b.try_acquire("ep", 20, T0 + 30).await.unwrap(), 20);
-    assert_eq!(b.try_acquire("ep", 20, T0 + 50).await.unwrap(), 0);
-    assert_eq!(a.try_acquire("ep", 20, T0 + 50).await.unwrap(), 50);
-    // Refused requests take no slot: after a quiet second, one goes at once.
-    assert_eq!(a.try_acquire("ep", 20, T0 + 2_000).await.unwrap(), 0);
-    // Over a simulated second of constant asking, exactly 20 get through.
-    let mut allowed = 0;
-    for ms in 0..1000 {
-        if a.try_acquire("other", 20, T0 + ms).await.unwrap() == 0 {
-            allowed += 1;
+    // 20 per second: one every 50 ms, whoever asks; each asker is given
+    // the next free moment, so a backlog is lined up in one pass.
+    assert_eq!(a.reserve("ep", 20, T0).await.unwrap(), 0);
+    assert_eq!(b.reserve("ep", 20, T0).await.unwrap(), 50);
+    assert_eq!(b.reserve("ep", 20, T0 + 30).await.unwrap(), 70);
+    assert_eq!(a.reserve("ep", 20, T0 + 60).await.unwrap(), 90);
+    // Moments pass unused once nobody asks: after a quiet second, the next
+    // one goes at once.
+    assert_eq!(a.reserve("ep", 20, T0 + 2_000).await.unwrap(), 0);
+    // 1,000 deliveries asking at once are spaced over 50 s, none sooner
+    // than its turn.
+    let waits: Vec<u64> = {
+        let mut waits = Vec::new();
+        for _ in 0..1000 {
+            waits.push(a.reserve("other", 20, T0).await.unwrap());
         }
-    }
-    assert_eq!(allowed, 20);
+        waits
+    };
+    assert!(waits.iter().enumerate().all(|(n, w)| *w == 50 * n as u64));
+    // Endpoints are independent.
+    assert_eq!(b.reserve("third", 1, T0).await.unwrap(), 0);
+    assert_eq!(b.reserve("third", 1, T0).await.unwrap(), 1000);
 }
 
 #[tokio::test]
@@ -373,7 +379,7 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
         limiter.try_acquire_ingest("k2", 10, 3, T0).await.unwrap(),
         0
     );
-    assert_eq!(limiter.try_acquire("k1", 10, T0).await.unwrap(), 0);
+    assert_eq!(limiter.reserve("k1", 10, T0).await.unwrap(), 0);
     // Over a simulated second of constant asking: the burst plus the rate.
     let mut allowed = 0;
     for ms in 0..1000 {

@@ -108,6 +108,7 @@ pub struct Config {
 impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let kafka = KafkaConfig::from_env(env)?;
         let http_timeout = env.duration("HERALD_HTTP_TIMEOUT", Duration::from_secs(15))?;
         let retry_schedule = env.parse(
             "HERALD_RETRY_SCHEDULE",
@@ -126,9 +127,9 @@ impl Config {
             max_delivery_age: env.duration("HERALD_MAX_DELIVERY_AGE", retry_schedule.span())?,
             retry_schedule,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
-            drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            drain_timeout: herald_core::config::drain_timeout(env, &kafka)?,
             ops_addr: herald_core::ops::ops_addr(env)?,
-            kafka: KafkaConfig::from_env(env)?,
+            kafka,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
         })

@@ -63,12 +63,13 @@ pub struct Config {
 impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let kafka = KafkaConfig::from_env(env)?;
         Ok(Self {
             max_in_flight: env.number("HERALD_FANOUT_MAX_IN_FLIGHT", 1000, 1, 100_000)? as usize,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
-            drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
+            drain_timeout: herald_core::config::drain_timeout(env, &kafka)?,
             ops_addr: herald_core::ops::ops_addr(env)?,
-            kafka: KafkaConfig::from_env(env)?,
+            kafka,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
         })

@@ -119,6 +119,7 @@ impl Config {
             per_second: rate,
             burst,
         });
+        let kafka = KafkaConfig::from_env(env)?;
         Ok(Self {
             listen_addr,
             api_keys,
@@ -132,8 +133,8 @@ impl Config {
             attempt_log: herald_core::attempt_log::AttemptLogConfig::from_env(env)?,
             dlq_retention: env
                 .duration("HERALD_DLQ_RETENTION", Duration::from_secs(14 * 86_400))?,
-            drain_timeout: env.duration("HERALD_DRAIN_TIMEOUT", Duration::from_secs(30))?,
-            kafka: KafkaConfig::from_env(env)?,
+            drain_timeout: herald_core::config::drain_timeout(env, &kafka)?,
+            kafka,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
         })

@@ -1,8 +1,12 @@
 //! The at-least-once consumer loop shared by fan-out and the dispatchers.
 //!
 //! One dedicated thread polls Kafka; each record is handed to a tokio task,
-//! with at most `max_in_flight` tasks at a time (a full window stops the
-//! polling, which is the backpressure). A record's offset is stored only once
+//! with at most `max_in_flight` tasks at a time. A record that cannot start
+//! — not due yet (a retry tier), or the window is full for longer than
+//! [`ROOM_WAIT`] — holds its partition back ([`super::holds`]): the record
+//! is kept in memory and the partition paused, while the thread goes on
+//! polling, so that the group never takes the consumer out for not polling
+//! (`max.poll.interval.ms`) however long the window stays full. A record's offset is stored only once
 //! its task reports [`Outcome::Done`] and every earlier record of its
 //! partition is done too ([`OffsetTracker`]); the polling thread commits
 //! stored offsets every [`COMMIT_INTERVAL`], one commit at a time.
@@ -16,18 +20,18 @@
 //! librdkafka runs rebalance callbacks inside `poll`, and those callbacks must
 //! block until in-flight work is drained.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::holds::{Admit, GivenUp, Holds, Until};
 use super::offsets::{OffsetTracker, Outcome, TopicPartition};
 use crate::config::KafkaConfig;
 
@@ -42,11 +46,10 @@ pub trait RecordHandler: Send + Sync + 'static {
     fn handle(&self, record: OwnedMessage) -> impl Future<Output = Outcome> + Send;
 
     /// When the record may be processed, in Unix milliseconds; `None` means
-    /// now. A record that is not due yet pauses its partition until it is
-    /// (the partition is re-read from that record then), so waiting costs
-    /// neither a busy loop nor a slot of the in-flight window, and other
-    /// partitions go on.
-    fn due_at(&self, record: &BorrowedMessage<'_>) -> Option<i64> {
+    /// now. A record that is not due yet holds its partition back until it
+    /// is, so waiting costs neither a busy loop nor a slot of the in-flight
+    /// window, and other partitions go on.
+    fn due_at(&self, record: &OwnedMessage) -> Option<i64> {
         let _ = record;
         None
     }
@@ -84,10 +87,10 @@ pub async fn run<H: RecordHandler>(
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
     let tracker = Arc::new(OffsetTracker::new());
-    let paused = Arc::new(Mutex::new(HashMap::new()));
+    let holds: SharedHolds = Arc::new(Mutex::new(Holds::new()));
     let context = TrackingContext {
         tracker: tracker.clone(),
-        paused: paused.clone(),
+        holds: holds.clone(),
         drain_timeout: settings.drain_timeout,
         group: settings.group_id.clone(),
     };
@@ -110,7 +113,7 @@ pub async fn run<H: RecordHandler>(
         .name(format!("poll-{}", settings.group_id))
         .spawn(move || {
             poll_loop(
-                &consumer, &settings, &tracker, &paused, handler, &runtime, &shutdown,
+                &consumer, &settings, &tracker, &holds, handler, &runtime, &shutdown,
             );
             finish(
                 &consumer,
@@ -147,20 +150,26 @@ fn poll_loop<H: RecordHandler>(
     consumer: &BaseConsumer<TrackingContext>,
     settings: &ConsumerSettings,
     tracker: &Arc<OffsetTracker>,
-    paused: &PausedPartitions,
+    holds: &SharedHolds,
     handler: Arc<H>,
     runtime: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
 ) {
-    let window = Arc::new(Semaphore::new(settings.max_in_flight));
-    let in_flight_gauge = crate::metrics::metrics()
-        .in_flight
-        .get_or_create(&crate::metrics::label("group", settings.group_id.clone()))
-        .clone();
+    let window = Window {
+        slots: Arc::new(Semaphore::new(settings.max_in_flight)),
+        in_flight: crate::metrics::metrics()
+            .in_flight
+            .get_or_create(&crate::metrics::label("group", settings.group_id.clone()))
+            .clone(),
+        tracker: tracker.clone(),
+        handler,
+        runtime: runtime.clone(),
+    };
     let mut idle_check = Instant::now() + IDLE_CHECK_INTERVAL;
     let mut empty_since: Option<Instant> = None;
     let mut next_commit = Instant::now() + COMMIT_INTERVAL;
     let mut uncommitted = false;
+    let mut given_up = Vec::new();
     while !shutdown.is_cancelled() {
         uncommitted |= store_releasable(consumer, tracker, None);
         if uncommitted && Instant::now() >= next_commit {
@@ -168,57 +177,155 @@ fn poll_loop<H: RecordHandler>(
             uncommitted = false;
             next_commit = Instant::now() + COMMIT_INTERVAL;
         }
-        resume_due(consumer, paused);
+        let (waiting_for_room, next_due) = {
+            let mut holds = lock(holds);
+            let room = window.slots.available_permits() > 0;
+            given_up.extend(holds.release(consumer, Instant::now(), room, |record| {
+                window.admit(record)
+            }));
+            (holds.waiting_for_room(), holds.next_due())
+        };
+        if !given_up.is_empty() {
+            rejoin_after_giving_up(consumer, settings, tracker, holds, &mut given_up);
+        }
         if Instant::now() >= idle_check {
             idle_check = Instant::now() + IDLE_CHECK_INTERVAL;
             rejoin_if_stranded(consumer, settings, &mut empty_since);
         }
-        let record = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Ok(record)) => record,
+        // Partitions waiting for room are resumed as soon as a record
+        // finishes: poll without waiting, then wait for room instead.
+        // A held record coming due cuts the wait short.
+        let polled = consumer.poll(if waiting_for_room {
+            Duration::ZERO
+        } else {
+            next_due.map_or(POLL_TIMEOUT, |due| {
+                due.saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), POLL_TIMEOUT)
+            })
+        });
+        let record = match polled {
+            None => {
+                if waiting_for_room {
+                    window.wait_for_room(POLL_TIMEOUT, shutdown);
+                }
+                continue;
+            }
+            Some(Ok(record)) => record.detach(),
             Some(Err(err)) => {
                 tracing::warn!(error = %err, "Kafka consumer error");
                 continue;
             }
         };
+        let now = Instant::now();
         let key: TopicPartition = (Arc::from(record.topic()), record.partition());
-        if lock(paused).contains_key(&key) {
-            // Fetched before the pause took effect; it is read again when
-            // the partition resumes.
-            continue;
-        }
-        if let Some(due_ms) = handler.due_at(&record) {
-            let wait_ms = due_ms - unix_now_ms();
-            if wait_ms > 0 {
-                pause_until(
-                    consumer,
-                    paused,
-                    key,
-                    record.offset(),
-                    Duration::from_millis(wait_ms as u64),
-                );
+        {
+            let mut holds = lock(holds);
+            if holds.is_held(&key) {
+                // Handed out before the pause took effect, or the pause
+                // failed: it goes after the records kept before it.
+                given_up.extend(holds.keep(consumer, record, now));
                 continue;
             }
         }
-        // Wait for room in the window; while waiting nothing is polled, which
-        // is what holds back a consumer that cannot keep up.
-        let permit = runtime.block_on(async {
+        let record = match window.admit(record) {
+            Admit::Started => continue,
+            Admit::NotDue(due, record) => {
+                lock(holds).hold(consumer, record, Until::Due(due), now);
+                continue;
+            }
+            Admit::NoRoom(record) => record,
+        };
+        // The window is full. Under load a slot frees within milliseconds,
+        // so wait for one a moment before holding anything back (a held
+        // partition drops what was fetched ahead for it).
+        match window.wait_for_room(ROOM_WAIT, shutdown) {
+            Some(permit) => window.start(record, permit),
+            None if shutdown.is_cancelled() => break,
+            None => {
+                // Still full: hold every partition back, and poll on (a
+                // consumer that stops polling for longer than
+                // max.poll.interval.ms is taken out of its group) until
+                // records finish.
+                tracing::debug!(
+                    group = %settings.group_id,
+                    in_flight = settings.max_in_flight,
+                    "in-flight window full; partitions held until records finish"
+                );
+                let mut holds = lock(holds);
+                holds.hold(consumer, record, Until::Room, now);
+                if let Ok(assignment) = consumer.assignment() {
+                    for partition in partitions(&assignment) {
+                        holds.hold_empty(consumer, partition, now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The in-flight window: records being processed, at most
+/// `max_in_flight` at once.
+struct Window<H> {
+    slots: Arc<Semaphore>,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+    tracker: Arc<OffsetTracker>,
+    handler: Arc<H>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<H: RecordHandler> Window<H> {
+    /// Starts `record` if it is due and there is room; otherwise hands it
+    /// back, saying why.
+    fn admit(&self, record: OwnedMessage) -> Admit {
+        if let Some(due_ms) = self.handler.due_at(&record) {
+            let wait_ms = due_ms - unix_now_ms();
+            if wait_ms > 0 {
+                return Admit::NotDue(
+                    Instant::now() + Duration::from_millis(wait_ms as u64),
+                    record,
+                );
+            }
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.start(record, permit);
+                Admit::Started
+            }
+            Err(_) => Admit::NoRoom(record),
+        }
+    }
+
+    /// Waits up to `limit` for a free slot (not past `shutdown`).
+    fn wait_for_room(
+        &self,
+        limit: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        self.runtime.block_on(async {
             tokio::select! {
-                permit = window.clone().acquire_owned() => permit.ok(),
+                permit = tokio::time::timeout(limit, self.slots.clone().acquire_owned()) => {
+                    permit.ok()?.ok()
+                }
                 _ = shutdown.cancelled() => None,
             }
-        });
-        let Some(permit) = permit else { break };
-        let Some(ticket) = tracker.start(record.topic(), record.partition(), record.offset())
+        })
+    }
+
+    /// Hands `record` to the handler on a task of its own.
+    fn start(&self, record: OwnedMessage, permit: OwnedSemaphorePermit) {
+        // A record of a partition no longer ours is dropped: its new owner
+        // reads it.
+        let Some(ticket) = self
+            .tracker
+            .start(record.topic(), record.partition(), record.offset())
         else {
-            continue;
+            return;
         };
-        let record = record.detach();
-        let handler = handler.clone();
-        let tracker = tracker.clone();
-        let in_flight = in_flight_gauge.clone();
+        let handler = self.handler.clone();
+        let tracker = self.tracker.clone();
+        let in_flight = self.in_flight.clone();
         in_flight.inc();
-        runtime.spawn(async move {
+        self.runtime.spawn(async move {
             let outcome = handler.handle(record).await;
             tracker.finish(ticket, outcome);
             in_flight.dec();
@@ -226,6 +333,37 @@ fn poll_loop<H: RecordHandler>(
         });
     }
 }
+
+/// Partitions were given up ([`super::holds`]): nothing from their first
+/// dropped record on may be stored, and the group is joined again so that
+/// they are read again from their committed offsets.
+fn rejoin_after_giving_up(
+    consumer: &BaseConsumer<TrackingContext>,
+    settings: &ConsumerSettings,
+    tracker: &OffsetTracker,
+    holds: &SharedHolds,
+    given_up: &mut Vec<GivenUp>,
+) {
+    for gone in given_up.drain(..) {
+        if let Some(from) = gone.from {
+            tracker.block_from(&gone.partition.0, gone.partition.1, from);
+        }
+    }
+    tracing::warn!(group = %settings.group_id, "rejoining the group to read given-up partitions again");
+    consumer.unsubscribe();
+    lock(holds).clear();
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    if let Err(err) = consumer.subscribe(&topics) {
+        tracing::error!(error = %err, "cannot subscribe again");
+    }
+}
+
+/// How long one poll waits for a record.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long a record waits for room in a full window before every
+/// partition is held back.
+pub const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 /// How long abandoned handlers get to wind down after the drain timeout.
 const ABANDON_GRACE: Duration = Duration::from_secs(2);
@@ -326,81 +464,17 @@ fn assignment_has_partitions(bytes: &[u8]) -> bool {
     false
 }
 
-/// Partitions held back until a moment, because their next record is not
-/// due yet.
-type PausedPartitions = Arc<Mutex<HashMap<TopicPartition, Instant>>>;
+/// The held partitions, shared with the rebalance hooks.
+type SharedHolds = Arc<Mutex<Holds>>;
 
-fn lock(paused: &PausedPartitions) -> MutexGuard<'_, HashMap<TopicPartition, Instant>> {
-    paused
+fn lock(holds: &SharedHolds) -> MutexGuard<'_, Holds> {
+    holds
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unix_now_ms() -> i64 {
     crate::event::unix_millis(time::OffsetDateTime::now_utc())
-}
-
-fn single(topic: &str, partition: i32) -> TopicPartitionList {
-    let mut list = TopicPartitionList::new();
-    list.add_partition(topic, partition);
-    list
-}
-
-/// Stops fetching a partition and rewinds it to `offset`, to be resumed
-/// after `wait`.
-fn pause_until(
-    consumer: &BaseConsumer<TrackingContext>,
-    paused: &PausedPartitions,
-    key: TopicPartition,
-    offset: i64,
-    wait: Duration,
-) {
-    let (topic, partition) = (&*key.0, key.1);
-    if let Err(err) = consumer.pause(&single(topic, partition)) {
-        tracing::warn!(topic, partition, error = %err, "cannot pause partition");
-        return;
-    }
-    if let Err(err) = consumer.seek(
-        topic,
-        partition,
-        Offset::Offset(offset),
-        Duration::from_secs(5),
-    ) {
-        // Without the rewind the record would be skipped: resume and let the
-        // loop meet it again.
-        tracing::warn!(topic, partition, offset, error = %err, "cannot rewind partition");
-        let _ = consumer.resume(&single(topic, partition));
-        return;
-    }
-    tracing::debug!(
-        topic,
-        partition,
-        offset,
-        wait_ms = wait.as_millis() as u64,
-        "partition waits for its next record"
-    );
-    lock(paused).insert(key, Instant::now() + wait);
-}
-
-/// Resumes the partitions whose wait is over.
-fn resume_due(consumer: &BaseConsumer<TrackingContext>, paused: &PausedPartitions) {
-    let now = Instant::now();
-    let mut paused = lock(paused);
-    let due: Vec<TopicPartition> = paused
-        .iter()
-        .filter(|(_, until)| **until <= now)
-        .map(|(k, _)| k.clone())
-        .collect();
-    for key in due {
-        match consumer.resume(&single(&key.0, key.1)) {
-            Ok(()) => {
-                paused.remove(&key);
-            }
-            Err(err) => {
-                tracing::warn!(topic = %key.0, partition = key.1, error = %err, "cannot resume partition")
-            }
-        }
-    }
 }
 
 /// Shutdown: wait for in-flight records, store and commit their offsets.
@@ -481,7 +555,7 @@ fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
 /// revoked ones before they move to another consumer.
 struct TrackingContext {
     tracker: Arc<OffsetTracker>,
-    paused: PausedPartitions,
+    holds: SharedHolds,
     drain_timeout: Duration,
     /// The consumer group, named in rebalance logs (ingest runs a consumer
     /// beside its HTTP server).
@@ -538,10 +612,7 @@ impl ConsumerContext for TrackingContext {
                     log_committed(consumer);
                 }
                 self.tracker.revoke(&revoked);
-                let mut paused = lock(&self.paused);
-                for key in &revoked {
-                    paused.remove(key);
-                }
+                lock(&self.holds).forget(&revoked);
             }
             Rebalance::Error(err) => tracing::error!(error = %err, "rebalance failed"),
         }

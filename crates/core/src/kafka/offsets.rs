@@ -66,7 +66,8 @@ impl PartitionState {
         match first_open {
             // Nothing of this assignment is done yet.
             Some(open) if Some(open) <= self.lowest_started => None,
-            Some(open) => Some(open - 1),
+            // Never past what was started: a block can lie beyond it.
+            Some(open) => Some((open - 1).min(highest)),
             None => Some(highest),
         }
     }
@@ -136,6 +137,19 @@ impl OffsetTracker {
             offset,
             generation: state.generation,
         })
+    }
+
+    /// Nothing at or after `offset` on the partition may be stored in this
+    /// assignment: its records from there on were dropped unprocessed (see
+    /// [`super::holds`]), so the next assignment must read them again.
+    pub fn block_from(&self, topic: &str, partition: i32, offset: i64) {
+        let mut map = self.lock();
+        if let Some((_, state)) = map
+            .iter_mut()
+            .find(|((t, p), _)| &**t == topic && *p == partition)
+        {
+            state.blocked_at = Some(state.blocked_at.map_or(offset, |b| b.min(offset)));
+        }
     }
 
     /// A record finished.

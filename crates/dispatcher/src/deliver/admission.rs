@@ -1,0 +1,423 @@
+//! Step 3: whether a delivery may go now, decided in one place and in one
+//! order. Each step holds only what the steps before it took:
+//!
+//! 1. **A slot of the endpoint** (`HERALD_ENDPOINT_MAX_IN_FLIGHT` per
+//!    replica), waited for while holding nothing else: deliveries queued for
+//!    a busy endpoint take none of the replica's request slots, so other
+//!    endpoints' deliveries go ahead of them.
+//! 2. **The circuit breaker**, asked only once the endpoint slot is held, so
+//!    that deliveries queued behind a failing endpoint see the breaker open
+//!    instead of all having been let through while it was closed. Open: the
+//!    delivery is put off.
+//! 3. **The rate limit**: the delivery reserves the endpoint's next free
+//!    moment ([`herald_core::rate_limit::RateLimiter::reserve`]). Within
+//!    [`MAX_WAIT_IN_PLACE`] it waits for it holding only its endpoint slot;
+//!    further off, it is put off until that moment through a retry tier and
+//!    comes back with the moment reserved (`Delivery.rate_slot_ms`). So a
+//!    backlog for a rate-limited endpoint is lined up in one pass and holds
+//!    no request slot while it waits. Deliveries that come back from their
+//!    tiers late, together, are spaced again by the replica itself
+//!    ([`Pacing`]), so they do not arrive in a burst.
+//! 4. **A request slot** of the replica (`HERALD_DISPATCHER_MAX_IN_FLIGHT`),
+//!    held for the HTTP call only.
+//!
+//! A probe of a half-open breaker that is not made after all (put off by the
+//! rate limit, or the process stopping) is handed back at once, so that the
+//! next delivery probes. Without Redis, breakers and limits are skipped (as
+//! if closed and absent), and [`RedisHealth`] says so once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_core::circuit::{Breakers, Permission};
+use herald_core::endpoint::ResolvedEndpoint;
+use herald_core::metrics::{BreakerState, metrics};
+use herald_core::proto::Delivery;
+use herald_core::rate_limit::RateLimiter;
+use herald_core::redis_store::StoreError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::now_ms;
+
+/// The longest a delivery waits for its rate-limit moment in place (holding
+/// its endpoint slot and a slot of the consumer's window); a moment further
+/// off is waited for in a retry tier.
+pub const MAX_WAIT_IN_PLACE: Duration = Duration::from_secs(1);
+
+/// How late a delivery may come back from its retry tier and still take the
+/// moment it reserved. Later than that, its moment is long gone and taking
+/// it could bunch it with the deliveries reserved after it, so it reserves
+/// a new one.
+const LATE_LIMIT: Duration = Duration::from_secs(1);
+
+/// What [`Gate::admit`] decided.
+#[derive(Debug)]
+pub enum Admission {
+    /// Send it now, holding these slots.
+    Go(Admitted),
+    /// Put it off until `until_ms` (Unix milliseconds), without an attempt.
+    PutOff {
+        /// The earliest moment it may go.
+        until_ms: i64,
+        /// What puts it off.
+        by: PutOffBy,
+    },
+    /// The process is stopping.
+    Stopping,
+}
+
+/// What put a delivery off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOffBy {
+    /// The endpoint's circuit breaker is open (or another replica probes).
+    Breaker,
+    /// The endpoint's rate limit: the moment is reserved for it.
+    RateLimit,
+}
+
+/// A delivery let through: the slots it holds until its attempt ends.
+#[derive(Debug)]
+pub struct Admitted {
+    _endpoint_slot: OwnedSemaphorePermit,
+    _request_slot: OwnedSemaphorePermit,
+    /// When this delivery probes a half-open breaker: when the probe was
+    /// granted (the key to hand it back).
+    pub probe: Option<i64>,
+}
+
+/// Where the rate limit puts a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    Now,
+    /// Wait this long in place.
+    Soon(Duration),
+    /// Put off until this Unix millisecond.
+    Later(i64),
+}
+
+/// Whether Redis answers; logs each change once.
+#[derive(Debug, Default)]
+pub struct RedisHealth {
+    degraded: AtomicBool,
+}
+
+impl RedisHealth {
+    /// A Redis call failed.
+    pub fn fails(&self, err: &StoreError) {
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "Redis does not answer: delivering as if every circuit were closed and no rate limit were set, until it does");
+        }
+    }
+
+    /// A Redis call succeeded.
+    pub fn answers(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis answers again: circuit breakers and rate limits are back");
+        }
+    }
+}
+
+/// Admission to the HTTP call, shared by every in-flight delivery of a
+/// replica.
+#[derive(Debug)]
+pub struct Gate {
+    slots: EndpointSlots,
+    /// Webhook requests in flight in this replica, across both consumers.
+    requests: Arc<Semaphore>,
+    breakers: Breakers,
+    limiter: RateLimiter,
+    pacing: Pacing,
+    redis: Arc<RedisHealth>,
+    abandon: CancellationToken,
+}
+
+impl Gate {
+    /// A gate with `max_requests` request slots and `per_endpoint` slots
+    /// per endpoint; `abandon` gives up every wait.
+    pub fn new(
+        max_requests: usize,
+        per_endpoint: usize,
+        breakers: Breakers,
+        limiter: RateLimiter,
+        redis: Arc<RedisHealth>,
+        abandon: CancellationToken,
+    ) -> Self {
+        Self {
+            slots: EndpointSlots::new(per_endpoint),
+            requests: Arc::new(Semaphore::new(max_requests)),
+            breakers,
+            limiter,
+            pacing: Pacing::default(),
+            redis,
+            abandon,
+        }
+    }
+
+    /// The breakers (the attempt's result is recorded in them).
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    /// Decides whether `delivery` may go to `endpoint` now, in the order the
+    /// module documents.
+    pub async fn admit(&self, endpoint: &ResolvedEndpoint, delivery: &Delivery) -> Admission {
+        let endpoint_id = endpoint.endpoint.id.as_str();
+        let Some(endpoint_slot) = self.unless_abandoned(self.slots.acquire(endpoint_id)).await
+        else {
+            return Admission::Stopping;
+        };
+
+        let asked_at_ms = now_ms();
+        let probe = match self.breakers.acquire(endpoint_id, asked_at_ms).await {
+            Ok(permission) => {
+                self.redis.answers();
+                match permission {
+                    Permission::Deny { until_ms } => {
+                        tracing::debug!(until_ms, "circuit open; delivery deferred");
+                        return Admission::PutOff {
+                            until_ms,
+                            by: PutOffBy::Breaker,
+                        };
+                    }
+                    Permission::Probe => Some(asked_at_ms),
+                    Permission::Allow => None,
+                }
+            }
+            Err(err) => {
+                self.redis.fails(&err);
+                None
+            }
+        };
+
+        if let Some(per_second) = endpoint.endpoint.rate_limit {
+            let wait = match self
+                .rate_moment(endpoint_id, per_second, delivery.rate_slot_ms)
+                .await
+            {
+                Moment::Now => Duration::ZERO,
+                Moment::Soon(wait) => wait,
+                Moment::Later(until_ms) => {
+                    tracing::debug!(
+                        until_ms,
+                        "rate limit reached; delivery deferred to its moment"
+                    );
+                    self.hand_back_probe(endpoint_id, probe).await;
+                    return Admission::PutOff {
+                        until_ms,
+                        by: PutOffBy::RateLimit,
+                    };
+                }
+            };
+            let Some(go_at) = self.pacing.next(
+                endpoint_id,
+                per_second,
+                Instant::now() + wait,
+                MAX_WAIT_IN_PLACE,
+            ) else {
+                // Too many came back together to space them in place:
+                // come back after a while and be spaced then.
+                self.hand_back_probe(endpoint_id, probe).await;
+                return Admission::PutOff {
+                    until_ms: now_ms() + MAX_WAIT_IN_PLACE.as_millis() as i64,
+                    by: PutOffBy::RateLimit,
+                };
+            };
+            let paced = tokio::time::sleep_until(go_at.into());
+            if self.unless_abandoned(paced).await.is_none() {
+                self.hand_back_probe(endpoint_id, probe).await;
+                return Admission::Stopping;
+            }
+        }
+
+        let request = async {
+            self.requests
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the request semaphore is never closed")
+        };
+        let Some(request_slot) = self.unless_abandoned(request).await else {
+            self.hand_back_probe(endpoint_id, probe).await;
+            return Admission::Stopping;
+        };
+        if probe.is_some() {
+            metrics().breakers.set(endpoint_id, BreakerState::HalfOpen);
+            tracing::info!("circuit half-open; this delivery probes the endpoint");
+        }
+        Admission::Go(Admitted {
+            _endpoint_slot: endpoint_slot,
+            _request_slot: request_slot,
+            probe,
+        })
+    }
+
+    /// Hands back a probe that will not be made, so that the next delivery
+    /// to the endpoint probes at once rather than after the probe lease.
+    /// Without Redis the lease simply runs out.
+    pub async fn hand_back_probe(&self, endpoint_id: &str, probe: Option<i64>) {
+        let Some(granted_at_ms) = probe else { return };
+        match self
+            .breakers
+            .release_probe(endpoint_id, granted_at_ms)
+            .await
+        {
+            Ok(_) => tracing::debug!("probe handed back"),
+            Err(err) => self.redis.fails(&err),
+        }
+    }
+
+    /// The moment the rate limit gives the delivery: the one it reserved
+    /// earlier (`reserved_ms`, when it came back from a retry tier in time),
+    /// or a new one.
+    async fn rate_moment(&self, endpoint_id: &str, per_second: u32, reserved_ms: i64) -> Moment {
+        let now = now_ms();
+        if reserved_ms > 0 {
+            let early_ms = reserved_ms - now;
+            // Early only when the replicas' clocks differ.
+            if early_ms > 0 {
+                return moment_in(early_ms as u64, reserved_ms);
+            }
+            if early_ms.unsigned_abs() <= LATE_LIMIT.as_millis() as u64 {
+                return Moment::Now;
+            }
+        }
+        match self.limiter.reserve(endpoint_id, per_second, now).await {
+            Ok(wait_ms) => {
+                self.redis.answers();
+                moment_in(wait_ms, now + wait_ms as i64)
+            }
+            Err(err) => {
+                self.redis.fails(&err);
+                Moment::Now
+            }
+        }
+    }
+
+    async fn unless_abandoned<T>(&self, wait: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            done = wait => Some(done),
+            _ = self.abandon.cancelled() => None,
+        }
+    }
+}
+
+fn moment_in(wait_ms: u64, at_ms: i64) -> Moment {
+    if wait_ms == 0 {
+        Moment::Now
+    } else if wait_ms <= MAX_WAIT_IN_PLACE.as_millis() as u64 {
+        Moment::Soon(Duration::from_millis(wait_ms))
+    } else {
+        Moment::Later(at_ms)
+    }
+}
+
+/// The replica's own spacing of each rate-limited endpoint's requests:
+/// never two within one interval, whatever moments they were given. It
+/// matters when deliveries reserved one after another come back from their
+/// retry tiers late and together (a tier's records are handed back in
+/// batches): each then waits for the one before it.
+#[derive(Debug, Default)]
+struct Pacing {
+    next_free: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl Pacing {
+    /// When a request to `endpoint_id`, limited to `per_second`, that may go
+    /// at `earliest` goes: then, or one interval after the one before.
+    /// `None` (and nothing taken) when that is more than `limit` from now.
+    fn next(
+        &self,
+        endpoint_id: &str,
+        per_second: u32,
+        earliest: Instant,
+        limit: Duration,
+    ) -> Option<Instant> {
+        let interval = Duration::from_secs(1) / per_second.max(1);
+        let now = Instant::now();
+        let mut map = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, free| *free > now);
+        }
+        let free = map.entry(endpoint_id.to_owned()).or_insert(earliest);
+        let at = earliest.max(*free);
+        if at > now + limit {
+            return None;
+        }
+        *free = at + interval;
+        Some(at)
+    }
+}
+
+/// Per-endpoint caps on concurrent requests.
+#[derive(Debug)]
+struct EndpointSlots {
+    per_endpoint: usize,
+    semaphores: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl EndpointSlots {
+    fn new(per_endpoint: usize) -> Self {
+        Self {
+            per_endpoint,
+            semaphores: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn acquire(&self, endpoint_id: &str) -> OwnedSemaphorePermit {
+        let semaphore = {
+            let mut map = self.semaphores.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget idle endpoints now and then, so the map does not grow
+            // with every endpoint ever seen.
+            if map.len() > 10_000 {
+                map.retain(|_, s| s.available_permits() < self.per_endpoint);
+            }
+            map.entry(endpoint_id.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
+                .clone()
+        };
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("endpoint semaphores are never closed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_deliveries_are_spaced_again() {
+        let pacing = Pacing::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let limit = Duration::from_secs(3600);
+        // Three come back at once for an endpoint at 20/s: 50 ms apart.
+        assert_eq!(pacing.next("ep", 20, t0, limit), Some(t0));
+        assert_eq!(pacing.next("ep", 20, t0, limit), Some(t0 + ms(50)));
+        assert_eq!(pacing.next("ep", 20, t0, limit), Some(t0 + ms(100)));
+        // One on time later on is not held back.
+        assert_eq!(
+            pacing.next("ep", 20, t0 + ms(500), limit),
+            Some(t0 + ms(500))
+        );
+        assert_eq!(pacing.next("other", 20, t0, limit), Some(t0));
+        // Too far off to wait in place: refused, and nothing taken.
+        let slow = Instant::now();
+        assert!(pacing.next("slow", 1, slow, limit).is_some());
+        assert_eq!(pacing.next("slow", 1, slow, ms(500)), None);
+        assert!(pacing.next("slow", 1, slow, limit).unwrap() >= slow + ms(1000));
+    }
+
+    #[test]
+    fn near_moments_are_waited_for_in_place_and_far_ones_in_a_tier() {
+        assert_eq!(moment_in(0, 5), Moment::Now);
+        assert_eq!(moment_in(1, 6), Moment::Soon(Duration::from_millis(1)));
+        assert_eq!(moment_in(1000, 1005), Moment::Soon(Duration::from_secs(1)));
+        assert_eq!(moment_in(1001, 1006), Moment::Later(1006));
+    }
+}
