@@ -53,15 +53,65 @@ pub fn infra() -> Infra {
     }
 }
 
+/// An endpoint store on the test Redis (`HERALD_TEST_REDIS_URL`), under keys
+/// of its own.
+pub fn endpoint_store() -> herald_core::endpoint::EndpointStore {
+    let config = herald_core::config::RedisConfig::from_env(&herald_core::config::Env::from_pairs(
+        [("HERALD_REDIS_URL", infra().redis_url)],
+    ))
+    .expect("the test Redis URL is valid");
+    let redis = herald_core::redis_store::connect(&config).expect("connect to the test Redis");
+    herald_core::endpoint::EndpointStore::new(
+        redis,
+        herald_core::redis_store::Keys::new(format!("t{}:", random_suffix())),
+    )
+}
+
+/// An enabled endpoint with a fresh secret, as the API stores one.
+pub fn stored_endpoint(id: &str, url: &str, types: &[&str]) -> herald_core::endpoint::Endpoint {
+    herald_core::endpoint::Endpoint {
+        id: id.to_owned(),
+        url: url.to_owned(),
+        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        description: String::new(),
+        headers: std::collections::BTreeMap::new(),
+        disabled: false,
+        disabled_reason: None,
+        rate_limit: None,
+        secret: herald_core::signing::Secret::generate().expose(),
+        previous_secrets: Vec::new(),
+        created_at: "2026-01-01T00:00:00Z".to_owned(),
+        updated_at: "2026-01-01T00:00:00Z".to_owned(),
+    }
+}
+
 /// A short random lowercase string for names.
 pub fn random_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a service to listen on.
+///
+/// It is taken below the kernel's ephemeral range (32768 and up): a port the
+/// kernel hands out for `bind(0)` is also the kind it gives outgoing
+/// connections, so between this check and the service's own bind another
+/// process's connection could take it. Each port is handed out once per
+/// test process.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// Where the Herald binaries are: `HERALD_BIN_DIR`, or the cargo target

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Env};
-use crate::redis_store::StoreError;
+use crate::redis_store::{Keys, StoreError};
 
 /// Most response-body bytes kept per attempt.
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -123,7 +123,7 @@ return #oldest / 2
 #[derive(Clone)]
 pub struct AttemptLog {
     redis: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     config: AttemptLogConfig,
     trim: Arc<Script>,
 }
@@ -131,44 +131,28 @@ pub struct AttemptLog {
 impl std::fmt::Debug for AttemptLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttemptLog")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .finish()
     }
 }
 
 impl AttemptLog {
-    /// The log under the Redis key prefix.
-    pub fn new(redis: ConnectionManager, prefix: &str, config: AttemptLogConfig) -> Self {
+    /// The log under the Redis keys `keys`.
+    pub fn new(redis: ConnectionManager, keys: Keys, config: AttemptLogConfig) -> Self {
         Self {
             redis,
-            prefix: prefix.to_owned(),
+            keys,
             config,
             trim: Arc::new(Script::new(TRIM)),
         }
-    }
-
-    fn endpoint_key(&self, endpoint_id: &str) -> String {
-        format!("{}attempts:endpoint:{endpoint_id}", self.prefix)
-    }
-
-    fn event_key_prefix(&self) -> String {
-        format!("{}attempts:event:", self.prefix)
-    }
-
-    fn event_key(&self, event_id: &str) -> String {
-        format!("{}{event_id}", self.event_key_prefix())
-    }
-
-    fn event_index_key(&self) -> String {
-        format!("{}attempts:events", self.prefix)
     }
 
     /// Records one attempt and trims the endpoint's log.
     pub async fn record(&self, attempt: &AttemptRecord, now_ms: i64) -> Result<(), StoreError> {
         let json = serde_json::to_string(attempt)?;
         let retention_ms = self.config.retention.as_millis() as i64;
-        let endpoint_key = self.endpoint_key(&attempt.endpoint_id);
-        let event_key = self.event_key(&attempt.event_id);
+        let endpoint_key = self.keys.endpoint_attempts(&attempt.endpoint_id);
+        let event_key = self.keys.event_attempts(&attempt.event_id);
         let keep = self.config.max_per_endpoint as isize;
         let mut conn = self.redis.clone();
         redis::pipe()
@@ -185,7 +169,7 @@ impl AttemptLog {
             .ignore()
             .pexpire(&event_key, retention_ms)
             .ignore()
-            .zadd(self.event_index_key(), &attempt.event_id, now_ms)
+            .zadd(self.keys.attempted_events(), &attempt.event_id, now_ms)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
@@ -202,10 +186,10 @@ impl AttemptLog {
             let mut conn = self.redis.clone();
             let step: usize = self
                 .trim
-                .key(self.event_index_key())
+                .key(self.keys.attempted_events())
                 .arg(cutoff)
                 .arg(self.config.max_events)
-                .arg(self.event_key_prefix())
+                .arg(self.keys.event_attempts_prefix())
                 .arg(TRIM_BATCH)
                 .invoke_async(&mut conn)
                 .await?;
@@ -241,7 +225,7 @@ impl AttemptLog {
         start: usize,
         count: usize,
     ) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.read(&self.endpoint_key(endpoint_id), start, count)
+        self.read(&self.keys.endpoint_attempts(endpoint_id), start, count)
             .await
     }
 
@@ -252,7 +236,8 @@ impl AttemptLog {
         start: usize,
         count: usize,
     ) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.read(&self.event_key(event_id), start, count).await
+        self.read(&self.keys.event_attempts(event_id), start, count)
+            .await
     }
 
     async fn read(

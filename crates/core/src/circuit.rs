@@ -34,7 +34,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::config::{ConfigError, Env};
-use crate::redis_store::StoreError;
+use crate::redis_store::{Keys, StoreError};
 
 /// How breakers trip and recover.
 #[derive(Debug, Clone)]
@@ -271,7 +271,7 @@ impl ClosedSeen {
 #[derive(Clone)]
 pub struct Breakers {
     redis: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     config: BreakerConfig,
     acquire: Script,
     release_probe: Script,
@@ -287,20 +287,12 @@ impl std::fmt::Debug for Breakers {
     }
 }
 
-fn state_key(prefix: &str, endpoint_id: &str) -> String {
-    format!("{prefix}breaker:{endpoint_id}")
-}
-
-fn window_key(prefix: &str, endpoint_id: &str) -> String {
-    format!("{prefix}breaker:{endpoint_id}:window")
-}
-
 impl Breakers {
-    /// Breakers under the Redis key prefix.
-    pub fn new(redis: ConnectionManager, prefix: &str, config: BreakerConfig) -> Self {
+    /// Breakers under the Redis keys `keys`.
+    pub fn new(redis: ConnectionManager, keys: Keys, config: BreakerConfig) -> Self {
         Self {
             redis,
-            prefix: prefix.to_owned(),
+            keys,
             config,
             acquire: Script::new(ACQUIRE),
             release_probe: Script::new(RELEASE_PROBE),
@@ -321,7 +313,7 @@ impl Breakers {
         let mut conn = self.redis.clone();
         let (decision, until): (String, i64) = self
             .acquire
-            .key(state_key(&self.prefix, endpoint_id))
+            .key(self.keys.breaker(endpoint_id))
             .arg(now_ms)
             .arg(self.config.probe_lease.as_millis() as u64)
             .arg(self.config.probe_wait().as_millis() as u64)
@@ -351,7 +343,7 @@ impl Breakers {
         let lease_until = acquired_at_ms + self.config.probe_lease.as_millis() as i64;
         let released: i64 = self
             .release_probe
-            .key(state_key(&self.prefix, endpoint_id))
+            .key(self.keys.breaker(endpoint_id))
             .arg(lease_until)
             .invoke_async(&mut conn)
             .await?;
@@ -371,8 +363,8 @@ impl Breakers {
         let config = &self.config;
         let transition: String = self
             .record
-            .key(state_key(&self.prefix, endpoint_id))
-            .key(window_key(&self.prefix, endpoint_id))
+            .key(self.keys.breaker(endpoint_id))
+            .key(self.keys.breaker_window(endpoint_id))
             .arg(now_ms)
             .arg(if success { "1" } else { "0" })
             .arg(if probe { "1" } else { "0" })
@@ -430,7 +422,7 @@ pub struct BreakerStatus {
 /// Reads an endpoint's breaker (closed with no history when none exists).
 pub async fn read_status(
     redis: &ConnectionManager,
-    prefix: &str,
+    keys: &Keys,
     endpoint_id: &str,
     window: Duration,
     now_ms: i64,
@@ -438,8 +430,8 @@ pub async fn read_status(
     use std::collections::HashMap;
     let mut conn = redis.clone();
     let (state, buckets): (HashMap<String, String>, HashMap<String, u64>) = redis::pipe()
-        .hgetall(state_key(prefix, endpoint_id))
-        .hgetall(window_key(prefix, endpoint_id))
+        .hgetall(keys.breaker(endpoint_id))
+        .hgetall(keys.breaker_window(endpoint_id))
         .query_async(&mut conn)
         .await?;
     let bucket_ms = (window.as_millis() as i64 / 30).max(1);

@@ -1,12 +1,7 @@
-//! Endpoints (the subscribers), their storage in Redis and the two
-//! in-process caches that read them:
-//! - fan-out's [`SubscriptionCache`]: every endpoint's id and subscriptions,
-//!   and nothing else (no URLs, secrets or headers), reloaded whole when the
-//!   change counter moves;
-//! - the dispatchers' [`EndpointCache`]: whole endpoints, loaded one at a
-//!   time when a delivery first needs them and dropped when the change
-//!   counter moves, so that a replica holds only the endpoints it delivers
-//!   to, however many are registered.
+//! Endpoints (the subscribers) and their storage in Redis. The services
+//! cache them in their own ways (fan-out its subscriptions, the dispatchers
+//! the endpoints they deliver to); both notice changes through the change
+//! counter, with [`retry_until_loaded`] and [`refresh_every`].
 //!
 //! Redis layout, under the configured key prefix:
 //! - `endpoint:{id}`: the endpoint as JSON ([`Endpoint`]);
@@ -14,9 +9,8 @@
 //! - `endpoints:version`: a counter bumped by every change, which caches poll
 //!   to notice changes without reloading everything.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -398,293 +392,9 @@ impl EndpointStore {
     }
 }
 
-/// What fan-out reads of a stored endpoint: the fields that decide which
-/// events it receives.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StoredSubscription {
-    /// `ep_…`.
-    pub id: String,
-    /// Exact types, `prefix.*` or `*`.
-    pub event_types: Vec<String>,
-    /// A disabled endpoint receives nothing.
-    #[serde(default)]
-    pub disabled: bool,
-}
-
-/// Every endpoint's subscriptions at one moment, indexed by event type.
-#[derive(Debug, Default)]
-pub struct Subscriptions {
-    version: i64,
-    endpoints: usize,
-    exact: HashMap<String, Vec<Arc<str>>>,
-    prefix: HashMap<String, Vec<Arc<str>>>,
-    all: Vec<Arc<str>>,
-}
-
-impl Subscriptions {
-    /// Indexes the subscriptions of the enabled endpoints. An endpoint with a
-    /// subscription that does not parse (only a damaged store holds one) is
-    /// skipped with a warning rather than hiding every other endpoint.
-    pub fn build(version: i64, endpoints: Vec<StoredSubscription>) -> Self {
-        let mut index = Subscriptions {
-            version,
-            endpoints: endpoints.len(),
-            ..Default::default()
-        };
-        for endpoint in endpoints.into_iter().filter(|e| !e.disabled) {
-            let patterns: Result<Vec<_>, _> = endpoint
-                .event_types
-                .iter()
-                .map(|p| EventTypePattern::parse(p))
-                .collect();
-            let patterns = match patterns {
-                Ok(patterns) => patterns,
-                Err(problem) => {
-                    tracing::warn!(endpoint_id = %endpoint.id, %problem, "skipping an endpoint with a bad subscription");
-                    continue;
-                }
-            };
-            let id: Arc<str> = Arc::from(endpoint.id);
-            for pattern in patterns {
-                let list = match pattern {
-                    EventTypePattern::All => &mut index.all,
-                    EventTypePattern::Prefix(p) => index.prefix.entry(p).or_default(),
-                    EventTypePattern::Exact(t) => index.exact.entry(t).or_default(),
-                };
-                list.push(id.clone());
-            }
-        }
-        index
-    }
-
-    /// The change counter this index was loaded at.
-    pub fn version(&self) -> i64 {
-        self.version
-    }
-
-    /// Number of endpoints read, enabled or not.
-    pub fn len(&self) -> usize {
-        self.endpoints
-    }
-
-    /// Whether no endpoint was read.
-    pub fn is_empty(&self) -> bool {
-        self.endpoints == 0
-    }
-
-    /// The ids of the enabled endpoints subscribed to `event_type`, each
-    /// once, in a stable order.
-    pub fn subscribers(&self, event_type: &str) -> Vec<Arc<str>> {
-        let mut found: Vec<Arc<str>> = Vec::new();
-        found.extend(self.all.iter().cloned());
-        if let Some(list) = self.exact.get(event_type) {
-            found.extend(list.iter().cloned());
-        }
-        // `order.*` is stored as "order."; look up every prefix of the type
-        // that ends at a dot.
-        for (dot, _) in event_type.match_indices('.') {
-            if let Some(list) = self.prefix.get(&event_type[..=dot]) {
-                found.extend(list.iter().cloned());
-            }
-        }
-        if found.len() > 1 {
-            found.sort_unstable();
-            found.dedup();
-        }
-        found
-    }
-}
-
-/// Fan-out's copy of every endpoint's subscriptions, reloaded when the change
-/// counter in Redis moves. Changes reach fan-out within one refresh interval.
-#[derive(Debug, Clone)]
-pub struct SubscriptionCache {
-    store: EndpointStore,
-    current: Arc<RwLock<Option<Arc<Subscriptions>>>>,
-}
-
-impl SubscriptionCache {
-    /// An empty cache; call [`SubscriptionCache::load_first`], then
-    /// [`SubscriptionCache::keep_fresh`].
-    pub fn new(store: EndpointStore) -> Self {
-        Self {
-            store,
-            current: Arc::new(RwLock::new(None)),
-        }
-    }
-
-    /// The latest index, or `None` before the first successful load.
-    pub fn current(&self) -> Option<Arc<Subscriptions>> {
-        read(&self.current).clone()
-    }
-
-    /// Reloads when the change counter moved (or nothing is loaded yet).
-    pub async fn refresh(&self) -> Result<Arc<Subscriptions>, StoreError> {
-        let version = self.store.version().await?;
-        if let Some(current) = self.current()
-            && current.version() == version
-        {
-            return Ok(current);
-        }
-        // The counter is read before the endpoints: a change made during the
-        // load leaves the counter ahead of this index, so the next refresh
-        // loads again.
-        let endpoints = self.store.all::<StoredSubscription>().await?;
-        let index = Arc::new(Subscriptions::build(version, endpoints));
-        tracing::debug!(version, endpoints = index.len(), "subscriptions reloaded");
-        *write(&self.current) = Some(index.clone());
-        Ok(index)
-    }
-
-    /// Loads the index, retrying until it succeeds or `shutdown` fires.
-    /// Returns false on shutdown.
-    pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
-        retry_until_loaded(shutdown, || async { self.refresh().await.map(drop) }).await
-    }
-
-    /// Refreshes every `interval` until `shutdown`. While Redis is away the
-    /// last index stays in use, and that is logged once per outage.
-    pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
-        refresh_every(interval, &shutdown, || async {
-            self.refresh().await.map(drop)
-        })
-        .await;
-    }
-}
-
-/// A dispatcher's endpoints: each read from Redis when a delivery first needs
-/// it and used until the change counter moves, then read again on its next
-/// use. A replica thus holds the endpoints it delivers to, not every
-/// registered one, and a change costs one read per endpoint in use rather
-/// than a reload of all of them. Changes reach the dispatchers within one
-/// refresh interval. While Redis does not answer, the last copy read is used,
-/// even one that a change has made stale.
-#[derive(Debug, Clone)]
-pub struct EndpointCache {
-    store: EndpointStore,
-    loaded: Arc<RwLock<LoadedEndpoints>>,
-}
-
-#[derive(Debug, Default)]
-struct LoadedEndpoints {
-    /// The change counter as last read (`None` before the first refresh).
-    version: Option<i64>,
-    by_id: HashMap<String, HeldEndpoint>,
-}
-
-#[derive(Debug)]
-struct HeldEndpoint {
-    endpoint: Arc<ResolvedEndpoint>,
-    /// The change counter it was read under: older than
-    /// [`LoadedEndpoints::version`] means stale.
-    read_under: Option<i64>,
-}
-
-impl EndpointCache {
-    /// An empty cache; call [`EndpointCache::load_first`], then
-    /// [`EndpointCache::keep_fresh`].
-    pub fn new(store: EndpointStore) -> Self {
-        Self {
-            store,
-            loaded: Arc::new(RwLock::new(LoadedEndpoints::default())),
-        }
-    }
-
-    /// The store behind the cache.
-    pub fn store(&self) -> &EndpointStore {
-        &self.store
-    }
-
-    /// Number of endpoints held that no change has made stale.
-    pub fn fresh(&self) -> usize {
-        let loaded = read(&self.loaded);
-        loaded
-            .by_id
-            .values()
-            .filter(|held| held.read_under == loaded.version)
-            .count()
-    }
-
-    /// Reads the change counter; when it moved, every endpoint held becomes
-    /// stale (read again on its next use).
-    pub async fn refresh(&self) -> Result<(), StoreError> {
-        let version = self.store.version().await?;
-        let mut loaded = write(&self.loaded);
-        if loaded.version != Some(version) {
-            if !loaded.by_id.is_empty() {
-                tracing::debug!(version, "endpoints changed; reading them again on next use");
-            }
-            loaded.version = Some(version);
-        }
-        Ok(())
-    }
-
-    /// One endpoint: held, or read from Redis. `Ok(None)` means it does not
-    /// exist.
-    pub async fn lookup(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, StoreError> {
-        let (read_under, stale) = {
-            let loaded = read(&self.loaded);
-            match loaded.by_id.get(id) {
-                Some(held) if held.read_under == loaded.version => {
-                    return Ok(Some(held.endpoint.clone()));
-                }
-                Some(held) => (loaded.version, Some(held.endpoint.clone())),
-                None => (loaded.version, None),
-            }
-        };
-        let endpoint = match (self.store.get(id).await, stale) {
-            (Ok(Some(endpoint)), _) => endpoint,
-            (Ok(None), _) => {
-                write(&self.loaded).by_id.remove(id);
-                return Ok(None);
-            }
-            // Redis does not answer: the last copy is better than none.
-            (Err(StoreError::Redis(_)), Some(stale)) => return Ok(Some(stale)),
-            (Err(err), _) => return Err(err),
-        };
-        let resolved = Arc::new(ResolvedEndpoint::new(endpoint).map_err(StoreError::Corrupt)?);
-        let mut loaded = write(&self.loaded);
-        // A refresh that saw another change while this read was under way
-        // makes what it returned possibly out of date: it is used once, and
-        // read again next time.
-        if loaded.version == read_under {
-            loaded.by_id.insert(
-                id.to_owned(),
-                HeldEndpoint {
-                    endpoint: resolved.clone(),
-                    read_under,
-                },
-            );
-        }
-        Ok(Some(resolved))
-    }
-
-    /// Waits until Redis answers (retrying) or `shutdown` fires. Returns
-    /// false on shutdown.
-    pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
-        retry_until_loaded(shutdown, || self.refresh()).await
-    }
-
-    /// Watches the change counter every `interval` until `shutdown`. While
-    /// Redis is away the endpoints held stay in use, and that is logged once
-    /// per outage.
-    pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
-        refresh_every(interval, &shutdown, || self.refresh()).await;
-    }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Calls `refresh` until it succeeds (backing off) or `shutdown` fires.
-/// Returns false on shutdown.
-async fn retry_until_loaded<F, Fut>(shutdown: &CancellationToken, refresh: F) -> bool
+/// Returns false on shutdown. The services' endpoint caches load with it.
+pub async fn retry_until_loaded<F, Fut>(shutdown: &CancellationToken, refresh: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), StoreError>>,
@@ -704,8 +414,9 @@ where
 }
 
 /// Calls `refresh` every `interval` until `shutdown`, logging an outage
-/// once when it starts and once when it ends.
-async fn refresh_every<F, Fut>(interval: Duration, shutdown: &CancellationToken, refresh: F)
+/// once when it starts and once when it ends. The services' endpoint caches
+/// watch the change counter with it.
+pub async fn refresh_every<F, Fut>(interval: Duration, shutdown: &CancellationToken, refresh: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), StoreError>>,
@@ -771,15 +482,6 @@ mod tests {
 
     /// What fan-out reads of `endpoint(..)`: parsed from its stored JSON,
     /// as the cache does.
-    fn subscription(id: &str, types: &[&str], disabled: bool) -> StoredSubscription {
-        let stored = serde_json::to_string(&endpoint(id, types, disabled)).unwrap();
-        serde_json::from_str(&stored).unwrap()
-    }
-
-    fn ids(found: Vec<Arc<str>>) -> Vec<String> {
-        found.iter().map(|id| id.to_string()).collect()
-    }
-
     #[test]
     fn patterns_parse_and_match() {
         assert_eq!(EventTypePattern::parse("*"), Ok(EventTypePattern::All));
@@ -796,48 +498,6 @@ mod tests {
         assert!(EventTypePattern::parse("order*").is_err());
         assert!(EventTypePattern::parse(".*").is_err());
         assert!(EventTypePattern::parse("").is_err());
-    }
-
-    #[test]
-    fn subscribers_come_from_every_kind_of_pattern_once() {
-        let index = Subscriptions::build(
-            1,
-            vec![
-                subscription("ep_all", &["*"], false),
-                subscription("ep_orders", &["order.*", "order.created"], false),
-                subscription("ep_exact", &["order.created"], false),
-                subscription("ep_deep", &["order.item.*"], false),
-                subscription("ep_users", &["user.*"], false),
-                subscription("ep_off", &["*"], true),
-            ],
-        );
-        assert_eq!(
-            ids(index.subscribers("order.created")),
-            ["ep_all", "ep_exact", "ep_orders"]
-        );
-        assert_eq!(
-            ids(index.subscribers("order.item.added")),
-            ["ep_all", "ep_deep", "ep_orders"]
-        );
-        // The disabled endpoint receives nothing, though it was read.
-        assert_eq!(ids(index.subscribers("invoice.paid")), ["ep_all"]);
-        assert_eq!(index.len(), 6);
-    }
-
-    #[test]
-    fn an_endpoint_with_a_bad_subscription_is_skipped_alone() {
-        let index = Subscriptions::build(
-            1,
-            vec![
-                subscription("ep_good", &["order.created"], false),
-                StoredSubscription {
-                    id: "ep_damaged".to_owned(),
-                    event_types: vec!["order.created".to_owned(), "order*".to_owned()],
-                    disabled: false,
-                },
-            ],
-        );
-        assert_eq!(ids(index.subscribers("order.created")), ["ep_good"]);
     }
 
     #[test]

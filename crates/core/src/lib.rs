@@ -12,13 +12,15 @@
 //! - [`endpoint`]: endpoints and subscriptions, stored in Redis and cached;
 //! - [`destination`]: the outbound address policy (which hosts webhooks
 //!   may reach);
-//! - [`redis_store`]: Redis connections and key names;
+//! - [`redis_store`]: Redis connections, and every key name with its
+//!   layout ([`redis_store::Keys`]);
 //! - [`kafka`]: client settings, topic creation, Herald's awaitable
 //!   producer ([`kafka::producer`]), and the at-least-once consumer loop
 //!   ([`kafka::consumer`]) with its per-partition offset watermark
 //!   ([`kafka::offsets`]);
 //! - [`retry`]: the retry schedule and its tier topics;
-//! - [`dead_letter`]: writing dead letters;
+//! - [`dead_letter`] and [`dead_letter_index`]: writing dead letters, and
+//!   the Redis index the API lists them from;
 //! - [`circuit`] and [`rate_limit`]: per-endpoint breakers and rate limits
 //!   shared by all dispatchers through Redis;
 //! - [`attempt_log`]: every HTTP attempt, kept for a while in Redis;
@@ -27,13 +29,16 @@
 //!   server of fan-out and the dispatchers;
 //! - [`backoff`]: the growing pause between retries of work that must
 //!   succeed;
-//! - [`telemetry`] and [`shutdown`]: logging and signal handling.
+//! - [`telemetry`] and [`shutdown`]: logging and signal handling;
+//! - [`service`]: the skeleton of every service's `main`, and the start of
+//!   the consuming ones.
 
 pub mod attempt_log;
 pub mod backoff;
 pub mod circuit;
 pub mod config;
 pub mod dead_letter;
+pub mod dead_letter_index;
 pub mod destination;
 pub mod endpoint;
 pub mod event;
@@ -43,6 +48,7 @@ pub mod ops;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod signing;
 pub mod telemetry;

@@ -18,7 +18,7 @@
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use crate::redis_store::StoreError;
+use crate::redis_store::{Keys, StoreError};
 
 /// Takes the next free moment of an endpoint: returns how long from now it
 /// is (0: now) and moves the next free moment one interval past it.
@@ -52,7 +52,7 @@ return 0
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     script: Script,
     reserve: Script,
 }
@@ -60,17 +60,17 @@ pub struct RateLimiter {
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .finish()
     }
 }
 
 impl RateLimiter {
-    /// Limiters under the Redis key prefix.
-    pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
+    /// Limiters under the Redis keys `keys`.
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
         Self {
             redis,
-            prefix: prefix.to_owned(),
+            keys,
             script: Script::new(GCRA),
             reserve: Script::new(RESERVE),
         }
@@ -89,7 +89,7 @@ impl RateLimiter {
         let mut conn = self.redis.clone();
         let wait: u64 = self
             .reserve
-            .key(format!("{}ratelimit:{endpoint_id}", self.prefix))
+            .key(self.keys.rate_limit(endpoint_id))
             .arg(now_ms)
             .arg(interval_ms)
             .invoke_async(&mut conn)
@@ -107,13 +107,8 @@ impl RateLimiter {
         burst: u32,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        self.acquire(
-            format!("{}ingestlimit:{key_id}", self.prefix),
-            per_second,
-            burst,
-            now_ms,
-        )
-        .await
+        self.acquire(self.keys.ingest_limit(key_id), per_second, burst, now_ms)
+            .await
     }
 
     async fn acquire(

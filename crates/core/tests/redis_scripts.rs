@@ -9,6 +9,7 @@ use herald_core::circuit::{
 };
 use herald_core::config::{Env, RedisConfig};
 use herald_core::rate_limit::RateLimiter;
+use herald_core::redis_store::Keys;
 use redis::aio::ConnectionManager;
 
 fn redis() -> ConnectionManager {
@@ -18,8 +19,9 @@ fn redis() -> ConnectionManager {
     herald_core::redis_store::connect(&config).unwrap()
 }
 
-fn prefix() -> String {
-    format!("t{}:", uuid::Uuid::new_v4().simple())
+/// Keys under a prefix of their own, so tests do not meet.
+fn keys() -> Keys {
+    Keys::new(format!("t{}:", uuid::Uuid::new_v4().simple()))
 }
 
 fn config() -> BreakerConfig {
@@ -37,7 +39,7 @@ async fn fail(breakers: &Breakers, now: i64, probe: bool) -> Transition {
 
 #[tokio::test]
 async fn five_failures_in_a_row_open_the_breaker_for_the_cooldown() {
-    let breakers = Breakers::new(redis(), &prefix(), config());
+    let breakers = Breakers::new(redis(), keys(), config());
     assert_eq!(breakers.acquire("ep", T0).await.unwrap(), Permission::Allow);
     for i in 0..4 {
         assert_eq!(fail(&breakers, T0 + i, false).await, Transition::None);
@@ -61,7 +63,7 @@ async fn five_failures_in_a_row_open_the_breaker_for_the_cooldown() {
 
 #[tokio::test]
 async fn a_high_failure_ratio_opens_the_breaker() {
-    let breakers = Breakers::new(redis(), &prefix(), config());
+    let breakers = Breakers::new(redis(), keys(), config());
     // 3 successes and 7 failures, never 5 failures in a row.
     let pattern = [
         false, false, true, false, false, true, false, false, true, false,
@@ -78,7 +80,7 @@ async fn a_high_failure_ratio_opens_the_breaker() {
 
 #[tokio::test]
 async fn failures_outside_the_window_do_not_count() {
-    let breakers = Breakers::new(redis(), &prefix(), config());
+    let breakers = Breakers::new(redis(), keys(), config());
     for i in 0..7 {
         breakers
             .record("ep", T0 + i, i % 3 == 2, false, "x")
@@ -99,15 +101,15 @@ async fn failures_outside_the_window_do_not_count() {
 
 #[tokio::test]
 async fn exactly_one_probe_after_the_cooldown_and_its_result_decides() {
-    let prefix = prefix();
+    let keys = keys();
     let redis = redis();
-    let breakers = Breakers::new(redis.clone(), &prefix, config());
+    let breakers = Breakers::new(redis.clone(), keys.clone(), config());
     for i in 0..5 {
         fail(&breakers, T0 + i, false).await;
     }
     let reopen_at = T0 + 4 + 30_000;
     // Two replicas ask at once after the cool-down: one probe, one wait.
-    let other = Breakers::new(redis.clone(), &prefix, config());
+    let other = Breakers::new(redis.clone(), keys.clone(), config());
     let (a, b) = tokio::join!(
         breakers.acquire("ep", reopen_at),
         other.acquire("ep", reopen_at)
@@ -130,7 +132,7 @@ async fn exactly_one_probe_after_the_cooldown_and_its_result_decides() {
     );
     let status = read_status(
         &redis,
-        &prefix,
+        &keys,
         "ep",
         Duration::from_secs(300),
         reopen_at + 11,
@@ -166,10 +168,10 @@ async fn exactly_one_probe_after_the_cooldown_and_its_result_decides() {
 
 #[tokio::test]
 async fn a_replica_trusts_a_closed_breaker_only_briefly() {
-    let prefix = prefix();
+    let keys = keys();
     let redis = redis();
-    let this = Breakers::new(redis.clone(), &prefix, config());
-    let other = Breakers::new(redis.clone(), &prefix, config());
+    let this = Breakers::new(redis.clone(), keys.clone(), config());
+    let other = Breakers::new(redis.clone(), keys.clone(), config());
     assert_eq!(this.acquire("ep", T0).await.unwrap(), Permission::Allow);
     assert_eq!(this.acquire("ep2", T0).await.unwrap(), Permission::Allow);
     for endpoint in ["ep", "ep2"] {
@@ -204,9 +206,9 @@ async fn a_replica_trusts_a_closed_breaker_only_briefly() {
 
 #[tokio::test]
 async fn successes_alone_keep_only_the_window() {
-    let prefix = prefix();
+    let keys = keys();
     let redis = redis();
-    let breakers = Breakers::new(redis.clone(), &prefix, config());
+    let breakers = Breakers::new(redis.clone(), keys.clone(), config());
     for i in 0..3 {
         breakers
             .record("ep", T0 + i, true, false, "")
@@ -216,13 +218,13 @@ async fn successes_alone_keep_only_the_window() {
     // Ten minutes later a success starts a new bucket and drops the old.
     let later = T0 + 600_000;
     breakers.record("ep", later, true, false, "").await.unwrap();
-    let status = read_status(&redis, &prefix, "ep", Duration::from_secs(300), later)
+    let status = read_status(&redis, &keys, "ep", Duration::from_secs(300), later)
         .await
         .unwrap();
     assert_eq!((status.recent_successes, status.recent_failures), (1, 0));
     let mut conn = redis.clone();
     let buckets: usize = redis::cmd("HLEN")
-        .arg(format!("{prefix}breaker:ep:window"))
+        .arg(keys.breaker_window("ep"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -231,7 +233,7 @@ async fn successes_alone_keep_only_the_window() {
 
 #[tokio::test]
 async fn the_cooldown_doubles_up_to_its_cap() {
-    let breakers = Breakers::new(redis(), &prefix(), config());
+    let breakers = Breakers::new(redis(), keys(), config());
     for i in 0..5 {
         fail(&breakers, T0 + i, false).await;
     }
@@ -257,7 +259,7 @@ async fn the_cooldown_doubles_up_to_its_cap() {
 
 #[tokio::test]
 async fn a_probe_whose_replica_died_is_replaced_after_its_lease() {
-    let breakers = Breakers::new(redis(), &prefix(), config());
+    let breakers = Breakers::new(redis(), keys(), config());
     for i in 0..5 {
         fail(&breakers, T0 + i, false).await;
     }
@@ -284,7 +286,7 @@ async fn a_probe_whose_replica_died_is_replaced_after_its_lease() {
 
 #[tokio::test]
 async fn a_probe_handed_back_lets_the_next_delivery_probe_at_once() {
-    let breakers = Breakers::new(redis(), &prefix(), config());
+    let breakers = Breakers::new(redis(), keys(), config());
     for i in 0..5 {
         fail(&breakers, T0 + i, false).await;
     }
@@ -319,9 +321,9 @@ async fn a_probe_handed_back_lets_the_next_delivery_probe_at_once() {
 
 #[tokio::test]
 async fn the_rate_limit_lines_deliveries_up_across_replicas() {
-    let prefix = prefix();
-    let a = RateLimiter::new(redis(), &prefix);
-    let b = RateLimiter::new(redis(), &prefix);
+    let keys = keys();
+    let a = RateLimiter::new(redis(), keys.clone());
+    let b = RateLimiter::new(redis(), keys.clone());
     // 20 per second: one every 50 ms, whoever asks; each asker is given
     // the next free moment, so a backlog is lined up in one pass.
     assert_eq!(a.reserve("ep", 20, T0).await.unwrap(), 0);
@@ -348,7 +350,7 @@ async fn the_rate_limit_lines_deliveries_up_across_replicas() {
 
 #[tokio::test]
 async fn the_ingest_limit_allows_a_burst_then_the_rate() {
-    let limiter = RateLimiter::new(redis(), &prefix());
+    let limiter = RateLimiter::new(redis(), keys());
     // 10 per second with bursts of 3: three at once, then one per 100 ms.
     for _ in 0..3 {
         assert_eq!(
@@ -403,7 +405,7 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
         max_per_endpoint: 3,
         max_events: 100,
     };
-    let log = AttemptLog::new(redis(), &prefix(), config);
+    let log = AttemptLog::new(redis(), keys(), config);
     let record = |n: u32, at: i64| AttemptRecord {
         delivery_id: format!("dlv_{n}"),
         endpoint_id: "ep".into(),
@@ -447,13 +449,13 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
 #[tokio::test]
 async fn only_the_newest_events_keep_a_log_of_their_own() {
     use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
-    let prefix = prefix();
+    let keys = keys();
     let config = AttemptLogConfig {
         retention: Duration::from_secs(3600),
         max_per_endpoint: 1000,
         max_events: 3,
     };
-    let log = AttemptLog::new(redis(), &prefix, config);
+    let log = AttemptLog::new(redis(), keys.clone(), config);
     let write = |event: String, at: i64| {
         let log = log.clone();
         async move {
@@ -496,7 +498,7 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
     // The dropped logs are gone from Redis, not merely unlisted.
     let mut conn = redis();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}attempts:event:*"))
+        .arg(format!("{}*", keys.event_attempts_prefix()))
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 //! `herald-dispatcher` consumer group, and the retry tiers in the
 //! `herald-dispatcher-retry` group. For each delivery record the
 //! dispatcher looks up the endpoint (read from Redis on first use and again
-//! after any endpoint changed; `herald_core::endpoint::EndpointCache`), signs
+//! after any endpoint changed; [`endpoint_cache::EndpointCache`]), signs
 //! the webhook per Standard Webhooks and POSTs it ([`deliver`]). Many deliveries are in
 //! flight at once, so a slow endpoint does not hold up the others; the
 //! record's offset is stored only once the endpoint answered 2xx (or the
@@ -32,20 +32,23 @@
 //! range can replay it.
 
 pub mod deliver;
+pub mod endpoint_cache;
 pub mod outbound;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use endpoint_cache::EndpointCache;
 use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
 use herald_core::circuit::{BreakerConfig, Breakers};
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::destination::DestinationPolicy;
-use herald_core::endpoint::{EndpointCache, EndpointStore};
+use herald_core::endpoint::EndpointStore;
 use herald_core::kafka::consumer::ConsumerSettings;
 use herald_core::rate_limit::RateLimiter;
-use herald_core::redis_store::{self, Keys};
+use herald_core::redis_store::Keys;
 use herald_core::retry::RetrySchedule;
+use herald_core::service::{ServiceConfig, ServiceError, Worker, start_worker};
 use herald_core::telemetry::LogConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +108,16 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+impl ServiceConfig for Config {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Config::from_env(env)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -161,21 +174,21 @@ fn outbound_proxy(env: &Env) -> Result<Option<String>, ConfigError> {
 /// went past 64 MiB under full load with 10,000 endpoints.
 pub const RECORDS_PER_REQUEST: usize = 2;
 
-/// A start-up failure.
+/// Why a dispatcher could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
-    /// Kafka client creation or consumption failed.
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// Redis client creation failed.
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The ops server cannot listen.
-    #[error("ops server: {0}")]
-    Ops(#[from] std::io::Error),
+    /// Kafka, Redis or the ops server.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// The HTTP client cannot be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+}
+
+impl From<rdkafka::error::KafkaError> for DispatcherError {
+    fn from(err: rdkafka::error::KafkaError) -> Self {
+        Self::Service(err.into())
+    }
 }
 
 /// Runs a dispatcher replica until `shutdown`.
@@ -186,17 +199,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
     let mut needed = vec![config.kafka.deliveries_topic()];
     needed.extend(retry_tiers.iter().cloned());
     needed.push(config.kafka.topic(herald_core::topics::DLQ));
-    herald_core::kafka::ensure_topics_with_retry(&config.kafka, &needed, &shutdown).await?;
-
-    let redis = redis_store::connect(&config.redis)?;
-    herald_core::ops::serve(
-        config.ops_addr,
-        herald_core::kafka::producer(&config.kafka, "herald-dispatcher-ops")?,
-        config.kafka.deliveries_topic(),
-        redis.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let worker = Worker {
+        kafka: &config.kafka,
+        redis: &config.redis,
+        ops_addr: config.ops_addr,
+        topics: &needed,
+        probe_topic: &config.kafka.deliveries_topic(),
+    };
+    let ops_producer = herald_core::kafka::producer(&config.kafka, "herald-dispatcher-ops")?;
+    let Some(redis) = start_worker(worker, ops_producer, &shutdown).await? else {
+        return Ok(());
+    };
     let keys = Keys::new(config.redis.key_prefix.clone());
     let cache = EndpointCache::new(EndpointStore::new(redis.clone(), keys.clone()));
     if !cache.load_first(&shutdown).await {
@@ -208,13 +221,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
             .keep_fresh(config.cache_refresh, shutdown.clone()),
     );
 
-    let breakers = Breakers::new(
-        redis.clone(),
-        &config.redis.key_prefix,
-        config.breaker.clone(),
-    );
-    let limiter = RateLimiter::new(redis.clone(), &config.redis.key_prefix);
-    let attempt_log = AttemptLog::new(redis, &config.redis.key_prefix, config.attempt_log.clone());
+    let breakers = Breakers::new(redis.clone(), keys.clone(), config.breaker.clone());
+    let limiter = RateLimiter::new(redis.clone(), keys.clone());
+    let attempt_log = AttemptLog::new(redis, keys.clone(), config.attempt_log.clone());
     tokio::spawn(attempt_log.clone().trim_every_interval(shutdown.clone()));
     let abandon = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(

@@ -3,7 +3,7 @@
 //! It consumes `herald.events` in the `herald-fanout` consumer group. For
 //! each record it parses the event (JSON, see `herald_core::event`), finds
 //! the enabled endpoints subscribed to its type in its copy of every
-//! endpoint's subscriptions (`SubscriptionCache`: ids and event types only), and
+//! endpoint's subscriptions ([`subscriptions::SubscriptionCache`]: ids and event types only), and
 //! produces one `herald.v1.Delivery` per endpoint to `herald.deliveries`,
 //! keyed by endpoint id so that one endpoint's deliveries share a partition.
 //! The record's offset is stored only after every one of those produces was
@@ -20,19 +20,24 @@ use std::time::Duration;
 use herald_core::backoff::Backoff;
 use herald_core::config::{ConfigError, Env, KafkaConfig, RedisConfig};
 use herald_core::dead_letter::{self, DeadLetterWriter};
-use herald_core::endpoint::{EndpointStore, SubscriptionCache, Subscriptions};
+use herald_core::endpoint::EndpointStore;
+
+pub mod subscriptions;
+
 use herald_core::event::{event_id_from_position, parse_event, unix_millis};
 use herald_core::kafka::Producer;
 use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
 use herald_core::kafka::offsets::Outcome;
 use herald_core::proto::Delivery;
-use herald_core::redis_store::{self, Keys};
+use herald_core::redis_store::Keys;
+use herald_core::service::{ServiceConfig, ServiceError, Worker, start_worker};
 use herald_core::telemetry::LogConfig;
 use herald_core::trace_context;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
+use subscriptions::{SubscriptionCache, Subscriptions};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -60,6 +65,16 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+impl ServiceConfig for Config {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Config::from_env(env)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -76,46 +91,29 @@ impl Config {
     }
 }
 
-/// A start-up failure.
-#[derive(Debug, thiserror::Error)]
-pub enum FanoutError {
-    /// Kafka client creation or consumption failed.
-    #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// Redis client creation failed.
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The ops server cannot listen.
-    #[error("ops server: {0}")]
-    Ops(#[from] std::io::Error),
-}
+/// Why fan-out could not start or stopped.
+pub type FanoutError = ServiceError;
 
 /// Runs fan-out until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), FanoutError> {
     let events_topic = config.kafka.events_topic();
     let deliveries_topic = config.kafka.deliveries_topic();
     let dlq_topic = config.kafka.topic(herald_core::topics::DLQ);
-    herald_core::kafka::ensure_topics_with_retry(
-        &config.kafka,
-        &[
+    let producer = herald_core::kafka::producer(&config.kafka, "herald-fanout")?;
+    let worker = Worker {
+        kafka: &config.kafka,
+        redis: &config.redis,
+        ops_addr: config.ops_addr,
+        topics: &[
             events_topic.clone(),
             deliveries_topic.clone(),
             dlq_topic.clone(),
         ],
-        &shutdown,
-    )
-    .await?;
-
-    let redis = redis_store::connect(&config.redis)?;
-    let producer = herald_core::kafka::producer(&config.kafka, "herald-fanout")?;
-    herald_core::ops::serve(
-        config.ops_addr,
-        producer.clone(),
-        events_topic.clone(),
-        redis.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+        probe_topic: &events_topic,
+    };
+    let Some(redis) = start_worker(worker, producer.clone(), &shutdown).await? else {
+        return Ok(());
+    };
     let cache = SubscriptionCache::new(EndpointStore::new(
         redis,
         Keys::new(config.redis.key_prefix.clone()),

@@ -62,6 +62,16 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+impl herald_core::service::ServiceConfig for Config {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Config::from_env(env)
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {

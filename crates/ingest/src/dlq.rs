@@ -1,12 +1,5 @@
-//! Dead letters: the index behind the API, and the API itself.
-//!
-//! `herald.dlq` is the record of truth; Kafka cannot be searched by endpoint,
-//! so herald-ingest consumes the topic (consumer group
-//! `herald-dlq-indexer`) into Redis, where the API lists them:
-//! - `dlq:letter:{id}`: the `herald.v1.DeadLetter`, expiring after the
-//!   retention period;
-//! - `dlq:all` and `dlq:endpoint:{endpoint id}`: sorted sets of ids by the
-//!   time they died.
+//! Dead letters: the consumer that copies `herald.dlq` into the index
+//! ([`herald_core::dead_letter_index`]), and the API over it.
 //!
 //! `GET /v1/dlq` lists them; `POST /v1/dlq/replay` sends them back to
 //! `herald.deliveries` for a fresh set of attempts, with the same event id
@@ -21,16 +14,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use herald_core::backoff::Backoff;
-use herald_core::event::{format_timestamp, from_unix_millis, unix_millis};
+use herald_core::dead_letter_index::DlqIndex;
+use herald_core::event::{format_timestamp, from_unix_millis};
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
 use herald_core::kafka::{OutgoingRecord, produce_until_acked};
 use herald_core::proto::{DeadLetter, Delivery};
-use herald_core::redis_store::StoreError;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -42,145 +34,6 @@ use crate::state::AppState;
 
 /// Most dead letters one replay call handles.
 const MAX_REPLAY: usize = 10_000;
-
-/// Dead letters in Redis.
-#[derive(Clone)]
-pub struct DlqIndex {
-    redis: ConnectionManager,
-    prefix: String,
-    retention: Duration,
-}
-
-impl std::fmt::Debug for DlqIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DlqIndex")
-            .field("prefix", &self.prefix)
-            .finish()
-    }
-}
-
-impl DlqIndex {
-    /// An index under the Redis key prefix, keeping letters for `retention`.
-    pub fn new(redis: ConnectionManager, prefix: &str, retention: Duration) -> Self {
-        Self {
-            redis,
-            prefix: format!("{prefix}dlq:"),
-            retention,
-        }
-    }
-
-    fn letter_key(&self, id: &str) -> String {
-        format!("{}letter:{id}", self.prefix)
-    }
-
-    fn all_key(&self) -> String {
-        format!("{}all", self.prefix)
-    }
-
-    fn endpoint_key(&self, endpoint_id: &str) -> String {
-        format!("{}endpoint:{endpoint_id}", self.prefix)
-    }
-
-    fn set_key(&self, endpoint_id: Option<&str>) -> String {
-        endpoint_id.map_or_else(|| self.all_key(), |id| self.endpoint_key(id))
-    }
-
-    /// Adds (or refreshes) a dead letter; idempotent.
-    pub async fn put(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let mut conn = self.redis.clone();
-        let expired_before =
-            unix_millis(time::OffsetDateTime::now_utc()) - self.retention.as_millis() as i64;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(self.letter_key(&letter.id))
-            .arg(letter.encode_to_vec())
-            .arg("PX")
-            .arg(self.retention.as_millis() as u64)
-            .ignore()
-            .zadd(self.all_key(), &letter.id, letter.dead_at_ms)
-            .ignore()
-            .zrembyscore(self.all_key(), "-inf", expired_before)
-            .ignore();
-        if let Some(delivery) = &letter.delivery {
-            let key = self.endpoint_key(&delivery.endpoint_id);
-            pipe.zadd(&key, &letter.id, letter.dead_at_ms)
-                .ignore()
-                .zrembyscore(&key, "-inf", expired_before)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Newest first, from position `start`.
-    pub async fn list(
-        &self,
-        endpoint_id: Option<&str>,
-        start: usize,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut conn = self.redis.clone();
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.set_key(endpoint_id))
-            .arg(start)
-            .arg(start + limit - 1)
-            .query_async(&mut conn)
-            .await?;
-        self.get_many(&ids).await
-    }
-
-    /// The letters with these ids that still exist.
-    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<DeadLetter>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.redis.clone();
-        let keys: Vec<String> = ids.iter().map(|id| self.letter_key(id)).collect();
-        let values: Vec<Option<Vec<u8>>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        values
-            .into_iter()
-            .flatten()
-            .map(|bytes| {
-                DeadLetter::decode(bytes.as_slice())
-                    .map_err(|e| StoreError::Corrupt(format!("dead letter: {e}")))
-            })
-            .collect()
-    }
-
-    /// Every id listed for an endpoint (up to `limit`), oldest first.
-    pub async fn ids_for_endpoint(
-        &self,
-        endpoint_id: &str,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.redis.clone();
-        Ok(redis::cmd("ZRANGE")
-            .arg(self.endpoint_key(endpoint_id))
-            .arg(0)
-            .arg(limit.saturating_sub(1))
-            .query_async(&mut conn)
-            .await?)
-    }
-
-    /// Removes a letter (after it was replayed).
-    pub async fn remove(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let mut conn = self.redis.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(self.letter_key(&letter.id))
-            .ignore()
-            .zrem(self.all_key(), &letter.id)
-            .ignore();
-        if let Some(delivery) = &letter.delivery {
-            pipe.zrem(self.endpoint_key(&delivery.endpoint_id), &letter.id)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-}
 
 /// Copies `herald.dlq` into the index.
 pub struct DlqIndexer {

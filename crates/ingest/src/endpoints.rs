@@ -448,7 +448,7 @@ pub async fn health(
     let now = OffsetDateTime::now_utc();
     let status = herald_core::circuit::read_status(
         &state.redis,
-        state.keys.prefix(),
+        &state.keys,
         &id,
         state.breaker_window,
         unix_millis(now),

@@ -66,13 +66,30 @@ pub enum StartError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Why ingest could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// It could not start.
+    #[error("cannot start: {0}")]
+    Start(#[from] StartError),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Builds the server and runs it until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
+    Application::build(config).await?.run(shutdown).await?;
+    Ok(())
+}
+
 /// A bound, ready-to-run ingest server.
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     router: Router,
     config: Config,
-    dlq: dlq::DlqIndex,
+    dlq: herald_core::dead_letter_index::DlqIndex,
 }
 
 impl Application {
@@ -88,18 +105,15 @@ impl Application {
         let producer = herald_core::kafka::producer(&config.kafka, "herald-ingest")?;
         let redis = redis_store::connect(&config.redis)?;
         let keys = Keys::new(config.redis.key_prefix.clone());
-        let dlq = dlq::DlqIndex::new(
+        let dlq = herald_core::dead_letter_index::DlqIndex::new(
             redis.clone(),
-            &config.redis.key_prefix,
+            keys.clone(),
             config.dlq_retention,
         );
         let state: AppState = Arc::new(Inner {
             api_keys: config.api_keys.clone(),
             ingest_rate_limit: config.ingest_rate_limit,
-            limiter: herald_core::rate_limit::RateLimiter::new(
-                redis.clone(),
-                &config.redis.key_prefix,
-            ),
+            limiter: herald_core::rate_limit::RateLimiter::new(redis.clone(), keys.clone()),
             destinations: config.destinations.clone(),
             secret_rotation_grace: config.secret_rotation_grace,
             producer,
@@ -110,7 +124,7 @@ impl Application {
             endpoints: EndpointStore::new(redis.clone(), keys.clone()),
             attempt_log: herald_core::attempt_log::AttemptLog::new(
                 redis.clone(),
-                &config.redis.key_prefix,
+                keys.clone(),
                 config.attempt_log.clone(),
             ),
             redis,

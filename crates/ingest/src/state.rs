@@ -32,7 +32,7 @@ pub struct Inner {
     /// Full name of the deliveries topic (dead-letter replays go there).
     pub deliveries_topic: String,
     /// The dead-letter index.
-    pub dlq: crate::dlq::DlqIndex,
+    pub dlq: herald_core::dead_letter_index::DlqIndex,
     /// How long a produce may wait for room in the producer's queue.
     pub produce_timeout: Duration,
     /// Redis connection (idempotency records).

@@ -27,7 +27,7 @@ use herald_core::backoff::Backoff;
 use herald_core::circuit::{Breakers, Transition};
 use herald_core::config::{KafkaConfig, format_duration};
 use herald_core::dead_letter::{self, DeadLetterWriter, reason};
-use herald_core::endpoint::{EndpointCache, ResolvedEndpoint};
+use herald_core::endpoint::ResolvedEndpoint;
 use herald_core::event::unix_millis;
 use herald_core::kafka::Producer;
 use herald_core::kafka::consumer::RecordHandler;
@@ -46,6 +46,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::endpoint_cache::EndpointCache;
 use crate::outbound::Outbound;
 use crate::{Config, DispatcherError};
 use admission::{Admission, Admitted, Gate, RedisHealth};

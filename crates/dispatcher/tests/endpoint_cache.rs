@@ -1,0 +1,73 @@
+//! The dispatcher's endpoint cache against a real Redis
+//! (`HERALD_TEST_REDIS_URL`, set by scripts/test): what it holds, and when a
+//! change reaches it.
+
+use herald_core::redis_store::StoreError;
+use herald_dispatcher::endpoint_cache::EndpointCache;
+use herald_tests::{endpoint_store as store, stored_endpoint as endpoint};
+
+async fn url_of(cache: &EndpointCache, id: &str) -> String {
+    let found = cache
+        .lookup(id)
+        .await
+        .unwrap()
+        .expect("the endpoint exists");
+    found.endpoint.url.clone()
+}
+
+#[tokio::test]
+async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
+    let store = store();
+    for n in 0..20 {
+        let e = endpoint(&format!("ep_{n}"), "http://a.test/hook", &["*"]);
+        store.create(&e, n).await.unwrap();
+    }
+    let cache = EndpointCache::new(store.clone());
+    cache.refresh().await.unwrap();
+    assert_eq!(cache.fresh(), 0, "nothing is read before it is needed");
+
+    assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
+    assert_eq!(cache.fresh(), 1);
+    assert!(cache.lookup("ep_missing").await.unwrap().is_none());
+    assert_eq!(cache.fresh(), 1, "an unknown id is not held");
+
+    let changed = store
+        .modify("ep_3", |e| e.url = "http://b.test/hook".to_owned())
+        .await
+        .unwrap();
+    assert!(changed.is_some());
+    // Until the next refresh, the held copy is used...
+    assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
+    // ...and the refresh that sees the change makes it stale.
+    cache.refresh().await.unwrap();
+    assert_eq!(cache.fresh(), 0);
+    assert_eq!(url_of(&cache, "ep_3").await, "http://b.test/hook");
+
+    // A refresh without a change keeps what is held.
+    cache.refresh().await.unwrap();
+    assert_eq!(cache.fresh(), 1);
+
+    assert!(store.delete("ep_3").await.unwrap());
+    cache.refresh().await.unwrap();
+    assert!(cache.lookup("ep_3").await.unwrap().is_none());
+}
+
+/// A damaged stored secret is an error the dispatcher reports (it
+/// dead-letters the delivery with it), never a silent skip.
+#[tokio::test]
+async fn a_damaged_secret_is_the_dispatchers_error_not_a_silent_skip() {
+    let store = store();
+    let mut damaged = endpoint("ep_damaged", "http://a.test/", &["*"]);
+    damaged.secret = "not-a-secret".to_owned();
+    store.create(&damaged, 1).await.unwrap();
+
+    let cache = EndpointCache::new(store);
+    cache.refresh().await.unwrap();
+    match cache.lookup("ep_damaged").await {
+        Err(StoreError::Corrupt(problem)) => {
+            assert!(problem.contains("unusable secret"), "{problem}")
+        }
+        other => panic!("expected a corrupt-endpoint error, got {other:?}"),
+    }
+    assert_eq!(cache.fresh(), 0);
+}
