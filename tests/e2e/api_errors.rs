@@ -52,7 +52,7 @@ async fn event_errors_are_precise() {
     .await;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/events", stack.ingest_url);
-    let ok_event = json!({"type": "a", "payload": 1}).to_string();
+    let ok_event = json!({"application": "app_test", "type": "a", "payload": 1}).to_string();
 
     // Authentication.
     let response = http
@@ -114,43 +114,43 @@ async fn event_errors_are_precise() {
     );
     assert_refusal(post("[]").await, 400, "invalid_event", "JSON object");
     assert_refusal(
-        post(r#"{"payload": 1}"#).await,
+        post(r#"{"application":"app_test","payload": 1}"#).await,
         400,
         "missing_field",
         "`type`",
     );
     assert_refusal(
-        post(r#"{"type": "a"}"#).await,
+        post(r#"{"application":"app_test","type": "a"}"#).await,
         400,
         "missing_field",
         "`payload`",
     );
     assert_refusal(
-        post(r#"{"type": 7, "payload": 1}"#).await,
+        post(r#"{"application":"app_test","type": 7, "payload": 1}"#).await,
         400,
         "invalid_field",
         "`type` must be a string",
     );
     assert_refusal(
-        post(r#"{"type": "a/b", "payload": 1}"#).await,
+        post(r#"{"application":"app_test","type": "a/b", "payload": 1}"#).await,
         400,
         "invalid_field",
         "`type` contains '/'",
     );
     assert_refusal(
-        post(r#"{"id": "", "type": "a", "payload": 1}"#).await,
+        post(r#"{"application":"app_test","id": "", "type": "a", "payload": 1}"#).await,
         400,
         "invalid_field",
         "`id` must not be empty",
     );
     assert_refusal(
-        post(r#"{"type": "a", "payload": 1, "paylod": 2}"#).await,
+        post(r#"{"application":"app_test","type": "a", "payload": 1, "paylod": 2}"#).await,
         400,
         "invalid_event",
         "unknown field `paylod`",
     );
     assert_refusal(
-        post(r#"{"type": "a", "payload": 1, "timestamp": "noon"}"#).await,
+        post(r#"{"application":"app_test","type": "a", "payload": 1, "timestamp": "noon"}"#).await,
         400,
         "invalid_field",
         "`timestamp`",
@@ -183,7 +183,8 @@ async fn event_errors_are_precise() {
         "unsupported_media_type",
         "got none",
     );
-    let huge = json!({"type": "a", "payload": "x".repeat(5000)}).to_string();
+    let huge =
+        json!({"application": "app_test", "type": "a", "payload": "x".repeat(5000)}).to_string();
     assert_refusal(post(&huge).await, 413, "body_too_large", "4096 bytes");
     // Also when the size is not announced up front (chunked upload).
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
@@ -203,7 +204,7 @@ async fn event_errors_are_precise() {
     let response = stack
         .request(Method::POST, "/v1/events")
         .header("Idempotency-Key", "one")
-        .json(&json!({"id": "two", "type": "a", "payload": 1}))
+        .json(&json!({"application": "app_test", "id": "two", "type": "a", "payload": 1}))
         .send()
         .await
         .unwrap();
@@ -228,7 +229,7 @@ async fn endpoint_errors_are_precise() {
         call(
             &stack,
             Method::POST,
-            "/v1/endpoints",
+            "/v1/applications/app_test/endpoints",
             json_ct,
             body.to_string().into_bytes(),
         )
@@ -294,7 +295,10 @@ async fn endpoint_errors_are_precise() {
     assert_eq!(created["secret"], secret.as_str());
     let id = created["id"].as_str().unwrap();
     let fetched: Value = stack
-        .request(Method::GET, &format!("/v1/endpoints/{id}"))
+        .request(
+            Method::GET,
+            &format!("/v1/applications/app_test/endpoints/{id}"),
+        )
         .send()
         .await
         .unwrap()
@@ -307,7 +311,10 @@ async fn endpoint_errors_are_precise() {
         "GET must not reveal the secret: {fetched}"
     );
     let revealed: Value = stack
-        .request(Method::GET, &format!("/v1/endpoints/{id}/secret"))
+        .request(
+            Method::GET,
+            &format!("/v1/applications/app_test/endpoints/{id}/secret"),
+        )
         .send()
         .await
         .unwrap()
@@ -316,7 +323,7 @@ async fn endpoint_errors_are_precise() {
         .unwrap();
     assert_eq!(revealed["secret"], secret.as_str());
     let listed: Value = stack
-        .request(Method::GET, "/v1/endpoints")
+        .request(Method::GET, "/v1/applications/app_test/endpoints")
         .send()
         .await
         .unwrap()
@@ -332,16 +339,22 @@ async fn endpoint_errors_are_precise() {
             )
             .await;
     }
-    let (_, first) = stack.get_json("/v1/endpoints?limit=2").await;
+    let (_, first) = stack
+        .get_json("/v1/applications/app_test/endpoints?limit=2")
+        .await;
     assert_eq!(first["data"].as_array().unwrap().len(), 2);
     assert_eq!(first["data"][0]["id"], id);
     let cursor = first["next_cursor"].as_str().expect("a next page");
     let (_, second) = stack
-        .get_json(&format!("/v1/endpoints?limit=2&cursor={cursor}"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints?limit=2&cursor={cursor}"
+        ))
         .await;
     assert_eq!(second["data"].as_array().unwrap().len(), 1);
     assert_eq!(second["next_cursor"], Value::Null);
-    let (status, bad) = stack.get_json("/v1/endpoints?limit=0").await;
+    let (status, bad) = stack
+        .get_json("/v1/applications/app_test/endpoints?limit=0")
+        .await;
     assert_eq!(status, 400, "{bad}");
     assert!(
         bad["error"]["message"]
@@ -353,9 +366,18 @@ async fn endpoint_errors_are_precise() {
     assert_eq!(status, 400);
 
     for (method, path) in [
-        (Method::GET, "/v1/endpoints/ep_missing".to_owned()),
-        (Method::DELETE, "/v1/endpoints/ep_missing".to_owned()),
-        (Method::GET, "/v1/endpoints/ep_missing/secret".to_owned()),
+        (
+            Method::GET,
+            "/v1/applications/app_test/endpoints/ep_missing".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            "/v1/applications/app_test/endpoints/ep_missing".to_owned(),
+        ),
+        (
+            Method::GET,
+            "/v1/applications/app_test/endpoints/ep_missing/secret".to_owned(),
+        ),
     ] {
         assert_refusal(
             call(&stack, method, &path, None, Vec::new()).await,
@@ -368,7 +390,7 @@ async fn endpoint_errors_are_precise() {
         call(
             &stack,
             Method::PATCH,
-            "/v1/endpoints/ep_missing",
+            "/v1/applications/app_test/endpoints/ep_missing",
             json_ct,
             b"{\"disabled\": true}".to_vec(),
         )
@@ -381,7 +403,7 @@ async fn endpoint_errors_are_precise() {
         call(
             &stack,
             Method::PATCH,
-            &format!("/v1/endpoints/{id}"),
+            &format!("/v1/applications/app_test/endpoints/{id}"),
             json_ct,
             b"{\"url\": \"mailto:x\"}".to_vec(),
         )
@@ -403,8 +425,10 @@ async fn an_event_kafka_cannot_take_is_refused_with_503() {
             .env("HERALD_KAFKA_PRODUCE_TIMEOUT", "2s"),
     )
     .await;
+    // Applications live in Redis, which is up.
+    stack.create_application(herald_tests::APP).await;
     let (status, body) = stack
-        .post_event(&json!({"id": "lost_1", "type": "a", "payload": 1}))
+        .post_event(&json!({"application": "app_test", "id": "lost_1", "type": "a", "payload": 1}))
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "kafka_unavailable");
@@ -423,7 +447,7 @@ async fn an_event_kafka_cannot_take_is_refused_with_503() {
     assert_ne!(ready["checks"]["kafka"], "ok");
     // A refused id is not remembered: it can be sent again later.
     let (status, _) = stack
-        .post_event(&json!({"id": "lost_1", "type": "a", "payload": 1}))
+        .post_event(&json!({"application": "app_test", "id": "lost_1", "type": "a", "payload": 1}))
         .await;
     assert_eq!(status, 503);
 }
@@ -437,12 +461,14 @@ async fn an_event_without_redis_is_refused_with_503() {
             .env("HERALD_REDIS_URL", &dead_redis),
     )
     .await;
-    let (status, body) = stack.post_event(&json!({"type": "a", "payload": 1})).await;
+    let (status, body) = stack
+        .post_event(&json!({"application": "app_test", "type": "a", "payload": 1}))
+        .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "redis_unavailable");
     let (status, body) = {
         let response = stack
-            .request(Method::GET, "/v1/endpoints")
+            .request(Method::GET, "/v1/applications/app_test/endpoints")
             .send()
             .await
             .unwrap();

@@ -61,7 +61,7 @@ async fn scopes_decide_what_a_key_may_do_and_each_key_has_its_own_rate() {
     )
     .await;
     let _ = std::fs::remove_file(&key_file);
-    let event = || json!({"type": "scoped.event", "payload": 1});
+    let event = || json!({"application": "app_test", "type": "scoped.event", "payload": 1});
 
     // The ingest key sends events and nothing else.
     let started = Instant::now();
@@ -75,14 +75,18 @@ async fn scopes_decide_what_a_key_may_do_and_each_key_has_its_own_rate() {
     .await;
     assert_eq!(status, 202, "{body}");
     for (method, path, body) in [
-        (Method::GET, "/v1/endpoints", None),
+        (Method::GET, "/v1/applications/app_test/endpoints", None),
         (
             Method::POST,
-            "/v1/endpoints",
+            "/v1/applications/app_test/endpoints",
             Some(json!({"url": "https://hooks.example.invalid/", "event_types": ["*"]})),
         ),
         (Method::GET, "/v1/dlq", None),
-        (Method::GET, "/v1/endpoints/ep_1/secret", None),
+        (
+            Method::GET,
+            "/v1/applications/app_test/endpoints/ep_1/secret",
+            None,
+        ),
     ] {
         let (status, body, _) = call(&stack, &ingest_key, method.clone(), path, body).await;
         assert_eq!(status, 403, "{method} {path}: {body}");
@@ -97,7 +101,14 @@ async fn scopes_decide_what_a_key_may_do_and_each_key_has_its_own_rate() {
     }
     // Admin keys, hashed in a file or plain, may do everything.
     for key in [&file_admin_key, &stack.api_key] {
-        let (status, body, _) = call(&stack, key, Method::GET, "/v1/endpoints", None).await;
+        let (status, body, _) = call(
+            &stack,
+            key,
+            Method::GET,
+            "/v1/applications/app_test/endpoints",
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
     }
 

@@ -33,7 +33,9 @@ async fn a_window_full_for_longer_than_the_poll_interval_keeps_its_partitions() 
     for i in 0..6 {
         ids.push(
             stack
-                .accept_event(&json!({"type": "slow.answer", "payload": {"i": i}}))
+                .accept_event(
+                    &json!({"application": "app_test", "type": "slow.answer", "payload": {"i": i}}),
+                )
                 .await,
         );
     }

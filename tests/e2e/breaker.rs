@@ -19,7 +19,7 @@ async fn post_phase(stack: &Stack, phase: &str, n: usize) -> Vec<(String, Instan
             let id = format!("{phase}_{i}");
             let sent = Instant::now();
             stack
-                .accept_event(&json!({"id": id, "type": "job.done", "payload": {"i": i}}))
+                .accept_event(&json!({"application": "app_test", "id": id, "type": "job.done", "payload": {"i": i}}))
                 .await;
             (id, sent)
         })
@@ -77,7 +77,9 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
         );
     }
     let (_, health) = stack
-        .get_json(&format!("/v1/endpoints/{dead_id}/health"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{dead_id}/health"
+        ))
         .await;
     assert_eq!(health["state"], "open", "{health}");
     assert!(
@@ -131,7 +133,9 @@ async fn a_dead_endpoint_is_cut_off_without_slowing_the_others() {
         "the first request after recovery is the probe, and it succeeds"
     );
     let (_, health) = stack
-        .get_json(&format!("/v1/endpoints/{dead_id}/health"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{dead_id}/health"
+        ))
         .await;
     assert_eq!(health["state"], "closed", "{health}");
     for state in ["open", "half_open"] {

@@ -66,6 +66,7 @@ async fn killing_a_broker_mid_load_loses_no_accepted_event() {
                     let answers = answers.clone();
                     async move {
                         let event = json!({
+                            "application": "app_test",
                             "id": format!("bk_{i}"),
                             "type": "load.test",
                             "payload": {"i": i},

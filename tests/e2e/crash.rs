@@ -24,8 +24,7 @@ async fn start_run(name: &str) -> (Stack, [Receiver; 2], tokio::task::JoinHandle
     let topic = stack.topic("herald.events");
     let publishing = tokio::spawn(async move {
         for i in 0..EVENTS {
-            let event =
-                json!({"id": format!("crash_{i}"), "type": "load.test", "payload": {"i": i}});
+            let event = json!({"application": "app_test", "id": format!("crash_{i}"), "type": "load.test", "payload": {"i": i}});
             let (key, value) = (format!("crash_{i}"), event.to_string());
             producer
                 .send(

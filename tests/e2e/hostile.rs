@@ -53,7 +53,12 @@ impl Case {
     }
 
     fn endpoint(name: impl Into<String>, body: Value) -> Self {
-        Self::new(name, Method::POST, "/v1/endpoints", body.to_string())
+        Self::new(
+            name,
+            Method::POST,
+            "/v1/applications/app_test/endpoints",
+            body.to_string(),
+        )
     }
 
     fn expect(mut self, status: u16, code: &'static str, needles: &[&str]) -> Self {
@@ -81,7 +86,7 @@ impl Case {
 
 /// `{"type": "order.created", "payload": 1}` with `field` set to `value`.
 fn event_with(field: &str, value: Value) -> String {
-    let mut event = json!({"type": "order.created", "payload": 1});
+    let mut event = json!({"application": "app_test", "type": "order.created", "payload": 1});
     event[field] = value;
     event.to_string()
 }
@@ -98,37 +103,76 @@ fn event_cases() -> Vec<Case> {
         ("only whitespace", "   \n "),
         ("lone open brace", "{"),
         ("lone close brace", "}"),
-        ("truncated after key", r#"{"type""#),
-        ("truncated after colon", r#"{"type":"#),
-        ("truncated string", r#"{"type":"order.cr"#),
-        ("truncated before payload", r#"{"type":"a","payload":"#),
-        ("truncated object payload", r#"{"type":"a","payload":{"#),
-        ("truncated array payload", r#"{"type":"a","payload":[1,2"#),
+        ("truncated after key", r#"{"application":"app_test","type""#),
+        (
+            "truncated after colon",
+            r#"{"application":"app_test","type":"#,
+        ),
+        (
+            "truncated string",
+            r#"{"application":"app_test","type":"order.cr"#,
+        ),
+        (
+            "truncated before payload",
+            r#"{"application":"app_test","type":"a","payload":"#,
+        ),
+        (
+            "truncated object payload",
+            r#"{"application":"app_test","type":"a","payload":{"#,
+        ),
+        (
+            "truncated array payload",
+            r#"{"application":"app_test","type":"a","payload":[1,2"#,
+        ),
         (
             "unterminated payload string",
-            r#"{"type":"a","payload":"abc}"#,
+            r#"{"application":"app_test","type":"a","payload":"abc}"#,
         ),
-        ("trailing comma", r#"{"type":"a","payload":1,}"#),
+        (
+            "trailing comma",
+            r#"{"application":"app_test","type":"a","payload":1,}"#,
+        ),
         ("single quotes", "{'type':'a','payload':1}"),
         ("unquoted keys", "{type:\"a\",payload:1}"),
         ("truncated literal", "nul"),
-        ("extra closing brace", r#"{"type":"a","payload":1}}"#),
-        ("trailing garbage", r#"{"type":"a","payload":1} x"#),
+        (
+            "extra closing brace",
+            r#"{"application":"app_test","type":"a","payload":1}}"#,
+        ),
+        (
+            "trailing garbage",
+            r#"{"application":"app_test","type":"a","payload":1} x"#,
+        ),
         (
             "two documents",
-            r#"{"type":"a","payload":1} {"type":"b","payload":2}"#,
+            r#"{"application":"app_test","type":"a","payload":1} {"type":"b","payload":2}"#,
         ),
-        ("NaN payload", r#"{"type":"a","payload":NaN}"#),
-        ("Infinity payload", r#"{"type":"a","payload":Infinity}"#),
-        ("leading zero number", r#"{"type":"a","payload":01}"#),
+        (
+            "NaN payload",
+            r#"{"application":"app_test","type":"a","payload":NaN}"#,
+        ),
+        (
+            "Infinity payload",
+            r#"{"application":"app_test","type":"a","payload":Infinity}"#,
+        ),
+        (
+            "leading zero number",
+            r#"{"application":"app_test","type":"a","payload":01}"#,
+        ),
         (
             "raw control character",
             "{\"type\":\"a\",\"payload\":\"a\u{1}b\"}",
         ),
         ("comment", r#"/* hi */ {"type":"a","payload":1}"#),
         ("byte order mark", "\u{feff}{\"type\":\"a\",\"payload\":1}"),
-        ("missing colon", r#"{"type" "a","payload":1}"#),
-        ("bad escape", r#"{"type":"a\q","payload":1}"#),
+        (
+            "missing colon",
+            r#"{"application":"app_test","type" "a","payload":1}"#,
+        ),
+        (
+            "bad escape",
+            r#"{"application":"app_test","type":"a\q","payload":1}"#,
+        ),
     ] {
         cases.push(Case::event(name, body).expect(400, "malformed_json", &["not valid JSON"]));
     }
@@ -160,36 +204,40 @@ fn event_cases() -> Vec<Case> {
         ),
         (
             "data instead of payload",
-            r#"{"type":"a","data":1}"#.to_owned(),
+            r#"{"application":"app_test","type":"a","data":1}"#.to_owned(),
             "unknown field `data`",
         ),
         (
             "duplicate type",
-            r#"{"type":"a","type":"b","payload":1}"#.to_owned(),
+            r#"{"application":"app_test","type":"a","type":"b","payload":1}"#.to_owned(),
             "duplicate field `type`",
         ),
         (
             "duplicate payload",
-            r#"{"type":"a","payload":1,"payload":2}"#.to_owned(),
+            r#"{"application":"app_test","type":"a","payload":1,"payload":2}"#.to_owned(),
             "duplicate field `payload`",
         ),
     ] {
         cases.push(Case::event(name, body).expect(400, "invalid_event", &[needle]));
     }
-    cases.push(Case::event("missing type", r#"{"payload":1}"#).expect(
-        400,
-        "missing_field",
-        &["`type`", "required"],
-    ));
-    cases.push(Case::event("missing payload", r#"{"type":"a"}"#).expect(
-        400,
-        "missing_field",
-        &["`payload`", "required"],
-    ));
+    cases.push(
+        Case::event("missing type", r#"{"application":"app_test","payload":1}"#).expect(
+            400,
+            "missing_field",
+            &["`type`", "required"],
+        ),
+    );
+    cases.push(
+        Case::event(
+            "missing payload",
+            r#"{"application":"app_test","type":"a"}"#,
+        )
+        .expect(400, "missing_field", &["`payload`", "required"]),
+    );
     cases.push(Case::event("empty object", "{}").expect(
         400,
         "missing_field",
-        &["`type`", "required"],
+        &["`application`", "required"],
     ));
     // Wrong types.
     for (field, value, kind) in [
@@ -309,16 +357,16 @@ fn event_cases() -> Vec<Case> {
         cases.push(Case::event(name, body).expect(400, "malformed_json", &["not valid JSON"]));
     }
     cases.push(
-        Case::event("lone surrogate in type", r#"{"type":"\ud800","payload":1}"#).expect(
-            400,
-            "invalid_field",
-            &["`type` is not a valid string"],
-        ),
+        Case::event(
+            "lone surrogate in type",
+            r#"{"application":"app_test","type":"\ud800","payload":1}"#,
+        )
+        .expect(400, "invalid_field", &["`type` is not a valid string"]),
     );
     cases.push(
         Case::event(
             "lone surrogate in id",
-            r#"{"id":"\udfff","type":"a","payload":1}"#,
+            r#"{"application":"app_test","id":"\udfff","type":"a","payload":1}"#,
         )
         .expect(400, "invalid_field", &["`id` is not a valid string"]),
     );
@@ -340,7 +388,7 @@ fn event_cases() -> Vec<Case> {
     }
     cases.push(
         Case::event("objects nested 100 deep", {
-            let mut body = String::from(r#"{"type":"a","payload":"#);
+            let mut body = String::from(r#"{"application":"app_test","type":"a","payload":"#);
             body.push_str(&r#"{"a":"#.repeat(100));
             body.push('1');
             body.push_str(&"}".repeat(101));
@@ -356,7 +404,7 @@ fn event_cases() -> Vec<Case> {
         ),
     );
     // Content types.
-    let ok = r#"{"type":"a","payload":1}"#;
+    let ok = r#"{"application":"app_test","type":"a","payload":1}"#;
     for content_type in [
         Some("text/plain"),
         Some("application/xml"),
@@ -711,7 +759,7 @@ fn endpoint_cases() -> Vec<Case> {
         Case::new(
             "endpoint body nested 100 deep",
             Method::POST,
-            "/v1/endpoints",
+            "/v1/applications/app_test/endpoints",
             format!(
                 r#"{{"url":"https://example.com","event_types":["*"],"x":{}}}"#,
                 nested(100)
@@ -723,7 +771,7 @@ fn endpoint_cases() -> Vec<Case> {
         Case::new(
             "endpoint body malformed",
             Method::POST,
-            "/v1/endpoints",
+            "/v1/applications/app_test/endpoints",
             r#"{"url":"#,
         )
         .expect(400, "malformed_json", &["not valid JSON"]),
@@ -732,7 +780,7 @@ fn endpoint_cases() -> Vec<Case> {
         Case::new(
             "endpoint body as text",
             Method::POST,
-            "/v1/endpoints",
+            "/v1/applications/app_test/endpoints",
             "url=x",
         )
         .content_type(Some("text/plain"))
@@ -747,7 +795,7 @@ fn existing_endpoint_cases(id: &str) -> Vec<Case> {
         Case::new(
             name,
             Method::PATCH,
-            &format!("/v1/endpoints/{id}"),
+            &format!("/v1/applications/app_test/endpoints/{id}"),
             body.to_string(),
         )
     };
@@ -755,7 +803,7 @@ fn existing_endpoint_cases(id: &str) -> Vec<Case> {
         Case::new(
             name,
             Method::POST,
-            &format!("/v1/endpoints/{id}/secret/rotate"),
+            &format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
             body.to_string(),
         )
     };
@@ -811,14 +859,14 @@ fn existing_endpoint_cases(id: &str) -> Vec<Case> {
         Case::new(
             "rotate a missing endpoint",
             Method::POST,
-            "/v1/endpoints/ep_missing/secret/rotate",
+            "/v1/applications/app_test/endpoints/ep_missing/secret/rotate",
             "{}",
         )
         .expect(404, "not_found", &["ep_missing"]),
         Case::new(
             "secret of a missing endpoint",
             Method::GET,
-            "/v1/endpoints/ep_missing/secret",
+            "/v1/applications/app_test/endpoints/ep_missing/secret",
             "",
         )
         .content_type(None)
@@ -826,7 +874,7 @@ fn existing_endpoint_cases(id: &str) -> Vec<Case> {
         Case::new(
             "list with limit 0",
             Method::GET,
-            "/v1/endpoints?limit=0",
+            "/v1/applications/app_test/endpoints?limit=0",
             "",
         )
         .content_type(None)
@@ -945,9 +993,11 @@ async fn hostile_requests_are_refused_precisely_and_ingest_stays_healthy() {
         .unwrap();
     assert_eq!(ready.status(), 200);
     stack
-        .accept_event(&json!({"type": "order.created", "payload": {"after": "the storm"}}))
+        .accept_event(&json!({"application": "app_test", "type": "order.created", "payload": {"after": "the storm"}}))
         .await;
-    let (status, _) = stack.get_json(&format!("/v1/endpoints/{id}")).await;
+    let (status, _) = stack
+        .get_json(&format!("/v1/applications/app_test/endpoints/{id}"))
+        .await;
     assert_eq!(status, 200);
     let ingest = stack.ingest.as_ref().unwrap();
     assert!(

@@ -13,7 +13,7 @@ async fn the_same_id_three_times_is_delivered_once() {
     stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
 
-    let event = json!({"id": "order_42", "type": "order.created", "payload": {"n": 42}});
+    let event = json!({"application": "app_test", "id": "order_42", "type": "order.created", "payload": {"n": 42}});
     // Two at once (racing each other), then one more later.
     let (first, second) = tokio::join!(stack.post_event(&event), stack.post_event(&event));
     let third = stack.post_event(&event).await;
@@ -23,7 +23,8 @@ async fn the_same_id_three_times_is_delivered_once() {
     }
 
     // The same key given as a header.
-    let with_header = json!({"type": "order.created", "payload": {"n": 43}});
+    let with_header =
+        json!({"application": "app_test", "type": "order.created", "payload": {"n": 43}});
     for _ in 0..3 {
         let response = stack
             .request(reqwest::Method::POST, "/v1/events")
@@ -49,7 +50,7 @@ async fn the_same_id_three_times_is_delivered_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_request_says_so() {
     let stack = Stack::start(StackOptions::new("replayed").dispatchers(0)).await;
-    let event = json!({"id": "once", "type": "t", "payload": null});
+    let event = json!({"application": "app_test", "id": "once", "type": "t", "payload": null});
     let first = stack
         .request(reqwest::Method::POST, "/v1/events")
         .json(&event)

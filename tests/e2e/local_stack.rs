@@ -171,13 +171,24 @@ async fn the_local_stack_brings_killed_services_back_and_loses_nothing() {
     let mut stack = LocalStack::start("local-stack");
     let http = reqwest::Client::new();
     let receiver = Receiver::start(Behaviour::Accept).await;
+    let app = http
+        .post(format!("{}/v1/applications", stack.ingest_url))
+        .bearer_auth(&stack.api_key)
+        .json(&json!({"id": "app_test", "name": "local stack"}))
+        .send()
+        .await
+        .expect("POST /v1/applications");
+    assert_eq!(app.status(), 201);
     let created: serde_json::Value = http
-        .post(format!("{}/v1/endpoints", stack.ingest_url))
+        .post(format!(
+            "{}/v1/applications/app_test/endpoints",
+            stack.ingest_url
+        ))
         .bearer_auth(&stack.api_key)
         .json(&json!({"url": receiver.url(), "event_types": ["*"]}))
         .send()
         .await
-        .expect("POST /v1/endpoints")
+        .expect("POST /v1/applications/app_test/endpoints")
         .json()
         .await
         .expect("JSON answer");
@@ -201,7 +212,7 @@ async fn the_local_stack_brings_killed_services_back_and_loses_nothing() {
                 let status = http
                     .post(format!("{url}/v1/events"))
                     .bearer_auth(&key)
-                    .json(&json!({"id": id, "type": "local.test", "payload": {"i": i}}))
+                    .json(&json!({"application": "app_test", "id": id, "type": "local.test", "payload": {"i": i}}))
                     .send()
                     .await
                     .map(|r| r.status().as_u16())

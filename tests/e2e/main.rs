@@ -3,6 +3,7 @@
 
 mod api_errors;
 mod api_keys;
+mod applications;
 mod backpressure;
 mod bench;
 mod breaker;

@@ -25,7 +25,7 @@ async fn garbage_records_are_skipped_and_the_rest_delivered() {
             .await;
     }
     for i in 0..10 {
-        let event = json!({"id": format!("after_garbage_{i}"), "type": "t", "payload": i});
+        let event = json!({"application": "app_test", "id": format!("after_garbage_{i}"), "type": "t", "payload": i});
         stack.produce_event(&producer, &event).await;
     }
     assert!(

@@ -47,10 +47,10 @@ async fn a_destination_refused_at_connect_time_is_dead_lettered_at_once() {
     stack.settle_endpoints().await;
 
     stack
-        .accept_event(&json!({"id": "ssrf_name", "type": "ssrf.name", "payload": 1}))
+        .accept_event(&json!({"application": "app_test", "id": "ssrf_name", "type": "ssrf.name", "payload": 1}))
         .await;
     stack
-        .accept_event(&json!({"id": "ssrf_address", "type": "ssrf.address", "payload": 2}))
+        .accept_event(&json!({"application": "app_test", "id": "ssrf_address", "type": "ssrf.address", "payload": 2}))
         .await;
 
     for (endpoint, needle) in [
@@ -100,7 +100,7 @@ async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
     stack.subscribe(&redirecting, &["moved.*"]).await;
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"id": "moved_1", "type": "moved.away", "payload": 1}))
+        .accept_event(&json!({"application": "app_test", "id": "moved_1", "type": "moved.away", "payload": 1}))
         .await;
     // The first attempt fails, and so does the retry a second later.
     assert!(redirecting.wait_for(2, Duration::from_secs(60)).await);
@@ -119,7 +119,9 @@ async fn an_endless_response_body_is_cut_off() {
     stack.subscribe(&receiver, &["talk.*"]).await;
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"id": "talk_1", "type": "talk.long", "payload": 1}))
+        .accept_event(
+            &json!({"application": "app_test", "id": "talk_1", "type": "talk.long", "payload": 1}),
+        )
         .await;
     let attempts = wait_for_attempts(&stack, "talk_1", 1).await;
     assert_eq!(attempts[0]["success"], true, "{}", attempts[0]);
@@ -166,7 +168,7 @@ async fn credentials_in_an_endpoint_url_never_reach_a_log() {
         .await;
     stack.settle_endpoints().await;
     let id = stack
-        .accept_event(&json!({"type": "secret.test", "payload": {}}))
+        .accept_event(&json!({"application": "app_test", "type": "secret.test", "payload": {}}))
         .await;
     assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
     let delivered = &receiver.received()[0];

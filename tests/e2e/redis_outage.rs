@@ -16,7 +16,7 @@ async fn deliveries_go_on_while_redis_is_away() {
     stack.settle_endpoints().await;
     for i in 0..5 {
         stack
-            .accept_event(&json!({"type": "before", "payload": i}))
+            .accept_event(&json!({"application": "app_test", "type": "before", "payload": i}))
             .await;
     }
     assert!(receiver.wait_for(5, Duration::from_secs(30)).await);
@@ -30,7 +30,7 @@ async fn deliveries_go_on_while_redis_is_away() {
         "the dispatcher must say it lost Redis"
     );
     let (status, body) = stack
-        .post_event(&json!({"type": "refused", "payload": 1}))
+        .post_event(&json!({"application": "app_test", "type": "refused", "payload": 1}))
         .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "redis_unavailable");
@@ -38,7 +38,7 @@ async fn deliveries_go_on_while_redis_is_away() {
     redis.thaw();
     for i in 0..5 {
         stack
-            .accept_event(&json!({"id": format!("after_{i}"), "type": "after", "payload": i}))
+            .accept_event(&json!({"application": "app_test", "id": format!("after_{i}"), "type": "after", "payload": i}))
             .await;
     }
     assert!(receiver.wait_for(40, Duration::from_secs(60)).await);
@@ -67,7 +67,7 @@ async fn a_change_just_before_redis_goes_away_does_not_stop_deliveries() {
     stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"type": "before", "payload": 0}))
+        .accept_event(&json!({"application": "app_test", "type": "before", "payload": 0}))
         .await;
     assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
 
@@ -101,7 +101,7 @@ async fn stack_on_a_redis_of_its_own(name: &str) -> (RedisServer, Stack) {
 async fn publish_straight_to_kafka(stack: &Stack, count: usize) {
     let producer = stack.kafka_producer();
     for i in 0..count {
-        let event = json!({"id": format!("during_{i}"), "type": "during", "payload": i});
+        let event = json!({"application": "app_test", "id": format!("during_{i}"), "type": "during", "payload": i});
         stack.produce_event(&producer, &event).await;
     }
 }

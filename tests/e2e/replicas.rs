@@ -61,7 +61,7 @@ async fn a_graceful_stop_mid_run_loses_and_doubles_nothing() {
                         let response = http
                             .post(format!("{url}/v1/events"))
                             .bearer_auth(key)
-                            .json(&json!({"id": format!("evt_{i}"), "type": "job.done", "payload": {"i": i}}))
+                            .json(&json!({"application": "app_test", "id": format!("evt_{i}"), "type": "job.done", "payload": {"i": i}}))
                             .send()
                             .await
                             .expect("post");

@@ -19,7 +19,9 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
     stack.settle_endpoints().await;
 
     let id = stack
-        .accept_event(&json!({"type": "invoice.paid", "payload": {"n": 1}}))
+        .accept_event(
+            &json!({"application": "app_test", "type": "invoice.paid", "payload": {"n": 1}}),
+        )
         .await;
     assert!(
         receiver.wait_for(4, Duration::from_secs(30)).await,
@@ -92,7 +94,9 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
     );
     assert!(attempts[1]["error"].as_str().unwrap().contains("500"));
     let (_, by_endpoint) = stack
-        .get_json(&format!("/v1/endpoints/{endpoint_id}/attempts?limit=2"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{endpoint_id}/attempts?limit=2"
+        ))
         .await;
     assert_eq!(by_endpoint["data"].as_array().unwrap().len(), 2);
     assert_eq!(by_endpoint["data"][0]["attempt"], 4);
@@ -100,14 +104,16 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
     let cursor = by_endpoint["next_cursor"].as_str().expect("more pages");
     let (_, rest) = stack
         .get_json(&format!(
-            "/v1/endpoints/{endpoint_id}/attempts?limit=2&cursor={cursor}"
+            "/v1/applications/app_test/endpoints/{endpoint_id}/attempts?limit=2&cursor={cursor}"
         ))
         .await;
     assert_eq!(rest["data"][1]["attempt"], 1);
 
     // And in the endpoint's health: three failures, then a success.
     let (_, health) = stack
-        .get_json(&format!("/v1/endpoints/{endpoint_id}/health"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{endpoint_id}/health"
+        ))
         .await;
     assert_eq!(health["recent"]["failures"], 3, "{health}");
     assert_eq!(health["recent"]["successes"], 1, "{health}");
@@ -128,7 +134,7 @@ async fn an_always_failing_endpoint_ends_in_the_dlq_and_replay_delivers_once() {
 
     let id = stack
         .accept_event(
-            &json!({"type": "order.created", "payload": {"order": 7, "items": ["a", "b"]}}),
+            &json!({"application": "app_test", "type": "order.created", "payload": {"order": 7, "items": ["a", "b"]}}),
         )
         .await;
     let letters = stack
@@ -189,7 +195,7 @@ async fn replaying_for_a_deleted_endpoint_is_a_clear_error() {
     let endpoint_id = stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"type": "a", "payload": 1}))
+        .accept_event(&json!({"application": "app_test", "type": "a", "payload": 1}))
         .await;
     let letters = stack
         .wait_for_dead_letters(
@@ -203,7 +209,7 @@ async fn replaying_for_a_deleted_endpoint_is_a_clear_error() {
     let deleted = stack
         .request(
             reqwest::Method::DELETE,
-            &format!("/v1/endpoints/{endpoint_id}"),
+            &format!("/v1/applications/app_test/endpoints/{endpoint_id}"),
         )
         .send()
         .await
@@ -242,7 +248,7 @@ async fn replaying_for_a_deleted_endpoint_is_a_clear_error() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("exactly one of `endpoint_id` and `ids`")
+            .contains("exactly one of `application`, `endpoint_id` and `ids`")
     );
 }
 
@@ -253,7 +259,7 @@ async fn a_410_disables_the_endpoint_and_dead_letters_the_event() {
     let endpoint_id = stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"type": "a", "payload": 1}))
+        .accept_event(&json!({"application": "app_test", "type": "a", "payload": 1}))
         .await;
 
     let letters = stack
@@ -266,7 +272,9 @@ async fn a_410_disables_the_endpoint_and_dead_letters_the_event() {
     assert_eq!(letters[0]["reason"], "endpoint_gone");
     assert_eq!(receiver.count(), 1, "a 410 is not retried");
     let (_, endpoint) = stack
-        .get_json(&format!("/v1/endpoints/{endpoint_id}"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{endpoint_id}"
+        ))
         .await;
     assert_eq!(endpoint["disabled"], true);
     assert!(
@@ -280,7 +288,7 @@ async fn a_410_disables_the_endpoint_and_dead_letters_the_event() {
     // Later events are not fanned out to the disabled endpoint at all.
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"type": "a", "payload": 2}))
+        .accept_event(&json!({"application": "app_test", "type": "a", "payload": 2}))
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.count(), 1);
@@ -304,7 +312,7 @@ async fn only_the_newest_events_keep_their_attempt_log() {
     for n in 1..=5 {
         ids.push(
             stack
-                .accept_event(&json!({"type": "invoice.paid", "payload": {"n": n}}))
+                .accept_event(&json!({"application": "app_test", "type": "invoice.paid", "payload": {"n": n}}))
                 .await,
         );
         assert!(
@@ -340,7 +348,9 @@ async fn only_the_newest_events_keep_their_attempt_log() {
     );
     // The endpoint's own log is bounded separately and still has all five.
     let (_, by_endpoint) = stack
-        .get_json(&format!("/v1/endpoints/{endpoint_id}/attempts"))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{endpoint_id}/attempts"
+        ))
         .await;
     assert_eq!(by_endpoint["data"].as_array().unwrap().len(), 5);
 }

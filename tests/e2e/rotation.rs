@@ -19,7 +19,7 @@ async fn deliver_one(
     new_only: &Receiver,
 ) -> (u16, u16, usize) {
     stack
-        .accept_event(&json!({"id": id, "type": "rotation.test", "payload": {"id": id}}))
+        .accept_event(&json!({"application": "app_test", "id": id, "type": "rotation.test", "payload": {"id": id}}))
         .await;
     let first = |receiver: &Receiver| {
         receiver
@@ -74,7 +74,7 @@ async fn both_secrets_sign_during_the_grace_period_and_only_the_new_one_after() 
     for id in &ids {
         let (status, body) = stack
             .post_json(
-                &format!("/v1/endpoints/{id}/secret/rotate"),
+                &format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
                 &json!({"secret": new_secret}),
             )
             .await;
@@ -87,14 +87,18 @@ async fn both_secrets_sign_during_the_grace_period_and_only_the_new_one_after() 
             )
             .unwrap(),
         );
-        let (_, revealed) = stack.get_json(&format!("/v1/endpoints/{id}/secret")).await;
+        let (_, revealed) = stack
+            .get_json(&format!("/v1/applications/app_test/endpoints/{id}/secret"))
+            .await;
         assert_eq!(revealed["secret"], new_secret.as_str());
         assert_eq!(
             revealed["previous_secrets"][0]["secret"],
             old_secret.as_str()
         );
         // Nothing else shows a secret.
-        let (_, shown) = stack.get_json(&format!("/v1/endpoints/{id}")).await;
+        let (_, shown) = stack
+            .get_json(&format!("/v1/applications/app_test/endpoints/{id}"))
+            .await;
         assert!(!shown.to_string().contains("whsec_"), "{shown}");
     }
     new_only.set_secret(&new_secret);
@@ -118,7 +122,10 @@ async fn both_secrets_sign_during_the_grace_period_and_only_the_new_one_after() 
         "after the grace period only the new secret verifies"
     );
     let (_, revealed) = stack
-        .get_json(&format!("/v1/endpoints/{}/secret", ids[0]))
+        .get_json(&format!(
+            "/v1/applications/app_test/endpoints/{}/secret",
+            ids[0]
+        ))
         .await;
     assert_eq!(revealed["previous_secrets"], json!([]));
 }
@@ -134,7 +141,7 @@ async fn a_rotation_without_a_body_generates_a_secret_and_a_zero_grace_retires_t
     let response = stack
         .request(
             reqwest::Method::POST,
-            &format!("/v1/endpoints/{id}/secret/rotate"),
+            &format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
         )
         .send()
         .await
@@ -155,13 +162,15 @@ async fn a_rotation_without_a_body_generates_a_secret_and_a_zero_grace_retires_t
 
     let (status, body) = stack
         .post_json(
-            &format!("/v1/endpoints/{id}/secret/rotate"),
+            &format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
             &json!({"grace_period": "0"}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["previous_secret_expires_at"], Value::Null);
-    let (_, revealed) = stack.get_json(&format!("/v1/endpoints/{id}/secret")).await;
+    let (_, revealed) = stack
+        .get_json(&format!("/v1/applications/app_test/endpoints/{id}/secret"))
+        .await;
     assert_eq!(revealed["secret"], body["secret"]);
     // The first secret's grace is still running; the second retired at once.
     let previous: Vec<&str> = revealed["previous_secrets"]
@@ -184,13 +193,16 @@ async fn a_rotation_and_a_patch_at_once_both_take_effect() {
     for round in 0..15 {
         let id = stack.subscribe(&receiver, &["*"]).await;
         let (rotate_path, rotate_body) = (
-            format!("/v1/endpoints/{id}/secret/rotate"),
+            format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
             json!({"grace_period": "0s"}),
         );
         let rotate = stack.post_json(&rotate_path, &rotate_body);
         let patch = async {
             stack
-                .request(reqwest::Method::PATCH, &format!("/v1/endpoints/{id}"))
+                .request(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/applications/app_test/endpoints/{id}"),
+                )
                 .json(&json!({"disabled": true, "description": format!("round {round}")}))
                 .send()
                 .await
@@ -201,12 +213,16 @@ async fn a_rotation_and_a_patch_at_once_both_take_effect() {
         let ((rotated_status, rotated), patched_status) = tokio::join!(rotate, patch);
         assert_eq!(rotated_status, 200, "{rotated}");
         assert_eq!(patched_status, 200);
-        let (_, revealed) = stack.get_json(&format!("/v1/endpoints/{id}/secret")).await;
+        let (_, revealed) = stack
+            .get_json(&format!("/v1/applications/app_test/endpoints/{id}/secret"))
+            .await;
         assert_eq!(
             revealed["secret"], rotated["secret"],
             "round {round}: the rotated secret was lost"
         );
-        let (_, endpoint) = stack.get_json(&format!("/v1/endpoints/{id}")).await;
+        let (_, endpoint) = stack
+            .get_json(&format!("/v1/applications/app_test/endpoints/{id}"))
+            .await;
         assert_eq!(endpoint["disabled"], true, "round {round}: {endpoint}");
         assert_eq!(endpoint["description"], format!("round {round}"));
     }

@@ -49,7 +49,7 @@ async fn each_endpoint_receives_exactly_its_subscriptions() {
             let stack = &stack;
             async move {
                 let id = stack
-                    .accept_event(&json!({"type": event_type, "payload": {"marker": marker, "nested": {"list": [1, 2.5, null]}}}))
+                    .accept_event(&json!({"application": "app_test", "type": event_type, "payload": {"marker": marker, "nested": {"list": [1, 2.5, null]}}}))
                     .await;
                 (marker, event_type, id)
             }
@@ -70,12 +70,12 @@ async fn each_endpoint_receives_exactly_its_subscriptions() {
         let (value, id) = if i % 2 == 0 {
             let id = format!("kafka_evt_{i}_{}", herald_tests::random_suffix());
             (
-                json!({"id": id, "type": event_type, "payload": {"marker": marker}}),
+                json!({"application": "app_test", "id": id, "type": event_type, "payload": {"marker": marker}}),
                 Some(id),
             )
         } else {
             (
-                json!({"type": event_type, "payload": {"marker": marker}}),
+                json!({"application": "app_test", "type": event_type, "payload": {"marker": marker}}),
                 None,
             )
         };
@@ -170,7 +170,7 @@ async fn disabled_and_deleted_endpoints_receive_nothing() {
     let patched = stack
         .request(
             reqwest::Method::PATCH,
-            &format!("/v1/endpoints/{disabled_id}"),
+            &format!("/v1/applications/app_test/endpoints/{disabled_id}"),
         )
         .json(&json!({"disabled": true}))
         .send()
@@ -180,7 +180,7 @@ async fn disabled_and_deleted_endpoints_receive_nothing() {
     let gone = stack
         .request(
             reqwest::Method::DELETE,
-            &format!("/v1/endpoints/{deleted_id}"),
+            &format!("/v1/applications/app_test/endpoints/{deleted_id}"),
         )
         .send()
         .await
@@ -190,7 +190,7 @@ async fn disabled_and_deleted_endpoints_receive_nothing() {
 
     for i in 0..5 {
         stack
-            .accept_event(&json!({"type": "a.b", "payload": i}))
+            .accept_event(&json!({"application": "app_test", "type": "a.b", "payload": i}))
             .await;
     }
     assert!(live.wait_for(5, Duration::from_secs(30)).await);

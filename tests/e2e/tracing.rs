@@ -51,7 +51,7 @@ async fn one_event_is_one_trace_from_ingest_to_both_endpoints() {
     let response = stack
         .request(reqwest::Method::POST, "/v1/events")
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&json!({"id": "traced_1", "type": "order.created", "payload": {"n": 1}}))
+        .json(&json!({"application": "app_test", "id": "traced_1", "type": "order.created", "payload": {"n": 1}}))
         .send()
         .await
         .unwrap();
@@ -176,7 +176,7 @@ async fn spans_also_export_over_grpc() {
     stack.subscribe(&receiver, &["*"]).await;
     stack.settle_endpoints().await;
     stack
-        .accept_event(&json!({"type": "a", "payload": 1}))
+        .accept_event(&json!({"application": "app_test", "type": "a", "payload": 1}))
         .await;
     assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
     let trace_id = receiver.received()[0]

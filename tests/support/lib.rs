@@ -53,24 +53,71 @@ pub fn infra() -> Infra {
     }
 }
 
+/// The application every stack creates, which [`Stack::create_endpoint`],
+/// [`Stack::post_event`] and [`Stack::produce_event`] use unless told
+/// otherwise. (Each stack has Redis keys of its own, so the id is the same
+/// in all.)
+pub const APP: &str = "app_test";
+
+/// `event` addressed to [`APP`] when it names no `application`.
+pub fn addressed(event: &Value) -> Value {
+    let mut event = event.clone();
+    if let Some(fields) = event.as_object_mut() {
+        fields
+            .entry("application")
+            .or_insert_with(|| Value::String(APP.to_owned()));
+    }
+    event
+}
+
 /// An endpoint store on the test Redis (`HERALD_TEST_REDIS_URL`), under keys
-/// of its own.
-pub fn endpoint_store() -> herald_core::endpoint::EndpointStore {
+/// of its own, with the application [`APP`] created in it.
+pub async fn endpoint_store() -> herald_core::endpoint::EndpointStore {
+    stores_with_app().await.0
+}
+
+/// [`stores`], with the application [`APP`] created.
+pub async fn stores_with_app() -> (
+    herald_core::endpoint::EndpointStore,
+    herald_core::application::ApplicationStore,
+) {
+    let (endpoints, applications) = stores();
+    let app = herald_core::application::Application {
+        id: APP.to_owned(),
+        name: "test".to_owned(),
+        metadata: std::collections::BTreeMap::new(),
+        rate_limit: None,
+        created_at: "2026-01-01T00:00:00Z".to_owned(),
+        updated_at: "2026-01-01T00:00:00Z".to_owned(),
+    };
+    assert!(applications.create(&app, 0).await.expect("Redis answers"));
+    (endpoints, applications)
+}
+
+/// The endpoint and application stores on the test Redis, under keys of
+/// their own.
+pub fn stores() -> (
+    herald_core::endpoint::EndpointStore,
+    herald_core::application::ApplicationStore,
+) {
     let config = herald_core::config::RedisConfig::from_env(&herald_core::config::Env::from_pairs(
         [("HERALD_REDIS_URL", infra().redis_url)],
     ))
     .expect("the test Redis URL is valid");
     let redis = herald_core::redis_store::connect(&config).expect("connect to the test Redis");
-    herald_core::endpoint::EndpointStore::new(
-        redis,
-        herald_core::redis_store::Keys::new(format!("t{}:", random_suffix())),
+    let keys = herald_core::redis_store::Keys::new(format!("t{}:", random_suffix()));
+    (
+        herald_core::endpoint::EndpointStore::new(redis.clone(), keys.clone()),
+        herald_core::application::ApplicationStore::new(redis, keys),
     )
 }
 
-/// An enabled endpoint with a fresh secret, as the API stores one.
+/// An enabled endpoint of [`APP`] with a fresh secret, as the API stores
+/// one.
 pub fn stored_endpoint(id: &str, url: &str, types: &[&str]) -> herald_core::endpoint::Endpoint {
     herald_core::endpoint::Endpoint {
         id: id.to_owned(),
+        application_id: APP.to_owned(),
         url: url.to_owned(),
         event_types: types.iter().map(|t| (*t).to_owned()).collect(),
         description: String::new(),
@@ -402,10 +449,24 @@ impl Stack {
         }
         if options.wait_ready {
             stack.wait_ready().await;
+            stack.create_application(APP).await;
         } else {
             stack.wait_listening().await;
         }
         stack
+    }
+
+    /// Creates an application with this id (`201`), and returns the API's
+    /// answer.
+    pub async fn create_application(&self, id: &str) -> Value {
+        let (status, body) = self
+            .post_json(
+                "/v1/applications",
+                &serde_json::json!({"id": id, "name": format!("{id} (test)")}),
+            )
+            .await;
+        assert_eq!(status, 201, "application {id} not created: {body}");
+        body
     }
 
     /// Starts one more dispatcher replica.
@@ -484,11 +545,12 @@ impl Stack {
             .bearer_auth(&self.api_key)
     }
 
-    /// Posts an event; returns the status and JSON body.
+    /// Posts an event (to [`APP`] unless it names an `application`); returns
+    /// the status and JSON body.
     pub async fn post_event(&self, event: &Value) -> (u16, Value) {
         let response = self
             .request(reqwest::Method::POST, "/v1/events")
-            .json(event)
+            .json(&addressed(event))
             .send()
             .await
             .expect("POST /v1/events");
@@ -503,15 +565,23 @@ impl Stack {
         body["id"].as_str().expect("id in 202 body").to_owned()
     }
 
-    /// Registers an endpoint; returns the API's answer (with `id` and
-    /// `secret`).
+    /// Registers an endpoint of [`APP`]; returns the API's answer (with `id`
+    /// and `secret`).
     pub async fn create_endpoint(&self, body: Value) -> Value {
+        self.create_endpoint_in(APP, body).await
+    }
+
+    /// Registers an endpoint of application `app`.
+    pub async fn create_endpoint_in(&self, app: &str, body: Value) -> Value {
         let response = self
-            .request(reqwest::Method::POST, "/v1/endpoints")
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/applications/{app}/endpoints"),
+            )
             .json(&body)
             .send()
             .await
-            .expect("POST /v1/endpoints");
+            .expect("POST /v1/applications/{app}/endpoints");
         let status = response.status().as_u16();
         let json: Value = response.json().await.expect("JSON answer");
         assert_eq!(status, 201, "endpoint not created: {json}");
@@ -602,13 +672,16 @@ impl Stack {
             .unwrap_or_else(|(err, _)| panic!("produce to {topic} failed: {err}"));
     }
 
-    /// Writes one JSON event straight to `herald.events`, as an application
-    /// that publishes to Kafka rather than calling ingest does.
+    /// Writes one JSON event straight to `herald.events` (to [`APP`] unless
+    /// it names an `application`, keyed by it), as a producer that
+    /// publishes to Kafka rather than calling ingest does.
     pub async fn produce_event(&self, producer: &FutureProducer, event: &Value) {
+        let event = addressed(event);
+        let key = event["application"].as_str().unwrap_or(APP).to_owned();
         self.produce(
             producer,
             "herald.events",
-            None,
+            Some(&key),
             event.to_string().as_bytes(),
         )
         .await;
@@ -699,6 +772,7 @@ impl Stack {
         let delivery = herald_core::proto::Delivery {
             delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
             endpoint_id: endpoint_id.to_owned(),
+            application_id: APP.to_owned(),
             event_id: event_id.clone(),
             event_type: "direct.test".to_owned(),
             payload_json: format!("{{\"n\":{n}}}").into_bytes(),

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// The application every benchmark event is addressed to, and whose
+/// endpoints the benchmark registers.
+pub const BENCH_APP: &str = "bench";
+
 /// What every Herald process of one mode shares.
 #[derive(Debug, Clone)]
 pub struct Deployment {
@@ -269,15 +273,28 @@ impl Api {
         }
     }
 
-    /// Registers an endpoint; returns its id and its secret.
+    /// Registers an endpoint of [`BENCH_APP`] (created on first use);
+    /// returns its id and its secret.
     pub async fn register(
         &self,
         url: &str,
         event_types: &[String],
     ) -> Result<(String, String), String> {
+        let app = serde_json::json!({ "id": BENCH_APP, "name": "herald-bench" });
+        let (status, text) = self
+            .post("/v1/applications", serde_json::to_vec(&app).expect("JSON"))
+            .await?;
+        if status != 201 && status != 409 {
+            return Err(format!(
+                "creating the application answered {status}: {text}"
+            ));
+        }
         let body = serde_json::json!({ "url": url, "event_types": event_types });
         let (status, text) = self
-            .post("/v1/endpoints", serde_json::to_vec(&body).expect("JSON"))
+            .post(
+                &format!("/v1/applications/{BENCH_APP}/endpoints"),
+                serde_json::to_vec(&body).expect("JSON"),
+            )
             .await?;
         if status != 201 {
             return Err(format!("registering {url} answered {status}: {text}"));
@@ -298,7 +315,10 @@ impl Api {
     pub async fn delete_endpoint(&self, id: &str) -> Result<(), String> {
         let response = self
             .http
-            .delete(format!("{}/v1/endpoints/{id}", self.base_url))
+            .delete(format!(
+                "{}/v1/applications/{BENCH_APP}/endpoints/{id}",
+                self.base_url
+            ))
             .bearer_auth(&self.api_key)
             .send()
             .await

@@ -29,9 +29,15 @@ pub const WARM_UP_EVENTS: usize = 20;
 /// The event JSON for event `id`, padded so that the whole record is about
 /// `size` bytes (the same bytes go to the broker baseline).
 pub fn event_json(id: &str, event_type: &str, size: usize) -> Vec<u8> {
-    let bare = format!(r#"{{"id":"{id}","type":"{event_type}","payload":{{"pad":""}}}}"#);
+    let app = crate::herald::BENCH_APP;
+    let bare = format!(
+        r#"{{"application":"{app}","id":"{id}","type":"{event_type}","payload":{{"pad":""}}}}"#
+    );
     let pad = "x".repeat(size.saturating_sub(bare.len()));
-    format!(r#"{{"id":"{id}","type":"{event_type}","payload":{{"pad":"{pad}"}}}}"#).into_bytes()
+    format!(
+        r#"{{"application":"{app}","id":"{id}","type":"{event_type}","payload":{{"pad":"{pad}"}}}}"#
+    )
+    .into_bytes()
 }
 
 /// How a phase hands its events over.

@@ -31,6 +31,9 @@ pub mod reason {
     pub const ENDPOINT_UNAVAILABLE: &str = "endpoint_unavailable";
     /// A record on one of Herald's topics could not be decoded.
     pub const MALFORMED_RECORD: &str = "malformed_record";
+    /// An event on `herald.events` names an application that does not
+    /// exist.
+    pub const APPLICATION_NOT_FOUND: &str = "application_not_found";
     /// The outbound address policy refuses the endpoint's destination (an
     /// internal address, or plain http when https is required).
     pub const DESTINATION_REFUSED: &str = "destination_refused";
@@ -38,6 +41,12 @@ pub mod reason {
 
 /// A dead letter for a record that could not be read at all.
 pub fn for_malformed_record(record: &OwnedMessage, detail: impl Into<String>) -> DeadLetter {
+    for_record(record, reason::MALFORMED_RECORD, detail)
+}
+
+/// A dead letter for a whole record (not one delivery of it), kept as it
+/// was read, with its reason.
+pub fn for_record(record: &OwnedMessage, why: &str, detail: impl Into<String>) -> DeadLetter {
     let position = format!(
         "{}/{}/{}",
         record.topic(),
@@ -48,7 +57,7 @@ pub fn for_malformed_record(record: &OwnedMessage, detail: impl Into<String>) ->
     DeadLetter {
         id: format!("dl_{}", hex(&digest[..16])),
         delivery: None,
-        reason: reason::MALFORMED_RECORD.to_owned(),
+        reason: why.to_owned(),
         detail: detail.into(),
         dead_at_ms: now_ms(),
         source_topic: record.topic().to_owned(),

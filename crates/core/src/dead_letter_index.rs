@@ -4,8 +4,9 @@
 //! reads and replays dead letters. Keys ([`crate::redis_store::Keys`]):
 //! - `dlq:letter:{id}`: the `herald.v1.DeadLetter`, expiring after the
 //!   retention period (`HERALD_DLQ_RETENTION`);
-//! - `dlq:all` and `dlq:endpoint:{endpoint id}`: sorted sets of ids by the
-//!   time they died, trimmed to the retention period on every write.
+//! - `dlq:all`, `dlq:endpoint:{endpoint id}` and
+//!   `dlq:application:{application id}`: sorted sets of ids by the time they
+//!   died, trimmed to the retention period on every write.
 
 use std::time::Duration;
 
@@ -15,6 +16,17 @@ use redis::aio::ConnectionManager;
 use crate::event::unix_millis;
 use crate::proto::DeadLetter;
 use crate::redis_store::{Keys, StoreError};
+
+/// Which dead letters a listing or replay covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Filter<'a> {
+    /// Every one.
+    All,
+    /// One endpoint's.
+    Endpoint(&'a str),
+    /// One application's.
+    Application(&'a str),
+}
 
 /// Dead letters in Redis.
 #[derive(Clone)]
@@ -60,8 +72,7 @@ impl DlqIndex {
             .ignore()
             .zrembyscore(self.keys.dead_letters(None), "-inf", expired_before)
             .ignore();
-        if let Some(delivery) = &letter.delivery {
-            let key = self.keys.dead_letters(Some(&delivery.endpoint_id));
+        for key in self.sets_of(letter) {
             pipe.zadd(&key, &letter.id, letter.dead_at_ms)
                 .ignore()
                 .zrembyscore(&key, "-inf", expired_before)
@@ -71,16 +82,36 @@ impl DlqIndex {
         Ok(())
     }
 
+    /// The per-endpoint and per-application sets a letter is listed in.
+    fn sets_of(&self, letter: &DeadLetter) -> Vec<String> {
+        let Some(delivery) = &letter.delivery else {
+            return Vec::new();
+        };
+        let mut sets = vec![self.keys.dead_letters(Some(&delivery.endpoint_id))];
+        if !delivery.application_id.is_empty() {
+            sets.push(self.keys.application_dead_letters(&delivery.application_id));
+        }
+        sets
+    }
+
+    fn set(&self, filter: Filter<'_>) -> String {
+        match filter {
+            Filter::All => self.keys.dead_letters(None),
+            Filter::Endpoint(id) => self.keys.dead_letters(Some(id)),
+            Filter::Application(id) => self.keys.application_dead_letters(id),
+        }
+    }
+
     /// Newest first, from position `start`.
     pub async fn list(
         &self,
-        endpoint_id: Option<&str>,
+        filter: Filter<'_>,
         start: usize,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let mut conn = self.redis.clone();
         let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.keys.dead_letters(endpoint_id))
+            .arg(self.set(filter))
             .arg(start)
             .arg(start + limit - 1)
             .query_async(&mut conn)
@@ -107,15 +138,12 @@ impl DlqIndex {
             .collect()
     }
 
-    /// Every id listed for an endpoint (up to `limit`), oldest first.
-    pub async fn ids_for_endpoint(
-        &self,
-        endpoint_id: &str,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    /// Every id listed for an endpoint or application (up to `limit`),
+    /// oldest first.
+    pub async fn ids(&self, filter: Filter<'_>, limit: usize) -> Result<Vec<String>, StoreError> {
         let mut conn = self.redis.clone();
         Ok(redis::cmd("ZRANGE")
-            .arg(self.keys.dead_letters(Some(endpoint_id)))
+            .arg(self.set(filter))
             .arg(0)
             .arg(limit.saturating_sub(1))
             .query_async(&mut conn)

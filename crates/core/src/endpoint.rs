@@ -34,6 +34,9 @@ pub const MAX_PREVIOUS_SECRETS: usize = 5;
 pub struct Endpoint {
     /// `ep_…`, assigned at creation.
     pub id: String,
+    /// The application it belongs to (it never moves to another).
+    #[serde(default)]
+    pub application_id: String,
     /// Absolute http(s) URL the webhooks are POSTed to.
     pub url: String,
     /// Subscriptions: exact types, `prefix.*` or `*`.
@@ -70,6 +73,7 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("id", &self.id)
+            .field("application_id", &self.application_id)
             .field("url", &redacted_url(&self.url))
             .field("event_types", &self.event_types)
             .field("disabled", &self.disabled)
@@ -229,18 +233,27 @@ impl ResolvedEndpoint {
     }
 }
 
-/// How often [`EndpointStore::modify`] starts again after losing a race
-/// before it gives up.
-const MODIFY_TRIES: usize = 32;
+/// Creates endpoint KEYS[1] in application KEYS[3] unless the application
+/// is gone: indexes it (KEYS[2], KEYS[4]) and bumps the counters (KEYS[5],
+/// KEYS[6]). 1 created, 0 no such application.
+const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+redis.call('INCR', KEYS[5])
+redis.call('INCR', KEYS[6])
+return 1
+"#;
 
-/// Replaces KEYS[1] with ARGV[2] only while it still holds ARGV[1], and
-/// bumps the change counter KEYS[2]: 1 written, 0 changed meanwhile, -1 gone.
-const COMPARE_AND_SET: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if not current then return -1 end
-if current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('INCR', KEYS[2])
+/// Deletes endpoint KEYS[1], unindexes it (KEYS[2], KEYS[3]) and bumps the
+/// counters (KEYS[4], KEYS[5]). 1 deleted, 0 it did not exist.
+const DELETE: &str = r#"
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('INCR', KEYS[4])
+redis.call('INCR', KEYS[5])
 return 1
 "#;
 
@@ -265,31 +278,41 @@ impl EndpointStore {
         Self { redis, keys }
     }
 
-    /// Saves a new endpoint.
-    pub async fn create(&self, endpoint: &Endpoint, created_ms: i64) -> Result<(), StoreError> {
+    /// Saves a new endpoint in its application. Returns false when the
+    /// application does not exist (any more).
+    pub async fn create(&self, endpoint: &Endpoint, created_ms: i64) -> Result<bool, StoreError> {
         let json = serde_json::to_string(endpoint)?;
+        let app = endpoint.application_id.as_str();
         let mut conn = self.redis.clone();
-        redis::pipe()
-            .atomic()
-            .set(self.keys.endpoint(&endpoint.id), json)
-            .zadd(self.keys.endpoint_index(), &endpoint.id, created_ms)
-            .incr(self.keys.endpoints_version(), 1)
-            .query_async::<()>(&mut conn)
+        let created: i64 = Script::new(CREATE)
+            .key(self.keys.endpoint(&endpoint.id))
+            .key(self.keys.endpoint_index())
+            .key(self.keys.application(app))
+            .key(self.keys.application_endpoints(app))
+            .key(self.keys.endpoints_version())
+            .key(self.keys.application_version(app))
+            .arg(json)
+            .arg(created_ms)
+            .arg(&endpoint.id)
+            .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(created == 1)
     }
 
     /// Removes an endpoint. Returns false when it did not exist.
-    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete(&self, endpoint: &Endpoint) -> Result<bool, StoreError> {
+        let app = endpoint.application_id.as_str();
         let mut conn = self.redis.clone();
-        let (deleted, _, _): (i64, i64, i64) = redis::pipe()
-            .atomic()
-            .del(self.keys.endpoint(id))
-            .zrem(self.keys.endpoint_index(), id)
-            .incr(self.keys.endpoints_version(), 1)
-            .query_async(&mut conn)
+        let deleted: i64 = Script::new(DELETE)
+            .key(self.keys.endpoint(&endpoint.id))
+            .key(self.keys.endpoint_index())
+            .key(self.keys.application_endpoints(app))
+            .key(self.keys.endpoints_version())
+            .key(self.keys.application_version(app))
+            .arg(&endpoint.id)
+            .invoke_async(&mut conn)
             .await?;
-        Ok(deleted > 0)
+        Ok(deleted == 1)
     }
 
     /// Disables an endpoint, recording why. Returns false when it does not
@@ -306,42 +329,27 @@ impl EndpointStore {
         Ok(changed.is_some())
     }
 
-    /// Changes an endpoint atomically: reads it, applies `change`, and
-    /// writes it back only if nobody wrote it in between (the stored JSON
-    /// is compared in a Lua script); otherwise reads it again and applies
-    /// `change` to what is there now, so concurrent changes (a PATCH, a
-    /// rotation, a 410 disabling it) never undo one another. Returns the
+    /// Changes an endpoint atomically ([`crate::redis_store::modify_json`]),
+    /// so concurrent changes (a PATCH, a rotation, a 410 disabling it) never
+    /// undo one another, and bumps the change counters. Returns the
     /// endpoint as written, or `None` when it does not exist (any more).
     pub async fn modify(
         &self,
         id: &str,
         mut change: impl FnMut(&mut Endpoint),
     ) -> Result<Option<Endpoint>, StoreError> {
-        let key = self.keys.endpoint(id);
-        let mut conn = self.redis.clone();
-        let compare_and_set = Script::new(COMPARE_AND_SET);
-        for _ in 0..MODIFY_TRIES {
-            let Some(before) = conn.get::<_, Option<String>>(&key).await? else {
-                return Ok(None);
-            };
-            let mut endpoint: Endpoint = serde_json::from_str(&before)?;
-            change(&mut endpoint);
-            let after = serde_json::to_string(&endpoint)?;
-            let written: i64 = compare_and_set
-                .key(&key)
-                .key(self.keys.endpoints_version())
-                .arg(&before)
-                .arg(&after)
-                .invoke_async(&mut conn)
-                .await?;
-            match written {
-                1 => return Ok(Some(endpoint)),
-                -1 => return Ok(None),
-                // Someone else wrote it first: start again from theirs.
-                _ => continue,
-            }
-        }
-        Err(StoreError::Contended(format!("endpoint {id}")))
+        // The application never changes: read it first, to bump its counter.
+        let Some(current) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let counters = [
+            self.keys.endpoints_version(),
+            self.keys.application_version(&current.application_id),
+        ];
+        crate::redis_store::modify_json(&self.redis, &self.keys.endpoint(id), &counters, |e| {
+            change(e)
+        })
+        .await
     }
 
     /// One endpoint, if it exists.
@@ -352,14 +360,46 @@ impl EndpointStore {
             .transpose()
     }
 
-    /// A page of endpoints in creation order, starting at index `start`.
-    pub async fn list(&self, start: usize, limit: usize) -> Result<Vec<Endpoint>, StoreError> {
+    /// A page of an application's endpoints in creation order, starting at
+    /// index `start`.
+    pub async fn list(
+        &self,
+        application_id: &str,
+        start: usize,
+        limit: usize,
+    ) -> Result<Vec<Endpoint>, StoreError> {
         let mut conn = self.redis.clone();
         let stop = (start + limit).saturating_sub(1);
         let ids: Vec<String> = conn
-            .zrange(self.keys.endpoint_index(), start as isize, stop as isize)
+            .zrange(
+                self.keys.application_endpoints(application_id),
+                start as isize,
+                stop as isize,
+            )
             .await?;
         self.get_many(&ids).await
+    }
+
+    /// Every endpoint of an application, read as `T` ([`Endpoint`], or a
+    /// part of it such as fan-out's subscriptions), with the application's
+    /// change counter as it was before the read: a change made during it
+    /// leaves the counter ahead. `None` when the application does not exist.
+    pub async fn of_application<T: DeserializeOwned>(
+        &self,
+        application_id: &str,
+    ) -> Result<Option<(i64, Vec<T>)>, StoreError> {
+        let mut conn = self.redis.clone();
+        let (version, exists, ids): (Option<i64>, bool, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(self.keys.application_version(application_id))
+            .exists(self.keys.application(application_id))
+            .zrange(self.keys.application_endpoints(application_id), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        Ok(Some((version.unwrap_or(0), self.get_many(&ids).await?)))
     }
 
     /// Every endpoint, read as `T`: [`Endpoint`], or a part of it such as
@@ -466,6 +506,7 @@ mod tests {
     fn endpoint(id: &str, types: &[&str], disabled: bool) -> Endpoint {
         Endpoint {
             id: id.to_owned(),
+            application_id: "acme".to_owned(),
             url: "http://example.com/hook".to_owned(),
             event_types: types.iter().map(|t| (*t).to_owned()).collect(),
             description: String::new(),

@@ -5,11 +5,12 @@
 //! `proto/herald/v1/herald.proto`):
 //!
 //! ```json
-//! {"id": "evt_123", "type": "order.created", "payload": {"any": "json"},
-//!  "timestamp": "2026-01-02T03:04:05Z"}
+//! {"application": "acme", "id": "evt_123", "type": "order.created",
+//!  "payload": {"any": "json"}, "timestamp": "2026-01-02T03:04:05Z"}
 //! ```
 //!
-//! `type` and `payload` are required, `id` and `timestamp` optional. The
+//! `application` (the customer whose endpoints receive it), `type` and
+//! `payload` are required, `id` and `timestamp` optional. The
 //! payload is kept as the exact JSON text it arrived as ([`RawValue`]), so it
 //! is never re-encoded on its way to the endpoints.
 
@@ -75,9 +76,11 @@ impl EventError {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a JSON object with the fields `type`, `payload` and optionally `id` and `timestamp`"
+    expecting = "a JSON object with the fields `application`, `type`, `payload` and optionally `id` and `timestamp`"
 )]
 struct WireEvent<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    application: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(rename = "type", default, borrow, deserialize_with = "present")]
@@ -96,6 +99,8 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 /// A validated event whose payload still borrows the input bytes.
 #[derive(Debug, Clone)]
 pub struct ParsedEvent<'a> {
+    /// The application it is addressed to.
+    pub application: String,
     /// The id given by the sender, if any.
     pub id: Option<String>,
     /// The event type.
@@ -175,7 +180,7 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
             match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
                 Err(err) => EventError::MalformedJson(err.to_string()),
                 Ok(_) => EventError::NotAnEvent(format!(
-                    "expected a JSON object with the fields `type`, `payload` and optionally `id` and `timestamp`, found {}",
+                    "expected a JSON object with the fields `application`, `type`, `payload` and optionally `id` and `timestamp`, found {}",
                     json_kind(std::str::from_utf8(bytes).unwrap_or(""))
                 )),
             },
@@ -189,6 +194,13 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
                 EventError::MalformedJson(err.to_string())
             }
         }
+    })?;
+
+    let application = string_field("application", wire.application)?
+        .ok_or(EventError::MissingField("application"))?;
+    validate_event_id(&application).map_err(|problem| EventError::InvalidField {
+        field: "application",
+        problem,
     })?;
 
     let event_type =
@@ -230,6 +242,7 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
         };
 
     Ok(ParsedEvent {
+        application,
         id,
         event_type,
         payload,
@@ -353,6 +366,11 @@ pub fn new_endpoint_id() -> String {
     format!("ep_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// A new random, time-ordered application id (`app_` + 32 hex digits).
+pub fn new_application_id() -> String {
+    format!("app_{}", uuid::Uuid::now_v7().simple())
+}
+
 /// The id of an event that was published to Kafka without one: derived from
 /// where it was stored, so that re-reading the record yields the same id.
 pub fn event_id_from_position(topic: &str, partition: i32, offset: i64) -> String {
@@ -388,6 +406,8 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The canonical JSON record Herald writes to `herald.events`.
 #[derive(Debug, Serialize)]
 pub struct EventRecord<'a> {
+    /// The application it is addressed to.
+    pub application: &'a str,
     /// Event id.
     pub id: &'a str,
     /// Event type.
@@ -402,12 +422,14 @@ pub struct EventRecord<'a> {
 impl<'a> EventRecord<'a> {
     /// Builds the record for an event accepted at `timestamp`.
     pub fn new(
+        application: &'a str,
         id: &'a str,
         event_type: &'a str,
         payload: &'a RawValue,
         timestamp: OffsetDateTime,
     ) -> Self {
         Self {
+            application,
             id,
             event_type,
             payload,
@@ -449,7 +471,7 @@ mod tests {
     #[test]
     fn a_full_event_parses() {
         let event = parse_event(
-            br#"{"id":"evt_1","type":"order.created","payload":{"n": [1, 2]},"timestamp":"2026-01-02T03:04:05Z"}"#,
+            br#"{"application":"acme","id":"evt_1","type":"order.created","payload":{"n": [1, 2]},"timestamp":"2026-01-02T03:04:05Z"}"#,
         )
         .unwrap();
         assert_eq!(event.id.as_deref(), Some("evt_1"));
@@ -460,23 +482,37 @@ mod tests {
 
     #[test]
     fn null_payload_is_present_but_missing_payload_is_not() {
-        let event = parse_event(br#"{"type":"a","payload":null}"#).unwrap();
+        let event = parse_event(br#"{"application":"acme","type":"a","payload":null}"#).unwrap();
         assert_eq!(event.payload.get(), "null");
         assert_eq!(
-            parse_event(br#"{"type":"a"}"#).unwrap_err(),
+            parse_event(br#"{"application":"acme","type":"a"}"#).unwrap_err(),
             EventError::MissingField("payload")
         );
     }
 
     #[test]
+    fn an_event_names_its_application() {
+        assert_eq!(
+            parse_event(br#"{"type":"a","payload":1}"#).unwrap_err(),
+            EventError::MissingField("application")
+        );
+        let err = parse_event(br#"{"application":"a.b","type":"a","payload":1}"#).unwrap_err();
+        assert_eq!(err.code(), "invalid_field");
+        assert!(err.to_string().contains("`application`"), "{err}");
+        let err = parse_event(br#"{"application":7,"type":"a","payload":1}"#).unwrap_err();
+        assert_eq!(err.code(), "invalid_field");
+    }
+
+    #[test]
     fn payload_numbers_must_fit_a_double_and_travel_unchanged() {
-        let err = parse_event(br#"{"type":"a","payload":{"n":[1e400]}}"#).unwrap_err();
+        let err = parse_event(br#"{"application":"acme","type":"a","payload":{"n":[1e400]}}"#)
+            .unwrap_err();
         assert_eq!(err.code(), "invalid_field");
         assert!(err.to_string().contains("fit a double"), "{err}");
         // Within range, however written, the bytes are kept as sent: huge
         // integers and tiny fractions included.
         let text = r#"{"big":123456789012345678901234567890,"tiny":1e-400,"x":-0.0E+2}"#;
-        let bytes = format!(r#"{{"type":"a","payload":{text}}}"#);
+        let bytes = format!(r#"{{"application":"acme","type":"a","payload":{text}}}"#);
         let event = parse_event(bytes.as_bytes()).unwrap();
         assert_eq!(event.payload.get(), text);
     }
@@ -489,48 +525,52 @@ mod tests {
             (b"[1", "malformed_json", "not valid JSON"),
             (b"\"text\"", "invalid_event", "found a string"),
             (
-                br#"{"type":"a","payload":1,"extra":1}"#,
+                br#"{"application":"acme","type":"a","payload":1,"extra":1}"#,
                 "invalid_event",
                 "unknown field `extra`",
             ),
-            (br#"{"payload":1}"#, "missing_field", "`type`"),
             (
-                br#"{"type":5,"payload":1}"#,
+                br#"{"application":"acme","payload":1}"#,
+                "missing_field",
+                "`type`",
+            ),
+            (
+                br#"{"application":"acme","type":5,"payload":1}"#,
                 "invalid_field",
                 "`type` must be a string, not a number",
             ),
             (
-                br#"{"type":"a b","payload":1}"#,
+                br#"{"application":"acme","type":"a b","payload":1}"#,
                 "invalid_field",
                 "`type` contains ' '",
             ),
             (
-                br#"{"type":"","payload":1}"#,
+                br#"{"application":"acme","type":"","payload":1}"#,
                 "invalid_field",
                 "`type` must not be empty",
             ),
             (
-                br#"{"id":"a.b","type":"a","payload":1}"#,
+                br#"{"application":"acme","id":"a.b","type":"a","payload":1}"#,
                 "invalid_field",
                 "`id` contains '.'",
             ),
             (
-                br#"{"id":null,"type":"a","payload":1}"#,
+                br#"{"application":"acme","id":null,"type":"a","payload":1}"#,
                 "invalid_field",
                 "`id` must be a string, not null",
             ),
             (
-                br#"{"type":"a","payload":1,"timestamp":"yesterday"}"#,
+                br#"{"application":"acme","type":"a","payload":1,"timestamp":"yesterday"}"#,
                 "invalid_field",
                 "RFC 3339",
             ),
             (
-                br#"{"type":"a","type":"b","payload":1}"#,
+                br#"{"application":"acme","type":"a","type":"b","payload":1}"#,
                 "invalid_event",
                 "duplicate field",
             ),
             (
-                br#"{"type":"\ud800","payload":1}"#,
+                br#"{"application":"acme","type":"\ud800","payload":1}"#,
                 "invalid_field",
                 "`type` is not a valid string",
             ),
@@ -558,9 +598,15 @@ mod tests {
         assert!(json_depth_exceeds(nested(65).as_bytes(), 64));
         let in_string = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
         assert!(!json_depth_exceeds(in_string.as_bytes(), 2));
-        let ok = format!(r#"{{"type":"a","payload":{}}}"#, nested(63));
+        let ok = format!(
+            r#"{{"application":"acme","type":"a","payload":{}}}"#,
+            nested(63)
+        );
         assert!(parse_event(ok.as_bytes()).is_ok());
-        let deep = format!(r#"{{"type":"a","payload":{}}}"#, nested(64));
+        let deep = format!(
+            r#"{{"application":"acme","type":"a","payload":{}}}"#,
+            nested(64)
+        );
         let err = parse_event(deep.as_bytes()).unwrap_err();
         assert_eq!(err.code(), "nesting_too_deep");
         assert!(err.to_string().contains("64 levels"));
@@ -597,9 +643,10 @@ mod tests {
     fn records_round_trip_through_the_parser() {
         let payload = RawValue::from_string(r#"{"a":"é"}"#.to_owned()).unwrap();
         let when = from_unix_millis(1_767_323_045_123);
-        let json = EventRecord::new("evt_9", "a.b", &payload, when).to_json();
+        let json = EventRecord::new("acme", "evt_9", "a.b", &payload, when).to_json();
         let parsed = parse_event(&json).unwrap();
         assert_eq!(parsed.id.as_deref(), Some("evt_9"));
+        assert_eq!(parsed.application, "acme");
         assert_eq!(parsed.payload.get(), payload.get());
         assert_eq!(unix_millis(parsed.timestamp.unwrap()), 1_767_323_045_123);
     }

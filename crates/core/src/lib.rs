@@ -33,6 +33,7 @@
 //! - [`service`]: the skeleton of every service's `main`, and the start of
 //!   the consuming ones.
 
+pub mod application;
 pub mod attempt_log;
 pub mod backoff;
 pub mod circuit;

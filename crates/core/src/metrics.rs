@@ -36,6 +36,8 @@ pub struct Metrics {
     pub events_rejected: Family<Labels, Counter>,
     /// Events fanned out.
     pub events_fanned_out: Counter,
+    /// Events whose application has no endpoint subscribed to their type.
+    pub events_without_subscribers: Counter,
     /// Delivery records written by fan-out.
     pub deliveries_created: Counter,
     /// Delivery results, by `outcome` (`delivered`, `retry_scheduled`,
@@ -71,6 +73,7 @@ impl Metrics {
             events_accepted: Counter::default(),
             events_rejected: Family::default(),
             events_fanned_out: Counter::default(),
+            events_without_subscribers: Counter::default(),
             deliveries_created: Counter::default(),
             deliveries: Family::default(),
             attempt_duration: SecondsBuckets.new_metric(),
@@ -97,6 +100,11 @@ impl Metrics {
             "herald_events_fanned_out",
             "Events fanned out",
             metrics.events_fanned_out.clone(),
+        );
+        registry.register(
+            "herald_events_without_subscribers",
+            "Events fanned out to nobody: no endpoint of their application subscribes to their type",
+            metrics.events_without_subscribers.clone(),
         );
         registry.register(
             "herald_deliveries_created",

@@ -1,7 +1,11 @@
 //! Redis connections, and the name of every key Herald keeps there
 //! ([`Keys`], the one place they are built).
 
+use redis::AsyncCommands;
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::RedisConfig;
 
@@ -36,16 +40,78 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, redis::RedisEr
     ConnectionManager::new_lazy_with_config(client, manager_config)
 }
 
+/// How often [`modify_json`] starts again after losing a race before it
+/// gives up.
+const MODIFY_TRIES: usize = 32;
+
+/// Replaces KEYS[1] with ARGV[2] only while it still holds ARGV[1], and
+/// bumps every change counter in KEYS[2..]: 1 written, 0 changed meanwhile,
+/// -1 gone.
+const COMPARE_AND_SET: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+for i = 2, #KEYS do redis.call('INCR', KEYS[i]) end
+return 1
+"#;
+
+/// Changes the JSON value at `key` atomically: reads it, applies `change`,
+/// and writes it back (bumping `counters`) only if nobody wrote it in
+/// between — the stored JSON is compared in a Lua script. Otherwise it reads
+/// it again and applies `change` to what is there now, so concurrent changes
+/// never undo one another. Returns the value as written, or `None` when it
+/// does not exist (any more).
+pub async fn modify_json<T: Serialize + DeserializeOwned>(
+    redis: &ConnectionManager,
+    key: &str,
+    counters: &[String],
+    mut change: impl FnMut(&mut T),
+) -> Result<Option<T>, StoreError> {
+    let mut conn = redis.clone();
+    let compare_and_set = Script::new(COMPARE_AND_SET);
+    for _ in 0..MODIFY_TRIES {
+        let Some(before) = conn.get::<_, Option<String>>(key).await? else {
+            return Ok(None);
+        };
+        let mut value: T = serde_json::from_str(&before)?;
+        change(&mut value);
+        let after = serde_json::to_string(&value)?;
+        let mut invocation = compare_and_set.key(key);
+        for counter in counters {
+            invocation.key(counter);
+        }
+        let written: i64 = invocation
+            .arg(&before)
+            .arg(&after)
+            .invoke_async(&mut conn)
+            .await?;
+        match written {
+            1 => return Ok(Some(value)),
+            -1 => return Ok(None),
+            // Someone else wrote it first: start again from theirs.
+            _ => continue,
+        }
+    }
+    Err(StoreError::Contended(key.to_owned()))
+}
+
 /// Every key Herald keeps in Redis, under one prefix (`HERALD_REDIS_PREFIX`,
 /// `herald:` by default). Key names are built here and nowhere else; what
 /// each value holds is documented by the module that owns it.
 ///
 /// | key | type | written by | owner |
 /// | --- | --- | --- | --- |
+/// | `app:{id}` | string: the application's JSON | ingest (API) | [`crate::application`] |
+/// | `apps` | sorted set of application ids by creation | ingest | [`crate::application`] |
+/// | `app:{id}:endpoints` | sorted set of its endpoint ids by creation | ingest | [`crate::application`] |
+/// | `app:{id}:version` | counter, bumped by every change to it or its endpoints | ingest, dispatcher | [`crate::application`] |
+/// | `app:{id}:tokens` | set of its tokens' ids | ingest | [`crate::application`] |
+/// | `apptoken:{token id}` | string, expiring: a token's record (its digest, never the token) | ingest | [`crate::application`] |
 /// | `endpoint:{id}` | string: the endpoint's JSON | ingest (API), dispatcher (410 disables) | [`crate::endpoint`] |
 /// | `endpoints` | sorted set of endpoint ids | ingest | [`crate::endpoint`] |
 /// | `endpoints:version` | counter, bumped by every endpoint change | ingest, dispatcher | [`crate::endpoint`] |
-/// | `idempotency:{event id}` | string, expiring: the accepted event's digest | ingest | `herald-ingest` |
+/// | `idempotency:{application id}.{event id}` | string, expiring: `pending` or `done` | ingest | `herald-ingest` |
 /// | `ingestlimit:{key digest}` | string: next allowed moment of an API key | ingest | [`crate::rate_limit`] |
 /// | `ratelimit:{endpoint id}` | string: the endpoint's next free moment | dispatcher | [`crate::rate_limit`] |
 /// | `breaker:{endpoint id}` | hash: breaker state | dispatcher | [`crate::circuit`] |
@@ -56,6 +122,7 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, redis::RedisEr
 /// | `dlq:letter:{id}` | string, expiring: the `herald.v1.DeadLetter` | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:all` | sorted set of dead-letter ids by time of death | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:endpoint:{endpoint id}` | the same, per endpoint | ingest (indexer) | [`crate::dead_letter_index`] |
+/// | `dlq:application:{application id}` | the same, per application | ingest (indexer) | [`crate::dead_letter_index`] |
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -74,9 +141,49 @@ impl Keys {
         &self.prefix
     }
 
+    /// One application's JSON.
+    pub fn application(&self, id: &str) -> String {
+        format!("{}app:{id}", self.prefix)
+    }
+
+    /// Sorted set of all application ids.
+    pub fn application_index(&self) -> String {
+        format!("{}apps", self.prefix)
+    }
+
+    /// Sorted set of one application's endpoint ids.
+    pub fn application_endpoints(&self, id: &str) -> String {
+        format!("{}app:{id}:endpoints", self.prefix)
+    }
+
+    /// Counter bumped by every change to an application or its endpoints.
+    pub fn application_version(&self, id: &str) -> String {
+        format!("{}app:{id}:version", self.prefix)
+    }
+
+    /// Set of the ids of an application's tokens.
+    pub fn application_tokens(&self, id: &str) -> String {
+        format!("{}app:{id}:tokens", self.prefix)
+    }
+
+    /// One application token's record.
+    pub fn application_token(&self, token_id: &str) -> String {
+        format!("{}apptoken:{token_id}", self.prefix)
+    }
+
+    /// The start of every application token's key (scripts append ids).
+    pub fn application_token_prefix(&self) -> String {
+        format!("{}apptoken:", self.prefix)
+    }
+
     /// One endpoint's JSON.
     pub fn endpoint(&self, id: &str) -> String {
         format!("{}endpoint:{id}", self.prefix)
+    }
+
+    /// The start of every endpoint's key (scripts append ids to it).
+    pub fn endpoint_prefix(&self) -> String {
+        format!("{}endpoint:", self.prefix)
     }
 
     /// Sorted set of all endpoint ids.
@@ -89,9 +196,10 @@ impl Keys {
         format!("{}endpoints:version", self.prefix)
     }
 
-    /// Idempotency record of one event id.
-    pub fn idempotency(&self, event_id: &str) -> String {
-        format!("{}idempotency:{event_id}", self.prefix)
+    /// Idempotency record of one event id of one application ('.' is in
+    /// neither, so the pair is unambiguous).
+    pub fn idempotency(&self, application_id: &str, event_id: &str) -> String {
+        format!("{}idempotency:{application_id}.{event_id}", self.prefix)
     }
 
     /// Next allowed moment of an API key (by its digest, never the key).
@@ -146,5 +254,10 @@ impl Keys {
             None => format!("{}dlq:all", self.prefix),
             Some(id) => format!("{}dlq:endpoint:{id}", self.prefix),
         }
+    }
+
+    /// One application's dead letters' ids by time of death.
+    pub fn application_dead_letters(&self, application_id: &str) -> String {
+        format!("{}dlq:application:{application_id}", self.prefix)
     }
 }

@@ -59,7 +59,7 @@ fn mangled_event() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|(payload, at, len, insert)| {
             let mut bytes = serde_json::to_vec(
-                &serde_json::json!({"id": "evt_1", "type": "a.b", "payload": payload}),
+                &serde_json::json!({"application": "acme", "id": "evt_1", "type": "a.b", "payload": payload}),
             )
             .unwrap();
             let start = at.index(bytes.len() + 1);
@@ -121,7 +121,7 @@ proptest! {
             prop_assert!(json_depth_exceeds(text.as_bytes(), depth(&payload) - 1));
         }
         let raw = RawValue::from_string(text.clone()).unwrap();
-        let record = EventRecord::new("evt_1", "a.b", &raw, time::OffsetDateTime::UNIX_EPOCH).to_json();
+        let record = EventRecord::new("acme", "evt_1", "a.b", &raw, time::OffsetDateTime::UNIX_EPOCH).to_json();
         let parsed = parse_event(&record);
         if depth(&payload) < MAX_JSON_DEPTH {
             // Byte for byte: numbers keep whatever precision they came with.

@@ -54,10 +54,10 @@ fn the_schema_has_exactly_the_fields_herald_reads() {
         .fields()
         .map(|f| f.json_name().to_owned())
         .collect();
-    assert_eq!(names, ["id", "type", "payload", "timestamp"]);
+    assert_eq!(names, ["id", "type", "payload", "timestamp", "application"]);
     // Herald's parser knows every one of them.
     parse_event(
-        br#"{"id":"e1","type":"a.b","payload":{"x":1},"timestamp":"2026-01-02T03:04:05Z"}"#,
+        br#"{"application":"acme","id":"e1","type":"a.b","payload":{"x":1},"timestamp":"2026-01-02T03:04:05Z"}"#,
     )
     .unwrap();
 }
@@ -65,18 +65,23 @@ fn the_schema_has_exactly_the_fields_herald_reads() {
 #[test]
 fn events_herald_accepts_are_valid_under_the_schema_with_the_same_values() {
     let corpus = [
-        r#"{"type":"order.created","payload":{"id":7,"items":[{"sku":"a","qty":2}]}}"#,
-        r#"{"id":"evt_1","type":"user.deleted","payload":null}"#,
-        r#"{"type":"t","payload":"just a string"}"#,
-        r#"{"type":"t","payload":[1,2.5,true,null,"x"]}"#,
-        r#"{"type":"t","payload":{},"timestamp":"2026-01-02T03:04:05.123Z"}"#,
-        r#"{"type":"t","payload":{"deep":{"deeper":{"deepest":[{}]}}}}"#,
+        r#"{"application":"acme","type":"order.created","payload":{"id":7,"items":[{"sku":"a","qty":2}]}}"#,
+        r#"{"application":"acme","id":"evt_1","type":"user.deleted","payload":null}"#,
+        r#"{"application":"acme","type":"t","payload":"just a string"}"#,
+        r#"{"application":"acme","type":"t","payload":[1,2.5,true,null,"x"]}"#,
+        r#"{"application":"acme","type":"t","payload":{},"timestamp":"2026-01-02T03:04:05.123Z"}"#,
+        r#"{"application":"acme","type":"t","payload":{"deep":{"deeper":{"deepest":[{}]}}}}"#,
     ];
     for json in corpus {
         let parsed = parse_event(json.as_bytes()).expect("Herald accepts it");
         let via_schema =
             through_schema(json).unwrap_or_else(|e| panic!("schema refuses {json}: {e}"));
         assert_eq!(via_schema["type"], parsed.event_type.as_str(), "{json}");
+        assert_eq!(
+            via_schema["application"],
+            parsed.application.as_str(),
+            "{json}"
+        );
         if let Some(id) = &parsed.id {
             assert_eq!(via_schema["id"], id.as_str());
         }
@@ -93,11 +98,11 @@ fn events_herald_accepts_are_valid_under_the_schema_with_the_same_values() {
 #[test]
 fn events_the_schema_refuses_herald_refuses_too() {
     for json in [
-        r#"{"type":7,"payload":1}"#,
-        r#"{"id":{"a":1},"type":"t","payload":1}"#,
-        r#"{"type":"t","payload":1,"timestamp":"noon"}"#,
-        r#"{"type":"t","payload":1,"colour":"red"}"#,
-        r#"{"type":"t","payload":{"n":[1e400]}}"#,
+        r#"{"application":"acme","type":7,"payload":1}"#,
+        r#"{"application":"acme","id":{"a":1},"type":"t","payload":1}"#,
+        r#"{"application":"acme","type":"t","payload":1,"timestamp":"noon"}"#,
+        r#"{"application":"acme","type":"t","payload":1,"colour":"red"}"#,
+        r#"{"application":"acme","type":"t","payload":{"n":[1e400]}}"#,
         r#"["type","t"]"#,
     ] {
         assert!(through_schema(json).is_err(), "schema accepts {json}");
@@ -141,15 +146,17 @@ proptest! {
     #[test]
     fn written_records_round_trip(
         id in "[A-Za-z0-9_:-]{1,40}",
+        application in "[A-Za-z0-9_:-]{1,40}",
         event_type in "[a-z]{1,8}(\\.[a-z]{1,8}){0,3}",
         payload in json_value(),
         millis in 0i64..4_000_000_000_000,
     ) {
         let raw = RawValue::from_string(payload.to_string()).unwrap();
-        let record = EventRecord::new(&id, &event_type, &raw, from_unix_millis(millis)).to_json();
+        let record = EventRecord::new(&application, &id, &event_type, &raw, from_unix_millis(millis)).to_json();
         let parsed = parse_event(&record).unwrap();
         prop_assert_eq!(parsed.id.as_deref(), Some(id.as_str()));
         prop_assert_eq!(&parsed.event_type, &event_type);
+        prop_assert_eq!(&parsed.application, &application);
         prop_assert_eq!(serde_json::from_str::<Value>(parsed.payload.get()).unwrap(), payload.clone());
         prop_assert_eq!(unix_millis(parsed.timestamp.unwrap()), millis);
 

@@ -17,7 +17,7 @@ async fn url_of(cache: &EndpointCache, id: &str) -> String {
 
 #[tokio::test]
 async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
-    let store = store();
+    let store = store().await;
     for n in 0..20 {
         let e = endpoint(&format!("ep_{n}"), "http://a.test/hook", &["*"]);
         store.create(&e, n).await.unwrap();
@@ -47,7 +47,8 @@ async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
     cache.refresh().await.unwrap();
     assert_eq!(cache.fresh(), 1);
 
-    assert!(store.delete("ep_3").await.unwrap());
+    let third = store.get("ep_3").await.unwrap().unwrap();
+    assert!(store.delete(&third).await.unwrap());
     cache.refresh().await.unwrap();
     assert!(cache.lookup("ep_3").await.unwrap().is_none());
 }
@@ -56,7 +57,7 @@ async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
 /// dead-letters the delivery with it), never a silent skip.
 #[tokio::test]
 async fn a_damaged_secret_is_the_dispatchers_error_not_a_silent_skip() {
-    let store = store();
+    let store = store().await;
     let mut damaged = endpoint("ep_damaged", "http://a.test/", &["*"]);
     damaged.secret = "not-a-secret".to_owned();
     store.create(&damaged, 1).await.unwrap();

@@ -2,8 +2,9 @@
 //!
 //! It consumes `herald.events` in the `herald-fanout` consumer group. For
 //! each record it parses the event (JSON, see `herald_core::event`), finds
-//! the enabled endpoints subscribed to its type in its copy of every
-//! endpoint's subscriptions ([`subscriptions::SubscriptionCache`]: ids and event types only), and
+//! the enabled endpoints of the event's application subscribed to its type
+//! ([`subscriptions::SubscriptionCache`]: one application's ids and event
+//! types, read on first use and again when the application changes), and
 //! produces one `herald.v1.Delivery` per endpoint to `herald.deliveries`,
 //! keyed by endpoint id so that one endpoint's deliveries share a partition.
 //! The record's offset is stored only after every one of those produces was
@@ -11,8 +12,9 @@
 //! flight; delivery ids derive from (event id, endpoint id), so a re-run
 //! produces the same ids.
 //!
-//! A record that is not a valid event goes to `herald.dlq` with its reason,
-//! so it never holds up its partition and is never lost silently.
+//! A record that is not a valid event, or is addressed to an application
+//! that does not exist, goes to `herald.dlq` with its reason, so it never
+//! holds up its partition and is never lost silently.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,9 @@ use herald_core::endpoint::EndpointStore;
 
 pub mod subscriptions;
 
-use herald_core::event::{event_id_from_position, parse_event, unix_millis};
+use herald_core::application::ApplicationStore;
+use herald_core::dead_letter::reason;
+use herald_core::event::{ParsedEvent, event_id_from_position, parse_event, unix_millis};
 use herald_core::kafka::Producer;
 use herald_core::kafka::consumer::{ConsumerSettings, RecordHandler};
 use herald_core::kafka::offsets::Outcome;
@@ -37,7 +41,7 @@ use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
-use subscriptions::{SubscriptionCache, Subscriptions};
+use subscriptions::{Lookup, SubscriptionCache, Subscriptions};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -51,6 +55,12 @@ pub struct Config {
     /// subscription cache checks Redis for changes; new or changed
     /// subscriptions take effect within this interval.
     pub cache_refresh: Duration,
+    /// `HERALD_FANOUT_CACHE_ENTRIES` (default `10000`): most applications
+    /// whose subscriptions are held at once.
+    pub cache_entries: usize,
+    /// `HERALD_FANOUT_CACHE_BYTES` (default `16777216`, 16 MiB): about the
+    /// most memory those subscriptions take.
+    pub cache_bytes: usize,
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
     /// long in-flight events may take to finish.
     pub drain_timeout: Duration,
@@ -82,6 +92,10 @@ impl Config {
         Ok(Self {
             max_in_flight: env.number("HERALD_FANOUT_MAX_IN_FLIGHT", 1000, 1, 100_000)? as usize,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
+            cache_entries: env.number("HERALD_FANOUT_CACHE_ENTRIES", 10_000, 1, 10_000_000)?
+                as usize,
+            cache_bytes: env.number("HERALD_FANOUT_CACHE_BYTES", 16 << 20, 1 << 16, 16 << 30)?
+                as usize,
             drain_timeout: herald_core::config::drain_timeout(env, &kafka)?,
             ops_addr: herald_core::ops::ops_addr(env)?,
             kafka,
@@ -114,12 +128,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
     let Some(redis) = start_worker(worker, producer.clone(), &shutdown).await? else {
         return Ok(());
     };
-    let cache = SubscriptionCache::new(EndpointStore::new(
-        redis,
-        Keys::new(config.redis.key_prefix.clone()),
-    ));
-    // Fanning out without the subscriptions would send events to nobody, so
-    // nothing is consumed before the first load.
+    let keys = Keys::new(config.redis.key_prefix.clone());
+    let cache = SubscriptionCache::new(
+        EndpointStore::new(redis.clone(), keys.clone()),
+        ApplicationStore::new(redis, keys),
+        config.cache_entries,
+        config.cache_bytes,
+    );
+    // Nothing is consumed before Redis answers.
     if !cache.load_first(&shutdown).await {
         return Ok(());
     }
@@ -178,34 +194,99 @@ impl RecordHandler for FanoutHandler {
 
 impl FanoutHandler {
     async fn fan_out(&self, record: OwnedMessage) -> Outcome {
-        // `run` loads the cache before consuming, so this is always there.
-        let Some(subscriptions) = self.cache.current() else {
-            tracing::error!("endpoint cache not loaded; leaving the record for the next owner");
-            return Outcome::Abandoned;
-        };
-        let deliveries = match plan(&record, &subscriptions) {
-            Ok(deliveries) => deliveries,
+        let event = match record
+            .payload()
+            .ok_or_else(|| "the record has no value".to_owned())
+            .and_then(|bytes| parse_event(bytes).map_err(|err| err.to_string()))
+        {
+            Ok(event) => event,
             Err(reason) => {
                 let letter = dead_letter::for_malformed_record(
                     &record,
                     format!("not a valid event: {reason}"),
                 );
-                return match self.dead_letters.write(&letter, &self.abandon).await {
-                    Ok(()) => Outcome::Done,
-                    Err(_) => Outcome::Abandoned,
-                };
+                return self.write_dead_letter(letter).await;
             }
         };
+        let Some(lookup) = self
+            .subscriptions_of(&event.application, stamped_version(&record))
+            .await
+        else {
+            return Outcome::Abandoned;
+        };
+        let subscriptions = match lookup {
+            Lookup::Found(subscriptions) => subscriptions,
+            Lookup::NoSuchApplication => {
+                let letter = dead_letter::for_record(
+                    &record,
+                    reason::APPLICATION_NOT_FOUND,
+                    format!(
+                        "the event is addressed to application {:?}, which does not exist",
+                        event.application
+                    ),
+                );
+                return self.write_dead_letter(letter).await;
+            }
+        };
+        let deliveries = plan(&record, &event, &subscriptions);
+        if deliveries.is_empty() {
+            herald_core::metrics::metrics()
+                .events_without_subscribers
+                .inc();
+        }
         self.produce_all(deliveries).await
+    }
+
+    /// The application's subscriptions, at `at_least` or newer. While Redis
+    /// does not answer, the copy held (however old) is used; an application
+    /// not held waits. `None` when the process stops meanwhile.
+    async fn subscriptions_of(&self, app: &str, at_least: i64) -> Option<Lookup> {
+        let mut backoff = Backoff::new(Duration::from_millis(100));
+        loop {
+            match self.cache.lookup(app, at_least).await {
+                Ok(lookup) => return Some(lookup),
+                Err(err) => {
+                    if let Some(held) = self.cache.held_copy(app) {
+                        return Some(Lookup::Found(held));
+                    }
+                    tracing::warn!(application = app, error = %err, "cannot read the application's endpoints; retrying");
+                }
+            }
+            backoff.pause(&self.abandon).await.ok()?;
+        }
+    }
+
+    async fn write_dead_letter(&self, letter: herald_core::proto::DeadLetter) -> Outcome {
+        match self.dead_letters.write(&letter, &self.abandon).await {
+            Ok(()) => Outcome::Done,
+            Err(_) => Outcome::Abandoned,
+        }
     }
 }
 
-/// The delivery records for one event record: one per subscribed endpoint.
-/// An error means the record is not a valid event.
-fn plan(record: &OwnedMessage, subscriptions: &Subscriptions) -> Result<Vec<Delivery>, String> {
-    let bytes = record.payload().ok_or("the record has no value")?;
-    let event = parse_event(bytes).map_err(|err| err.to_string())?;
-    let event_id = event.id.unwrap_or_else(|| {
+/// The application version ingest stamped on the record (0: none, as on
+/// records produced straight to Kafka).
+fn stamped_version(record: &OwnedMessage) -> i64 {
+    use rdkafka::message::Headers;
+    record
+        .headers()
+        .and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == herald_core::application::VERSION_HEADER)
+        })
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The delivery records for one event: one per subscribed endpoint of its
+/// application.
+fn plan(
+    record: &OwnedMessage,
+    event: &ParsedEvent<'_>,
+    subscriptions: &Subscriptions,
+) -> Vec<Delivery> {
+    let event_id = event.id.clone().unwrap_or_else(|| {
         event_id_from_position(record.topic(), record.partition(), record.offset())
     });
     let event_timestamp_ms = match event.timestamp {
@@ -220,12 +301,13 @@ fn plan(record: &OwnedMessage, subscriptions: &Subscriptions) -> Result<Vec<Deli
     let span = tracing::Span::current();
     span.record("event_id", event_id.as_str());
     span.record("subscribers", subscribers.len());
-    tracing::debug!(event_id, subscribers = subscribers.len(), "fanning out");
-    Ok(subscribers
+    tracing::debug!(event_id, application = %event.application, subscribers = subscribers.len(), "fanning out");
+    subscribers
         .iter()
         .map(|endpoint_id| Delivery {
             delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
             endpoint_id: endpoint_id.to_string(),
+            application_id: event.application.clone(),
             event_id: event_id.clone(),
             event_type: event.event_type.clone(),
             payload_json: event.payload.get().as_bytes().to_vec(),
@@ -233,7 +315,7 @@ fn plan(record: &OwnedMessage, subscriptions: &Subscriptions) -> Result<Vec<Deli
             created_at_ms,
             ..Default::default()
         })
-        .collect())
+        .collect()
 }
 
 impl FanoutHandler {

@@ -1,11 +1,12 @@
-//! Fan-out's copy of every endpoint's subscriptions: ids and event types
-//! only (no URLs, secrets or headers), indexed by event type and reloaded
-//! whole when the endpoints' change counter moves.
+//! Fan-out's copies of applications' subscriptions: endpoint ids and event
+//! types only (no URLs, secrets or headers), indexed by event type, one
+//! application at a time ([`SubscriptionCache`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_core::application::ApplicationStore;
 use herald_core::endpoint::{EndpointStore, EventTypePattern, refresh_every, retry_until_loaded};
 use herald_core::redis_store::StoreError;
 use serde::Deserialize;
@@ -24,7 +25,18 @@ pub struct StoredSubscription {
     pub disabled: bool,
 }
 
-/// Every endpoint's subscriptions at one moment, indexed by event type.
+impl StoredSubscription {
+    /// About what holding it costs, for the cache's byte bound.
+    fn bytes(&self) -> usize {
+        // The id once per pattern list it is in, the patterns, and the
+        // maps' own overhead (measured loosely: ~64 bytes per entry).
+        self.id.len() * (1 + self.event_types.len())
+            + self.event_types.iter().map(|t| t.len() + 64).sum::<usize>()
+            + 64
+    }
+}
+
+/// One application's subscriptions at one moment, indexed by event type.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     version: i64,
@@ -35,7 +47,7 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Indexes the subscriptions of the enabled endpoints. An endpoint with a
+    /// Indexes the subscriptions of an application's enabled endpoints. An endpoint with a
     /// subscription that does not parse (only a damaged store holds one) is
     /// skipped with a warning rather than hiding every other endpoint.
     pub fn build(version: i64, endpoints: Vec<StoredSubscription>) -> Self {
@@ -108,63 +120,246 @@ impl Subscriptions {
     }
 }
 
-/// Fan-out's copy of every endpoint's subscriptions, reloaded when the change
-/// counter in Redis moves. Changes reach fan-out within one refresh interval.
+/// What fan-out knows of one application.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Its subscriptions, at its change counter [`Subscriptions::version`].
+    Found(Arc<Subscriptions>),
+    /// There is no such application.
+    NoSuchApplication,
+}
+
+/// Fan-out's copies of applications' subscriptions: each application's read
+/// from Redis the first time one of its events comes, kept while it is used
+/// (the least recently used are dropped beyond `max_entries` applications
+/// or `max_bytes`), and read again when its change counter moves — checked for
+/// every held application each refresh interval, and at once for an event
+/// stamped by ingest with a counter newer than the copy. So a change to one
+/// application's endpoints costs one read of that application, and memory
+/// holds the busy applications, not every endpoint registered.
 #[derive(Debug, Clone)]
 pub struct SubscriptionCache {
-    store: EndpointStore,
-    current: Arc<RwLock<Option<Arc<Subscriptions>>>>,
+    endpoints: EndpointStore,
+    applications: ApplicationStore,
+    held: Arc<Mutex<Held>>,
+    /// One load per application at a time, however many events wait for it.
+    loading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    by_app: HashMap<String, HeldEntry>,
+    bytes: usize,
+    /// Bumped on every use, to find the least recently used.
+    clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+#[derive(Debug)]
+struct HeldEntry {
+    subscriptions: Arc<Subscriptions>,
+    bytes: usize,
+    last_used: u64,
+    /// The application changed since: read it again on next use, and use
+    /// this copy only while Redis does not answer.
+    stale: bool,
 }
 
 impl SubscriptionCache {
-    /// An empty cache; call [`SubscriptionCache::load_first`], then
-    /// [`SubscriptionCache::keep_fresh`].
-    pub fn new(store: EndpointStore) -> Self {
+    /// An empty cache holding at most `max_entries` applications and about
+    /// `max_bytes` of subscriptions.
+    pub fn new(
+        endpoints: EndpointStore,
+        applications: ApplicationStore,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Self {
         Self {
-            store,
-            current: Arc::new(RwLock::new(None)),
+            endpoints,
+            applications,
+            held: Arc::default(),
+            loading: Arc::default(),
+            max_entries: max_entries.max(1),
+            max_bytes,
         }
     }
 
-    /// The latest index, or `None` before the first successful load.
-    pub fn current(&self) -> Option<Arc<Subscriptions>> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reloads when the change counter moved (or nothing is loaded yet).
-    pub async fn refresh(&self) -> Result<Arc<Subscriptions>, StoreError> {
-        let version = self.store.version().await?;
-        if let Some(current) = self.current()
-            && current.version() == version
+    /// Hits and misses so far.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        let held = self.held();
+        (held.hits, held.misses)
+    }
+
+    /// Number of applications held.
+    pub fn len(&self) -> usize {
+        self.held().by_app.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn cached(&self, app: &str, at_least: i64) -> Option<Arc<Subscriptions>> {
+        let mut held = self.held();
+        held.clock += 1;
+        let clock = held.clock;
+        let found = match held.by_app.get_mut(app) {
+            Some(entry) if !entry.stale && entry.subscriptions.version() >= at_least => {
+                entry.last_used = clock;
+                Some(entry.subscriptions.clone())
+            }
+            _ => None,
+        };
+        match found {
+            Some(_) => held.hits += 1,
+            None => held.misses += 1,
+        }
+        found
+    }
+
+    /// The subscriptions of `app`, at change counter `at_least` or newer
+    /// (0: any copy held will do).
+    pub async fn lookup(&self, app: &str, at_least: i64) -> Result<Lookup, StoreError> {
+        if let Some(found) = self.cached(app, at_least) {
+            return Ok(Lookup::Found(found));
+        }
+        let gate = {
+            let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+            loading.entry(app.to_owned()).or_default().clone()
+        };
+        let _loading = gate.lock().await;
+        // Another task may have loaded it meanwhile.
+        if let Some(entry) = self.held().by_app.get(app)
+            && !entry.stale
+            && entry.subscriptions.version() >= at_least
         {
-            return Ok(current);
+            return Ok(Lookup::Found(entry.subscriptions.clone()));
         }
-        // The counter is read before the endpoints: a change made during the
-        // load leaves the counter ahead of this index, so the next refresh
-        // loads again.
-        let endpoints = self.store.all::<StoredSubscription>().await?;
-        let index = Arc::new(Subscriptions::build(version, endpoints));
-        tracing::debug!(version, endpoints = index.len(), "subscriptions reloaded");
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
-        Ok(index)
+        let loaded = self
+            .endpoints
+            .of_application::<StoredSubscription>(app)
+            .await;
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(app);
+        let Some((version, endpoints)) = loaded? else {
+            self.forget(app);
+            return Ok(Lookup::NoSuchApplication);
+        };
+        let bytes = endpoints
+            .iter()
+            .map(StoredSubscription::bytes)
+            .sum::<usize>()
+            + app.len();
+        let subscriptions = Arc::new(Subscriptions::build(version, endpoints));
+        tracing::debug!(
+            application = app,
+            version,
+            endpoints = subscriptions.len(),
+            "subscriptions read"
+        );
+        self.insert(app, subscriptions.clone(), bytes);
+        Ok(Lookup::Found(subscriptions))
     }
 
-    /// Loads the index, retrying until it succeeds or `shutdown` fires.
-    /// Returns false on shutdown.
+    fn insert(&self, app: &str, subscriptions: Arc<Subscriptions>, bytes: usize) {
+        let mut held = self.held();
+        held.clock += 1;
+        let clock = held.clock;
+        if let Some(old) = held.by_app.remove(app) {
+            held.bytes -= old.bytes;
+        }
+        // Make room: the least recently used go first.
+        while !held.by_app.is_empty()
+            && (held.by_app.len() >= self.max_entries || held.bytes + bytes > self.max_bytes)
+        {
+            let Some(oldest) = held
+                .by_app
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(app, _)| app.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = held.by_app.remove(&oldest) {
+                held.bytes -= gone.bytes;
+            }
+        }
+        held.bytes += bytes;
+        held.by_app.insert(
+            app.to_owned(),
+            HeldEntry {
+                subscriptions,
+                bytes,
+                last_used: clock,
+                stale: false,
+            },
+        );
+    }
+
+    /// The copy held of `app`, however old (for when Redis does not answer).
+    pub fn held_copy(&self, app: &str) -> Option<Arc<Subscriptions>> {
+        self.held()
+            .by_app
+            .get(app)
+            .map(|entry| entry.subscriptions.clone())
+    }
+
+    fn forget(&self, app: &str) {
+        let mut held = self.held();
+        if let Some(gone) = held.by_app.remove(app) {
+            held.bytes -= gone.bytes;
+        }
+    }
+
+    /// Marks every held application whose change counter moved as stale.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let held: Vec<(String, i64)> = self
+            .held()
+            .by_app
+            .iter()
+            .map(|(app, entry)| (app.clone(), entry.subscriptions.version()))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = held.iter().map(|(app, _)| app.as_str()).collect();
+        let versions = self.applications.versions(&ids).await?;
+        for ((app, had), now) in held.iter().zip(versions) {
+            if now != *had
+                && let Some(entry) = self.held().by_app.get_mut(app)
+            {
+                tracing::debug!(application = %app, had, now, "application changed; reading it again on next use");
+                entry.stale = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until Redis answers (retrying) or `shutdown` fires. Returns
+    /// false on shutdown.
     pub async fn load_first(&self, shutdown: &CancellationToken) -> bool {
-        retry_until_loaded(shutdown, || async { self.refresh().await.map(drop) }).await
+        // Any read proves that Redis answers.
+        retry_until_loaded(shutdown, || async {
+            self.applications.versions(&["-"]).await.map(drop)
+        })
+        .await
     }
 
-    /// Refreshes every `interval` until `shutdown`. While Redis is away the
-    /// last index stays in use, and that is logged once per outage.
+    /// Checks the held applications every `interval` until `shutdown`.
+    /// While Redis is away what is held stays in use, and that is logged
+    /// once per outage.
     pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
-        refresh_every(interval, &shutdown, || async {
-            self.refresh().await.map(drop)
-        })
-        .await;
+        refresh_every(interval, &shutdown, || self.refresh()).await;
     }
 }
 

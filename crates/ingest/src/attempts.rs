@@ -51,10 +51,11 @@ pub async fn for_event(
 /// Every attempt to one endpoint (the newest, up to the configured number).
 pub async fn for_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
     Query(paging): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
     let page = paging.page()?;
+    crate::endpoints::find(&state, &app, &id).await?;
     let records = state
         .attempt_log
         .for_endpoint(&id, page.start, page.fetch())

@@ -5,6 +5,12 @@
 //! digests (`HERALD_API_KEY_HASHES`, `HERALD_API_KEYS_FILE`); plain keys
 //! (`HERALD_API_KEYS`) are still read, as `admin` keys, and kept only as
 //! digests too.
+//!
+//! Application tokens (`hat_…`, issued by `POST
+//! /v1/applications/{app}/tokens`, stored in Redis as digests) see one
+//! application: a `portal` token its endpoints and dead letters, an
+//! `ingest` token its events. Anything of another application answers 404,
+//! exactly as if it did not exist.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -13,6 +19,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use herald_core::application::{TOKEN_PREFIX, TokenScope};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -54,11 +62,21 @@ impl Scope {
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// What the key may do.
+    /// What the key may do (for an application token: `ingest` or, for a
+    /// portal token, none of the key scopes — see `application`).
     pub scope: Scope,
     /// A short digest that names the key (for its rate limit) without
     /// revealing it.
     pub key_id: String,
+    /// For an application token: the one application it sees, and how.
+    pub application: Option<(String, TokenScope)>,
+}
+
+impl Caller {
+    /// The application an application token is limited to.
+    pub fn only_application(&self) -> Option<&str> {
+        self.application.as_ref().map(|(app, _)| app.as_str())
+    }
 }
 
 #[derive(Clone)]
@@ -138,6 +156,7 @@ impl ApiKeys {
                 Scope::Ingest
             },
             key_id: herald_core::event::hex(&digest[..8]),
+            application: None,
         })
     }
 
@@ -176,7 +195,12 @@ pub async fn require_api_key(
     next: Next,
 ) -> Result<Response, ApiError> {
     let is_event = request.method() == Method::POST && request.uri().path() == "/v1/events";
-    let checked = check_api_key(&state, &request).and_then(|caller| {
+    let authorization = request.headers().get(AUTHORIZATION).cloned();
+    let checked = check_api_key(&state, authorization).await.and_then(|caller| {
+        if let Some((app, scope)) = &caller.application {
+            authorize_token(app, *scope, request.method(), request.uri().path())?;
+            return Ok(caller);
+        }
         if caller.scope == Scope::Ingest && !is_event {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -228,11 +252,77 @@ pub async fn require_api_key(
             Err(_) => {}
         }
     }
+    let mut request = request;
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 
-fn check_api_key(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
-    let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
+/// What an application token may reach: an `ingest` token `POST
+/// /v1/events` (the handler holds it to its application); a `portal` token
+/// the routes under its application (not the application itself, nor its
+/// tokens) and the dead-letter routes (which hold it to its application).
+/// A route of another application is a 404, as if it did not exist.
+fn authorize_token(
+    app: &str,
+    scope: TokenScope,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
+    let forbidden = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this application token has the `{}` scope, which does not allow {method} {path}",
+                scope.name()
+            ),
+        )
+    };
+    let under = path
+        .strip_prefix("/v1/applications/")
+        .map(|rest| rest.split_once('/').unwrap_or((rest, "")));
+    match scope {
+        TokenScope::Ingest if method == Method::POST && path == "/v1/events" => Ok(()),
+        TokenScope::Ingest => Err(forbidden()),
+        TokenScope::Portal => match under {
+            Some((target, _)) if percent_decoded(target) != app => {
+                Err(crate::applications::not_found(&percent_decoded(target)))
+            }
+            Some((_, rest)) if rest.starts_with("endpoints") => Ok(()),
+            Some(_) => Err(forbidden()),
+            None if path == "/v1/dlq" || path == "/v1/dlq/replay" => Ok(()),
+            None => Err(forbidden()),
+        },
+    }
+}
+
+/// A path segment with its `%XX` escapes decoded (axum decodes route
+/// parameters the same way).
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn check_api_key(
+    state: &AppState,
+    authorization: Option<axum::http::HeaderValue>,
+) -> Result<Caller, ApiError> {
+    let header = authorization.ok_or_else(|| {
         ApiError::unauthorized(
             "missing Authorization header; send `Authorization: Bearer <api key>`",
         )
@@ -245,6 +335,17 @@ fn check_api_key(state: &AppState, request: &Request) -> Result<Caller, ApiError
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be `Bearer <api key>`")
         })?;
+    if key.starts_with(TOKEN_PREFIX) {
+        let now = herald_core::event::unix_millis(time::OffsetDateTime::now_utc());
+        let token = state.applications.find_token(key, now).await?.ok_or_else(|| {
+            ApiError::unauthorized("the application token is not valid: it has expired, was revoked, or never existed")
+        })?;
+        return Ok(Caller {
+            scope: Scope::Ingest,
+            key_id: token.id.clone(),
+            application: Some((token.application, token.scope)),
+        });
+    }
     state
         .api_keys
         .find(key)

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use herald_core::backoff::Backoff;
-use herald_core::dead_letter_index::DlqIndex;
+use herald_core::dead_letter_index::{DlqIndex, Filter};
 use herald_core::event::{format_timestamp, from_unix_millis};
 use herald_core::kafka::consumer::RecordHandler;
 use herald_core::kafka::offsets::Outcome;
@@ -110,6 +110,7 @@ fn view(letter: &DeadLetter) -> Value {
                 .collect();
             let last = delivery.history.last();
             out["endpoint_id"] = json!(delivery.endpoint_id);
+            out["application_id"] = json!(delivery.application_id);
             out["event_id"] = json!(delivery.event_id);
             out["event_type"] = json!(delivery.event_type);
             out["payload"] = payload;
@@ -132,19 +133,42 @@ fn view(letter: &DeadLetter) -> Value {
 pub struct ListParams {
     #[serde(default)]
     endpoint_id: Option<String>,
+    #[serde(default)]
+    application: Option<String>,
 }
 
-/// `GET /v1/dlq?endpoint_id=…&limit=50&cursor=…`: newest first.
+/// `GET /v1/dlq?application=…|endpoint_id=…&limit=50&cursor=…`: newest
+/// first.
 pub async fn list(
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Query(mut params): Query<ListParams>,
     Query(paging): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
     let page = paging.page()?;
-    let mut letters = state
-        .dlq
-        .list(params.endpoint_id.as_deref(), page.start, page.fetch())
-        .await?;
+    // A portal token lists its own application's letters only.
+    if let Some(only) = caller.only_application() {
+        match (&params.application, &params.endpoint_id) {
+            (Some(app), _) if app != only => return Err(crate::applications::not_found(app)),
+            (None, Some(endpoint)) => {
+                crate::endpoints::find(&state, only, endpoint).await?;
+            }
+            (None, None) => params.application = Some(only.to_owned()),
+            _ => {}
+        }
+    }
+    let filter = match (&params.application, &params.endpoint_id) {
+        (None, None) => Filter::All,
+        (None, Some(endpoint)) => Filter::Endpoint(endpoint),
+        (Some(app), None) => Filter::Application(app),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "filter by `application` or by `endpoint_id`, not both",
+            ));
+        }
+    };
+    let mut letters = state.dlq.list(filter, page.start, page.fetch()).await?;
     let next_cursor = page.finish(&mut letters);
     Ok(Json(json!({
         "data": letters.iter().map(view).collect::<Vec<_>>(),
@@ -159,6 +183,8 @@ pub struct ReplayRequest {
     #[serde(default)]
     endpoint_id: Option<String>,
     #[serde(default)]
+    application: Option<String>,
+    #[serde(default)]
     ids: Option<Vec<String>>,
 }
 
@@ -166,12 +192,28 @@ pub struct ReplayRequest {
 /// was sent back; 409 with the reasons when some could not be.
 pub async fn replay(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: ReplayRequest = read_json(&headers, body, state.max_body_bytes).await?;
-    let ids = match (request.endpoint_id, request.ids) {
-        (Some(endpoint_id), None) => {
+    // A portal token replays its own application's letters only.
+    if let Some(only) = caller.only_application() {
+        if let Some(app) = &request.application
+            && app != only
+        {
+            return Err(crate::applications::not_found(app));
+        }
+        if let Some(endpoint) = &request.endpoint_id {
+            crate::endpoints::find(&state, only, endpoint).await?;
+        }
+    }
+    let ids = match (request.endpoint_id, request.application, request.ids) {
+        (None, Some(app), None) => {
+            crate::applications::find(&state, &app).await?;
+            state.dlq.ids(Filter::Application(&app), MAX_REPLAY).await?
+        }
+        (Some(endpoint_id), None, None) => {
             if state.endpoints.get(&endpoint_id).await?.is_none() {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -181,10 +223,13 @@ pub async fn replay(
                     ),
                 ));
             }
-            state.dlq.ids_for_endpoint(&endpoint_id, MAX_REPLAY).await?
+            state
+                .dlq
+                .ids(Filter::Endpoint(&endpoint_id), MAX_REPLAY)
+                .await?
         }
-        (None, Some(ids)) if !ids.is_empty() && ids.len() <= MAX_REPLAY => ids,
-        (None, Some(_)) => {
+        (None, None, Some(ids)) if !ids.is_empty() && ids.len() <= MAX_REPLAY => ids,
+        (None, None, Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_field",
                 format!("field `ids` must list 1 to {MAX_REPLAY} dead-letter ids"),
@@ -193,12 +238,21 @@ pub async fn replay(
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_request",
-                "send exactly one of `endpoint_id` and `ids`",
+                "send exactly one of `application`, `endpoint_id` and `ids`",
             ));
         }
     };
 
-    let letters = state.dlq.get_many(&ids).await?;
+    let mut letters = state.dlq.get_many(&ids).await?;
+    if let Some(only) = caller.only_application() {
+        // Another application's letters are, to this token, letters that
+        // do not exist.
+        letters.retain(|l| {
+            l.delivery
+                .as_ref()
+                .is_some_and(|d| d.application_id == only)
+        });
+    }
     let mut replayed = Vec::new();
     let mut failed = Vec::new();
     for id in ids

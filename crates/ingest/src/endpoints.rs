@@ -1,6 +1,9 @@
-//! Management API for endpoints: `POST/GET /v1/endpoints`,
-//! `GET/PATCH/DELETE /v1/endpoints/{id}`, `GET /v1/endpoints/{id}/secret`
-//! and `POST /v1/endpoints/{id}/secret/rotate`.
+//! Management API for an application's endpoints, under
+//! `/v1/applications/{app}`: `POST/GET …/endpoints`,
+//! `GET/PATCH/DELETE …/endpoints/{id}`, `GET …/endpoints/{id}/secret`,
+//! `POST …/endpoints/{id}/secret/rotate` and `GET …/endpoints/{id}/health`.
+//! An endpoint of another application answers 404, as one that does not
+//! exist.
 //!
 //! A URL is checked against the outbound address policy when it is set
 //! ([`herald_core::destination`]); its host name is resolved for that, with
@@ -55,7 +58,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest grace period a rotation may ask for.
 const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 86_400);
 
-/// Body of `POST /v1/endpoints`.
+/// Body of `POST /v1/applications/{app}/endpoints`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
@@ -73,7 +76,7 @@ pub struct CreateEndpoint {
     rate_limit: Option<u32>,
 }
 
-/// Body of `PATCH /v1/endpoints/{id}`: only the fields to change.
+/// Body of `PATCH /v1/applications/{app}/endpoints/{id}`: only the fields to change.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
@@ -93,7 +96,7 @@ pub struct UpdateEndpoint {
 }
 
 /// Tells `"field": null` (Some(None)) from an absent field (None).
-fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -105,6 +108,7 @@ where
 #[derive(Debug, Serialize)]
 pub struct EndpointView<'a> {
     id: &'a str,
+    application_id: &'a str,
     url: &'a str,
     event_types: &'a [String],
     description: &'a str,
@@ -121,6 +125,7 @@ impl<'a> From<&'a Endpoint> for EndpointView<'a> {
     fn from(e: &'a Endpoint) -> Self {
         Self {
             id: &e.id,
+            application_id: &e.application_id,
             url: &e.url,
             event_types: &e.event_types,
             description: &e.description,
@@ -258,13 +263,16 @@ fn now() -> (OffsetDateTime, String) {
     (now, format_timestamp(now))
 }
 
-/// `POST /v1/endpoints`: 201 with the endpoint and its secret.
+/// `POST /v1/applications/{app}/endpoints`: 201 with the endpoint and its
+/// secret.
 pub async fn create(
     State(state): State<AppState>,
+    Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: CreateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
+    crate::applications::find(&state, &app).await?;
     check_url(&state, &request.url).await?;
     check_event_types(&request.event_types)?;
     let description = request.description.unwrap_or_default();
@@ -279,6 +287,7 @@ pub async fn create(
     let (now, now_text) = now();
     let endpoint = Endpoint {
         id: new_endpoint_id(),
+        application_id: app.clone(),
         url: request.url,
         event_types: request.event_types,
         description,
@@ -291,9 +300,13 @@ pub async fn create(
         created_at: now_text.clone(),
         updated_at: now_text,
     };
-    state.endpoints.create(&endpoint, unix_millis(now)).await?;
+    if !state.endpoints.create(&endpoint, unix_millis(now)).await? {
+        // Deleted meanwhile.
+        return Err(crate::applications::not_found(&app));
+    }
     tracing::info!(
         endpoint_id = %endpoint.id,
+        application_id = %app,
         url = %herald_core::endpoint::redacted_url(&endpoint.url),
         "endpoint created"
     );
@@ -303,45 +316,53 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// `GET /v1/endpoints?limit=50&cursor=…`: a page in creation order, with
+/// `GET /v1/applications/{app}/endpoints?limit=50&cursor=…`: a page in creation order, with
 /// `next_cursor` when there are more.
 pub async fn list(
     State(state): State<AppState>,
+    Path(app): Path<String>,
     Query(paging): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
     let page = paging.page()?;
-    let mut endpoints = state.endpoints.list(page.start, page.fetch()).await?;
+    crate::applications::find(&state, &app).await?;
+    let mut endpoints = state.endpoints.list(&app, page.start, page.fetch()).await?;
     let next_cursor = page.finish(&mut endpoints);
     let data: Vec<EndpointView<'_>> = endpoints.iter().map(EndpointView::from).collect();
     Ok(Json(json!({ "data": data, "next_cursor": next_cursor })))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<Endpoint, ApiError> {
-    state
-        .endpoints
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no endpoint with id {id:?}")))
+/// The endpoint `id` of application `app`, or a 404: an endpoint of
+/// another application is answered exactly as one that does not exist.
+pub async fn find(state: &AppState, app: &str, id: &str) -> Result<Endpoint, ApiError> {
+    match state.endpoints.get(id).await? {
+        Some(endpoint) if endpoint.application_id == app => Ok(endpoint),
+        _ => {
+            crate::applications::find(state, app).await?;
+            Err(ApiError::not_found(format!(
+                "no endpoint with id {id:?} in application {app:?}"
+            )))
+        }
+    }
 }
 
-/// `GET /v1/endpoints/{id}`.
+/// `GET /v1/applications/{app}/endpoints/{id}`.
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let endpoint = find(&state, &id).await?;
+    let endpoint = find(&state, &app, &id).await?;
     Ok(Json(
         serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,
     ))
 }
 
-/// `GET /v1/endpoints/{id}/secret`: the only read of a secret after creation
+/// `GET /v1/applications/{app}/endpoints/{id}/secret`: the only read of a secret after creation
 /// (or rotation), with the rotated-out secrets that still sign.
 pub async fn get_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let endpoint = find(&state, &id).await?;
+    let endpoint = find(&state, &app, &id).await?;
     let now_ms = unix_millis(OffsetDateTime::now_utc());
     let previous: Vec<Value> = endpoint
         .previous_secrets
@@ -372,12 +393,12 @@ pub struct RotateSecret {
     secret: Option<String>,
 }
 
-/// `POST /v1/endpoints/{id}/secret/rotate`: a new signing secret. The old
+/// `POST /v1/applications/{app}/endpoints/{id}/secret/rotate`: a new signing secret. The old
 /// one keeps signing beside it (two signatures in `webhook-signature`) for
 /// the grace period, so receivers can switch at their own pace.
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -413,6 +434,7 @@ pub async fn rotate_secret(
         Some(text) => Secret::parse(text).map_err(|p| invalid("secret", p))?,
         None => Secret::generate(),
     };
+    find(&state, &app, &id).await?;
     let (now, now_text) = now();
     let now_ms = unix_millis(now);
     // Atomic: a change written meanwhile (a 410 disabling the endpoint, a
@@ -438,13 +460,13 @@ pub async fn rotate_secret(
     })))
 }
 
-/// `GET /v1/endpoints/{id}/health`: the circuit breaker's state and the
+/// `GET /v1/applications/{app}/endpoints/{id}/health`: the circuit breaker's state and the
 /// recent attempts, as every dispatcher sees them.
 pub async fn health(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let endpoint = find(&state, &id).await?;
+    let endpoint = find(&state, &app, &id).await?;
     let now = OffsetDateTime::now_utc();
     let status = herald_core::circuit::read_status(
         &state.redis,
@@ -474,16 +496,16 @@ pub async fn health(
     })))
 }
 
-/// `PATCH /v1/endpoints/{id}`: changes the given fields.
+/// `PATCH /v1/applications/{app}/endpoints/{id}`: changes the given fields.
 pub async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let request: UpdateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
     // An unknown endpoint is a 404 before any field is judged.
-    find(&state, &id).await?;
+    find(&state, &app, &id).await?;
     if let Some(url) = &request.url {
         check_url(&state, url).await?;
     }
@@ -536,15 +558,18 @@ pub async fn update(
     ))
 }
 
-/// `DELETE /v1/endpoints/{id}`: 204.
+/// `DELETE /v1/applications/{app}/endpoints/{id}`: 204.
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    if state.endpoints.delete(&id).await? {
-        tracing::info!(endpoint_id = %id, "endpoint deleted");
+    let endpoint = find(&state, &app, &id).await?;
+    if state.endpoints.delete(&endpoint).await? {
+        tracing::info!(endpoint_id = %id, application_id = %app, "endpoint deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("no endpoint with id {id:?}")))
+        Err(ApiError::not_found(format!(
+            "no endpoint with id {id:?} in application {app:?}"
+        )))
     }
 }

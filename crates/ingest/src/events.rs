@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_core::application::VERSION_HEADER as APPLICATION_VERSION_HEADER;
 use herald_core::event::{EventRecord, new_event_id, parse_event, validate_event_id};
 use herald_core::metrics;
 use herald_core::trace_context;
@@ -25,6 +26,7 @@ const WAIT_FOR_CONCURRENT: Duration = Duration::from_secs(5);
 /// Accepts one event. Answers 202 only after Kafka acknowledged the record.
 pub async fn post_event(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -41,7 +43,7 @@ pub async fn post_event(
     if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
         span.record("trace_id", trace_id);
     }
-    let result = accept_event(state, headers, body)
+    let result = accept_event(state, caller, headers, body)
         .instrument(span.clone())
         .await;
     span.record(
@@ -69,12 +71,19 @@ pub async fn post_event(
 )]
 async fn accept_event(
     state: AppState,
+    caller: crate::auth::Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_json_body(&headers, body, state.max_body_bytes).await?;
     let event =
         parse_event(&bytes).map_err(|err| ApiError::bad_request(err.code(), err.to_string()))?;
+    // An application's ingest token sees no other application.
+    if let Some(only) = caller.only_application()
+        && only != event.application
+    {
+        return Err(crate::applications::not_found(&event.application));
+    }
 
     let header_key = match headers.get("idempotency-key") {
         None => None,
@@ -109,25 +118,34 @@ async fn accept_event(
     tracing::Span::current().record("event_id", id.as_str());
 
     let timestamp = event.timestamp.unwrap_or_else(OffsetDateTime::now_utc);
-    let record = EventRecord::new(&id, &event.event_type, event.payload, timestamp).to_json();
+    let app = event.application.as_str();
+    let record = EventRecord::new(app, &id, &event.event_type, event.payload, timestamp).to_json();
 
-    match claim_id(&state, &id).await? {
+    let app_version = match claim_id(&state, app, &id).await? {
         Claim::AlreadyAccepted => return Ok(accepted(&id, true)),
-        Claim::Claimed => {}
-    }
+        Claim::Claimed { app_version } => app_version,
+    };
+    // Fan-out brings its copy of the application's endpoints up to this
+    // version before fanning the event out: a change answered before the
+    // event was sent is always part of it.
+    let app_version = app_version.to_string();
+    let headers = trace_context::kafka_headers().insert(rdkafka::message::Header {
+        key: APPLICATION_VERSION_HEADER,
+        value: Some(app_version.as_bytes()),
+    });
 
     let produced = state
         .producer
         .send(
             FutureRecord::to(&state.events_topic)
-                .key(&id)
+                .key(app)
                 .payload(&record)
-                .headers(trace_context::kafka_headers()),
+                .headers(headers),
             state.produce_timeout,
         )
         .await;
     let mut redis = state.redis.clone();
-    let key = state.keys.idempotency(&id);
+    let key = state.keys.idempotency(app, &id);
     match produced {
         Ok(_) => {
             let ttl_ms = state.idempotency_ttl.as_millis() as u64;
@@ -162,39 +180,51 @@ fn accepted(id: &str, replayed: bool) -> Response {
 }
 
 enum Claim {
-    /// This request owns the id and must publish it.
-    Claimed,
+    /// This request owns the id and must publish it; the application's
+    /// change counter was read with the claim.
+    Claimed {
+        /// The application's change counter.
+        app_version: i64,
+    },
     /// The id was accepted before.
     AlreadyAccepted,
 }
 
-/// Marks the id as "being published" unless it is known. A second request
-/// with the same id waits for the first to finish: it is then either a
-/// duplicate of an accepted event, or (if the first failed) gets its turn.
-async fn claim_id(state: &AppState, id: &str) -> Result<Claim, ApiError> {
-    let key = state.keys.idempotency(id);
+/// Claims the event id of an application: 1 claimed (with the
+/// application's change counter), 2 accepted before, 0 being accepted by
+/// another request, -1 no such application. One round trip.
+const CLAIM: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local version = tonumber(redis.call('GET', KEYS[3]) or '0')
+if redis.call('SET', KEYS[2], 'pending', 'NX', 'PX', ARGV[1]) then return {1, version} end
+if redis.call('GET', KEYS[2]) == 'done' then return {2, version} end
+return {0, version}
+"#;
+
+/// Marks the id as "being published" unless it is known, in an application
+/// that exists. A second request with the same id waits for the first to
+/// finish: it is then either a duplicate of an accepted event, or (if the
+/// first failed) gets its turn.
+async fn claim_id(state: &AppState, app: &str, id: &str) -> Result<Claim, ApiError> {
+    let key = state.keys.idempotency(app, id);
     let mut redis = state.redis.clone();
     // Long enough to cover a produce that runs into its timeout.
     let pending_ms = (state.produce_timeout + Duration::from_secs(5)).as_millis() as u64;
     let deadline = tokio::time::Instant::now() + WAIT_FOR_CONCURRENT;
+    let script = redis::Script::new(CLAIM);
     loop {
-        let claimed: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg("pending")
-            .arg("NX")
-            .arg("PX")
+        let (claimed, app_version): (i64, i64) = script
+            .key(state.keys.application(app))
+            .key(&key)
+            .key(state.keys.application_version(app))
             .arg(pending_ms)
-            .query_async(&mut redis)
+            .invoke_async(&mut redis)
             .await?;
-        if claimed.is_some() {
-            return Ok(Claim::Claimed);
-        }
-        let status: Option<String> = redis.get(&key).await?;
-        match status.as_deref() {
-            Some("done") => return Ok(Claim::AlreadyAccepted),
-            // Gone in between (the other attempt failed): claim again.
-            None => continue,
-            Some(_) => {}
+        match claimed {
+            1 => return Ok(Claim::Claimed { app_version }),
+            2 => return Ok(Claim::AlreadyAccepted),
+            -1 => return Err(crate::applications::not_found(app)),
+            _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::new(

@@ -3,8 +3,9 @@
 //! - `POST /v1/events` validates an event, de-duplicates it by id (Redis),
 //!   publishes it to `herald.events` and answers `202 {"id"}` only once Kafka
 //!   acknowledged the write ([`events`]).
-//! - `/v1/endpoints…` manages endpoints and their subscriptions, stored in
-//!   Redis ([`endpoints`]).
+//! - `/v1/applications…` manages applications, the platform's customers
+//!   ([`applications`]), and under each its endpoints and their
+//!   subscriptions ([`endpoints`]), stored in Redis.
 //! - `/v1/dlq…` lists and replays dead letters, which a background consumer
 //!   copies from `herald.dlq` into Redis ([`dlq`]).
 //! - `/v1/events/{id}/attempts` and `/v1/endpoints/{id}/attempts` read the
@@ -21,6 +22,7 @@
 //! [`Application::run`] serves until the shutdown token fires. `main.rs` and
 //! the tests both go through these two calls.
 
+pub mod applications;
 pub mod attempts;
 pub mod auth;
 pub mod body;
@@ -38,6 +40,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use herald_core::application::ApplicationStore;
 use herald_core::endpoint::EndpointStore;
 use herald_core::kafka::consumer::ConsumerSettings;
 use herald_core::redis_store::{self, Keys};
@@ -105,6 +108,7 @@ impl Application {
         let producer = herald_core::kafka::producer(&config.kafka, "herald-ingest")?;
         let redis = redis_store::connect(&config.redis)?;
         let keys = Keys::new(config.redis.key_prefix.clone());
+        let applications = ApplicationStore::new(redis.clone(), keys.clone());
         let dlq = herald_core::dead_letter_index::DlqIndex::new(
             redis.clone(),
             keys.clone(),
@@ -122,6 +126,7 @@ impl Application {
             dlq: dlq.clone(),
             produce_timeout: config.kafka.produce_timeout,
             endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+            applications,
             attempt_log: herald_core::attempt_log::AttemptLog::new(
                 redis.clone(),
                 keys.clone(),
@@ -205,22 +210,49 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/events", post(events::post_event))
         .route(
-            "/v1/endpoints",
+            "/v1/applications",
+            post(applications::create).get(applications::list),
+        )
+        .route(
+            "/v1/applications/{app}",
+            get(applications::get)
+                .patch(applications::update)
+                .delete(applications::delete),
+        )
+        .route(
+            "/v1/applications/{app}/tokens",
+            post(applications::issue_token),
+        )
+        .route(
+            "/v1/applications/{app}/tokens/{token}",
+            axum::routing::delete(applications::revoke_token),
+        )
+        .route(
+            "/v1/applications/{app}/endpoints",
             post(endpoints::create).get(endpoints::list),
         )
         .route(
-            "/v1/endpoints/{id}",
+            "/v1/applications/{app}/endpoints/{id}",
             get(endpoints::get)
                 .patch(endpoints::update)
                 .delete(endpoints::delete),
         )
-        .route("/v1/endpoints/{id}/secret", get(endpoints::get_secret))
         .route(
-            "/v1/endpoints/{id}/secret/rotate",
+            "/v1/applications/{app}/endpoints/{id}/secret",
+            get(endpoints::get_secret),
+        )
+        .route(
+            "/v1/applications/{app}/endpoints/{id}/secret/rotate",
             post(endpoints::rotate_secret),
         )
-        .route("/v1/endpoints/{id}/health", get(endpoints::health))
-        .route("/v1/endpoints/{id}/attempts", get(attempts::for_endpoint))
+        .route(
+            "/v1/applications/{app}/endpoints/{id}/health",
+            get(endpoints::health),
+        )
+        .route(
+            "/v1/applications/{app}/endpoints/{id}/attempts",
+            get(attempts::for_endpoint),
+        )
         .route("/v1/events/{id}/attempts", get(attempts::for_event))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay))

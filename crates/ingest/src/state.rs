@@ -41,6 +41,8 @@ pub struct Inner {
     pub keys: Keys,
     /// Endpoint storage.
     pub endpoints: EndpointStore,
+    /// Application storage.
+    pub applications: herald_core::application::ApplicationStore,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// The delivery-attempt log.
