@@ -649,3 +649,70 @@ async fn application_tokens_see_their_own_application_and_nothing_else() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applications_rate_limit_holds_and_touches_no_other() {
+    let stack = Stack::start(StackOptions::new("apps-rate-limit").ingest_only()).await;
+    stack.create_application(herald_tests::APP).await;
+    let (status, body) = stack
+        .post_json(
+            "/v1/applications",
+            &json!({"id": "limited", "name": "Limited", "rate_limit": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let started = std::time::Instant::now();
+    let (mut accepted, mut limited) = (0, 0);
+    for i in 0..12 {
+        let response = stack
+            .request(Method::POST, "/v1/events")
+            .json(&json!({"application": "limited", "id": format!("l_{i}"), "type": "a", "payload": i}))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            202 => accepted += 1,
+            429 => {
+                limited += 1;
+                assert!(response.headers().contains_key("retry-after"));
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limited");
+                assert!(
+                    body["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("\"limited\""),
+                    "{body}"
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A burst of one second's worth, then the rate.
+    assert!(
+        accepted as f64 <= 2.0 + 2.0 * elapsed + 1.0 && accepted >= 2,
+        "{accepted} accepted in {elapsed:.2} s at 2/s"
+    );
+    assert!(limited > 0);
+    // Another application is not held to it.
+    for i in 0..12 {
+        stack
+            .accept_event(&json!({"id": format!("free_{i}"), "type": "a", "payload": i}))
+            .await;
+    }
+    // Removing the limit lifts it.
+    let (status, body) = stack
+        .request(Method::PATCH, "/v1/applications/limited")
+        .json(&json!({"rate_limit": null}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200, "{:?}", body.text().await);
+    for i in 0..6 {
+        stack
+            .accept_event(&json!({"application": "limited", "id": format!("after_{i}"), "type": "a", "payload": i}))
+            .await;
+    }
+}

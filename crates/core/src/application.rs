@@ -53,7 +53,8 @@ return 1
 "#;
 
 /// Deletes the application KEYS[1], every endpoint listed in KEYS[3]
-/// (endpoint keys are ARGV[2] .. id) and every token listed in KEYS[7]
+/// (endpoint keys are ARGV[2] .. id, whose counters it bumps) and every
+/// token listed in KEYS[7]
 /// (token keys are ARGV[3] .. id), unindexes them (KEYS[2], KEYS[4]) and
 /// bumps the endpoint and application counters (KEYS[5], KEYS[6]). Returns
 /// the number of endpoints deleted, or -1 when there was no such
@@ -63,6 +64,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local ids = redis.call('ZRANGE', KEYS[3], 0, -1)
 for _, id in ipairs(ids) do
   redis.call('DEL', ARGV[2] .. id)
+  redis.call('INCR', ARGV[2] .. id .. ':version')
   redis.call('ZREM', KEYS[4], id)
 end
 for _, token in ipairs(redis.call('SMEMBERS', KEYS[7])) do

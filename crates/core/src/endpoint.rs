@@ -235,7 +235,7 @@ impl ResolvedEndpoint {
 
 /// Creates endpoint KEYS[1] in application KEYS[3] unless the application
 /// is gone: indexes it (KEYS[2], KEYS[4]) and bumps the counters (KEYS[5],
-/// KEYS[6]). 1 created, 0 no such application.
+/// KEYS[6], and its own, KEYS[7]). 1 created, 0 no such application.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -243,17 +243,20 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 redis.call('INCR', KEYS[5])
 redis.call('INCR', KEYS[6])
+redis.call('INCR', KEYS[7])
 return 1
 "#;
 
 /// Deletes endpoint KEYS[1], unindexes it (KEYS[2], KEYS[3]) and bumps the
-/// counters (KEYS[4], KEYS[5]). 1 deleted, 0 it did not exist.
+/// counters (KEYS[4], KEYS[5], and its own, KEYS[6]). 1 deleted, 0 it did
+/// not exist.
 const DELETE: &str = r#"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('INCR', KEYS[4])
 redis.call('INCR', KEYS[5])
+redis.call('INCR', KEYS[6])
 return 1
 "#;
 
@@ -291,6 +294,7 @@ impl EndpointStore {
             .key(self.keys.application_endpoints(app))
             .key(self.keys.endpoints_version())
             .key(self.keys.application_version(app))
+            .key(self.keys.endpoint_version(&endpoint.id))
             .arg(json)
             .arg(created_ms)
             .arg(&endpoint.id)
@@ -309,6 +313,7 @@ impl EndpointStore {
             .key(self.keys.application_endpoints(app))
             .key(self.keys.endpoints_version())
             .key(self.keys.application_version(app))
+            .key(self.keys.endpoint_version(&endpoint.id))
             .arg(&endpoint.id)
             .invoke_async(&mut conn)
             .await?;
@@ -345,11 +350,43 @@ impl EndpointStore {
         let counters = [
             self.keys.endpoints_version(),
             self.keys.application_version(&current.application_id),
+            self.keys.endpoint_version(id),
         ];
         crate::redis_store::modify_json(&self.redis, &self.keys.endpoint(id), &counters, |e| {
             change(e)
         })
         .await
+    }
+
+    /// One endpoint, if it exists, with its change counter as it was when
+    /// it was read (read together, atomically).
+    pub async fn get_versioned(&self, id: &str) -> Result<Option<(i64, Endpoint)>, StoreError> {
+        let mut conn = self.redis.clone();
+        let (version, json): (Option<i64>, Option<String>) = redis::pipe()
+            .atomic()
+            .get(self.keys.endpoint_version(id))
+            .get(self.keys.endpoint(id))
+            .query_async(&mut conn)
+            .await?;
+        json.map(|j| Ok((version.unwrap_or(0), serde_json::from_str(&j)?)))
+            .transpose()
+    }
+
+    /// The change counters of several endpoints, in the same order (0 for
+    /// one never changed).
+    pub async fn versions(&self, ids: &[&str]) -> Result<Vec<i64>, StoreError> {
+        let mut versions = Vec::with_capacity(ids.len());
+        let mut conn = self.redis.clone();
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|id| self.keys.endpoint_version(id))
+                .collect();
+            let values: Vec<Option<i64>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            versions.extend(values.into_iter().map(|v| v.unwrap_or(0)));
+        }
+        Ok(versions)
     }
 
     /// One endpoint, if it exists.

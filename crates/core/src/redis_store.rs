@@ -111,8 +111,10 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `endpoint:{id}` | string: the endpoint's JSON | ingest (API), dispatcher (410 disables) | [`crate::endpoint`] |
 /// | `endpoints` | sorted set of endpoint ids | ingest | [`crate::endpoint`] |
 /// | `endpoints:version` | counter, bumped by every endpoint change | ingest, dispatcher | [`crate::endpoint`] |
+/// | `endpoint:{id}:version` | counter, bumped by every change to that endpoint | ingest, dispatcher | [`crate::endpoint`] |
 /// | `idempotency:{application id}.{event id}` | string, expiring: `pending` or `done` | ingest | `herald-ingest` |
 /// | `ingestlimit:{key digest}` | string: next allowed moment of an API key | ingest | [`crate::rate_limit`] |
+/// | `applimit:{application id}` | string: next allowed moment of an application's events | ingest | `herald-ingest` |
 /// | `ratelimit:{endpoint id}` | string: the endpoint's next free moment | dispatcher | [`crate::rate_limit`] |
 /// | `breaker:{endpoint id}` | hash: breaker state | dispatcher | [`crate::circuit`] |
 /// | `breaker:{endpoint id}:window` | hash: per-bucket counts | dispatcher | [`crate::circuit`] |
@@ -181,6 +183,11 @@ impl Keys {
         format!("{}endpoint:{id}", self.prefix)
     }
 
+    /// Counter bumped by every change to one endpoint.
+    pub fn endpoint_version(&self, id: &str) -> String {
+        format!("{}endpoint:{id}:version", self.prefix)
+    }
+
     /// The start of every endpoint's key (scripts append ids to it).
     pub fn endpoint_prefix(&self) -> String {
         format!("{}endpoint:", self.prefix)
@@ -205,6 +212,11 @@ impl Keys {
     /// Next allowed moment of an API key (by its digest, never the key).
     pub fn ingest_limit(&self, key_id: &str) -> String {
         format!("{}ingestlimit:{key_id}", self.prefix)
+    }
+
+    /// Next allowed moment of a rate-limited application's events.
+    pub fn application_rate_limit(&self, application_id: &str) -> String {
+        format!("{}applimit:{application_id}", self.prefix)
     }
 
     /// Next free moment of a rate-limited endpoint.

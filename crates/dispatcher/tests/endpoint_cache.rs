@@ -38,14 +38,28 @@ async fn a_dispatcher_holds_only_the_endpoints_it_used_until_one_changes() {
     assert!(changed.is_some());
     // Until the next refresh, the held copy is used...
     assert_eq!(url_of(&cache, "ep_3").await, "http://a.test/hook");
-    // ...and the refresh that sees the change makes it stale.
+    // ...and the refresh that sees the change makes it stale, and it alone.
+    assert_eq!(url_of(&cache, "ep_4").await, "http://a.test/hook");
+    assert_eq!(cache.fresh(), 2);
     cache.refresh().await.unwrap();
-    assert_eq!(cache.fresh(), 0);
+    assert_eq!(cache.fresh(), 1, "only the changed endpoint goes stale");
     assert_eq!(url_of(&cache, "ep_3").await, "http://b.test/hook");
+
+    // Many deliveries waiting for one endpoint read it once.
+    let waiting: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.lookup("ep_7").await })
+        })
+        .collect();
+    for lookup in waiting {
+        assert!(lookup.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(cache.fresh(), 3);
 
     // A refresh without a change keeps what is held.
     cache.refresh().await.unwrap();
-    assert_eq!(cache.fresh(), 1);
+    assert_eq!(cache.fresh(), 3);
 
     let third = store.get("ep_3").await.unwrap().unwrap();
     assert!(store.delete(&third).await.unwrap());

@@ -190,21 +190,43 @@ enum Claim {
     AlreadyAccepted,
 }
 
-/// Claims the event id of an application: 1 claimed (with the
-/// application's change counter), 2 accepted before, 0 being accepted by
-/// another request, -1 no such application. One round trip.
+/// Claims the event id of an application: `{1, counter}` claimed (with the
+/// application's change counter), `{2, counter}` accepted before, `{0, …}`
+/// being accepted by another request, `{-1, …}` no such application, `{3,
+/// counter, wait ms, limit}` over the application's `rate_limit` (GCRA in
+/// KEYS[4], a burst of one second's worth; taken only by a claim). One
+/// round trip.
 const CLAIM: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local app = redis.call('GET', KEYS[1])
+if not app then return {-1, 0, 0, 0} end
 local version = tonumber(redis.call('GET', KEYS[3]) or '0')
-if redis.call('SET', KEYS[2], 'pending', 'NX', 'PX', ARGV[1]) then return {1, version} end
-if redis.call('GET', KEYS[2]) == 'done' then return {2, version} end
-return {0, version}
+if redis.call('GET', KEYS[2]) == 'done' then return {2, version, 0, 0} end
+local limit = cjson.decode(app)['rate_limit']
+local now = tonumber(ARGV[2])
+local next_tat = nil
+if type(limit) == 'number' and limit > 0 then
+  local interval = 1000 / limit
+  local tolerance = interval * (limit - 1)
+  local tat = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if tat < now then tat = now end
+  if tat - now > tolerance then
+    return {3, version, math.ceil(tat - now - tolerance), limit}
+  end
+  next_tat = tat + interval
+end
+if redis.call('SET', KEYS[2], 'pending', 'NX', 'PX', ARGV[1]) then
+  if next_tat then
+    redis.call('SET', KEYS[4], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+  end
+  return {1, version, 0, 0}
+end
+return {0, version, 0, 0}
 "#;
 
 /// Marks the id as "being published" unless it is known, in an application
-/// that exists. A second request with the same id waits for the first to
-/// finish: it is then either a duplicate of an accepted event, or (if the
-/// first failed) gets its turn.
+/// that exists and within its rate limit. A second request with the same id
+/// waits for the first to finish: it is then either a duplicate of an
+/// accepted event, or (if the first failed) gets its turn.
 async fn claim_id(state: &AppState, app: &str, id: &str) -> Result<Claim, ApiError> {
     let key = state.keys.idempotency(app, id);
     let mut redis = state.redis.clone();
@@ -213,17 +235,32 @@ async fn claim_id(state: &AppState, app: &str, id: &str) -> Result<Claim, ApiErr
     let deadline = tokio::time::Instant::now() + WAIT_FOR_CONCURRENT;
     let script = redis::Script::new(CLAIM);
     loop {
-        let (claimed, app_version): (i64, i64) = script
+        let now = herald_core::event::unix_millis(OffsetDateTime::now_utc());
+        let (claimed, app_version, wait_ms, limit): (i64, i64, u64, u64) = script
             .key(state.keys.application(app))
             .key(&key)
             .key(state.keys.application_version(app))
+            .key(state.keys.application_rate_limit(app))
             .arg(pending_ms)
+            .arg(now)
             .invoke_async(&mut redis)
             .await?;
         match claimed {
             1 => return Ok(Claim::Claimed { app_version }),
             2 => return Ok(Claim::AlreadyAccepted),
             -1 => return Err(crate::applications::not_found(app)),
+            3 => {
+                let seconds = wait_ms.div_ceil(1000).max(1);
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "application {app:?} may receive {limit} events per second; retry after {seconds} s"
+                    ),
+                );
+                err.retry_after_secs = Some(seconds);
+                return Err(err);
+            }
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
