@@ -516,6 +516,11 @@ async fn application_tokens_see_their_own_application_and_nothing_else() {
         ),
         (Method::GET, format!("{globex}/health"), None),
         (Method::GET, format!("{globex}/attempts"), None),
+        (
+            Method::GET,
+            "/v1/applications/globex/events/order-1/attempts".to_owned(),
+            None,
+        ),
         (Method::GET, smuggled.clone(), None),
         (Method::DELETE, smuggled.clone(), None),
         (Method::GET, format!("{smuggled}/secret"), None),

@@ -12,7 +12,9 @@ async fn wait_for_attempts(stack: &Stack, event_id: &str, n: usize) -> Vec<Value
     let mut found = Vec::new();
     for _ in 0..300 {
         let (status, body) = stack
-            .get_json(&format!("/v1/events/{event_id}/attempts"))
+            .get_json(&format!(
+                "/v1/applications/app_test/events/{event_id}/attempts"
+            ))
             .await;
         assert_eq!(status, 200, "{body}");
         found = body["data"].as_array().cloned().unwrap_or_default();

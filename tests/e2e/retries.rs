@@ -64,7 +64,9 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
     );
     // The attempt log has all four, newest first, for the event and for the
     // endpoint.
-    let (status, log) = stack.get_json(&format!("/v1/events/{id}/attempts")).await;
+    let (status, log) = stack
+        .get_json(&format!("/v1/applications/app_test/events/{id}/attempts"))
+        .await;
     assert_eq!(status, 200, "{log}");
     let attempts = log["data"].as_array().unwrap();
     let summary: Vec<(u64, u64, bool)> = attempts
@@ -324,7 +326,9 @@ async fn only_the_newest_events_keep_their_attempt_log() {
     let attempts_of = |id: String| {
         let stack = &stack;
         async move {
-            let (status, log) = stack.get_json(&format!("/v1/events/{id}/attempts")).await;
+            let (status, log) = stack
+                .get_json(&format!("/v1/applications/app_test/events/{id}/attempts"))
+                .await;
             assert_eq!(status, 200, "{log}");
             log["data"].as_array().unwrap().len()
         }

@@ -6,9 +6,11 @@
 //! - `attempts:endpoint:{endpoint id}`: sorted set of attempt records (JSON)
 //!   scored by start time; trimmed to the newest `max_per_endpoint` and to
 //!   the retention period on every write;
-//! - `attempts:event:{event id}`: the same records for one event, expiring
+//! - `attempts:event:{application id}.{event id}`: the same records for one
+//!   event, expiring
 //!   after the retention period;
-//! - `attempts:events`: the event ids that have such a log, scored by their
+//! - `attempts:events`: the events (`{application id}.{event id}`) that have
+//!   such a log, scored by their
 //!   latest attempt. Only the newest `max_events` keep their log:
 //!   [`AttemptLog::trim`] (every dispatcher runs it each
 //!   [`TRIM_INTERVAL`]) drops the oldest beyond that, with their logs, so
@@ -43,6 +45,9 @@ pub struct AttemptRecord {
     pub endpoint_id: String,
     /// The event.
     pub event_id: String,
+    /// The application the event was addressed to.
+    #[serde(default)]
+    pub application_id: String,
     /// 1 for the first attempt of this delivery.
     pub attempt: u32,
     /// Start, Unix milliseconds.
@@ -57,6 +62,12 @@ pub struct AttemptRecord {
     pub response_body: String,
     /// Whether it succeeded.
     pub success: bool,
+}
+
+/// How an event is named in the log: `{application}.{event id}` ('.' is in
+/// neither).
+fn event_member(application_id: &str, event_id: &str) -> String {
+    format!("{application_id}.{event_id}")
 }
 
 /// Retention of the attempt log.
@@ -152,7 +163,9 @@ impl AttemptLog {
         let json = serde_json::to_string(attempt)?;
         let retention_ms = self.config.retention.as_millis() as i64;
         let endpoint_key = self.keys.endpoint_attempts(&attempt.endpoint_id);
-        let event_key = self.keys.event_attempts(&attempt.event_id);
+        // Event ids are unique within an application only.
+        let event = event_member(&attempt.application_id, &attempt.event_id);
+        let event_key = self.keys.event_attempts(&event);
         let keep = self.config.max_per_endpoint as isize;
         let mut conn = self.redis.clone();
         redis::pipe()
@@ -169,7 +182,7 @@ impl AttemptLog {
             .ignore()
             .pexpire(&event_key, retention_ms)
             .ignore()
-            .zadd(self.keys.attempted_events(), &attempt.event_id, now_ms)
+            .zadd(self.keys.attempted_events(), &event, now_ms)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
@@ -232,11 +245,13 @@ impl AttemptLog {
     /// An event's attempts (to every endpoint), newest first.
     pub async fn for_event(
         &self,
+        application_id: &str,
         event_id: &str,
         start: usize,
         count: usize,
     ) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.read(&self.keys.event_attempts(event_id), start, count)
+        let event = event_member(application_id, event_id);
+        self.read(&self.keys.event_attempts(&event), start, count)
             .await
     }
 

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub events_fanned_out: Counter,
     /// Events whose application has no endpoint subscribed to their type.
     pub events_without_subscribers: Counter,
+    /// Fan-out lookups of an application's subscriptions answered from its
+    /// cache.
+    pub fanout_cache_hits: Counter,
+    /// Fan-out lookups that had to read the application from Redis.
+    pub fanout_cache_misses: Counter,
     /// Delivery records written by fan-out.
     pub deliveries_created: Counter,
     /// Delivery results, by `outcome` (`delivered`, `retry_scheduled`,
@@ -74,6 +79,8 @@ impl Metrics {
             events_rejected: Family::default(),
             events_fanned_out: Counter::default(),
             events_without_subscribers: Counter::default(),
+            fanout_cache_hits: Counter::default(),
+            fanout_cache_misses: Counter::default(),
             deliveries_created: Counter::default(),
             deliveries: Family::default(),
             attempt_duration: SecondsBuckets.new_metric(),
@@ -105,6 +112,16 @@ impl Metrics {
             "herald_events_without_subscribers",
             "Events fanned out to nobody: no endpoint of their application subscribes to their type",
             metrics.events_without_subscribers.clone(),
+        );
+        registry.register(
+            "herald_fanout_cache_hits",
+            "Fan-out lookups of an application's subscriptions answered from its cache",
+            metrics.fanout_cache_hits.clone(),
+        );
+        registry.register(
+            "herald_fanout_cache_misses",
+            "Fan-out lookups that read the application's subscriptions from Redis",
+            metrics.fanout_cache_misses.clone(),
         );
         registry.register(
             "herald_deliveries_created",

@@ -119,8 +119,8 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `breaker:{endpoint id}` | hash: breaker state | dispatcher | [`crate::circuit`] |
 /// | `breaker:{endpoint id}:window` | hash: per-bucket counts | dispatcher | [`crate::circuit`] |
 /// | `attempts:endpoint:{endpoint id}` | sorted set of attempts by time | dispatcher | [`crate::attempt_log`] |
-/// | `attempts:event:{event id}` | sorted set of attempts, expiring | dispatcher | [`crate::attempt_log`] |
-/// | `attempts:events` | sorted set of event ids by latest attempt | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:event:{application id}.{event id}` | sorted set of attempts, expiring | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:events` | sorted set of `{application id}.{event id}` by latest attempt | dispatcher | [`crate::attempt_log`] |
 /// | `dlq:letter:{id}` | string, expiring: the `herald.v1.DeadLetter` | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:all` | sorted set of dead-letter ids by time of death | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:endpoint:{endpoint id}` | the same, per endpoint | ingest (indexer) | [`crate::dead_letter_index`] |

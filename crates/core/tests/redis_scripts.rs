@@ -410,6 +410,7 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
         delivery_id: format!("dlv_{n}"),
         endpoint_id: "ep".into(),
         event_id: format!("evt_{}", n % 2),
+        application_id: "acme".into(),
         attempt: n,
         started_at_ms: at,
         duration_ms: 3,
@@ -436,13 +437,20 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
         .collect();
     assert_eq!(kept, [5, 4, 3], "newest first, at most 3");
     let event_1: Vec<u32> = log
-        .for_event("evt_1", 0, 10)
+        .for_event("acme", "evt_1", 0, 10)
         .await
         .unwrap()
         .iter()
         .map(|r| r.attempt)
         .collect();
     assert_eq!(event_1, [5, 3, 1]);
+    // The same event id in another application is another event.
+    assert!(
+        log.for_event("globex", "evt_1", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(log.for_endpoint("ep", 1, 1).await.unwrap()[0].attempt, 4);
 }
 
@@ -463,6 +471,7 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
                 delivery_id: format!("dlv_{event}"),
                 endpoint_id: "ep".into(),
                 event_id: event,
+                application_id: "acme".into(),
                 attempt: 1,
                 started_at_ms: at,
                 duration_ms: 3,
@@ -486,7 +495,7 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
     let mut with_log = Vec::new();
     for n in 0..=50 {
         if !log
-            .for_event(&format!("evt_{n}"), 0, 10)
+            .for_event("acme", &format!("evt_{n}"), 0, 10)
             .await
             .unwrap()
             .is_empty()

@@ -218,9 +218,16 @@ impl SubscriptionCache {
             }
             _ => None,
         };
+        let m = herald_core::metrics::metrics();
         match found {
-            Some(_) => held.hits += 1,
-            None => held.misses += 1,
+            Some(_) => {
+                held.hits += 1;
+                m.fanout_cache_hits.inc();
+            }
+            None => {
+                held.misses += 1;
+                m.fanout_cache_misses.inc();
+            }
         }
         found
     }

@@ -34,16 +34,18 @@ fn page_of(mut records: Vec<AttemptRecord>, page: crate::paging::Page) -> Json<V
     }))
 }
 
-/// Every attempt to deliver one event, to any endpoint.
+/// `GET /v1/applications/{app}/events/{id}/attempts`: every attempt to
+/// deliver one event of the application, to any of its endpoints.
 pub async fn for_event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((app, id)): Path<(String, String)>,
     Query(paging): Query<PageParams>,
 ) -> Result<Json<Value>, ApiError> {
     let page = paging.page()?;
+    crate::applications::find(&state, &app).await?;
     let records = state
         .attempt_log
-        .for_event(&id, page.start, page.fetch())
+        .for_event(&app, &id, page.start, page.fetch())
         .await?;
     Ok(page_of(records, page))
 }

@@ -288,7 +288,9 @@ fn authorize_token(
             Some((target, _)) if percent_decoded(target) != app => {
                 Err(crate::applications::not_found(&percent_decoded(target)))
             }
-            Some((_, rest)) if rest.starts_with("endpoints") => Ok(()),
+            Some((_, rest)) if rest.starts_with("endpoints") || rest.starts_with("events") => {
+                Ok(())
+            }
             Some(_) => Err(forbidden()),
             None if path == "/v1/dlq" || path == "/v1/dlq/replay" => Ok(()),
             None => Err(forbidden()),

@@ -8,7 +8,8 @@
 //!   subscriptions ([`endpoints`]), stored in Redis.
 //! - `/v1/dlq…` lists and replays dead letters, which a background consumer
 //!   copies from `herald.dlq` into Redis ([`dlq`]).
-//! - `/v1/events/{id}/attempts` and `/v1/endpoints/{id}/attempts` read the
+//! - `…/events/{id}/attempts` and `…/endpoints/{id}/attempts` under an
+//!   application read the
 //!   delivery-attempt log ([`attempts`]).
 //! - `/healthz` and `/readyz` report liveness and readiness ([`health`]);
 //!   `/metrics` serves Prometheus metrics.
@@ -253,7 +254,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/applications/{app}/endpoints/{id}/attempts",
             get(attempts::for_endpoint),
         )
-        .route("/v1/events/{id}/attempts", get(attempts::for_event))
+        .route(
+            "/v1/applications/{app}/events/{id}/attempts",
+            get(attempts::for_event),
+        )
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay))
         .route_layer(axum::middleware::from_fn_with_state(

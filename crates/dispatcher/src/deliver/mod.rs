@@ -357,6 +357,7 @@ impl Dispatcher {
             delivery_id: delivery.delivery_id.clone(),
             endpoint_id: delivery.endpoint_id.clone(),
             event_id: delivery.event_id.clone(),
+            application_id: delivery.application_id.clone(),
             attempt: delivery.attempts_made,
             started_at_ms,
             duration_ms,
