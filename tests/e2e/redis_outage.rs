@@ -114,3 +114,62 @@ async fn wait_for_webhooks(stack: &Stack, receiver: &Receiver, total: usize, wit
         stack.logs().display()
     );
 }
+
+/// An application fan-out has not seen yet cannot be read while Redis is
+/// away: its events wait, and are delivered — once — when Redis answers,
+/// while an application fan-out holds goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_an_application_never_seen_wait_for_redis_and_are_not_lost() {
+    let (redis, stack) = stack_on_a_redis_of_its_own("redis-outage-new-app").await;
+    let known = Receiver::start(Behaviour::Accept).await;
+    stack.subscribe(&known, &["*"]).await;
+    stack.create_application("newcomer").await;
+    let newcomer = Receiver::start(Behaviour::Accept).await;
+    let created = stack
+        .create_endpoint_in(
+            "newcomer",
+            json!({"url": newcomer.url(), "event_types": ["*"]}),
+        )
+        .await;
+    newcomer.set_secret(created["secret"].as_str().unwrap());
+    stack.settle_endpoints().await;
+    stack
+        .accept_event(&json!({"id": "warm", "type": "a", "payload": 0}))
+        .await;
+    assert!(known.wait_for(1, Duration::from_secs(30)).await);
+
+    redis.freeze();
+    let producer = stack.kafka_producer();
+    for i in 0..3 {
+        stack
+            .produce_event(
+                &producer,
+                &json!({"application": "newcomer", "id": format!("new_{i}"), "type": "a", "payload": i}),
+            )
+            .await;
+        stack
+            .produce_event(
+                &producer,
+                &json!({"id": format!("known_{i}"), "type": "a", "payload": i}),
+            )
+            .await;
+    }
+    wait_for_webhooks(&stack, &known, 4, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        newcomer.count(),
+        0,
+        "nothing can be known of it without Redis"
+    );
+
+    redis.thaw();
+    assert_eq!(
+        newcomer.wait_for_distinct(3, Duration::from_secs(60)).await,
+        3,
+        "the waiting events were lost; logs in {}",
+        stack.logs().display()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(newcomer.id_counts().values().all(|n| *n == 1));
+    assert!(newcomer.received().iter().all(|r| r.signature_valid));
+}
