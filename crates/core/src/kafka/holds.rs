@@ -52,8 +52,11 @@ pub const MAX_KEPT_RECORDS: usize = 10_000;
 pub const SHORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Most records kept for a partition held without a pause; past it, it is
-/// paused.
-pub const SHORT_HOLD_RECORDS: usize = 1_000;
+/// paused. Kept records are out of librdkafka's prefetch budget, so this is
+/// what bounds their memory: a dispatcher reads about 90 tier partitions
+/// (7 tiers × 12), 100 records of about 1 KiB each is some 9 MiB at most,
+/// and 100 covers the 2 s of a tier whose records come due 50 a second.
+pub const SHORT_HOLD_RECORDS: usize = 100;
 
 /// How soon a failed pause or resume is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
