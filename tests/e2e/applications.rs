@@ -408,6 +408,23 @@ async fn dead_letters_are_listed_and_replayed_per_application() {
     );
     let (_, globex) = stack.get_json("/v1/dlq?application=globex").await;
     assert_eq!(globex["data"].as_array().unwrap().len(), 1, "{globex}");
+    // Replayed letters leave the application's list, and the replayed
+    // delivery is still the application's: its attempts are listed there.
+    let (_, acme_left) = stack.get_json("/v1/dlq?application=acme").await;
+    assert_eq!(acme_left["data"], json!([]), "{acme_left}");
+    let succeeded = herald_tests::eventually_async(Duration::from_secs(10), || async {
+        let (_, log) = stack
+            .get_json("/v1/applications/acme/events/acme_dies/attempts")
+            .await;
+        log["data"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|attempt| attempt["success"] == true))
+    })
+    .await;
+    assert!(
+        succeeded,
+        "the replayed attempt is not in the application's log"
+    );
     let (status, body) = stack
         .post_json("/v1/dlq/replay", &json!({"application": "initech"}))
         .await;

@@ -159,12 +159,8 @@ impl DlqIndex {
             .ignore()
             .zrem(self.keys.dead_letters(None), &letter.id)
             .ignore();
-        if let Some(delivery) = &letter.delivery {
-            pipe.zrem(
-                self.keys.dead_letters(Some(&delivery.endpoint_id)),
-                &letter.id,
-            )
-            .ignore();
+        for key in self.sets_of(letter) {
+            pipe.zrem(key, &letter.id).ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())

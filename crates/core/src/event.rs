@@ -198,7 +198,7 @@ pub fn parse_event(bytes: &[u8]) -> Result<ParsedEvent<'_>, EventError> {
 
     let application = string_field("application", wire.application)?
         .ok_or(EventError::MissingField("application"))?;
-    validate_event_id(&application).map_err(|problem| EventError::InvalidField {
+    validate_application_id(&application).map_err(|problem| EventError::InvalidField {
         field: "application",
         problem,
     })?;
@@ -356,6 +356,19 @@ pub fn validate_event_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an application id: the rules of event ids ([`validate_event_id`]),
+/// and no `:` either, which separates the parts of Herald's Redis keys.
+pub fn validate_application_id(id: &str) -> Result<(), String> {
+    validate_event_id(id)?;
+    if id.contains(':') {
+        return Err(
+            "contains ':'; only printable ASCII characters other than space, '.' and ':' are allowed"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// A new random, time-ordered event id (`evt_` + 32 hex digits).
 pub fn new_event_id() -> String {
     format!("evt_{}", uuid::Uuid::now_v7().simple())
@@ -501,6 +514,9 @@ mod tests {
         assert!(err.to_string().contains("`application`"), "{err}");
         let err = parse_event(br#"{"application":7,"type":"a","payload":1}"#).unwrap_err();
         assert_eq!(err.code(), "invalid_field");
+        let err =
+            parse_event(br#"{"application":"a:version","type":"a","payload":1}"#).unwrap_err();
+        assert!(err.to_string().contains("':'"), "{err}");
     }
 
     #[test]

@@ -238,15 +238,19 @@ impl FanoutHandler {
     }
 
     /// The application's subscriptions, at `at_least` or newer. While Redis
-    /// does not answer, the copy held (however old) is used; an application
-    /// not held waits. `None` when the process stops meanwhile.
+    /// does not answer, the copy held is used (however stale, but not older
+    /// than `at_least`); otherwise the event waits. `None` when the process stops meanwhile.
     async fn subscriptions_of(&self, app: &str, at_least: i64) -> Option<Lookup> {
         let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             match self.cache.lookup(app, at_least).await {
                 Ok(lookup) => return Some(lookup),
                 Err(err) => {
-                    if let Some(held) = self.cache.held_copy(app) {
+                    // Not a copy older than the event's stamp: a change
+                    // answered before the event must apply to it.
+                    if let Some(held) = self.cache.held_copy(app)
+                        && held.version() >= at_least
+                    {
                         return Some(Lookup::Found(held));
                     }
                     tracing::warn!(application = app, error = %err, "cannot read the application's endpoints; retrying");

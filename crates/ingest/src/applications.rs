@@ -10,7 +10,9 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::application::Application;
-use herald_core::event::{format_timestamp, new_application_id, unix_millis, validate_event_id};
+use herald_core::event::{
+    format_timestamp, new_application_id, unix_millis, validate_application_id,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -150,7 +152,7 @@ pub async fn create(
     let request: CreateApplication = read_json(&headers, body, state.max_body_bytes).await?;
     let id = match request.id {
         Some(id) => {
-            validate_event_id(&id).map_err(|problem| invalid("id", problem))?;
+            validate_application_id(&id).map_err(|problem| invalid("id", problem))?;
             id
         }
         None => new_application_id(),

@@ -322,6 +322,9 @@ async fn replay_one(state: &AppState, letter: &DeadLetter) -> Result<(), (&'stat
         event_type: dead.event_type.clone(),
         payload_json: dead.payload_json.clone(),
         event_timestamp_ms: dead.event_timestamp_ms,
+        application_id: dead.application_id.clone(),
+        // A fresh start: the age limit counts from the replay.
+        created_at_ms: herald_core::event::unix_millis(time::OffsetDateTime::now_utc()),
         ..Default::default()
     };
     let value = fresh.encode_to_vec();

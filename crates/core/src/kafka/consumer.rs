@@ -349,9 +349,14 @@ fn rejoin_after_giving_up(
             tracker.block_from(&gone.partition.0, gone.partition.1, from);
         }
     }
+    // Every other held partition lets go of its kept records too: nothing
+    // from the first of them on may be stored, or a later record started
+    // before the rejoin takes effect would commit past them.
+    for ((topic, partition), first_kept) in lock(holds).clear() {
+        tracker.block_from(&topic, partition, first_kept);
+    }
     tracing::warn!(group = %settings.group_id, "rejoining the group to read given-up partitions again");
     consumer.unsubscribe();
-    lock(holds).clear();
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     if let Err(err) = consumer.subscribe(&topics) {
         tracing::error!(error = %err, "cannot subscribe again");

@@ -278,9 +278,17 @@ impl Holds {
         }
     }
 
-    /// Forgets every partition (the consumer left its group).
-    pub fn clear(&mut self) {
+    /// Forgets every partition (the consumer rejoins its group), returning
+    /// the first kept record of each: none of them was started, so nothing
+    /// from it on may be stored before the partition is read again.
+    pub fn clear(&mut self) -> Vec<(TopicPartition, i64)> {
+        let first_kept = self
+            .held
+            .iter()
+            .filter_map(|(key, held)| Some((key.clone(), held.kept.front()?.offset())))
+            .collect();
         self.held.clear();
+        first_kept
     }
 
     /// Moves every held partition on: tries failed pauses and resumes
@@ -309,7 +317,7 @@ impl Holds {
                 Until::Due(at) => at <= now,
                 Until::Room => room,
             };
-            if over && held.retry_at.is_none_or(|at| at <= now) {
+            if over {
                 while let Some(record) = held.kept.pop_front() {
                     match admit(record) {
                         Admit::Started => {}
@@ -334,6 +342,8 @@ impl Holds {
                         // Never paused (a short wait, or the pause never
                         // took): nothing to resume.
                         done.push(key.clone());
+                    } else if held.retry_at.is_some_and(|at| at > now) {
+                        // A failed resume is tried again a little later.
                     } else {
                         match control.resume(&key.0, key.1) {
                             Ok(()) => done.push(key.clone()),
@@ -709,6 +719,18 @@ mod tests {
         assert_eq!(pipeline.started_offsets(), [1, 2, 3]);
         assert!(pipeline.holds.is_empty());
         assert!(client.calls.borrow().is_empty(), "nothing to resume");
+    }
+
+    #[test]
+    fn letting_go_of_every_hold_says_where_each_partition_must_be_read_again() {
+        let client = Client::default();
+        let mut holds = Holds::new();
+        let now = Instant::now();
+        holds.hold(&client, record(7), Until::Room, now);
+        holds.keep(&client, record(8), now);
+        holds.hold_empty(&client, (Arc::from("other"), 3), now);
+        assert_eq!(holds.clear(), vec![(tp(), 7)]);
+        assert!(holds.is_empty());
     }
 
     #[test]

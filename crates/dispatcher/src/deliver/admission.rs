@@ -77,6 +77,9 @@ pub enum PutOffBy {
     Breaker,
     /// The endpoint's rate limit: the moment is reserved for it.
     RateLimit,
+    /// Too many came back together for this replica to space them in
+    /// place: no moment is held, a new one is reserved when it comes back.
+    Pacing,
 }
 
 /// A delivery let through: the slots it holds until its attempt ends.
@@ -223,7 +226,7 @@ impl Gate {
                 self.hand_back_probe(endpoint_id, probe).await;
                 return Admission::PutOff {
                     until_ms: now_ms() + MAX_WAIT_IN_PLACE.as_millis() as i64,
-                    by: PutOffBy::RateLimit,
+                    by: PutOffBy::Pacing,
                 };
             };
             let paced = tokio::time::sleep_until(go_at.into());

@@ -136,7 +136,7 @@ pub fn after_put_off(
             wait,
             rate_slot_ms: match by {
                 PutOffBy::RateLimit => until_ms,
-                PutOffBy::Breaker => 0,
+                PutOffBy::Breaker | PutOffBy::Pacing => 0,
             },
         },
         Deferral::GiveUp { since_ms } => Next::DeadLetter {
@@ -199,7 +199,7 @@ impl DeferralPolicy {
         // The first deferral waits what it was asked to; each later one at
         // least the first cool-down, doubled per deferral since.
         let doubling = match (by, delivery.deferrals) {
-            (PutOffBy::RateLimit, _) | (_, 0) => Duration::ZERO,
+            (PutOffBy::RateLimit | PutOffBy::Pacing, _) | (_, 0) => Duration::ZERO,
             (PutOffBy::Breaker, n) => self
                 .first
                 .saturating_mul(1_u32 << (n - 1).min(20))
@@ -253,6 +253,25 @@ mod tests {
             policy.next(&delivery, now + 2_500, PutOffBy::RateLimit, now),
             Deferral::Wait(Duration::from_millis(2_500))
         );
+        // Only a moment Redis reserved travels with the delivery.
+        let put_off = |by| after_put_off(&policy, &delivery, now + 1_000, by, now);
+        assert!(
+            matches!(put_off(PutOffBy::RateLimit), Next::PutOff { rate_slot_ms, .. } if rate_slot_ms == now + 1_000)
+        );
+        assert!(matches!(
+            put_off(PutOffBy::Pacing),
+            Next::PutOff {
+                rate_slot_ms: 0,
+                ..
+            }
+        ));
+        assert!(matches!(
+            put_off(PutOffBy::Breaker),
+            Next::PutOff {
+                rate_slot_ms: 0,
+                ..
+            }
+        ));
         // Never past the age limit, and given up from there on.
         let late = created + 3_590_000;
         assert_eq!(
