@@ -146,7 +146,7 @@ proptest! {
     #[test]
     fn written_records_round_trip(
         id in "[A-Za-z0-9_:-]{1,40}",
-        application in "[A-Za-z0-9_:-]{1,40}",
+        application in "[A-Za-z0-9_-]{1,40}",
         event_type in "[a-z]{1,8}(\\.[a-z]{1,8}){0,3}",
         payload in json_value(),
         millis in 0i64..4_000_000_000_000,
