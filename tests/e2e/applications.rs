@@ -738,3 +738,90 @@ async fn an_applications_rate_limit_holds_and_touches_no_other() {
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applications_api_refuses_bad_input_precisely() {
+    let stack = Stack::start(StackOptions::new("apps-api").ingest_only()).await;
+    stack.create_application(herald_tests::APP).await;
+    for (body, status, code, needle) in [
+        (
+            json!({"id": "a:b", "name": "x"}),
+            400,
+            "invalid_field",
+            "':'",
+        ),
+        (
+            json!({"id": "a.b", "name": "x"}),
+            400,
+            "invalid_field",
+            "'.'",
+        ),
+        (json!({"name": ""}), 400, "invalid_field", "`name`"),
+        (json!({"id": "x"}), 400, "invalid_request", "name"),
+        (
+            json!({"name": "x", "rate_limit": 0}),
+            400,
+            "invalid_field",
+            "`rate_limit`",
+        ),
+        (
+            json!({"name": "x", "colour": "red"}),
+            400,
+            "invalid_request",
+            "colour",
+        ),
+        (
+            json!({"id": herald_tests::APP, "name": "again"}),
+            409,
+            "application_exists",
+            herald_tests::APP,
+        ),
+    ] {
+        let (got, answer) = stack.post_json("/v1/applications", &body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{body}: {answer}"
+        );
+    }
+    let (status, created) = stack
+        .post_json(
+            "/v1/applications",
+            &json!({"name": "Generated", "metadata": {"plan": "pro"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("app_"), "{created}");
+    assert_eq!(created["metadata"]["plan"], "pro");
+    let (status, renamed) = stack
+        .request(Method::PATCH, &format!("/v1/applications/{id}"))
+        .json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200);
+    let renamed: serde_json::Value = renamed.json().await.unwrap();
+    assert_eq!(renamed["name"], "Renamed");
+    assert_eq!(
+        renamed["metadata"]["plan"], "pro",
+        "a PATCH keeps what it does not name"
+    );
+    for path in [
+        "/v1/applications/initech",
+        "/v1/applications/initech/endpoints",
+    ] {
+        let (status, body) = stack.get_json(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "application_not_found");
+    }
+    let (status, page) = stack.get_json("/v1/applications?limit=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert!(page["next_cursor"].is_string(), "{page}");
+}
