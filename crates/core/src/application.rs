@@ -54,10 +54,9 @@ return 1
 
 /// Deletes the application KEYS[1], every endpoint listed in KEYS[3]
 /// (endpoint keys are ARGV[2] .. id, whose counters it bumps) and every
-/// token listed in KEYS[7]
-/// (token keys are ARGV[3] .. id), unindexes them (KEYS[2], KEYS[4]) and
-/// bumps the endpoint and application counters (KEYS[5], KEYS[6]). Returns
-/// the number of endpoints deleted, or -1 when there was no such
+/// token listed in KEYS[6] (token keys are ARGV[3] .. id), unindexes them
+/// (KEYS[2], KEYS[4]) and bumps the application's counter (KEYS[5]).
+/// Returns the number of endpoints deleted, or -1 when there was no such
 /// application.
 const DELETE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -67,13 +66,12 @@ for _, id in ipairs(ids) do
   redis.call('INCR', ARGV[2] .. id .. ':version')
   redis.call('ZREM', KEYS[4], id)
 end
-for _, token in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+for _, token in ipairs(redis.call('SMEMBERS', KEYS[6])) do
   redis.call('DEL', ARGV[3] .. token)
 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('INCR', KEYS[5])
-redis.call('INCR', KEYS[6])
 return #ids
 "#;
 
@@ -167,7 +165,6 @@ impl ApplicationStore {
             .key(self.keys.application_index())
             .key(self.keys.application_endpoints(id))
             .key(self.keys.endpoint_index())
-            .key(self.keys.endpoints_version())
             .key(self.keys.application_version(id))
             .key(self.keys.application_tokens(id))
             .arg(id)

@@ -6,8 +6,9 @@
 //! Redis layout, under the configured key prefix:
 //! - `endpoint:{id}`: the endpoint as JSON ([`Endpoint`]);
 //! - `endpoints`: sorted set of endpoint ids, scored by creation time;
-//! - `endpoints:version`: a counter bumped by every change, which caches poll
-//!   to notice changes without reloading everything.
+//! - `endpoint:{id}:version`: a counter bumped by every change to it, which
+//!   the dispatchers poll to notice changes without reading the endpoint
+//!   (fan-out polls the application's counter instead).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -234,8 +235,8 @@ impl ResolvedEndpoint {
 }
 
 /// Creates endpoint KEYS[1] in application KEYS[3] unless the application
-/// is gone: indexes it (KEYS[2], KEYS[4]) and bumps the counters (KEYS[5],
-/// KEYS[6], and its own, KEYS[7]). 1 created, 0 no such application.
+/// is gone: indexes it (KEYS[2], KEYS[4]) and bumps the application's and
+/// its own counters (KEYS[5], KEYS[6]). 1 created, 0 no such application.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -243,20 +244,18 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 redis.call('INCR', KEYS[5])
 redis.call('INCR', KEYS[6])
-redis.call('INCR', KEYS[7])
 return 1
 "#;
 
 /// Deletes endpoint KEYS[1], unindexes it (KEYS[2], KEYS[3]) and bumps the
-/// counters (KEYS[4], KEYS[5], and its own, KEYS[6]). 1 deleted, 0 it did
-/// not exist.
+/// application's and its own counters (KEYS[4], KEYS[5]). 1 deleted, 0 it
+/// did not exist.
 const DELETE: &str = r#"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('INCR', KEYS[4])
 redis.call('INCR', KEYS[5])
-redis.call('INCR', KEYS[6])
 return 1
 "#;
 
@@ -292,7 +291,6 @@ impl EndpointStore {
             .key(self.keys.endpoint_index())
             .key(self.keys.application(app))
             .key(self.keys.application_endpoints(app))
-            .key(self.keys.endpoints_version())
             .key(self.keys.application_version(app))
             .key(self.keys.endpoint_version(&endpoint.id))
             .arg(json)
@@ -311,7 +309,6 @@ impl EndpointStore {
             .key(self.keys.endpoint(&endpoint.id))
             .key(self.keys.endpoint_index())
             .key(self.keys.application_endpoints(app))
-            .key(self.keys.endpoints_version())
             .key(self.keys.application_version(app))
             .key(self.keys.endpoint_version(&endpoint.id))
             .arg(&endpoint.id)
@@ -348,7 +345,6 @@ impl EndpointStore {
             return Ok(None);
         };
         let counters = [
-            self.keys.endpoints_version(),
             self.keys.application_version(&current.application_id),
             self.keys.endpoint_version(id),
         ];
@@ -439,14 +435,6 @@ impl EndpointStore {
         Ok(Some((version.unwrap_or(0), self.get_many(&ids).await?)))
     }
 
-    /// Every endpoint, read as `T`: [`Endpoint`], or a part of it such as
-    /// [`StoredSubscription`] (the other fields are skipped, not kept).
-    pub async fn all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let mut conn = self.redis.clone();
-        let ids: Vec<String> = conn.zrange(self.keys.endpoint_index(), 0, -1).await?;
-        self.get_many(&ids).await
-    }
-
     async fn get_many<T: DeserializeOwned>(&self, ids: &[String]) -> Result<Vec<T>, StoreError> {
         let mut endpoints = Vec::with_capacity(ids.len());
         let mut conn = self.redis.clone();
@@ -459,13 +447,6 @@ impl EndpointStore {
             }
         }
         Ok(endpoints)
-    }
-
-    /// The change counter (0 before the first change).
-    pub async fn version(&self) -> Result<i64, StoreError> {
-        let mut conn = self.redis.clone();
-        let version: Option<i64> = conn.get(self.keys.endpoints_version()).await?;
-        Ok(version.unwrap_or(0))
     }
 }
 

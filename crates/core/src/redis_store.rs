@@ -110,7 +110,6 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `apptoken:{token id}` | string, expiring: a token's record (its digest, never the token) | ingest | [`crate::application`] |
 /// | `endpoint:{id}` | string: the endpoint's JSON | ingest (API), dispatcher (410 disables) | [`crate::endpoint`] |
 /// | `endpoints` | sorted set of endpoint ids | ingest | [`crate::endpoint`] |
-/// | `endpoints:version` | counter, bumped by every endpoint change | ingest, dispatcher | [`crate::endpoint`] |
 /// | `endpoint:{id}:version` | counter, bumped by every change to that endpoint | ingest, dispatcher | [`crate::endpoint`] |
 /// | `idempotency:{application id}.{event id}` | string, expiring: `pending` or `done` | ingest | `herald-ingest` |
 /// | `ingestlimit:{key digest}` | string: next allowed moment of an API key | ingest | [`crate::rate_limit`] |
@@ -196,11 +195,6 @@ impl Keys {
     /// Sorted set of all endpoint ids.
     pub fn endpoint_index(&self) -> String {
         format!("{}endpoints", self.prefix)
-    }
-
-    /// Counter bumped by every endpoint change.
-    pub fn endpoints_version(&self) -> String {
-        format!("{}endpoints:version", self.prefix)
     }
 
     /// Idempotency record of one event id of one application ('.' is in

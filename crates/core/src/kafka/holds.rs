@@ -158,11 +158,6 @@ impl Holds {
             .any(|held| held.until == Until::Room && !held.given_up)
     }
 
-    /// Number of partitions held.
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
