@@ -15,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use crate::redis_store::{Keys, StoreError, modify_json};
+use crate::redis_store::{Keys, StoreError, get_json, mget_counters, mget_json, modify_json};
 
 /// Header of a `herald.events` record that ingest accepted: the
 /// application's change counter when the event was accepted. Fan-out reads
@@ -114,10 +114,7 @@ impl ApplicationStore {
 
     /// One application, if it exists.
     pub async fn get(&self, id: &str) -> Result<Option<Application>, StoreError> {
-        let mut conn = self.redis.clone();
-        let json: Option<String> = conn.get(self.keys.application(id)).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
-            .transpose()
+        get_json(&self.redis, &self.keys.application(id)).await
     }
 
     /// A page of applications in creation order, from index `start`.
@@ -127,17 +124,8 @@ impl ApplicationStore {
         let ids: Vec<String> = conn
             .zrange(self.keys.application_index(), start as isize, stop as isize)
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.application(id)).collect();
-        let values: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        values
-            .into_iter()
-            .flatten()
-            .map(|json| serde_json::from_str(&json).map_err(StoreError::from))
-            .collect()
+        mget_json(&self.redis, &keys).await
     }
 
     /// Changes an application atomically (see
@@ -178,18 +166,11 @@ impl ApplicationStore {
     /// The change counters of several applications, in the same order (0
     /// for one never changed or gone).
     pub async fn versions(&self, ids: &[&str]) -> Result<Vec<i64>, StoreError> {
-        let mut versions = Vec::with_capacity(ids.len());
-        let mut conn = self.redis.clone();
-        for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|id| self.keys.application_version(id))
-                .collect();
-            let values: Vec<Option<i64>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            versions.extend(values.into_iter().map(|v| v.unwrap_or(0)));
-        }
-        Ok(versions)
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.keys.application_version(id))
+            .collect();
+        mget_counters(&self.redis, &keys).await
     }
 
     /// The application's change counter (0 before the first change).
@@ -295,12 +276,10 @@ impl ApplicationStore {
         if !presented.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let mut conn = self.redis.clone();
-        let json: Option<String> = conn
-            .get(self.keys.application_token(&token_id(presented)))
-            .await?;
-        let Some(json) = json else { return Ok(None) };
-        let record: AppToken = serde_json::from_str(&json)?;
+        let key = self.keys.application_token(&token_id(presented));
+        let Some(record) = get_json::<AppToken>(&self.redis, &key).await? else {
+            return Ok(None);
+        };
         let matches: bool = record
             .digest
             .as_bytes()
@@ -312,18 +291,14 @@ impl ApplicationStore {
     /// Revokes token `id` of `application`. Returns false when there is no
     /// such token (of that application).
     pub async fn revoke_token(&self, application: &str, id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.redis.clone();
         let key = self.keys.application_token(id);
-        let json: Option<String> = conn.get(&key).await?;
-        let Some(record) = json
-            .map(|j| serde_json::from_str::<AppToken>(&j))
-            .transpose()?
-        else {
+        let Some(record) = get_json::<AppToken>(&self.redis, &key).await? else {
             return Ok(false);
         };
         if record.application != application {
             return Ok(false);
         }
+        let mut conn = self.redis.clone();
         redis::pipe()
             .del(&key)
             .srem(self.keys.application_tokens(application), id)

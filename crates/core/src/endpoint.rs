@@ -371,26 +371,16 @@ impl EndpointStore {
     /// The change counters of several endpoints, in the same order (0 for
     /// one never changed).
     pub async fn versions(&self, ids: &[&str]) -> Result<Vec<i64>, StoreError> {
-        let mut versions = Vec::with_capacity(ids.len());
-        let mut conn = self.redis.clone();
-        for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|id| self.keys.endpoint_version(id))
-                .collect();
-            let values: Vec<Option<i64>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            versions.extend(values.into_iter().map(|v| v.unwrap_or(0)));
-        }
-        Ok(versions)
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.keys.endpoint_version(id))
+            .collect();
+        crate::redis_store::mget_counters(&self.redis, &keys).await
     }
 
     /// One endpoint, if it exists.
     pub async fn get(&self, id: &str) -> Result<Option<Endpoint>, StoreError> {
-        let mut conn = self.redis.clone();
-        let json: Option<String> = conn.get(self.keys.endpoint(id)).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
-            .transpose()
+        crate::redis_store::get_json(&self.redis, &self.keys.endpoint(id)).await
     }
 
     /// A page of an application's endpoints in creation order, starting at
@@ -436,17 +426,8 @@ impl EndpointStore {
     }
 
     async fn get_many<T: DeserializeOwned>(&self, ids: &[String]) -> Result<Vec<T>, StoreError> {
-        let mut endpoints = Vec::with_capacity(ids.len());
-        let mut conn = self.redis.clone();
-        for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.keys.endpoint(id)).collect();
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            for json in values.into_iter().flatten() {
-                endpoints.push(serde_json::from_str(&json)?);
-            }
-        }
-        Ok(endpoints)
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.endpoint(id)).collect();
+        crate::redis_store::mget_json(&self.redis, &keys).await
     }
 }
 

@@ -40,6 +40,53 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, redis::RedisEr
     ConnectionManager::new_lazy_with_config(client, manager_config)
 }
 
+/// Keys read by one MGET.
+const MGET_CHUNK: usize = 500;
+
+/// The JSON value at `key`, if there is one.
+pub async fn get_json<T: DeserializeOwned>(
+    redis: &ConnectionManager,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let mut conn = redis.clone();
+    let json: Option<String> = conn.get(key).await?;
+    json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
+        .transpose()
+}
+
+/// The JSON values at `keys` that exist, in order (one MGET per
+/// [`MGET_CHUNK`] keys).
+pub async fn mget_json<T: DeserializeOwned>(
+    redis: &ConnectionManager,
+    keys: &[String],
+) -> Result<Vec<T>, StoreError> {
+    let mut values = Vec::with_capacity(keys.len());
+    let mut conn = redis.clone();
+    for chunk in keys.chunks(MGET_CHUNK) {
+        let found: Vec<Option<String>> =
+            redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
+        for json in found.into_iter().flatten() {
+            values.push(serde_json::from_str(&json)?);
+        }
+    }
+    Ok(values)
+}
+
+/// The change counters at `keys`, in order: 0 for one never bumped (one
+/// MGET per [`MGET_CHUNK`] keys).
+pub async fn mget_counters(
+    redis: &ConnectionManager,
+    keys: &[String],
+) -> Result<Vec<i64>, StoreError> {
+    let mut counters = Vec::with_capacity(keys.len());
+    let mut conn = redis.clone();
+    for chunk in keys.chunks(MGET_CHUNK) {
+        let found: Vec<Option<i64>> = redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
+        counters.extend(found.into_iter().map(|v| v.unwrap_or(0)));
+    }
+    Ok(counters)
+}
+
 /// How often [`modify_json`] starts again after losing a race before it
 /// gives up.
 const MODIFY_TRIES: usize = 32;

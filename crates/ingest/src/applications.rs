@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::body::read_json;
+use crate::endpoints::{check_rate_limit, invalid};
 use crate::error::ApiError;
 use crate::paging::PageParams;
 use crate::state::AppState;
@@ -30,8 +31,6 @@ const MAX_METADATA: usize = 32;
 const MAX_METADATA_KEY_LEN: usize = 64;
 /// Longest metadata value.
 const MAX_METADATA_VALUE_LEN: usize = 1024;
-/// Highest rate limit (events per second).
-const MAX_RATE_LIMIT: u32 = 100_000;
 
 /// Body of `POST /v1/applications`.
 #[derive(Debug, Deserialize)]
@@ -57,10 +56,6 @@ pub struct UpdateApplication {
     /// `null` removes the limit; absent leaves it as it is.
     #[serde(default, deserialize_with = "crate::endpoints::present_or_null")]
     rate_limit: Option<Option<u32>>,
-}
-
-fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request("invalid_field", format!("field `{field}` {problem}"))
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -98,20 +93,6 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-fn check_rate_limit(limit: Option<u32>) -> Result<(), ApiError> {
-    match limit {
-        Some(0) => Err(invalid(
-            "rate_limit",
-            "must be at least 1 (events per second); leave it out for no limit",
-        )),
-        Some(n) if n > MAX_RATE_LIMIT => Err(invalid(
-            "rate_limit",
-            format!("must be at most {MAX_RATE_LIMIT}"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// The 404 of an application that does not exist, for every route under it.
@@ -160,7 +141,7 @@ pub async fn create(
     check_name(&request.name)?;
     let metadata = request.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
-    check_rate_limit(request.rate_limit)?;
+    check_rate_limit(request.rate_limit, "events")?;
     let now = OffsetDateTime::now_utc();
     let app = Application {
         id,
@@ -216,7 +197,7 @@ pub async fn update(
         check_metadata(metadata)?;
     }
     if let Some(limit) = request.rate_limit {
-        check_rate_limit(limit)?;
+        check_rate_limit(limit, "events")?;
     }
     let now = format_timestamp(OffsetDateTime::now_utc());
     let app = state

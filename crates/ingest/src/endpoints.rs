@@ -139,7 +139,8 @@ impl<'a> From<&'a Endpoint> for EndpointView<'a> {
     }
 }
 
-fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
+/// 400 `invalid_field`: "field `{field}` {problem}".
+pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_field", format!("field `{field}` {problem}"))
 }
 
@@ -244,15 +245,17 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_rate_limit(limit: Option<u32>) -> Result<(), ApiError> {
+/// Checks a `rate_limit` of `what` (e.g. "deliveries") per second: 1 to
+/// 100,000, or none. Endpoints and applications share it.
+pub(crate) fn check_rate_limit(limit: Option<u32>, what: &str) -> Result<(), ApiError> {
     match limit {
         Some(0) => Err(invalid(
             "rate_limit",
-            "must be at least 1 delivery per second (or null for no limit)",
+            format!("must be at least 1 ({what} per second), or null for no limit"),
         )),
         Some(n) if n > 100_000 => Err(invalid(
             "rate_limit",
-            "may be at most 100000 deliveries per second",
+            format!("may be at most 100000 {what} per second"),
         )),
         _ => Ok(()),
     }
@@ -279,7 +282,7 @@ pub async fn create(
     check_description(&description)?;
     let custom_headers = request.headers.unwrap_or_default();
     check_headers(&custom_headers)?;
-    check_rate_limit(request.rate_limit)?;
+    check_rate_limit(request.rate_limit, "deliveries")?;
     let secret = match request.secret {
         Some(text) => Secret::parse(&text).map_err(|p| invalid("secret", p))?,
         None => Secret::generate(),
@@ -519,7 +522,7 @@ pub async fn update(
         check_headers(custom_headers)?;
     }
     if let Some(limit) = request.rate_limit {
-        check_rate_limit(limit)?;
+        check_rate_limit(limit, "deliveries")?;
     }
     let updated_at = now().1;
     // Atomic: only the given fields change, on top of whatever was written
