@@ -111,7 +111,8 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             "fanout-10",
             "fanout-10-one-dead",
             "slow-endpoints-1-dispatcher",
-            "slow-endpoints-2-dispatchers"
+            "slow-endpoints-2-dispatchers",
+            "apps"
         ]
     );
     for mode in modes {
@@ -185,6 +186,27 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     assert!(ordinary["idle_cpu_percent"].as_f64().unwrap() >= 0.0);
     assert!(stdout.contains("ordinary load, 200 events/s"), "{stdout}");
 
+    // The apps mode: every application's events reached exactly its own
+    // endpoints (the run fails on one that reached another's), and its own
+    // figures are there.
+    let apps = &report["apps"];
+    assert_eq!(apps["applications"], 20, "{apps}");
+    assert_eq!(apps["endpoints"], 200, "{apps}");
+    assert_eq!(apps["registered_through"], "api");
+    assert!(
+        apps["redis_bytes_per_endpoint"].as_f64().unwrap() > 0.0,
+        "{apps}"
+    );
+    let lookups =
+        apps["fanout_cache_hits"].as_u64().unwrap() + apps["fanout_cache_misses"].as_u64().unwrap();
+    assert!(
+        lookups >= modes[5]["kafka"]["events"].as_u64().unwrap(),
+        "{apps}"
+    );
+    assert_eq!(apps["failed_changes"], 0, "{apps}");
+    assert_eq!(apps["propagation"]["samples"], 3, "{apps}");
+    assert!(stdout.contains("change → fan-out"), "{stdout}");
+
     let targets: Vec<&str> = report["targets"]
         .as_array()
         .unwrap()
@@ -202,6 +224,9 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
         "p99 at 2000 webhooks/s",
         "idle stack",
         "memory",
+        "applications, throughput",
+        "applications, memory",
+        "change → fan-out p99",
     ] {
         assert!(
             targets.contains(&expected),
@@ -240,6 +265,23 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             .collect();
         assert!(left.is_empty(), "topics left behind: {left:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apps_mode_can_write_its_endpoints_straight_into_redis() {
+    let SmokeRun { report, .. } = smoke_run(&["--modes", "apps", "--seed-directly"]).await;
+    let modes = report["modes"].as_array().expect("modes");
+    assert_eq!(modes.len(), 1, "{modes:?}");
+    let kafka = &modes[0]["kafka"];
+    assert!(kafka["expected"].as_u64().unwrap() > 0, "{kafka}");
+    assert_eq!(kafka["delivered"], kafka["expected"], "{kafka}");
+    assert_eq!(kafka["duplicates"], 0, "{kafka}");
+    let apps = &report["apps"];
+    assert_eq!(apps["registered_through"], "redis", "{apps}");
+    assert_eq!(apps["endpoints"], 200, "{apps}");
+    // The changes go through the API to endpoints the API never created.
+    assert_eq!(apps["failed_changes"], 0, "{apps}");
+    assert_eq!(apps["propagation"]["samples"], 3, "{apps}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

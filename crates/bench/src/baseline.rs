@@ -189,7 +189,7 @@ pub async fn receiver(
         .pool_max_idle_per_host(concurrency)
         .build()
         .map_err(|e| e.to_string())?;
-    let body = load::event_json("baseline", "bench.raw", body_size);
+    let body = load::event_json(crate::herald::BENCH_APP, "baseline", "bench.raw", body_size);
     let answered = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)

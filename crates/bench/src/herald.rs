@@ -236,15 +236,29 @@ impl Api {
 
     /// POSTs a JSON body; returns the status and the answer's text.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    /// PATCHes with a JSON body; returns the status and the answer's text.
+    pub async fn patch(&self, path: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+        self.send(reqwest::Method::PATCH, path, body).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, String), String> {
         let response = self
             .http
-            .post(format!("{}{path}", self.base_url))
+            .request(method.clone(), format!("{}{path}", self.base_url))
             .bearer_auth(&self.api_key)
             .header("content-type", "application/json")
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("POST {path}: {e}"))?;
+            .map_err(|e| format!("{method} {path}: {e}"))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         Ok((status, text))

@@ -26,10 +26,10 @@ pub const MAX_FANOUT: usize = 10;
 /// baselines' alike), so that start-up is not measured.
 pub const WARM_UP_EVENTS: usize = 20;
 
-/// The event JSON for event `id`, padded so that the whole record is about
-/// `size` bytes (the same bytes go to the broker baseline).
-pub fn event_json(id: &str, event_type: &str, size: usize) -> Vec<u8> {
-    let app = crate::herald::BENCH_APP;
+/// The event JSON for event `id` of application `app`, padded so that the
+/// whole record is about `size` bytes (the same bytes go to the broker
+/// baseline).
+pub fn event_json(app: &str, id: &str, event_type: &str, size: usize) -> Vec<u8> {
     let bare = format!(
         r#"{{"application":"{app}","id":"{id}","type":"{event_type}","payload":{{"pad":""}}}}"#
     );
@@ -88,9 +88,116 @@ pub struct Phase {
     pub dead: Vec<usize>,
     /// How long to wait for the last delivery.
     pub timeout: Duration,
+    /// `None`: every event is for the benchmark application and its ten
+    /// endpoints (receiver endpoints 0–9). `Some`: events are spread over
+    /// many applications, each with ten endpoints of its own (the `apps`
+    /// mode; `fan_out_one` must be set).
+    pub spread: Option<Arc<Spread>>,
+}
+
+/// Events spread over many applications with a Zipf skew (s = 1): the
+/// application of rank `r` gets a share proportional to `1 / (r + 1)`, so a
+/// few are busy and most are quiet (with 10,000 applications the busiest
+/// gets 10 % of the events, the top 100 half, and the rest are seen a few
+/// times each, or never). Application `a`'s endpoint `k` is receiver
+/// endpoint `first_endpoint + 10 a + k`, subscribed to `bench.one.<k>` and
+/// `bench.all`.
+#[derive(Debug)]
+pub struct Spread {
+    /// Application ids, busiest first.
+    pub apps: Vec<String>,
+    /// Receiver index of application 0's endpoint 0.
+    pub first_endpoint: usize,
+    /// Cumulative shares of the applications, rising to 1.
+    cumulative: Vec<f64>,
+    /// Which sample of the skew a phase draws: phases with different
+    /// samples send their events to different quiet applications.
+    sample: u64,
+}
+
+impl Spread {
+    /// The Zipf spread over `apps`, busiest first.
+    pub fn zipf(apps: Vec<String>, first_endpoint: usize) -> Spread {
+        let weights: Vec<f64> = (0..apps.len()).map(|r| 1.0 / (r + 1) as f64).collect();
+        let total: f64 = weights.iter().sum();
+        let mut sum = 0.0;
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                sum += w / total;
+                sum
+            })
+            .collect();
+        Spread {
+            apps,
+            first_endpoint,
+            cumulative,
+            sample: 0,
+        }
+    }
+
+    /// The same applications and skew, another sample of it.
+    pub fn resampled(&self, sample: u64) -> Spread {
+        Spread {
+            apps: self.apps.clone(),
+            first_endpoint: self.first_endpoint,
+            cumulative: self.cumulative.clone(),
+            sample,
+        }
+    }
+
+    /// The application (index) event `n` is for: the same for the same `n`
+    /// and sample in every run.
+    pub fn app_of(&self, n: usize) -> usize {
+        let x = splitmix64(n as u64 ^ self.sample.rotate_left(40));
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        self.cumulative
+            .partition_point(|c| *c < u)
+            .min(self.apps.len() - 1)
+    }
+
+    /// Receiver index of application `app`'s endpoint `k`.
+    pub fn endpoint(&self, app: usize, k: usize) -> usize {
+        self.first_endpoint + app * MAX_FANOUT + k
+    }
+
+    /// Number of endpoints (ten per application).
+    pub fn endpoints(&self) -> usize {
+        self.apps.len() * MAX_FANOUT
+    }
+}
+
+/// A well-mixed 64-bit hash of `x` (SplitMix64's finaliser): spreads
+/// consecutive numbers evenly.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Phase {
+    /// The application event `n` is addressed to.
+    fn app(&self, n: usize) -> &str {
+        match &self.spread {
+            Some(spread) => &spread.apps[spread.app_of(n)],
+            None => crate::herald::BENCH_APP,
+        }
+    }
+
+    /// The record key of event `n` (whose id is `id`) in `herald.events`:
+    /// the application id, as the README tells producers, when events are
+    /// spread over applications. The benchmark application's events are
+    /// keyed by event id, so that one application's phase uses every
+    /// partition.
+    fn key<'a>(&'a self, n: usize, id: &'a str) -> &'a str {
+        if self.spread.is_some() {
+            self.app(n)
+        } else {
+            id
+        }
+    }
+
     fn event_type(&self, n: usize) -> String {
         if self.fan_out_one {
             format!("bench.one.{}", n % MAX_FANOUT)
@@ -99,13 +206,30 @@ impl Phase {
         }
     }
 
+    /// The deliveries event `n` must make, as slots `0..MAX_FANOUT`: the
+    /// ten endpoints of its application, of which it goes to one or all.
     fn targets(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
-        let all = if self.fan_out_one {
+        let slots = if self.fan_out_one {
             n % MAX_FANOUT..n % MAX_FANOUT + 1
         } else {
             0..MAX_FANOUT
         };
-        all.filter(|e| !self.dead.contains(e))
+        slots.filter(|slot| !self.dead.contains(slot))
+    }
+
+    /// The slot of a webhook of event `n` that reached receiver endpoint
+    /// `endpoint`, or `None` when it went to an endpoint of another
+    /// application.
+    fn slot_of(&self, n: usize, endpoint: usize) -> Option<usize> {
+        match &self.spread {
+            Some(spread) => {
+                let first = spread.endpoint(spread.app_of(n), 0);
+                (first..first + MAX_FANOUT)
+                    .contains(&endpoint)
+                    .then(|| endpoint - first)
+            }
+            None => (endpoint < MAX_FANOUT).then_some(endpoint),
+        }
     }
 
     fn expected(&self) -> usize {
@@ -265,12 +389,22 @@ pub async fn run_phase(
             else {
                 continue;
             };
-            let slot = &mut arrived[n * MAX_FANOUT + arrival.endpoint];
-            match slot {
+            let Some(slot) = phase.slot_of(n, arrival.endpoint) else {
+                return Err(format!(
+                    "{}: event {} of application {} reached receiver endpoint {}, \
+                     which is not one of its application's",
+                    phase.label,
+                    arrival.event_id,
+                    phase.app(n),
+                    arrival.endpoint
+                ));
+            };
+            let seen = &mut arrived[n * MAX_FANOUT + slot];
+            match seen {
                 Some(_) => duplicates += 1,
                 None => {
-                    *slot = Some(arrival.at);
-                    if !phase.dead.contains(&arrival.endpoint) {
+                    *seen = Some(arrival.at);
+                    if !phase.dead.contains(&slot) {
                         delivered += 1;
                     }
                 }
@@ -281,17 +415,18 @@ pub async fn run_phase(
             break;
         }
         if started.elapsed() > phase.timeout {
-            let mut missing_per_endpoint = [0usize; MAX_FANOUT];
+            let mut missing_per_slot = [0usize; MAX_FANOUT];
             for n in 0..phase.events {
-                for endpoint in phase.targets(n) {
-                    if arrived[n * MAX_FANOUT + endpoint].is_none() {
-                        missing_per_endpoint[endpoint] += 1;
+                for slot in phase.targets(n) {
+                    if arrived[n * MAX_FANOUT + slot].is_none() {
+                        missing_per_slot[slot] += 1;
                     }
                 }
             }
             return Err(format!(
-                "{}: {} of {expected} webhooks arrived within {:?}; missing per endpoint: {:?}",
-                phase.label, delivered, phase.timeout, missing_per_endpoint
+                "{}: {} of {expected} webhooks arrived within {:?}; missing per endpoint \
+                 (of each application's ten): {:?}",
+                phase.label, delivered, phase.timeout, missing_per_slot
             ));
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -321,8 +456,8 @@ pub async fn run_phase(
         let Some(sent) = handover.sent[n] else {
             continue;
         };
-        for endpoint in phase.targets(n) {
-            if let Some(at) = arrived[n * MAX_FANOUT + endpoint] {
+        for slot in phase.targets(n) {
+            if let Some(at) = arrived[n * MAX_FANOUT + slot] {
                 latencies.push(at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
                 last_arrival = last_arrival.max(at);
             }
@@ -360,9 +495,11 @@ async fn send_all(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let id = format!("{}-{n}", phase.id_prefix);
-                let value = event_json(&id, &phase.event_type(n), phase.size);
+                let value = event_json(phase.app(n), &id, &phase.event_type(n), phase.size);
                 let sent = Instant::now();
-                let mut record = FutureRecord::to(&topic).key(&id).payload(&value);
+                let mut record = FutureRecord::to(&topic)
+                    .key(phase.key(n, &id))
+                    .payload(&value);
                 let delivery = loop {
                     match producer.send_result(record) {
                         Ok(delivery) => break delivery,
@@ -405,7 +542,7 @@ async fn send_all(
                             tokio::time::sleep_until(due.into()).await;
                         }
                         let id = format!("{}-{n}", phase.id_prefix);
-                        let body = event_json(&id, &phase.event_type(n), phase.size);
+                        let body = event_json(phase.app(n), &id, &phase.event_type(n), phase.size);
                         let sent = Instant::now();
                         let (status, text) = api.post("/v1/events", body).await?;
                         if status != 202 {

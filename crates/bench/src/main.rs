@@ -16,9 +16,11 @@
 //! events and accounting for its deliveries), [`baseline`] (broker and
 //! receiver baselines), [`herald`] (Herald's processes, `/proc` figures, the
 //! API), [`ordinary`] (the idle stack and the 2,000 webhooks/s phase),
+//! [`apps`] (many applications, their endpoints changing as events flow),
 //! [`report`] (table, targets, JSON), [`cleanup`] (the run's Redis keys and
 //! topics).
 
+mod apps;
 mod baseline;
 mod cleanup;
 mod herald;
@@ -60,8 +62,15 @@ usage: herald-bench [options]
   --modes LIST          fanout-1, fanout-10, fanout-10-one-dead,
                         slow-endpoints-1-dispatcher,
                         slow-endpoints-2-dispatchers, ordinary-load
-                        (an idle stack, then 200 events/s to 10 endpoints;
+                        (an idle stack, then 200 events/s to 10 endpoints),
+                        apps (many applications with 10 endpoints each,
+                        events skewed over them, 10 endpoint changes/s;
                         default: all)
+  --apps N              applications of the apps mode (default 10000)
+  --seed-directly       the apps mode writes its applications and endpoints
+                        straight into Redis, with the code the API uses,
+                        instead of registering them through the API (for
+                        runs with a million endpoints)
   --slow-endpoint-ms N  how long endpoints take to answer in the
                         slow-endpoints modes (default 200), where each
                         dispatcher may have 64 requests in flight and a
@@ -91,6 +100,10 @@ struct Options {
     deliveries: usize,
     http_events: usize,
     registered: usize,
+    /// Applications of the `apps` mode.
+    apps: usize,
+    /// The `apps` mode writes to Redis instead of calling the API.
+    seed_directly: bool,
     record_bytes: usize,
     partitions: i32,
     latency_seconds: f64,
@@ -111,13 +124,14 @@ struct Options {
 /// Requests in flight per dispatcher replica in the slow-endpoints modes.
 const SLOW_MODE_REQUESTS: usize = 64;
 
-const ALL_MODES: [&str; 6] = [
+const ALL_MODES: [&str; 7] = [
     "fanout-1",
     "fanout-10",
     "fanout-10-one-dead",
     "slow-endpoints-1-dispatcher",
     "slow-endpoints-2-dispatchers",
     "ordinary-load",
+    "apps",
 ];
 
 /// The modes that run against `--target-url`.
@@ -132,6 +146,8 @@ fn parse_options() -> Result<Options, String> {
         deliveries: 20_000,
         http_events: 5_000,
         registered: 10_000,
+        apps: 10_000,
+        seed_directly: false,
         record_bytes: 512,
         partitions: 12,
         latency_seconds: 10.0,
@@ -158,8 +174,13 @@ fn parse_options() -> Result<Options, String> {
             options.deliveries = 300;
             options.http_events = 100;
             options.registered = 100;
+            options.apps = 20;
             options.latency_seconds = 2.0;
             options.partitions = 4;
+            continue;
+        }
+        if flag == "--seed-directly" {
+            options.seed_directly = true;
             continue;
         }
         if flag == "--keep-topics" {
@@ -185,6 +206,7 @@ fn parse_options() -> Result<Options, String> {
             "--deliveries" => options.deliveries = number(&value)?.max(10),
             "--http-events" => options.http_events = number(&value)?,
             "--registered" => options.registered = number(&value)?.max(MAX_FANOUT),
+            "--apps" => options.apps = number(&value)?.max(1),
             "--record-bytes" => options.record_bytes = number(&value)?,
             "--partitions" => options.partitions = number(&value)?.clamp(1, 1000) as i32,
             "--latency-seconds" => {
@@ -423,6 +445,7 @@ impl Bench {
             fan_out_one: false,
             dead: Vec::new(),
             timeout: Duration::from_secs(120),
+            spread: None,
         };
         let warmed = load::run(&warm_up, &running.kafka_source, self.tally(&running)).await;
         if let Err(err) = warmed {
@@ -512,6 +535,7 @@ impl Bench {
             fan_out_one,
             dead: Vec::new(),
             timeout: Duration::from_secs(if self.options.smoke { 120 } else { 600 }),
+            spread: None,
         }
     }
 
@@ -713,9 +737,16 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
     let mut broker_latency = None;
     let mut relay_latency = None;
     let mut ordinary = None;
+    let mut apps = None;
     for mode in &o.modes {
         if mode == "ordinary-load" {
             ordinary = Some(bench.run_ordinary_load().await?);
+            continue;
+        }
+        if mode == "apps" {
+            let (mode, report) = bench.run_apps().await?;
+            modes.push(mode);
+            apps = Some(report);
             continue;
         }
         let (report, latency_rate) = bench.run_mode(mode).await?;
@@ -757,7 +788,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         relay_latency,
         receiver: receiver_baseline,
     };
-    let targets = report::targets(&baselines, &modes, ordinary.as_ref());
+    let targets = report::targets(&baselines, &modes, ordinary.as_ref(), apps.as_ref());
     let against_relay = report::against_relay(&baselines, &modes);
     Ok(Report {
         setup: Setup {
@@ -779,6 +810,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         baselines,
         modes,
         ordinary,
+        apps,
         targets,
         against_relay,
     })

@@ -119,6 +119,11 @@ impl Receiver {
         endpoints.len() - 1
     }
 
+    /// Number of endpoints added so far (the next one's index).
+    pub fn endpoints(&self) -> usize {
+        self.shared.endpoints.read().expect("receiver lock").len()
+    }
+
     /// Makes endpoint `index` answer 500 to everything (or stop doing so).
     pub fn set_failing(&self, index: usize, failing: bool) {
         if let Some(slot) = self.slot(index) {

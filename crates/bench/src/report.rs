@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::apps::AppsReport;
 use crate::baseline::ReceiverBaseline;
 use crate::herald::Usage;
 use crate::load::{MAX_FANOUT, PhaseResult};
@@ -19,6 +20,8 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
     /// The `ordinary-load` mode, when it ran.
     pub ordinary: Option<OrdinaryLoadReport>,
+    /// The `apps` mode's own figures, when it ran (its phase is in `modes`).
+    pub apps: Option<AppsReport>,
     /// The targets, each met or not.
     pub targets: Vec<Target>,
     /// Herald against the relayed baseline ([`against_relay`]).
@@ -182,6 +185,7 @@ pub fn targets(
     baselines: &Baselines,
     modes: &[ModeReport],
     ordinary: Option<&OrdinaryLoadReport>,
+    apps: Option<&AppsReport>,
 ) -> Vec<Target> {
     let mode = |name: &str| modes.iter().find(|m| m.name == name);
     let broker = baselines.broker_throughput.delivered_per_s;
@@ -238,6 +242,15 @@ pub fn targets(
             1.6,
         );
     }
+    if let (Some(many), Some(one)) = (mode("apps"), mode("fanout-1")) {
+        ratio_target(
+            "applications, throughput",
+            "webhooks/s ≥ 0.9 × fan-out 1's (one application)",
+            many.kafka.delivered_per_s,
+            one.kafka.delivered_per_s,
+            0.9,
+        );
+    }
     if let (Some(herald), Some(broker)) = (
         mode("fanout-1").and_then(|m| m.latency.as_ref()),
         baselines.broker_latency.as_ref(),
@@ -258,6 +271,31 @@ pub fn targets(
                 2.0 * b.p99_ms + 20.0
             ),
             met: h.p99_ms <= 2.0 * b.p99_ms + 20.0,
+        });
+    }
+    if let Some(many) = mode("apps") {
+        let peak = |name: &str| {
+            many.processes
+                .iter()
+                .filter(|p| p.name.starts_with(name))
+                .map(|p| p.peak_rss_mib)
+                .fold(0.0, f64::max)
+        };
+        let (fanout, dispatcher) = (peak("herald-fanout"), peak("herald-dispatcher"));
+        targets.push(Target {
+            name: "applications, memory".into(),
+            rule: "fan-out and dispatcher ≤ 64 MiB peak RSS".into(),
+            measured: format!("fan-out {fanout:.1} MiB, dispatcher {dispatcher:.1} MiB"),
+            met: fanout <= 64.0 && dispatcher <= 64.0,
+        });
+    }
+    if let Some(apps) = apps {
+        let p99 = apps.propagation.p99_ms;
+        targets.push(Target {
+            name: "change → fan-out p99".into(),
+            rule: "≤ 1,250 ms (cache refresh 1 s + 250 ms)".into(),
+            measured: format!("{p99:.0} ms over {} changes", apps.propagation.samples),
+            met: p99 <= 1250.0,
         });
     }
     if let Some(ordinary) = ordinary {
@@ -454,6 +492,9 @@ pub fn print(report: &Report) {
     if let Some(ordinary) = &report.ordinary {
         print_ordinary(ordinary, &row);
     }
+    if let Some(apps) = &report.apps {
+        print_apps(apps, &row);
+    }
     if !report.against_relay.is_empty() {
         println!();
         println!("against the relayed baseline (two topics, no other work)");
@@ -472,6 +513,39 @@ pub fn print(report: &Report) {
             t.measured
         );
     }
+}
+
+/// The `apps` mode's own figures.
+fn print_apps(apps: &AppsReport, row: &impl Fn(&str, &PhaseResult)) {
+    let p = &apps.propagation;
+    println!();
+    row("apps, first pass (cold caches)", &apps.first_pass);
+    println!(
+        "apps: {} applications × {MAX_FANOUT} endpoints = {} endpoints, registered through {} \
+         in {:.1} s ({:.0}/s)",
+        apps.applications,
+        apps.endpoints,
+        if apps.registered_through == "api" {
+            "the API"
+        } else {
+            "Herald's stores straight into Redis"
+        },
+        apps.registration_seconds,
+        apps.registrations_per_s
+    );
+    println!(
+        "  Redis memory per endpoint {:.0} bytes; fan-out cache hit rate {:.1} % \
+         ({} hits, {} misses) in the measured phase",
+        apps.redis_bytes_per_endpoint,
+        100.0 * apps.fanout_cache_hit_rate,
+        apps.fanout_cache_hits,
+        apps.fanout_cache_misses
+    );
+    println!(
+        "  {} endpoint changes during the phase ({} failed); change → fan-out p50 {:.0} ms, \
+         p99 {:.0} ms, max {:.0} ms over {} changes (events straight to Kafka)",
+        apps.changes_during_phase, apps.failed_changes, p.p50_ms, p.p99_ms, p.max_ms, p.samples
+    );
 }
 
 /// The `ordinary-load` mode's lines: its phase in the table's columns, then

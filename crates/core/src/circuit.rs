@@ -13,20 +13,35 @@
 //!   the others come back a few seconds later. Success closes the breaker;
 //!   failure opens it again.
 //!
-//! A replica that saw an endpoint's breaker closed trusts that for
-//! [`CLOSED_TRUST_MS`] before asking Redis again, which spares a round trip
-//! before nearly every request. So a breaker another replica opens stops
-//! this one's deliveries that much later; one this replica opens stops them
-//! at once.
+//! Most breakers are closed, and a delivery should not wait for Redis to
+//! say so. Redis keeps the set of endpoints whose breaker is *not* closed
+//! (changed by the same scripts that open and close them, with a change
+//! counter), and each replica holds a copy of it no older than
+//! [`CLOSED_TRUST_MS`]: an endpoint not in it may go ahead without a round
+//! trip, however many endpoints there are. Renewing the copy costs one
+//! small script call per [`CLOSED_TRUST_MS`] while deliveries flow (the set
+//! itself is read only when its counter moved), and none while the replica
+//! is idle. So a breaker another replica opens stops this one's deliveries
+//! at most that much later; one this replica opens, or an endpoint it just
+//! saw fail, is asked about at once.
 //!
 //! Redis layout, under the key prefix:
 //! - `breaker:{endpoint}`: hash with `state`, `consecutive`, `cooldown_ms`,
 //!   `open_until`, `probe_until`, `opened_at`, `last_error`,
 //!   `last_failure_at`, `last_success_at`;
 //! - `breaker:{endpoint}:window`: hash of per-bucket counters, `s:{bucket}`
-//!   for successes and `f:{bucket}` for failures, 30 buckets per window.
+//!   for successes and `f:{bucket}` for failures, 30 buckets per window;
+//! - `breakers:not_closed`: sorted set of the endpoints whose breaker is
+//!   open or half-open, scored by when it last opened (members older than
+//!   the state's retention are dropped, as their state is), and
+//!   `breakers:not_closed:version`, bumped whenever the set changes. A
+//!   breaker opened before the set existed joins it at its next recorded
+//!   attempt. Each change makes every replica read the whole set again, so
+//!   its cost follows the number of endpoints whose breaker is open, which
+//!   is small next to the number registered; were it to reach tens of
+//!   thousands, sending changes instead of the set would be the next step.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,9 +145,23 @@ pub enum Transition {
     Closed,
 }
 
+/// KEYS[1] the breaker, KEYS[2] and KEYS[3] the not-closed set and its
+/// counter. A closed breaker that the caller found in the set (ARGV[4] =
+/// '1'; its id is ARGV[5]) is taken out of it: its state expired. One not
+/// closed that the caller did not find there is put in.
 const ACQUIRE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'closed' then return {'allow', 0} end
+if not state or state == 'closed' then
+  if ARGV[4] == '1' and redis.call('ZREM', KEYS[2], ARGV[5]) == 1 then
+    redis.call('INCR', KEYS[3])
+  end
+  return {'allow', 0}
+end
+-- Not closed, but missing from the set (opened before the set existed):
+-- put it there.
+if ARGV[4] ~= '1' and redis.call('ZADD', KEYS[2], 'NX', tonumber(ARGV[1]), ARGV[5]) == 1 then
+  redis.call('INCR', KEYS[3])
+end
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 if state == 'open' then
@@ -221,49 +250,68 @@ else
   end
 end
 redis.call('PEXPIRE', KEYS[1], retention)
+-- The not-closed set follows the state it leaves (also for a breaker
+-- that was opened before the set existed).
+if (redis.call('HGET', KEYS[1], 'state') or 'closed') == 'closed' then
+  if redis.call('ZREM', KEYS[3], ARGV[13]) == 1 then redis.call('INCR', KEYS[4]) end
+elseif transition == 'opened' or transition == 'reopened' then
+  if redis.call('ZADD', KEYS[3], now, ARGV[13]) == 1 then redis.call('INCR', KEYS[4]) end
+elseif redis.call('ZADD', KEYS[3], 'NX', now, ARGV[13]) == 1 then
+  redis.call('INCR', KEYS[4])
+end
 return transition
+"#;
+
+/// The not-closed set KEYS[1] if its counter KEYS[2] is no longer ARGV[1]:
+/// `{counter}` when it is, `{counter, ids}` when it moved (after dropping
+/// members scored before ARGV[2], whose state has expired).
+const NOT_CLOSED: &str = r#"
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if version == tonumber(ARGV[1]) then return {version} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+return {version, redis.call('ZRANGE', KEYS[1], 0, -1)}
 "#;
 
 /// How long breaker state is kept after the last attempt.
 const STATE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
-/// How long (milliseconds) a replica trusts a breaker it saw closed.
+/// Longest (milliseconds) a replica goes on its copy of the not-closed
+/// set before renewing it.
 pub const CLOSED_TRUST_MS: i64 = 250;
 
-/// Endpoints whose breaker was closed at the time (Unix milliseconds)
-/// Redis last said so.
+/// A replica's copy of the endpoints whose breaker is not closed.
 #[derive(Debug, Default)]
-struct ClosedSeen {
-    at: HashMap<String, i64>,
-    /// Pruned to the still-trusted entries when it reaches this size, which
-    /// then becomes twice what is left (at least [`CLOSED_SEEN_MIN_PRUNE`]),
-    /// so that many busy endpoints do not make every insert a full scan.
-    prune_at: usize,
+struct NotClosedCopy {
+    ids: HashSet<String>,
+    /// The set's change counter when it was read.
+    version: i64,
+    /// When (Unix milliseconds, the callers' clock) the read began; `None`
+    /// before the first.
+    read_at_ms: Option<i64>,
+    /// When the last renewal failed: the next waits [`CLOSED_TRUST_MS`],
+    /// so that while Redis is away deliveries do not queue behind renewals
+    /// that cannot succeed.
+    failed_at_ms: Option<i64>,
+    /// Endpoints this replica saw fail since the read began: they may have
+    /// opened, so they are asked about until the next renewal.
+    failed_since: HashSet<String>,
 }
 
-const CLOSED_SEEN_MIN_PRUNE: usize = 4096;
-
-fn trusted(seen_ms: i64, now_ms: i64) -> bool {
-    (0..CLOSED_TRUST_MS).contains(&(now_ms - seen_ms))
-}
-
-impl ClosedSeen {
-    fn trusts(&self, endpoint_id: &str, now_ms: i64) -> bool {
-        self.at
-            .get(endpoint_id)
-            .is_some_and(|seen| trusted(*seen, now_ms))
+impl NotClosedCopy {
+    /// Whether `endpoint_id` may go ahead without asking Redis: `None`
+    /// when the copy is too old to say.
+    fn may_skip_asking(&self, endpoint_id: &str, now_ms: i64) -> Option<bool> {
+        // A caller whose clock reading is a little older than the read
+        // (it raced the renewal) is answered too.
+        let fresh = self
+            .read_at_ms
+            .is_some_and(|at| (-CLOSED_TRUST_MS..CLOSED_TRUST_MS).contains(&(now_ms - at)));
+        fresh.then(|| !self.ids.contains(endpoint_id) && !self.failed_since.contains(endpoint_id))
     }
 
-    fn saw_closed(&mut self, endpoint_id: &str, now_ms: i64) {
-        if self.at.len() >= self.prune_at.max(CLOSED_SEEN_MIN_PRUNE) {
-            self.at.retain(|_, seen| trusted(*seen, now_ms));
-            self.prune_at = self.at.len() * 2;
-        }
-        self.at.insert(endpoint_id.to_owned(), now_ms);
-    }
-
-    fn forget(&mut self, endpoint_id: &str) {
-        self.at.remove(endpoint_id);
+    fn renewal_failed_recently(&self, now_ms: i64) -> bool {
+        self.failed_at_ms
+            .is_some_and(|at| (0..CLOSED_TRUST_MS).contains(&(now_ms - at)))
     }
 }
 
@@ -276,7 +324,10 @@ pub struct Breakers {
     acquire: Script,
     release_probe: Script,
     record: Script,
-    closed_seen: Arc<Mutex<ClosedSeen>>,
+    not_closed: Script,
+    copy: Arc<Mutex<NotClosedCopy>>,
+    /// One renewal of the copy at a time.
+    renewing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Breakers {
@@ -297,37 +348,112 @@ impl Breakers {
             acquire: Script::new(ACQUIRE),
             release_probe: Script::new(RELEASE_PROBE),
             record: Script::new(RECORD),
-            closed_seen: Arc::default(),
+            not_closed: Script::new(NOT_CLOSED),
+            copy: Arc::default(),
+            renewing: Arc::default(),
         }
     }
 
-    fn closed_seen(&self) -> std::sync::MutexGuard<'_, ClosedSeen> {
-        self.closed_seen.lock().unwrap_or_else(|e| e.into_inner())
+    fn copy(&self) -> std::sync::MutexGuard<'_, NotClosedCopy> {
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// May a delivery to `endpoint_id` go ahead at `now_ms`?
     pub async fn acquire(&self, endpoint_id: &str, now_ms: i64) -> Result<Permission, StoreError> {
-        if self.closed_seen().trusts(endpoint_id, now_ms) {
-            return Ok(Permission::Allow);
-        }
+        let listed = match self.may_skip_asking(endpoint_id, now_ms).await {
+            Some(true) => return Ok(Permission::Allow),
+            Some(false) => self.copy().ids.contains(endpoint_id),
+            None => false,
+        };
         let mut conn = self.redis.clone();
         let (decision, until): (String, i64) = self
             .acquire
             .key(self.keys.breaker(endpoint_id))
+            .key(self.keys.breakers_not_closed())
+            .key(self.keys.breakers_not_closed_version())
             .arg(now_ms)
             .arg(self.config.probe_lease.as_millis() as u64)
             .arg(self.config.probe_wait().as_millis() as u64)
+            .arg(if listed { "1" } else { "0" })
+            .arg(endpoint_id)
             .invoke_async(&mut conn)
             .await?;
-        let permission = match decision.as_str() {
+        Ok(match decision.as_str() {
             "allow" => Permission::Allow,
             "probe" => Permission::Probe,
             _ => Permission::Deny { until_ms: until },
-        };
-        if permission == Permission::Allow {
-            self.closed_seen().saw_closed(endpoint_id, now_ms);
+        })
+    }
+
+    /// What the copy of the not-closed set says of `endpoint_id` (see
+    /// [`NotClosedCopy::may_skip_asking`]), renewing the copy first when
+    /// it is too old; `None` when it cannot be renewed.
+    async fn may_skip_asking(&self, endpoint_id: &str, now_ms: i64) -> Option<bool> {
+        if let Some(answer) = self.copy().may_skip_asking(endpoint_id, now_ms) {
+            return Some(answer);
         }
-        Ok(permission)
+        // One renewal at a time; the deliveries that come meanwhile ask
+        // Redis about their own endpoint instead of queueing behind it (a
+        // slow or absent Redis must not make them wait one after another).
+        let Ok(_renewing) = self.renewing.try_lock() else {
+            return None;
+        };
+        {
+            let copy = self.copy();
+            if let Some(answer) = copy.may_skip_asking(endpoint_id, now_ms) {
+                return Some(answer);
+            }
+            if copy.renewal_failed_recently(now_ms) {
+                return None;
+            }
+        }
+        match self.renew(now_ms).await {
+            Ok(()) => self.copy().may_skip_asking(endpoint_id, now_ms),
+            Err(_) => {
+                self.copy().failed_at_ms = Some(now_ms);
+                None
+            }
+        }
+    }
+
+    /// Reads the not-closed set again if it changed since the copy.
+    async fn renew(&self, now_ms: i64) -> Result<(), StoreError> {
+        let had = {
+            let mut copy = self.copy();
+            // Failures seen from now on are asked about until the next
+            // renewal; those before are in what this one reads.
+            copy.failed_since.clear();
+            copy.version
+        };
+        let oldest = now_ms - STATE_RETENTION.as_millis() as i64;
+        let mut conn = self.redis.clone();
+        let reply: Vec<redis::Value> = self
+            .not_closed
+            .key(self.keys.breakers_not_closed())
+            .key(self.keys.breakers_not_closed_version())
+            .arg(had)
+            .arg(oldest)
+            .invoke_async(&mut conn)
+            .await?;
+        let corrupt = |e: redis::ParsingError| StoreError::Corrupt(format!("not-closed set: {e}"));
+        let mut reply = reply.into_iter();
+        let version: i64 = match reply.next() {
+            Some(value) => redis::from_redis_value(value).map_err(corrupt)?,
+            None => return Err(StoreError::Corrupt("empty not-closed reply".into())),
+        };
+        let ids: Option<Vec<String>> = reply
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(corrupt)?;
+        let mut copy = self.copy();
+        if let Some(ids) = ids {
+            copy.ids = ids.into_iter().collect();
+        }
+        copy.version = version;
+        copy.read_at_ms = Some(now_ms);
+        copy.failed_at_ms = None;
+        Ok(())
     }
 
     /// Hands back the probe that [`Breakers::acquire`] granted at
@@ -365,6 +491,8 @@ impl Breakers {
             .record
             .key(self.keys.breaker(endpoint_id))
             .key(self.keys.breaker_window(endpoint_id))
+            .key(self.keys.breakers_not_closed())
+            .key(self.keys.breakers_not_closed_version())
             .arg(now_ms)
             .arg(if success { "1" } else { "0" })
             .arg(if probe { "1" } else { "0" })
@@ -377,6 +505,7 @@ impl Breakers {
             .arg(config.cooldown.as_millis() as u64)
             .arg(config.max_cooldown.as_millis() as u64)
             .arg(STATE_RETENTION.as_millis() as u64)
+            .arg(endpoint_id)
             .invoke_async(&mut conn)
             .await?;
         let transition = match transition.as_str() {
@@ -385,10 +514,21 @@ impl Breakers {
             "closed" => Transition::Closed,
             _ => Transition::None,
         };
-        // After a failure, ask Redis again before the next delivery: this
-        // failure, or another replica's, may have opened the breaker.
+        // The copy follows what this replica changed at once; after a
+        // failure, ask Redis before the next delivery: another replica's
+        // failure may have opened the breaker meanwhile.
+        let mut copy = self.copy();
+        match transition {
+            Transition::Opened | Transition::Reopened => {
+                copy.ids.insert(endpoint_id.to_owned());
+            }
+            Transition::Closed => {
+                copy.ids.remove(endpoint_id);
+            }
+            Transition::None => {}
+        }
         if !success {
-            self.closed_seen().forget(endpoint_id);
+            copy.failed_since.insert(endpoint_id.to_owned());
         }
         Ok(transition)
     }
@@ -482,34 +622,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_closed_breaker_is_trusted_for_a_quarter_second() {
-        let mut seen = ClosedSeen::default();
-        seen.saw_closed("ep", 1_000);
-        assert!(seen.trusts("ep", 1_000));
-        assert!(seen.trusts("ep", 1_000 + CLOSED_TRUST_MS - 1));
-        assert!(!seen.trusts("ep", 1_000 + CLOSED_TRUST_MS));
-        assert!(!seen.trusts("ep", 999), "a clock that went back");
-        assert!(!seen.trusts("other", 1_000));
-    }
-
-    #[test]
-    fn stale_entries_are_pruned_without_scanning_on_every_insert() {
-        let mut seen = ClosedSeen::default();
-        let min = CLOSED_SEEN_MIN_PRUNE;
-        for i in 0..min {
-            seen.saw_closed(&format!("busy-{i}"), 10_000);
-        }
-        // All still trusted: the scan keeps them and the next waits for
-        // twice as many.
-        seen.saw_closed("one-more", 10_000);
-        assert_eq!((seen.at.len(), seen.prune_at), (min + 1, 2 * min));
-        for i in min + 1..2 * min {
-            seen.saw_closed(&format!("busy-{i}"), 10_100);
-        }
-        assert_eq!(seen.prune_at, 2 * min, "no scan before the mark");
-        // A second later every entry is stale and goes.
-        seen.saw_closed("late", 11_000);
-        assert_eq!(seen.at.len(), 1);
-        assert!(seen.trusts("late", 11_000));
+    fn a_copy_of_the_not_closed_set_answers_for_a_quarter_second() {
+        let mut copy = NotClosedCopy::default();
+        assert_eq!(copy.may_skip_asking("ep", 1_000), None, "never read");
+        copy.read_at_ms = Some(1_000);
+        copy.ids.insert("open".to_owned());
+        assert_eq!(copy.may_skip_asking("ep", 1_000), Some(true));
+        assert_eq!(
+            copy.may_skip_asking("ep", 1_000 + CLOSED_TRUST_MS - 1),
+            Some(true)
+        );
+        assert_eq!(copy.may_skip_asking("ep", 1_000 + CLOSED_TRUST_MS), None);
+        assert_eq!(
+            copy.may_skip_asking("ep", 990),
+            Some(true),
+            "raced the renewal"
+        );
+        assert_eq!(
+            copy.may_skip_asking("ep", 1_000 - CLOSED_TRUST_MS - 1),
+            None,
+            "a clock that went far back"
+        );
+        assert_eq!(copy.may_skip_asking("open", 1_000), Some(false));
+        copy.failed_since.insert("ep".to_owned());
+        assert_eq!(
+            copy.may_skip_asking("ep", 1_000),
+            Some(false),
+            "it just failed"
+        );
+        copy.failed_at_ms = Some(2_000);
+        assert!(copy.renewal_failed_recently(2_000 + CLOSED_TRUST_MS - 1));
+        assert!(!copy.renewal_failed_recently(2_000 + CLOSED_TRUST_MS));
     }
 }

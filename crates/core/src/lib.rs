@@ -36,6 +36,7 @@
 pub mod application;
 pub mod attempt_log;
 pub mod backoff;
+pub mod bounded_cache;
 pub mod circuit;
 pub mod config;
 pub mod dead_letter;

@@ -164,6 +164,8 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `ratelimit:{endpoint id}` | string: the endpoint's next free moment | dispatcher | [`crate::rate_limit`] |
 /// | `breaker:{endpoint id}` | hash: breaker state | dispatcher | [`crate::circuit`] |
 /// | `breaker:{endpoint id}:window` | hash: per-bucket counts | dispatcher | [`crate::circuit`] |
+/// | `breakers:not_closed` | sorted set of endpoint ids whose breaker is open or half-open, by when it last opened | dispatcher | [`crate::circuit`] |
+/// | `breakers:not_closed:version` | counter, bumped by every change to that set | dispatcher | [`crate::circuit`] |
 /// | `attempts:endpoint:{endpoint id}` | sorted set of attempts by time | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:event:{application id}.{event id}` | sorted set of attempts, expiring | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:events` | sorted set of `{application id}.{event id}` by latest attempt | dispatcher | [`crate::attempt_log`] |
@@ -273,6 +275,16 @@ impl Keys {
     /// An endpoint's circuit-breaker counts of recent attempts.
     pub fn breaker_window(&self, endpoint_id: &str) -> String {
         format!("{}breaker:{endpoint_id}:window", self.prefix)
+    }
+
+    /// The endpoints whose breaker is not closed.
+    pub fn breakers_not_closed(&self) -> String {
+        format!("{}breakers:not_closed", self.prefix)
+    }
+
+    /// Change counter of [`Keys::breakers_not_closed`].
+    pub fn breakers_not_closed_version(&self) -> String {
+        format!("{}breakers:not_closed:version", self.prefix)
     }
 
     /// An endpoint's attempt log.

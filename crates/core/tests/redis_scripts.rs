@@ -515,3 +515,159 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
     // The endpoint's own log is bounded by its own limit only.
     assert_eq!(log.for_endpoint("ep", 0, 1000).await.unwrap().len(), 52);
 }
+
+/// Redis's count of script calls so far (`EVALSHA` and `EVAL`).
+async fn script_calls(redis: &ConnectionManager) -> u64 {
+    let mut conn = redis.clone();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn closed_breakers_cost_no_round_trip_however_many_endpoints() {
+    let keys = keys();
+    let redis = redis();
+    let breakers = Breakers::new(redis.clone(), keys.clone(), config());
+    // One endpoint is open; two thousand others have never failed.
+    for i in 0..5 {
+        fail(&breakers, T0 + i, false).await;
+    }
+    let before = script_calls(&redis).await;
+    for n in 0..2000 {
+        let at = T0 + 10 + n as i64 / 20;
+        assert_eq!(
+            breakers.acquire(&format!("ep_{n}"), at).await.unwrap(),
+            Permission::Allow
+        );
+    }
+    let calls = script_calls(&redis).await - before;
+    // A renewal per CLOSED_TRUST_MS of the callers' clock (100 ms here),
+    // not a call per endpoint; other tests running beside this one add a
+    // few of their own.
+    assert!(calls < 500, "{calls} script calls for 2000 closed breakers");
+    // The open one is still asked about, and denied.
+    assert!(matches!(
+        breakers.acquire("ep", T0 + 120).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+}
+
+#[tokio::test]
+async fn the_not_closed_set_follows_opening_closing_and_expiry() {
+    let keys = keys();
+    let redis = redis();
+    let breakers = Breakers::new(redis.clone(), keys.clone(), config());
+    let mut conn = redis.clone();
+    let members = |mut conn: ConnectionManager, keys: Keys| async move {
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys.breakers_not_closed())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids
+    };
+    for endpoint in ["ep", "ep2"] {
+        for i in 0..5 {
+            breakers
+                .record(endpoint, T0 + i, false, false, "503")
+                .await
+                .unwrap();
+        }
+    }
+    let mut listed = members(conn.clone(), keys.clone()).await;
+    listed.sort();
+    assert_eq!(listed, ["ep", "ep2"]);
+
+    // A successful probe closes ep and takes it out.
+    let at = T0 + 4 + 30_000;
+    assert_eq!(breakers.acquire("ep", at).await.unwrap(), Permission::Probe);
+    assert_eq!(
+        breakers.record("ep", at + 5, true, true, "").await.unwrap(),
+        Transition::Closed
+    );
+    assert_eq!(members(conn.clone(), keys.clone()).await, ["ep2"]);
+
+    // ep2's state expires (as it does a week after its last attempt): the
+    // first replica to ask takes it out of the set, and it may go ahead.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.breaker("ep2"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let other = Breakers::new(redis.clone(), keys.clone(), config());
+    assert_eq!(
+        other.acquire("ep2", at + 10).await.unwrap(),
+        Permission::Allow
+    );
+    assert!(members(conn.clone(), keys.clone()).await.is_empty());
+
+    // A member left from before the state's retention is dropped when the
+    // set is next read.
+    let week_ago = at - 8 * 86_400_000;
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.breakers_not_closed())
+        .arg(week_ago)
+        .arg("ep_gone")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("INCR")
+        .arg(keys.breakers_not_closed_version())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let third = Breakers::new(redis.clone(), keys.clone(), config());
+    assert_eq!(
+        third.acquire("ep_gone", at + 20).await.unwrap(),
+        Permission::Allow
+    );
+    assert!(members(conn.clone(), keys.clone()).await.is_empty());
+
+    // A breaker opened before the set existed (as after an upgrade) joins
+    // it at its next recorded attempt, and is denied from then on.
+    for i in 0..5 {
+        breakers
+            .record("ep_old", at + 30 + i, false, false, "503")
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("ZREM")
+        .arg(keys.breakers_not_closed())
+        .arg("ep_old")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fourth = Breakers::new(redis.clone(), keys.clone(), config());
+    assert_eq!(
+        fourth.acquire("ep_old", at + 40).await.unwrap(),
+        Permission::Allow,
+        "not known to be open yet"
+    );
+    fourth
+        .record("ep_old", at + 41, false, false, "503")
+        .await
+        .unwrap();
+    assert_eq!(members(conn.clone(), keys.clone()).await, ["ep_old"]);
+    let fifth = Breakers::new(redis.clone(), keys.clone(), config());
+    assert!(matches!(
+        fifth.acquire("ep_old", at + 42).await.unwrap(),
+        Permission::Deny { .. }
+    ));
+}

@@ -1,8 +1,11 @@
 //! A dispatcher's endpoints: each read from Redis when a delivery first
 //! needs it — once per replica, however many deliveries wait for it — and
 //! read again after that endpoint changed. A replica thus holds the
-//! endpoints it delivers to, not every registered one, and a change to one
-//! endpoint costs one read of that endpoint, not of all.
+//! endpoints it delivers to, not every registered one — and of those at
+//! most `HERALD_DISPATCHER_CACHE_ENTRIES`, taking about
+//! `HERALD_DISPATCHER_CACHE_BYTES`, the least recently used going first —
+//! and a change to one endpoint costs one read of that endpoint, not of
+//! all.
 //!
 //! Every change to an endpoint bumps its own change counter in Redis
 //! (`endpoint:{id}:version`). Each refresh interval the cache reads the
@@ -14,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use herald_core::bounded_cache::BoundedCache;
 use herald_core::endpoint::{EndpointStore, ResolvedEndpoint, refresh_every, retry_until_loaded};
 use herald_core::redis_store::StoreError;
 use tokio_util::sync::CancellationToken;
@@ -22,32 +26,24 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct EndpointCache {
     store: EndpointStore,
-    held: Arc<Mutex<HashMap<String, HeldEndpoint>>>,
+    held: Arc<Mutex<BoundedCache<ResolvedEndpoint>>>,
     /// One read per endpoint at a time, however many deliveries wait.
     reading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-#[derive(Debug)]
-struct HeldEndpoint {
-    endpoint: Arc<ResolvedEndpoint>,
-    /// The endpoint's change counter when it was read.
-    version: i64,
-    /// It changed since: read it again on next use.
-    stale: bool,
-}
-
 impl EndpointCache {
-    /// An empty cache; call [`EndpointCache::load_first`], then
+    /// An empty cache for at most `max_entries` endpoints and about
+    /// `max_bytes` of them; call [`EndpointCache::load_first`], then
     /// [`EndpointCache::keep_fresh`].
-    pub fn new(store: EndpointStore) -> Self {
+    pub fn new(store: EndpointStore, max_entries: usize, max_bytes: usize) -> Self {
         Self {
             store,
-            held: Arc::default(),
+            held: Arc::new(Mutex::new(BoundedCache::new(max_entries, max_bytes))),
             reading: Arc::default(),
         }
     }
 
-    fn held(&self) -> MutexGuard<'_, HashMap<String, HeldEndpoint>> {
+    fn held(&self) -> MutexGuard<'_, BoundedCache<ResolvedEndpoint>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -58,39 +54,31 @@ impl EndpointCache {
 
     /// Number of endpoints held that no change has made stale.
     pub fn fresh(&self) -> usize {
-        self.held().values().filter(|held| !held.stale).count()
+        self.held().fresh_count()
     }
 
-    fn fresh_copy(&self, id: &str) -> Option<Arc<ResolvedEndpoint>> {
-        match self.held().get(id) {
-            Some(held) if !held.stale => Some(held.endpoint.clone()),
-            _ => None,
-        }
+    /// Number of endpoints held, stale ones included.
+    pub fn len(&self) -> usize {
+        self.held().len()
+    }
+
+    /// Whether no endpoint is held.
+    pub fn is_empty(&self) -> bool {
+        self.held().is_empty()
     }
 
     /// Marks every held endpoint whose change counter moved as stale.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let held: Vec<(String, i64)> = self
-            .held()
-            .iter()
-            .filter(|(_, held)| !held.stale)
-            .map(|(id, held)| (id.clone(), held.version))
-            .collect();
-        if held.is_empty() {
+        let checked = self.held().to_check();
+        if checked.is_empty() {
             // Still ask Redis something, so an outage is noticed and logged.
             self.store.versions(&["-"]).await?;
             return Ok(());
         }
-        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = checked.iter().map(|(id, _)| id.as_str()).collect();
         let versions = self.store.versions(&ids).await?;
-        let mut map = self.held();
-        for ((id, had), now) in held.iter().zip(versions) {
-            if now != *had
-                && let Some(entry) = map.get_mut(id)
-            {
-                tracing::debug!(endpoint_id = %id, had, now, "endpoint changed; reading it again on next use");
-                entry.stale = true;
-            }
+        for id in self.held().mark_moved(&checked, &versions) {
+            tracing::debug!(endpoint_id = %id, "endpoint changed; reading it again on next use");
         }
         Ok(())
     }
@@ -98,7 +86,7 @@ impl EndpointCache {
     /// One endpoint: held, or read from Redis. `Ok(None)` means it does not
     /// exist.
     pub async fn lookup(&self, id: &str) -> Result<Option<Arc<ResolvedEndpoint>>, StoreError> {
-        if let Some(fresh) = self.fresh_copy(id) {
+        if let Some(fresh) = self.held().fresh(id, 0) {
             return Ok(Some(fresh));
         }
         let gate = {
@@ -107,7 +95,7 @@ impl EndpointCache {
         };
         let _reading = gate.lock().await;
         // Another delivery may have read it meanwhile.
-        if let Some(fresh) = self.fresh_copy(id) {
+        if let Some(fresh) = self.held().fresh(id, 0) {
             return Ok(Some(fresh));
         }
         let read = self.store.get_versioned(id).await;
@@ -123,22 +111,16 @@ impl EndpointCache {
             }
             // Redis does not answer: the last copy is better than none.
             Err(StoreError::Redis(err)) => {
-                return match self.held().get(id) {
-                    Some(held) => Ok(Some(held.endpoint.clone())),
+                return match self.held().any(id) {
+                    Some(held) => Ok(Some(held)),
                     None => Err(StoreError::Redis(err)),
                 };
             }
             Err(err) => return Err(err),
         };
+        let bytes = held_bytes(&endpoint);
         let resolved = Arc::new(ResolvedEndpoint::new(endpoint).map_err(StoreError::Corrupt)?);
-        self.held().insert(
-            id.to_owned(),
-            HeldEndpoint {
-                endpoint: resolved.clone(),
-                version,
-                stale: false,
-            },
-        );
+        self.held().insert(id, resolved.clone(), version, bytes);
         Ok(Some(resolved))
     }
 
@@ -154,4 +136,30 @@ impl EndpointCache {
     pub async fn keep_fresh(self, interval: Duration, shutdown: CancellationToken) {
         refresh_every(interval, &shutdown, || self.refresh()).await;
     }
+}
+
+/// About what holding an endpoint costs, for the byte bound: its strings,
+/// and a fixed share for the rest (the struct, the decoded secrets, the
+/// cache's own entry).
+fn held_bytes(endpoint: &herald_core::endpoint::Endpoint) -> usize {
+    let strings = endpoint.id.len()
+        + endpoint.application_id.len()
+        + endpoint.url.len()
+        + endpoint.description.len()
+        + endpoint.secret.len()
+        + endpoint.created_at.len()
+        + endpoint.updated_at.len()
+        + endpoint.disabled_reason.as_ref().map_or(0, String::len)
+        + endpoint.event_types.iter().map(String::len).sum::<usize>()
+        + endpoint
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + endpoint
+            .previous_secrets
+            .iter()
+            .map(|s| s.secret.len() + 64)
+            .sum::<usize>();
+    strings + 512
 }

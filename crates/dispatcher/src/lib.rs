@@ -94,6 +94,12 @@ pub struct Config {
     /// cache checks Redis for changes (a change makes it read the endpoints
     /// it holds again, on their next use).
     pub cache_refresh: Duration,
+    /// `HERALD_DISPATCHER_CACHE_ENTRIES` (default `10000`): most endpoints
+    /// the replica holds (the least recently used go first).
+    pub cache_entries: usize,
+    /// `HERALD_DISPATCHER_CACHE_BYTES` (default `16777216`, 16 MiB): about
+    /// the most memory those endpoints take.
+    pub cache_bytes: usize,
     /// `HERALD_DRAIN_TIMEOUT` (default `30s`): on shutdown or rebalance, how
     /// long in-flight deliveries may take to finish.
     pub drain_timeout: Duration,
@@ -140,6 +146,10 @@ impl Config {
             max_delivery_age: env.duration("HERALD_MAX_DELIVERY_AGE", retry_schedule.span())?,
             retry_schedule,
             cache_refresh: env.duration("HERALD_ENDPOINT_CACHE_REFRESH", Duration::from_secs(1))?,
+            cache_entries: env.number("HERALD_DISPATCHER_CACHE_ENTRIES", 10_000, 1, 10_000_000)?
+                as usize,
+            cache_bytes: env.number("HERALD_DISPATCHER_CACHE_BYTES", 16 << 20, 1 << 16, 16 << 30)?
+                as usize,
             drain_timeout: herald_core::config::drain_timeout(env, &kafka)?,
             ops_addr: herald_core::ops::ops_addr(env)?,
             kafka,
@@ -211,7 +221,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         return Ok(());
     };
     let keys = Keys::new(config.redis.key_prefix.clone());
-    let cache = EndpointCache::new(EndpointStore::new(redis.clone(), keys.clone()));
+    let cache = EndpointCache::new(
+        EndpointStore::new(redis.clone(), keys.clone()),
+        config.cache_entries,
+        config.cache_bytes,
+    );
     if !cache.load_first(&shutdown).await {
         return Ok(());
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_core::application::ApplicationStore;
+use herald_core::bounded_cache::BoundedCache;
 use herald_core::endpoint::{EndpointStore, EventTypePattern, refresh_every, retry_until_loaded};
 use herald_core::redis_store::StoreError;
 use serde::Deserialize;
@@ -144,28 +145,13 @@ pub struct SubscriptionCache {
     held: Arc<Mutex<Held>>,
     /// One load per application at a time, however many events wait for it.
     loading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    max_entries: usize,
-    max_bytes: usize,
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    by_app: HashMap<String, HeldEntry>,
-    bytes: usize,
-    /// Bumped on every use, to find the least recently used.
-    clock: u64,
-    hits: u64,
-    misses: u64,
 }
 
 #[derive(Debug)]
-struct HeldEntry {
-    subscriptions: Arc<Subscriptions>,
-    bytes: usize,
-    last_used: u64,
-    /// The application changed since: read it again on next use, and use
-    /// this copy only while Redis does not answer.
-    stale: bool,
+struct Held {
+    by_app: BoundedCache<Subscriptions>,
+    hits: u64,
+    misses: u64,
 }
 
 impl SubscriptionCache {
@@ -180,10 +166,12 @@ impl SubscriptionCache {
         Self {
             endpoints,
             applications,
-            held: Arc::default(),
+            held: Arc::new(Mutex::new(Held {
+                by_app: BoundedCache::new(max_entries, max_bytes),
+                hits: 0,
+                misses: 0,
+            })),
             loading: Arc::default(),
-            max_entries: max_entries.max(1),
-            max_bytes,
         }
     }
 
@@ -209,15 +197,7 @@ impl SubscriptionCache {
 
     fn cached(&self, app: &str, at_least: i64) -> Option<Arc<Subscriptions>> {
         let mut held = self.held();
-        held.clock += 1;
-        let clock = held.clock;
-        let found = match held.by_app.get_mut(app) {
-            Some(entry) if !entry.stale && entry.subscriptions.version() >= at_least => {
-                entry.last_used = clock;
-                Some(entry.subscriptions.clone())
-            }
-            _ => None,
-        };
+        let found = held.by_app.fresh(app, at_least);
         let m = herald_core::metrics::metrics();
         match found {
             Some(_) => {
@@ -244,11 +224,8 @@ impl SubscriptionCache {
         };
         let _loading = gate.lock().await;
         // Another task may have loaded it meanwhile.
-        if let Some(entry) = self.held().by_app.get(app)
-            && !entry.stale
-            && entry.subscriptions.version() >= at_least
-        {
-            return Ok(Lookup::Found(entry.subscriptions.clone()));
+        if let Some(found) = self.held().by_app.fresh(app, at_least) {
+            return Ok(Lookup::Found(found));
         }
         let loaded = self
             .endpoints
@@ -259,7 +236,7 @@ impl SubscriptionCache {
             .unwrap_or_else(|p| p.into_inner())
             .remove(app);
         let Some((version, endpoints)) = loaded? else {
-            self.forget(app);
+            self.held().by_app.remove(app);
             return Ok(Lookup::NoSuchApplication);
         };
         let bytes = endpoints
@@ -274,80 +251,27 @@ impl SubscriptionCache {
             endpoints = subscriptions.len(),
             "subscriptions read"
         );
-        self.insert(app, subscriptions.clone(), bytes);
+        self.held()
+            .by_app
+            .insert(app, subscriptions.clone(), version, bytes);
         Ok(Lookup::Found(subscriptions))
-    }
-
-    fn insert(&self, app: &str, subscriptions: Arc<Subscriptions>, bytes: usize) {
-        let mut held = self.held();
-        held.clock += 1;
-        let clock = held.clock;
-        if let Some(old) = held.by_app.remove(app) {
-            held.bytes -= old.bytes;
-        }
-        // Make room: the least recently used go first.
-        while !held.by_app.is_empty()
-            && (held.by_app.len() >= self.max_entries || held.bytes + bytes > self.max_bytes)
-        {
-            let Some(oldest) = held
-                .by_app
-                .iter()
-                .min_by_key(|(_, entry)| entry.last_used)
-                .map(|(app, _)| app.clone())
-            else {
-                break;
-            };
-            if let Some(gone) = held.by_app.remove(&oldest) {
-                held.bytes -= gone.bytes;
-            }
-        }
-        held.bytes += bytes;
-        held.by_app.insert(
-            app.to_owned(),
-            HeldEntry {
-                subscriptions,
-                bytes,
-                last_used: clock,
-                stale: false,
-            },
-        );
     }
 
     /// The copy held of `app`, however old (for when Redis does not answer).
     pub fn held_copy(&self, app: &str) -> Option<Arc<Subscriptions>> {
-        self.held()
-            .by_app
-            .get(app)
-            .map(|entry| entry.subscriptions.clone())
-    }
-
-    fn forget(&self, app: &str) {
-        let mut held = self.held();
-        if let Some(gone) = held.by_app.remove(app) {
-            held.bytes -= gone.bytes;
-        }
+        self.held().by_app.any(app)
     }
 
     /// Marks every held application whose change counter moved as stale.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let held: Vec<(String, i64)> = self
-            .held()
-            .by_app
-            .iter()
-            .map(|(app, entry)| (app.clone(), entry.subscriptions.version()))
-            .collect();
-        if held.is_empty() {
+        let checked = self.held().by_app.to_check();
+        if checked.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = held.iter().map(|(app, _)| app.as_str()).collect();
+        let ids: Vec<&str> = checked.iter().map(|(app, _)| app.as_str()).collect();
         let versions = self.applications.versions(&ids).await?;
-        for ((app, had), now) in held.iter().zip(versions) {
-            if now != *had
-                && let Some(entry) = self.held().by_app.get_mut(app)
-            {
-                tracing::debug!(application = %app, had, now, "application changed; reading it again on next use");
-                entry.stale = true;
-            }
+        for app in self.held().by_app.mark_moved(&checked, &versions) {
+            tracing::debug!(application = %app, "application changed; reading it again on next use");
         }
         Ok(())
     }
