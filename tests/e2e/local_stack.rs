@@ -34,7 +34,13 @@ impl LocalStack {
             .parent()
             .expect("bin dir")
             .to_path_buf();
-        let mut child = Command::new(root.join("scripts/up"))
+        // With SIGINT back to its default: a suite started in the
+        // background of a non-interactive shell inherits it ignored, and a
+        // shell cannot trap a signal ignored when it started, so Ctrl-C
+        // would never reach scripts/up's handler.
+        let mut child = Command::new("env")
+            .arg("--default-signal=INT")
+            .arg(root.join("scripts/up"))
             .env("HERALD_BIN_DIR", &bin_dir)
             .env("HERALD_STATE_DIR", &state_dir)
             .env("HERALD_LOG_DIR", log_dir().join(format!("{name}-{id}")))
