@@ -15,6 +15,7 @@ mod idempotency;
 mod local_stack;
 mod malformed_records;
 mod metrics;
+mod openapi;
 mod outbound;
 mod rate_limit;
 mod redis_outage;

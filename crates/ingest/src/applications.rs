@@ -13,13 +13,14 @@ use herald_core::application::Application;
 use herald_core::event::{
     format_timestamp, new_application_id, unix_millis, validate_application_id,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::body::read_json;
 use crate::endpoints::{check_rate_limit, invalid};
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::paging::PageParams;
 use crate::state::AppState;
 
@@ -33,29 +34,67 @@ const MAX_METADATA_KEY_LEN: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 1024;
 
 /// Body of `POST /v1/applications`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApplication {
+    /// Your own id for the customer (the rules of event ids, without `:`);
+    /// generated (`app_…`) when absent.
     #[serde(default)]
+    #[schema(example = "acme")]
     id: Option<String>,
+    /// Display name, 1–256 bytes.
+    #[schema(example = "Acme Inc.")]
     name: String,
+    /// Up to 32 string pairs of your own.
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
+    /// Most events per second accepted for it, across ingest replicas.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     rate_limit: Option<u32>,
 }
 
 /// Body of `PATCH /v1/applications/{app}`: only the fields to change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApplication {
+    /// Display name, 1–256 bytes.
     #[serde(default)]
     name: Option<String>,
+    /// Replaces all of its metadata.
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
     /// `null` removes the limit; absent leaves it as it is.
     #[serde(default, deserialize_with = "crate::endpoints::present_or_null")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit: Option<Option<u32>>,
+}
+
+/// An application as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApplicationView {
+    /// Its id.
+    #[schema(example = "acme")]
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Your string pairs.
+    pub metadata: BTreeMap<String, String>,
+    /// Most events per second, or `null` for no limit.
+    pub rate_limit: Option<u32>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// A page of applications in creation order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApplicationPage {
+    /// This page.
+    pub data: Vec<ApplicationView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -113,23 +152,39 @@ pub async fn find(state: &AppState, id: &str) -> Result<Application, ApiError> {
         .ok_or_else(|| not_found(id))
 }
 
-fn view(app: &Application) -> Value {
-    json!({
-        "id": app.id,
-        "name": app.name,
-        "metadata": app.metadata,
-        "rate_limit": app.rate_limit,
-        "created_at": app.created_at,
-        "updated_at": app.updated_at,
-    })
+fn view(app: &Application) -> ApplicationView {
+    ApplicationView {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        metadata: app.metadata.clone(),
+        rate_limit: app.rate_limit,
+        created_at: app.created_at.clone(),
+        updated_at: app.updated_at.clone(),
+    }
 }
 
-/// `POST /v1/applications`.
+/// Creates an application.
+#[utoipa::path(
+    post,
+    path = "/v1/applications",
+    operation_id = "create_application",
+    tag = "applications",
+    request_body = CreateApplication,
+    responses(
+        (status = 201, description = "Created", body = ApplicationView),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`application_exists`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ApplicationView>), ApiError> {
     let request: CreateApplication = read_json(&headers, body, state.max_body_bytes).await?;
     let id = match request.id {
         Some(id) => {
@@ -162,33 +217,79 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&app))))
 }
 
-/// `GET /v1/applications?limit=50&cursor=…`.
+/// Lists the applications, a page at a time, in creation order.
+#[utoipa::path(
+    get,
+    path = "/v1/applications",
+    operation_id = "list_applications",
+    tag = "applications",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page", body = ApplicationPage),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApplicationPage>, ApiError> {
     let page = paging.page()?;
     let mut apps = state.applications.list(page.start, page.fetch()).await?;
     let next_cursor = page.finish(&mut apps);
-    let data: Vec<Value> = apps.iter().map(view).collect();
-    Ok(Json(json!({ "data": data, "next_cursor": next_cursor })))
+    Ok(Json(ApplicationPage {
+        data: apps.iter().map(view).collect(),
+        next_cursor,
+    }))
 }
 
-/// `GET /v1/applications/{app}`.
+/// One application.
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}",
+    operation_id = "get_application",
+    tag = "applications",
+    params(("app" = String, Path, description = "The application's id")),
+    responses(
+        (status = 200, description = "The application", body = ApplicationView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApplicationView>, ApiError> {
     Ok(Json(view(&find(&state, &id).await?)))
 }
 
-/// `PATCH /v1/applications/{app}`.
+/// Changes the fields given, and keeps the others.
+#[utoipa::path(
+    patch,
+    path = "/v1/applications/{app}",
+    operation_id = "update_application",
+    tag = "applications",
+    params(("app" = String, Path, description = "The application's id")),
+    request_body = UpdateApplication,
+    responses(
+        (status = 200, description = "The application as changed", body = ApplicationView),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApplicationView>, ApiError> {
     let request: UpdateApplication = read_json(&headers, body, state.max_body_bytes).await?;
     if let Some(name) = &request.name {
         check_name(name)?;
@@ -219,9 +320,22 @@ pub async fn update(
     Ok(Json(view(&app)))
 }
 
-/// `DELETE /v1/applications/{app}`: the application and all its endpoints.
-/// Deliveries already on their way to them are dead-lettered as
-/// `endpoint_deleted` by the dispatchers.
+/// Deletes the application and all its endpoints. Deliveries already on
+/// their way to them are dead-lettered as `endpoint_deleted` by the
+/// dispatchers.
+#[utoipa::path(
+    delete,
+    path = "/v1/applications/{app}",
+    operation_id = "delete_application",
+    tag = "applications",
+    params(("app" = String, Path, description = "The application's id")),
+    responses(
+        (status = 204, description = "Deleted, with its endpoints"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -239,22 +353,58 @@ pub async fn delete(
 const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Body of `POST /v1/applications/{app}/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueToken {
+    /// `portal` or `ingest`.
+    #[schema(example = "portal")]
     scope: String,
+    /// How long it works, e.g. `1h` (the default), at most `30d`.
     #[serde(default)]
+    #[schema(example = "1h")]
     ttl: Option<String>,
 }
 
-/// `POST /v1/applications/{app}/tokens`: `201 {"token", "id", "scope",
-/// "expires_at"}`. The token is shown once; Herald keeps only its digest.
+/// A token just issued: the only time it is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenIssued {
+    /// The token itself (`hat_…`).
+    pub token: String,
+    /// Its id, for revoking it.
+    pub id: String,
+    /// The application it sees.
+    pub application_id: String,
+    /// `portal` or `ingest`.
+    pub scope: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// Issues an application token. It is shown once; Herald keeps only its
+/// digest.
+#[utoipa::path(
+    post,
+    path = "/v1/applications/{app}/tokens",
+    operation_id = "issue_application_token",
+    tag = "applications",
+    params(("app" = String, Path, description = "The application's id")),
+    request_body = IssueToken,
+    responses(
+        (status = 201, description = "Issued", body = TokenIssued),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn issue_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     let request: IssueToken = read_json(&headers, body, state.max_body_bytes).await?;
     let scope = match request.scope.as_str() {
         "portal" => herald_core::application::TokenScope::Portal,
@@ -282,18 +432,35 @@ pub async fn issue_token(
     tracing::info!(application_id = %id, token_id = %record.id, scope = scope.name(), "application token issued");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "token": token,
-            "id": record.id,
-            "application_id": id,
-            "scope": scope.name(),
-            "expires_at": format_timestamp(herald_core::event::from_unix_millis(record.expires_at_ms)),
-        })),
+        Json(TokenIssued {
+            token,
+            id: record.id,
+            application_id: id,
+            scope: scope.name().to_owned(),
+            expires_at: format_timestamp(herald_core::event::from_unix_millis(
+                record.expires_at_ms,
+            )),
+        }),
     ))
 }
 
-/// `DELETE /v1/applications/{app}/tokens/{token id}`: `204`; the token
-/// stops working at once.
+/// Revokes a token: it stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/applications/{app}/tokens/{token}",
+    operation_id = "revoke_application_token",
+    tag = "applications",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("token" = String, Path, description = "The token's id (not the token)"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn revoke_token(
     State(state): State<AppState>,
     Path((app, token_id)): Path<(String, String)>,

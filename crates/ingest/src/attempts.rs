@@ -1,46 +1,101 @@
-//! `GET /v1/events/{id}/attempts` and `GET /v1/endpoints/{id}/attempts`:
-//! the delivery-attempt log, newest first.
+//! `GET /v1/applications/{app}/events/{id}/attempts` and
+//! `GET /v1/applications/{app}/endpoints/{id}/attempts`: the
+//! delivery-attempt log, newest first.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use herald_core::attempt_log::AttemptRecord;
 use herald_core::event::{format_timestamp, from_unix_millis};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::paging::PageParams;
 use crate::state::AppState;
 
-fn view(record: &AttemptRecord) -> Value {
-    json!({
-        "delivery_id": record.delivery_id,
-        "endpoint_id": record.endpoint_id,
-        "event_id": record.event_id,
-        "attempt": record.attempt,
-        "started_at": format_timestamp(from_unix_millis(record.started_at_ms)),
-        "duration_ms": record.duration_ms,
-        "success": record.success,
-        "status_code": record.status_code,
-        "error": record.error,
-        "response_body": record.response_body,
+/// One delivery attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// The delivery (one event to one endpoint).
+    delivery_id: String,
+    /// The endpoint.
+    endpoint_id: String,
+    /// The event.
+    event_id: String,
+    /// 1 for the delivery's first attempt.
+    attempt: u32,
+    /// RFC 3339.
+    started_at: String,
+    /// How long it took.
+    duration_ms: u32,
+    /// Whether the endpoint answered 2xx.
+    success: bool,
+    /// The endpoint's HTTP status, when it answered.
+    status_code: Option<u16>,
+    /// Why it failed, when it did.
+    error: Option<String>,
+    /// The start of the endpoint's answer (at most 4 KiB).
+    response_body: String,
+}
+
+/// A page of attempts, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptPage {
+    /// This page.
+    data: Vec<AttemptView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+fn view(record: &AttemptRecord) -> AttemptView {
+    AttemptView {
+        delivery_id: record.delivery_id.clone(),
+        endpoint_id: record.endpoint_id.clone(),
+        event_id: record.event_id.clone(),
+        attempt: record.attempt,
+        started_at: format_timestamp(from_unix_millis(record.started_at_ms)),
+        duration_ms: record.duration_ms,
+        success: record.success,
+        status_code: record.status_code,
+        error: record.error.clone(),
+        response_body: record.response_body.clone(),
+    }
+}
+
+fn page_of(mut records: Vec<AttemptRecord>, page: crate::paging::Page) -> Json<AttemptPage> {
+    let next_cursor = page.finish(&mut records);
+    Json(AttemptPage {
+        data: records.iter().map(view).collect(),
+        next_cursor,
     })
 }
 
-fn page_of(mut records: Vec<AttemptRecord>, page: crate::paging::Page) -> Json<Value> {
-    let next_cursor = page.finish(&mut records);
-    Json(json!({
-        "data": records.iter().map(view).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    }))
-}
-
-/// `GET /v1/applications/{app}/events/{id}/attempts`: every attempt to
-/// deliver one event of the application, to any of its endpoints.
+/// Every attempt to deliver one event of the application, to any of its
+/// endpoints.
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}/events/{id}/attempts",
+    operation_id = "list_event_attempts",
+    tag = "attempts",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The event's id"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page, newest first", body = AttemptPage),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn for_event(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AttemptPage>, ApiError> {
     let page = paging.page()?;
     crate::applications::find(&state, &app).await?;
     let records = state
@@ -51,11 +106,29 @@ pub async fn for_event(
 }
 
 /// Every attempt to one endpoint (the newest, up to the configured number).
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}/endpoints/{id}/attempts",
+    operation_id = "list_endpoint_attempts",
+    tag = "attempts",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page, newest first", body = AttemptPage),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn for_endpoint(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AttemptPage>, ApiError> {
     let page = paging.page()?;
     crate::endpoints::find(&state, &app, &id).await?;
     let records = state

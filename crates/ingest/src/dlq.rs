@@ -23,12 +23,14 @@ use herald_core::proto::{DeadLetter, Delivery};
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::openapi::{ErrorBody, ErrorDetail};
 use crate::paging::PageParams;
 use crate::state::AppState;
 
@@ -78,73 +80,184 @@ impl RecordHandler for DlqIndexer {
     }
 }
 
-fn view(letter: &DeadLetter) -> Value {
-    let mut out = json!({
-        "id": letter.id,
-        "reason": letter.reason,
-        "detail": letter.detail,
-        "dead_at": format_timestamp(from_unix_millis(letter.dead_at_ms)),
-        "source": {
-            "topic": letter.source_topic,
-            "partition": letter.source_partition,
-            "offset": letter.source_offset,
+/// A dead letter as the API shows it. A delivery that died has its
+/// delivery's fields; a record that could not be read has
+/// `raw_record_base64` instead.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterView {
+    /// Its id, for replaying it.
+    id: String,
+    /// Why it died: `endpoint_unavailable`, `retries_exhausted`,
+    /// `endpoint_deleted`, `application_not_found`, `invalid_record`, …
+    reason: String,
+    /// The specifics.
+    detail: String,
+    /// RFC 3339.
+    dead_at: String,
+    /// Where it was read from.
+    source: DeadLetterSource,
+    /// The endpoint it was for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint_id: Option<String>,
+    /// The application of its event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_id: Option<String>,
+    /// Its event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    /// Its event's type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type: Option<String>,
+    /// Its event's payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+    /// Every attempt made, first first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<DeadAttempt>>,
+    /// How often it was put off (breaker open, rate limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deferrals: Option<u32>,
+    /// The last attempt's HTTP status (`null`: no answer, or no attempt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u32>)]
+    last_status_code: Option<Option<u32>>,
+    /// The last attempt's error (`null`: none, or no attempt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    last_error: Option<Option<String>>,
+    /// A record that could not be read, as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_record_base64: Option<String>,
+}
+
+/// Where a dead letter was read from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterSource {
+    /// The topic.
+    topic: String,
+    /// Its partition.
+    partition: i32,
+    /// The record's offset.
+    offset: i64,
+}
+
+/// One attempt of a dead delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadAttempt {
+    /// 1 for the first.
+    attempt: usize,
+    /// RFC 3339.
+    started_at: String,
+    /// The endpoint's HTTP status, when it answered.
+    status_code: Option<u32>,
+    /// Why it failed, when it did.
+    error: Option<String>,
+    /// How long it took.
+    duration_ms: u32,
+}
+
+/// A page of dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    /// This page.
+    data: Vec<DeadLetterView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+fn view(letter: &DeadLetter) -> DeadLetterView {
+    let mut out = DeadLetterView {
+        id: letter.id.clone(),
+        reason: letter.reason.clone(),
+        detail: letter.detail.clone(),
+        dead_at: format_timestamp(from_unix_millis(letter.dead_at_ms)),
+        source: DeadLetterSource {
+            topic: letter.source_topic.clone(),
+            partition: letter.source_partition,
+            offset: letter.source_offset,
         },
-    });
+        endpoint_id: None,
+        application_id: None,
+        event_id: None,
+        event_type: None,
+        payload: None,
+        attempts: None,
+        deferrals: None,
+        last_status_code: None,
+        last_error: None,
+        raw_record_base64: None,
+    };
     match &letter.delivery {
         Some(delivery) => {
-            let payload: Value =
-                serde_json::from_slice(&delivery.payload_json).unwrap_or(Value::Null);
-            let attempts: Vec<Value> = delivery
+            let attempts = delivery
                 .history
                 .iter()
                 .enumerate()
-                .map(|(n, a)| {
-                    json!({
-                        "attempt": n + 1,
-                        "started_at": format_timestamp(from_unix_millis(a.started_at_ms)),
-                        "status_code": (a.status_code != 0).then_some(a.status_code),
-                        "error": (!a.error.is_empty()).then_some(&a.error),
-                        "duration_ms": a.duration_ms,
-                    })
+                .map(|(n, a)| DeadAttempt {
+                    attempt: n + 1,
+                    started_at: format_timestamp(from_unix_millis(a.started_at_ms)),
+                    status_code: (a.status_code != 0).then_some(a.status_code),
+                    error: (!a.error.is_empty()).then(|| a.error.clone()),
+                    duration_ms: a.duration_ms,
                 })
                 .collect();
             let last = delivery.history.last();
-            out["endpoint_id"] = json!(delivery.endpoint_id);
-            out["application_id"] = json!(delivery.application_id);
-            out["event_id"] = json!(delivery.event_id);
-            out["event_type"] = json!(delivery.event_type);
-            out["payload"] = payload;
-            out["attempts"] = Value::Array(attempts);
-            out["deferrals"] = json!(delivery.deferrals);
-            out["last_status_code"] =
-                json!(last.and_then(|a| (a.status_code != 0).then_some(a.status_code)));
-            out["last_error"] = json!(last.and_then(|a| (!a.error.is_empty()).then_some(&a.error)));
+            out.endpoint_id = Some(delivery.endpoint_id.clone());
+            out.application_id = Some(delivery.application_id.clone());
+            out.event_id = Some(delivery.event_id.clone());
+            out.event_type = Some(delivery.event_type.clone());
+            out.payload =
+                Some(serde_json::from_slice(&delivery.payload_json).unwrap_or(Value::Null));
+            out.attempts = Some(attempts);
+            out.deferrals = Some(delivery.deferrals);
+            out.last_status_code =
+                Some(last.and_then(|a| (a.status_code != 0).then_some(a.status_code)));
+            out.last_error =
+                Some(last.and_then(|a| (!a.error.is_empty()).then(|| a.error.clone())));
         }
         None => {
-            out["raw_record_base64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(&letter.raw_record));
+            out.raw_record_base64 =
+                Some(base64::engine::general_purpose::STANDARD.encode(&letter.raw_record));
         }
     }
     out
 }
 
-/// Query of `GET /v1/dlq`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/dlq`: at most one of the two.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this endpoint's dead letters.
     #[serde(default)]
     endpoint_id: Option<String>,
+    /// Only this application's dead letters.
     #[serde(default)]
     application: Option<String>,
 }
 
-/// `GET /v1/dlq?application=…|endpoint_id=…&limit=50&cursor=…`: newest
-/// first.
+/// Lists dead letters, newest first: all, one application's or one
+/// endpoint's. An application token sees its own application's only.
+#[utoipa::path(
+    get,
+    path = "/v1/dlq",
+    operation_id = "list_dead_letters",
+    tag = "dead letters",
+    params(ListParams, PageParams),
+    responses(
+        (status = 200, description = "A page, newest first", body = DeadLetterPage),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found` (for an application token)", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Query(mut params): Query<ListParams>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterPage>, ApiError> {
     let page = paging.page()?;
     // A portal token lists its own application's letters only.
     if let Some(only) = caller.only_application() {
@@ -170,26 +283,75 @@ pub async fn list(
     };
     let mut letters = state.dlq.list(filter, page.start, page.fetch()).await?;
     let next_cursor = page.finish(&mut letters);
-    Ok(Json(json!({
-        "data": letters.iter().map(view).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    })))
+    Ok(Json(DeadLetterPage {
+        data: letters.iter().map(view).collect(),
+        next_cursor,
+    }))
 }
 
 /// Body of `POST /v1/dlq/replay`: exactly one of the fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
+    /// Every dead letter of this endpoint.
     #[serde(default)]
     endpoint_id: Option<String>,
+    /// Every dead letter of this application.
     #[serde(default)]
     application: Option<String>,
+    /// These dead letters (1 to 10,000 ids).
     #[serde(default)]
     ids: Option<Vec<String>>,
 }
 
-/// `POST /v1/dlq/replay`: 200 `{"replayed": [...]}` when every dead letter
-/// was sent back; 409 with the reasons when some could not be.
+/// Every dead letter asked for was sent back.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    /// The ids sent back to `herald.deliveries`.
+    replayed: Vec<String>,
+}
+
+/// Some dead letters could not be sent back; the others were.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayPartlyFailed {
+    /// `replay_failed`, with how many failed and the first reason.
+    error: ErrorDetail,
+    /// The ids sent back.
+    replayed: Vec<String>,
+    /// The others, each with why.
+    failed: Vec<ReplayFailure>,
+}
+
+/// A dead letter that could not be sent back.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayFailure {
+    /// Its id.
+    id: String,
+    /// `not_found`, `not_replayable`, `endpoint_deleted`, `kafka_unavailable`, …
+    code: String,
+    /// Why.
+    message: String,
+}
+
+/// Sends dead letters back to `herald.deliveries` for a fresh set of
+/// attempts, with the same event id (so the same `webhook-id`).
+#[utoipa::path(
+    post,
+    path = "/v1/dlq/replay",
+    operation_id = "replay_dead_letters",
+    tag = "dead letters",
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "Every one was sent back", body = Replayed),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `endpoint_not_found`, `not_found`", body = ErrorBody),
+        (status = 409, description = "`replay_failed`: some could not be", body = ReplayPartlyFailed),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn replay(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
@@ -259,28 +421,39 @@ pub async fn replay(
         .iter()
         .filter(|id| !letters.iter().any(|l| &l.id == *id))
     {
-        failed.push(json!({"id": id, "code": "not_found", "message": format!("no dead letter with id {id:?}")}));
+        failed.push(ReplayFailure {
+            id: id.clone(),
+            code: "not_found".to_owned(),
+            message: format!("no dead letter with id {id:?}"),
+        });
     }
     for letter in &letters {
         match replay_one(&state, letter).await {
             Ok(()) => replayed.push(letter.id.clone()),
-            Err((code, message)) => {
-                failed.push(json!({"id": letter.id, "code": code, "message": message}))
-            }
+            Err((code, message)) => failed.push(ReplayFailure {
+                id: letter.id.clone(),
+                code: code.to_owned(),
+                message,
+            }),
         }
     }
     if failed.is_empty() {
-        return Ok(Json(json!({ "replayed": replayed })).into_response());
+        return Ok(Json(Replayed { replayed }).into_response());
     }
-    let first = failed[0]["message"].as_str().unwrap_or_default().to_owned();
-    let body = json!({
-        "error": {
-            "code": "replay_failed",
-            "message": format!("{} of {} dead letters could not be replayed; first: {first}", failed.len(), failed.len() + replayed.len()),
+    let message = format!(
+        "{} of {} dead letters could not be replayed; first: {}",
+        failed.len(),
+        failed.len() + replayed.len(),
+        failed[0].message
+    );
+    let body = ReplayPartlyFailed {
+        error: ErrorDetail {
+            code: "replay_failed".to_owned(),
+            message,
         },
-        "replayed": replayed,
-        "failed": failed,
-    });
+        replayed,
+        failed,
+    };
     Ok((StatusCode::CONFLICT, Json(body)).into_response())
 }
 

@@ -20,11 +20,12 @@ use herald_core::endpoint::{Endpoint, EventTypePattern, validate_url};
 use herald_core::event::{format_timestamp, new_endpoint_id, unix_millis};
 use herald_core::signing::Secret;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::paging::PageParams;
 use crate::state::AppState;
 
@@ -59,39 +60,57 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 86_400);
 
 /// Body of `POST /v1/applications/{app}/endpoints`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// Where the webhooks go: `http` or `https`, allowed by the outbound
+    /// address policy, at most 2048 characters.
+    #[schema(example = "https://hooks.example.com/orders")]
     url: String,
+    /// Exact types, `prefix.*` or `*`; 1–256 entries.
+    #[schema(example = json!(["order.*"]))]
     event_types: Vec<String>,
+    /// Free text, at most 1024 characters.
     #[serde(default)]
     description: Option<String>,
+    /// Sent with every webhook; at most 32, none of Herald's own.
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    /// A disabled endpoint receives nothing.
     #[serde(default)]
     disabled: Option<bool>,
+    /// The signing secret (`whsec_` + base64 of 24–64 bytes); generated
+    /// when absent.
     #[serde(default)]
     secret: Option<String>,
+    /// Most deliveries per second, across dispatcher replicas.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     rate_limit: Option<u32>,
 }
 
 /// Body of `PATCH /v1/applications/{app}/endpoints/{id}`: only the fields to change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
+    /// Where the webhooks go.
     #[serde(default)]
     url: Option<String>,
+    /// Replaces all its subscriptions.
     #[serde(default)]
     event_types: Option<Vec<String>>,
+    /// Free text.
     #[serde(default)]
     description: Option<String>,
+    /// Replaces all its custom headers.
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    /// `false` also clears why it was disabled.
     #[serde(default)]
     disabled: Option<bool>,
     /// `null` removes the limit; absent leaves it as it is.
     #[serde(default, deserialize_with = "present_or_null")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit: Option<Option<u32>>,
 }
 
@@ -105,20 +124,114 @@ where
 }
 
 /// An endpoint as the API shows it: without its secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointView<'a> {
+    /// `ep_…`, unique across Herald.
     id: &'a str,
+    /// The application it belongs to.
     application_id: &'a str,
+    /// Where the webhooks go.
     url: &'a str,
+    /// Exact types, `prefix.*` or `*`.
     event_types: &'a [String],
+    /// Free text.
     description: &'a str,
+    /// Sent with every webhook.
     headers: &'a BTreeMap<String, String>,
+    /// A disabled endpoint receives nothing.
     disabled: bool,
+    /// Why Herald disabled it (an endpoint that answered 410).
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<&'a str>,
+    /// Most deliveries per second, or `null`.
     rate_limit: Option<u32>,
+    /// RFC 3339.
     created_at: &'a str,
+    /// RFC 3339.
     updated_at: &'a str,
+}
+
+/// A new endpoint, with its secret (shown here and by `GET …/secret`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedEndpoint<'a> {
+    #[serde(flatten)]
+    endpoint: EndpointView<'a>,
+    /// The signing secret.
+    secret: &'a str,
+}
+
+/// A page of endpoints in creation order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointPage<'a> {
+    /// This page.
+    data: Vec<EndpointView<'a>>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+/// An endpoint's signing secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretView {
+    /// The secret that signs.
+    secret: String,
+    /// Rotated-out secrets that still sign beside it, until they expire.
+    previous_secrets: Vec<PreviousSecret>,
+}
+
+/// A rotated-out secret in its grace period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviousSecret {
+    /// The secret.
+    secret: String,
+    /// RFC 3339: when it stops signing.
+    expires_at: String,
+}
+
+/// The outcome of a rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedSecret {
+    /// The new secret.
+    secret: String,
+    /// RFC 3339: when the old one stops signing; `null` when it stopped at
+    /// once.
+    previous_secret_expires_at: Option<String>,
+}
+
+/// An endpoint's circuit breaker, as every dispatcher sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointHealth {
+    /// The endpoint.
+    endpoint_id: String,
+    /// Whether it is disabled.
+    disabled: bool,
+    /// `closed`, `open` or `half_open`.
+    #[schema(example = "closed")]
+    state: String,
+    /// Failures in a row.
+    consecutive_failures: u64,
+    /// The attempts in the breaker's window.
+    recent: RecentAttempts,
+    /// RFC 3339: when an open breaker lets a probe through.
+    next_probe_at: Option<String>,
+    /// RFC 3339: when it last opened.
+    opened_at: Option<String>,
+    /// The last failure's description.
+    last_error: Option<String>,
+    /// RFC 3339.
+    last_failure_at: Option<String>,
+    /// RFC 3339.
+    last_success_at: Option<String>,
+}
+
+/// Attempts in the breaker's window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentAttempts {
+    /// Successful ones.
+    successes: u64,
+    /// Failed ones.
+    failures: u64,
+    /// The window, in seconds.
+    window_seconds: u64,
 }
 
 impl<'a> From<&'a Endpoint> for EndpointView<'a> {
@@ -266,14 +379,30 @@ fn now() -> (OffsetDateTime, String) {
     (now, format_timestamp(now))
 }
 
-/// `POST /v1/applications/{app}/endpoints`: 201 with the endpoint and its
-/// secret.
+/// Registers an endpoint of the application; answers with its secret.
+#[utoipa::path(
+    post,
+    path = "/v1/applications/{app}/endpoints",
+    operation_id = "create_endpoint",
+    tag = "endpoints",
+    params(("app" = String, Path, description = "The application's id")),
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "Registered", body = CreatedEndpoint<'_>),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let request: CreateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
     crate::applications::find(&state, &app).await?;
     check_url(&state, &request.url).await?;
@@ -313,25 +442,48 @@ pub async fn create(
         url = %herald_core::endpoint::redacted_url(&endpoint.url),
         "endpoint created"
     );
-    let mut view =
-        serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?;
-    view["secret"] = Value::String(endpoint.secret.clone());
-    Ok((StatusCode::CREATED, Json(view)))
+    let created = CreatedEndpoint {
+        endpoint: EndpointView::from(&endpoint),
+        secret: &endpoint.secret,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(created).map_err(ApiError::internal)?),
+    ))
 }
 
-/// `GET /v1/applications/{app}/endpoints?limit=50&cursor=…`: a page in creation order, with
-/// `next_cursor` when there are more.
+/// Lists the application's endpoints, a page at a time, in creation
+/// order.
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}/endpoints",
+    operation_id = "list_endpoints",
+    tag = "endpoints",
+    params(("app" = String, Path, description = "The application's id"), PageParams),
+    responses(
+        (status = 200, description = "A page", body = EndpointPage<'_>),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let page = paging.page()?;
     crate::applications::find(&state, &app).await?;
     let mut endpoints = state.endpoints.list(&app, page.start, page.fetch()).await?;
     let next_cursor = page.finish(&mut endpoints);
-    let data: Vec<EndpointView<'_>> = endpoints.iter().map(EndpointView::from).collect();
-    Ok(Json(json!({ "data": data, "next_cursor": next_cursor })))
+    let page = EndpointPage {
+        data: endpoints.iter().map(EndpointView::from).collect(),
+        next_cursor,
+    };
+    Ok(Json(
+        serde_json::to_value(page).map_err(ApiError::internal)?,
+    ))
 }
 
 /// The endpoint `id` of application `app`, or a 404: an endpoint of
@@ -348,63 +500,117 @@ pub async fn find(state: &AppState, app: &str, id: &str) -> Result<Endpoint, Api
     }
 }
 
-/// `GET /v1/applications/{app}/endpoints/{id}`.
+/// One endpoint (without its secret).
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}/endpoints/{id}",
+    operation_id = "get_endpoint",
+    tag = "endpoints",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+    ),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointView<'_>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let endpoint = find(&state, &app, &id).await?;
     Ok(Json(
         serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,
     ))
 }
 
-/// `GET /v1/applications/{app}/endpoints/{id}/secret`: the only read of a secret after creation
-/// (or rotation), with the rotated-out secrets that still sign.
+/// The endpoint's signing secret, with the rotated-out secrets that still
+/// sign.
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}/endpoints/{id}/secret",
+    operation_id = "get_endpoint_secret",
+    tag = "endpoints",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+    ),
+    responses(
+        (status = 200, description = "Its secrets", body = SecretView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn get_secret(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretView>, ApiError> {
     let endpoint = find(&state, &app, &id).await?;
     let now_ms = unix_millis(OffsetDateTime::now_utc());
-    let previous: Vec<Value> = endpoint
+    let previous_secrets = endpoint
         .previous_secrets
         .iter()
         .filter(|s| s.expires_at_ms > now_ms)
-        .map(|s| {
-            json!({
-                "secret": s.secret,
-                "expires_at": format_timestamp(herald_core::event::from_unix_millis(s.expires_at_ms)),
-            })
+        .map(|s| PreviousSecret {
+            secret: s.secret.clone(),
+            expires_at: format_timestamp(herald_core::event::from_unix_millis(s.expires_at_ms)),
         })
         .collect();
-    Ok(Json(
-        json!({ "secret": endpoint.secret, "previous_secrets": previous }),
-    ))
+    Ok(Json(SecretView {
+        secret: endpoint.secret,
+        previous_secrets,
+    }))
 }
 
-/// Body of `POST /v1/endpoints/{id}/secret/rotate` (optional).
-#[derive(Debug, Default, Deserialize)]
+/// Body of `POST /v1/applications/{app}/endpoints/{id}/secret/rotate`
+/// (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     /// How long the current secret keeps signing, e.g. `1h`; `0` retires it
-    /// at once. Default `HERALD_SECRET_ROTATION_GRACE`.
+    /// at once. Default `HERALD_SECRET_ROTATION_GRACE`; at most `30d`.
     #[serde(default)]
+    #[schema(example = "24h")]
     grace_period: Option<String>,
     /// The new secret; generated when absent.
     #[serde(default)]
     secret: Option<String>,
 }
 
-/// `POST /v1/applications/{app}/endpoints/{id}/secret/rotate`: a new signing secret. The old
-/// one keeps signing beside it (two signatures in `webhook-signature`) for
-/// the grace period, so receivers can switch at their own pace.
+/// A new signing secret. The old one keeps signing beside it (two
+/// signatures in `webhook-signature`) for the grace period, so receivers
+/// can switch at their own pace.
+#[utoipa::path(
+    post,
+    path = "/v1/applications/{app}/endpoints/{id}/secret/rotate",
+    operation_id = "rotate_endpoint_secret",
+    tag = "endpoints",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+    ),
+    request_body(content = Option<RotateSecret>, description = "Optional: with none, a secret is generated and the old one signs for the default grace period"),
+    responses(
+        (status = 200, description = "Rotated", body = RotatedSecret),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RotatedSecret>, ApiError> {
     // The body is optional: without a Content-Type it must be empty.
     let request: RotateSecret = if headers.contains_key(axum::http::header::CONTENT_TYPE) {
         read_json(&headers, body, state.max_body_bytes).await?
@@ -457,18 +663,34 @@ pub async fn rotate_secret(
             now_ms + grace.as_millis() as i64,
         ))
     });
-    Ok(Json(json!({
-        "secret": endpoint.secret,
-        "previous_secret_expires_at": expires_at,
-    })))
+    Ok(Json(RotatedSecret {
+        secret: endpoint.secret,
+        previous_secret_expires_at: expires_at,
+    }))
 }
 
-/// `GET /v1/applications/{app}/endpoints/{id}/health`: the circuit breaker's state and the
-/// recent attempts, as every dispatcher sees them.
+/// The endpoint's circuit breaker and recent attempts, as every
+/// dispatcher sees them.
+#[utoipa::path(
+    get,
+    path = "/v1/applications/{app}/endpoints/{id}/health",
+    operation_id = "get_endpoint_health",
+    tag = "endpoints",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+    ),
+    responses(
+        (status = 200, description = "Its breaker", body = EndpointHealth),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn health(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EndpointHealth>, ApiError> {
     let endpoint = find(&state, &app, &id).await?;
     let now = OffsetDateTime::now_utc();
     let status = herald_core::circuit::read_status(
@@ -481,31 +703,52 @@ pub async fn health(
     .await?;
     let time =
         |ms: Option<i64>| ms.map(|ms| format_timestamp(herald_core::event::from_unix_millis(ms)));
-    Ok(Json(json!({
-        "endpoint_id": id,
-        "disabled": endpoint.disabled,
-        "state": status.state,
-        "consecutive_failures": status.consecutive_failures,
-        "recent": {
-            "successes": status.recent_successes,
-            "failures": status.recent_failures,
-            "window_seconds": status.window_seconds,
+    Ok(Json(EndpointHealth {
+        endpoint_id: id,
+        disabled: endpoint.disabled,
+        state: status.state,
+        consecutive_failures: status.consecutive_failures,
+        recent: RecentAttempts {
+            successes: status.recent_successes,
+            failures: status.recent_failures,
+            window_seconds: status.window_seconds,
         },
-        "next_probe_at": time(status.next_probe_at_ms),
-        "opened_at": time(status.opened_at_ms),
-        "last_error": status.last_error,
-        "last_failure_at": time(status.last_failure_at_ms),
-        "last_success_at": time(status.last_success_at_ms),
-    })))
+        next_probe_at: time(status.next_probe_at_ms),
+        opened_at: time(status.opened_at_ms),
+        last_error: status.last_error,
+        last_failure_at: time(status.last_failure_at_ms),
+        last_success_at: time(status.last_success_at_ms),
+    }))
 }
 
-/// `PATCH /v1/applications/{app}/endpoints/{id}`: changes the given fields.
+/// Changes the fields given, and keeps the others.
+#[utoipa::path(
+    patch,
+    path = "/v1/applications/{app}/endpoints/{id}",
+    operation_id = "update_endpoint",
+    tag = "endpoints",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+    ),
+    request_body = UpdateEndpoint,
+    responses(
+        (status = 200, description = "The endpoint as changed", body = EndpointView<'_>),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn update(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let request: UpdateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
     // An unknown endpoint is a 404 before any field is judged.
     find(&state, &app, &id).await?;
@@ -561,7 +804,24 @@ pub async fn update(
     ))
 }
 
-/// `DELETE /v1/applications/{app}/endpoints/{id}`: 204.
+/// Deletes the endpoint. Deliveries already on their way to it end in the
+/// DLQ as `endpoint_deleted`.
+#[utoipa::path(
+    delete,
+    path = "/v1/applications/{app}/endpoints/{id}",
+    operation_id = "delete_endpoint",
+    tag = "endpoints",
+    params(
+        ("app" = String, Path, description = "The application's id"),
+        ("id" = String, Path, description = "The endpoint's id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,

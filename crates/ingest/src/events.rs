@@ -12,18 +12,74 @@ use herald_core::metrics;
 use herald_core::trace_context;
 use rdkafka::producer::FutureRecord;
 use redis::AsyncCommands;
-use serde_json::json;
 use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 use crate::body::read_json_body;
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
+
+/// The body of `POST /v1/events`, as [`herald_core::event::parse_event`]
+/// reads it (the same JSON that producers write straight to
+/// `herald.events`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes what `parse_event` reads; never built.
+pub struct NewEvent {
+    /// The application the event is for.
+    #[schema(example = "acme")]
+    application: String,
+    /// Your id for it (1–256 printable ASCII characters): an id accepted
+    /// before is accepted again without a second delivery. Generated
+    /// (`evt_…`) when absent, unless `Idempotency-Key` gives one.
+    #[schema(example = "order_1001")]
+    id: Option<String>,
+    /// Its type, what endpoints subscribe to (e.g. `order.paid`).
+    #[schema(rename = "type", example = "order.paid")]
+    event_type: String,
+    /// Any JSON, sent to the endpoints byte for byte.
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+    /// RFC 3339; when absent, the time it was accepted.
+    timestamp: Option<String>,
+}
+
+/// An event accepted (`202`), or accepted before (`Idempotent-Replayed:
+/// true`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// Its id: the `webhook-id` of its webhooks.
+    #[schema(example = "order_1001")]
+    id: String,
+}
 
 /// How long a concurrent request with the same id is waited for.
 const WAIT_FOR_CONCURRENT: Duration = Duration::from_secs(5);
 
 /// Accepts one event. Answers 202 only after Kafka acknowledged the record.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    operation_id = "send_event",
+    tag = "events",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The event's id, when the body has none (or the same)"),
+    ),
+    request_body = NewEvent,
+    responses(
+        (status = 202, description = "Accepted, or accepted before (`Idempotent-Replayed: true`)", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the id was accepted before"))),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_event`, `missing_field`, `invalid_field`, `conflicting_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`application_not_found`", body = ErrorBody),
+        (status = 409, description = "`in_progress`: the same id is being accepted by another request", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`, with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`kafka_unavailable`, `redis_unavailable`", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("application_token" = []))
+)]
 pub async fn post_event(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
@@ -170,7 +226,11 @@ async fn accept_event(
 }
 
 fn accepted(id: &str, replayed: bool) -> Response {
-    let mut response = (StatusCode::ACCEPTED, axum::Json(json!({ "id": id }))).into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted { id: id.to_owned() }),
+    )
+        .into_response();
     if replayed {
         response
             .headers_mut()

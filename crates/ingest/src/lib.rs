@@ -13,6 +13,10 @@
 //!   delivery-attempt log ([`attempts`]).
 //! - `/healthz` and `/readyz` report liveness and readiness ([`health`]);
 //!   `/metrics` serves Prometheus metrics.
+//! - `/openapi.json` serves the API's OpenAPI document, built from the
+//!   handlers' `#[utoipa::path]` annotations ([`openapi`]): the router is
+//!   assembled from the same annotated handlers ([`keyed_routes`],
+//!   [`open_routes`]), so a route cannot exist undocumented.
 //!
 //! Every `/v1` route requires `Authorization: Bearer <api key>`; keys with
 //! the `ingest` scope may only send events, `admin` keys may do everything,
@@ -33,6 +37,7 @@ pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod openapi;
 pub mod paging;
 pub mod state;
 
@@ -40,7 +45,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use herald_core::application::ApplicationStore;
 use herald_core::endpoint::EndpointStore;
 use herald_core::kafka::consumer::ConsumerSettings;
@@ -206,68 +211,80 @@ impl Application {
     }
 }
 
+/// The routes that need a key, with the OpenAPI document built from their
+/// annotations ([`openapi`]).
+pub fn keyed_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(events::post_event))
+        .routes(routes!(applications::create, applications::list))
+        .routes(routes!(
+            applications::get,
+            applications::update,
+            applications::delete
+        ))
+        .routes(routes!(applications::issue_token))
+        .routes(routes!(applications::revoke_token))
+        .routes(routes!(endpoints::create, endpoints::list))
+        .routes(routes!(
+            endpoints::get,
+            endpoints::update,
+            endpoints::delete
+        ))
+        .routes(routes!(endpoints::get_secret))
+        .routes(routes!(endpoints::rotate_secret))
+        .routes(routes!(endpoints::health))
+        .routes(routes!(attempts::for_endpoint))
+        .routes(routes!(attempts::for_event))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay))
+}
+
+/// The routes open to anyone.
+pub fn open_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
+/// The OpenAPI document of the whole API, as `GET /openapi.json` serves it
+/// and `openapi.json` at the repository's root holds it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut document) = keyed_routes().split_for_parts();
+    document.merge(open_routes().split_for_parts().1);
+    document
+}
+
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/v1/events", post(events::post_event))
-        .route(
-            "/v1/applications",
-            post(applications::create).get(applications::list),
-        )
-        .route(
-            "/v1/applications/{app}",
-            get(applications::get)
-                .patch(applications::update)
-                .delete(applications::delete),
-        )
-        .route(
-            "/v1/applications/{app}/tokens",
-            post(applications::issue_token),
-        )
-        .route(
-            "/v1/applications/{app}/tokens/{token}",
-            axum::routing::delete(applications::revoke_token),
-        )
-        .route(
-            "/v1/applications/{app}/endpoints",
-            post(endpoints::create).get(endpoints::list),
-        )
-        .route(
-            "/v1/applications/{app}/endpoints/{id}",
-            get(endpoints::get)
-                .patch(endpoints::update)
-                .delete(endpoints::delete),
-        )
-        .route(
-            "/v1/applications/{app}/endpoints/{id}/secret",
-            get(endpoints::get_secret),
-        )
-        .route(
-            "/v1/applications/{app}/endpoints/{id}/secret/rotate",
-            post(endpoints::rotate_secret),
-        )
-        .route(
-            "/v1/applications/{app}/endpoints/{id}/health",
-            get(endpoints::health),
-        )
-        .route(
-            "/v1/applications/{app}/endpoints/{id}/attempts",
-            get(attempts::for_endpoint),
-        )
-        .route(
-            "/v1/applications/{app}/events/{id}/attempts",
-            get(attempts::for_event),
-        )
-        .route("/v1/dlq", get(dlq::list))
-        .route("/v1/dlq/replay", post(dlq::replay))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ));
+    let (keyed, _) = keyed_routes().split_for_parts();
+    let (open, _) = open_routes().split_for_parts();
+    let document_json = std::sync::Arc::new(
+        openapi_document()
+            .to_pretty_json()
+            .expect("the OpenAPI document is JSON"),
+    );
+    let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_api_key,
+    ));
     Router::new()
-        .merge(api)
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .merge(keyed)
+        .merge(open)
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = document_json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        json.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
         .route("/metrics", get(herald_core::ops::metrics_handler))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .with_state(state)

@@ -10,10 +10,14 @@ const MAX_LIMIT: usize = 250;
 
 /// `limit` (1-250, default 50) and `cursor` (an opaque value returned as
 /// `next_cursor`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Items per page, 1–250 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
+    /// The `next_cursor` of the page before.
     #[serde(default)]
     cursor: Option<String>,
 }

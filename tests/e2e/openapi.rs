@@ -1,0 +1,54 @@
+//! The API's OpenAPI document: served by ingest to anyone, and the same as
+//! the `openapi.json` committed at the repository's root.
+
+use herald_tests::{Stack, StackOptions};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_without_a_key_and_is_the_committed_one() {
+    let stack = Stack::start(StackOptions::new("openapi").dispatchers(0)).await;
+    let response = reqwest::get(format!("{}/openapi.json", stack.ingest_url))
+        .await
+        .expect("GET /openapi.json");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let served: Value = response.json().await.expect("JSON");
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json"),
+        )
+        .expect("openapi.json at the repository's root"),
+    )
+    .expect("committed JSON");
+    assert_eq!(served, committed);
+    assert_eq!(served["openapi"], "3.1.0");
+    // Every operation says who may call it, and what its errors look like.
+    for (path, item) in served["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                operation["operationId"].is_string(),
+                "{method} {path} has no operationId"
+            );
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path} names no security"
+            );
+            if path.starts_with("/v1/") {
+                assert_eq!(
+                    operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} documents no 401"
+                );
+            }
+        }
+    }
+    // The documented routes answer: an unknown one is a 404, a documented
+    // one without a key a 401.
+    let unkeyed = reqwest::get(format!("{}/v1/applications", stack.ingest_url))
+        .await
+        .unwrap();
+    assert_eq!(unkeyed.status(), 401);
+}
