@@ -45,10 +45,63 @@ async fn the_openapi_document_is_served_without_a_key_and_is_the_committed_one()
             }
         }
     }
+    // The reference page: served without a key, every operation on it,
+    // and a policy that lets it load nothing from anywhere.
+    let docs = reqwest::get(format!("{}/docs", stack.ingest_url))
+        .await
+        .expect("GET /docs");
+    assert_eq!(docs.status(), 200);
+    let policy = docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = docs.text().await.unwrap();
+    assert!(!page.contains("<script"), "the page needs no script");
+    for (path, item) in served["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            assert!(
+                page.contains(&format!(
+                    "<code class=\"method\">{}</code> <code>{path}</code>",
+                    method.to_uppercase()
+                )),
+                "{method} {path} is not on /docs"
+            );
+        }
+    }
+
     // The documented routes answer: an unknown one is a 404, a documented
     // one without a key a 401.
     let unkeyed = reqwest::get(format!("{}/v1/applications", stack.ingest_url))
         .await
         .unwrap();
     assert_eq!(unkeyed.status(), 401);
+}
+
+/// The committed document is valid OpenAPI 3.1 by a validator nobody on
+/// the team wrote (`openapi-spec-validator`, installed by scripts/test).
+#[test]
+fn the_committed_document_passes_an_independent_validator() {
+    let tools = std::env::var("HERALD_TEST_API_TOOLS")
+        .expect("HERALD_TEST_API_TOOLS is not set: run the tests with scripts/test");
+    let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json");
+    let output =
+        std::process::Command::new(std::path::Path::new(&tools).join("openapi-spec-validator"))
+            .arg(&document)
+            .output()
+            .expect("run openapi-spec-validator");
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "openapi-spec-validator refused openapi.json:\n{said}"
+    );
+    assert!(said.contains(": OK"), "{said}");
 }

@@ -16,7 +16,8 @@
 //! - `/openapi.json` serves the API's OpenAPI document, built from the
 //!   handlers' `#[utoipa::path]` annotations ([`openapi`]): the router is
 //!   assembled from the same annotated handlers ([`keyed_routes`],
-//!   [`open_routes`]), so a route cannot exist undocumented.
+//!   [`open_routes`]), so a route cannot exist undocumented; `/docs` shows
+//!   it as a page ([`docs`]).
 //!
 //! Every `/v1` route requires `Authorization: Bearer <api key>`; keys with
 //! the `ingest` scope may only send events, `admin` keys may do everything,
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod dlq;
+pub mod docs;
 pub mod endpoints;
 pub mod error;
 pub mod events;
@@ -261,11 +263,15 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (keyed, _) = keyed_routes().split_for_parts();
     let (open, _) = open_routes().split_for_parts();
+    let document = openapi_document();
     let document_json = std::sync::Arc::new(
-        openapi_document()
+        document
             .to_pretty_json()
             .expect("the OpenAPI document is JSON"),
     );
+    let docs_page = std::sync::Arc::new(docs::render(
+        &serde_json::to_value(&document).expect("the OpenAPI document is JSON"),
+    ));
     let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         auth::require_api_key,
@@ -283,6 +289,13 @@ pub fn router(state: AppState) -> Router {
                         json.as_str().to_owned(),
                     )
                 }
+            }),
+        )
+        .route(
+            "/docs",
+            get(move || {
+                let page = docs_page.clone();
+                async move { docs::response(&page) }
             }),
         )
         .route("/metrics", get(herald_core::ops::metrics_handler))
