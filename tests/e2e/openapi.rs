@@ -83,6 +83,31 @@ async fn the_openapi_document_is_served_without_a_key_and_is_the_committed_one()
         .await
         .unwrap();
     assert_eq!(unkeyed.status(), 401);
+
+    // A query string or a path that cannot be read is answered like every
+    // other bad request, in JSON (the fuzzer found plain-text answers).
+    let http = reqwest::Client::new();
+    for (path, code) in [
+        ("/v1/applications?limit=abc", "invalid_query"),
+        ("/v1/applications/%FF/endpoints", "invalid_path"),
+    ] {
+        let response = http
+            .get(format!("{}{path}", stack.ingest_url))
+            .bearer_auth(&stack.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+    }
 }
 
 /// The committed document is valid OpenAPI 3.1 by a validator nobody on

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::application::Application;
 use herald_core::event::{
@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use crate::body::read_json;
 use crate::endpoints::{check_rate_limit, invalid};
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::openapi::ErrorBody;
 use crate::paging::PageParams;
 use crate::state::AppState;
@@ -252,6 +253,7 @@ pub async fn list(
     tag = "applications",
     params(("app" = String, Path, description = "The application's id")),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "The application", body = ApplicationView),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
@@ -275,7 +277,7 @@ pub async fn get(
     request_body = UpdateApplication,
     responses(
         (status = 200, description = "The application as changed", body = ApplicationView),
-        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
@@ -330,6 +332,7 @@ pub async fn update(
     tag = "applications",
     params(("app" = String, Path, description = "The application's id")),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 204, description = "Deleted, with its endpoints"),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
@@ -391,7 +394,7 @@ pub struct TokenIssued {
     request_body = IssueToken,
     responses(
         (status = 201, description = "Issued", body = TokenIssued),
-        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
@@ -455,6 +458,7 @@ pub async fn issue_token(
         ("token" = String, Path, description = "The token's id (not the token)"),
     ),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 204, description = "Revoked"),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),

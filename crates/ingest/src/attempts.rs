@@ -3,13 +3,14 @@
 //! delivery-attempt log, newest first.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use herald_core::attempt_log::AttemptRecord;
 use herald_core::event::{format_timestamp, from_unix_millis};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::openapi::ErrorBody;
 use crate::paging::PageParams;
 use crate::state::AppState;
@@ -85,7 +86,7 @@ fn page_of(mut records: Vec<AttemptRecord>, page: crate::paging::Page) -> Json<A
     ),
     responses(
         (status = 200, description = "A page, newest first", body = AttemptPage),
-        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
     ),
@@ -118,7 +119,7 @@ pub async fn for_event(
     ),
     responses(
         (status = 200, description = "A page, newest first", body = AttemptPage),
-        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),

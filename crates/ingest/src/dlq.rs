@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -30,6 +30,7 @@ use utoipa::ToSchema;
 
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::extract::Query;
 use crate::openapi::{ErrorBody, ErrorDetail};
 use crate::paging::PageParams;
 use crate::state::AppState;

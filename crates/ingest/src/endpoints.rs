@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use herald_core::endpoint::{Endpoint, EventTypePattern, validate_url};
 use herald_core::event::{format_timestamp, new_endpoint_id, unix_millis};
@@ -25,6 +25,7 @@ use utoipa::ToSchema;
 
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::openapi::ErrorBody;
 use crate::paging::PageParams;
 use crate::state::AppState;
@@ -389,7 +390,7 @@ fn now() -> (OffsetDateTime, String) {
     request_body = CreateEndpoint,
     responses(
         (status = 201, description = "Registered", body = CreatedEndpoint<'_>),
-        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
@@ -462,7 +463,7 @@ pub async fn create(
     params(("app" = String, Path, description = "The application's id"), PageParams),
     responses(
         (status = 200, description = "A page", body = EndpointPage<'_>),
-        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
     ),
@@ -511,6 +512,7 @@ pub async fn find(state: &AppState, app: &str, id: &str) -> Result<Endpoint, Api
         ("id" = String, Path, description = "The endpoint's id"),
     ),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "The endpoint", body = EndpointView<'_>),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
@@ -539,6 +541,7 @@ pub async fn get(
         ("id" = String, Path, description = "The endpoint's id"),
     ),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "Its secrets", body = SecretView),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
@@ -596,7 +599,7 @@ pub struct RotateSecret {
     request_body(content = Option<RotateSecret>, description = "Optional: with none, a secret is generated and the old one signs for the default grace period"),
     responses(
         (status = 200, description = "Rotated", body = RotatedSecret),
-        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
@@ -681,6 +684,7 @@ pub async fn rotate_secret(
         ("id" = String, Path, description = "The endpoint's id"),
     ),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "Its breaker", body = EndpointHealth),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
@@ -734,7 +738,7 @@ pub async fn health(
     request_body = UpdateEndpoint,
     responses(
         (status = 200, description = "The endpoint as changed", body = EndpointView<'_>),
-        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
@@ -816,6 +820,7 @@ pub async fn update(
         ("id" = String, Path, description = "The endpoint's id"),
     ),
     responses(
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 204, description = "Deleted"),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),

@@ -38,6 +38,7 @@ pub mod docs;
 pub mod endpoints;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod paging;
