@@ -41,10 +41,10 @@ pub struct CreateApplication {
     /// Your own id for the customer (the rules of event ids, without `:`);
     /// generated (`app_…`) when absent.
     #[serde(default)]
-    #[schema(example = "acme")]
+    #[schema(example = "acme", pattern = "^[!-\\-/-9;-~]{1,128}$")]
     id: Option<String>,
-    /// Display name, 1–256 bytes.
-    #[schema(example = "Acme Inc.")]
+    /// Display name, 1–256 bytes, not only blanks.
+    #[schema(example = "Acme Inc.", pattern = "\\S", max_length = 256)]
     name: String,
     /// Up to 32 string pairs of your own.
     #[serde(default)]
@@ -360,12 +360,24 @@ const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 8
 #[serde(deny_unknown_fields)]
 pub struct IssueToken {
     /// `portal` or `ingest`.
-    #[schema(example = "portal")]
+    #[schema(value_type = TokenScopeName)]
     scope: String,
     /// How long it works, e.g. `1h` (the default), at most `30d`.
     #[serde(default)]
     #[schema(example = "1h")]
     ttl: Option<String>,
+}
+
+/// What an application token may do.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Names the values of `IssueToken::scope`; never built.
+pub enum TokenScopeName {
+    /// Manage the application's endpoints, attempts and dead letters.
+    #[schema(rename = "portal")]
+    Portal,
+    /// Send the application's events.
+    #[schema(rename = "ingest")]
+    Ingest,
 }
 
 /// A token just issued: the only time it is shown.

@@ -293,15 +293,19 @@ pub async fn list(
 /// Body of `POST /v1/dlq/replay`: exactly one of the fields.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub struct ReplayRequest {
     /// Every dead letter of this endpoint.
     #[serde(default)]
+    #[schema(nullable = false)]
     endpoint_id: Option<String>,
     /// Every dead letter of this application.
     #[serde(default)]
+    #[schema(nullable = false)]
     application: Option<String>,
     /// These dead letters (1 to 10,000 ids).
     #[serde(default)]
+    #[schema(nullable = false, min_items = 1, max_items = 10000)]
     ids: Option<Vec<String>>,
 }
 

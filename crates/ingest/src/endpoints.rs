@@ -83,6 +83,9 @@ pub struct CreateEndpoint {
     /// The signing secret (`whsec_` + base64 of 24–64 bytes); generated
     /// when absent.
     #[serde(default)]
+    #[schema(
+        pattern = "^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+    )]
     secret: Option<String>,
     /// Most deliveries per second, across dispatcher replicas.
     #[serde(default)]
@@ -579,8 +582,12 @@ pub struct RotateSecret {
     #[serde(default)]
     #[schema(example = "24h")]
     grace_period: Option<String>,
-    /// The new secret; generated when absent.
+    /// The new secret (`whsec_` + base64 of 24–64 bytes); generated when
+    /// absent.
     #[serde(default)]
+    #[schema(
+        pattern = "^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+    )]
     secret: Option<String>,
 }
 

@@ -27,20 +27,29 @@ use crate::state::AppState;
 #[allow(dead_code)] // Describes what `parse_event` reads; never built.
 pub struct NewEvent {
     /// The application the event is for.
-    #[schema(example = "acme")]
+    #[schema(example = "acme", pattern = "^[!-\\-/-9;-~]{1,128}$")]
     application: String,
     /// Your id for it (1–256 printable ASCII characters): an id accepted
     /// before is accepted again without a second delivery. Generated
     /// (`evt_…`) when absent, unless `Idempotency-Key` gives one.
-    #[schema(example = "order_1001")]
+    #[schema(
+        example = "order_1001",
+        pattern = "^[!-\\-/-~]{1,128}$",
+        nullable = false
+    )]
     id: Option<String>,
     /// Its type, what endpoints subscribe to (e.g. `order.paid`).
-    #[schema(rename = "type", example = "order.paid")]
+    #[schema(
+        rename = "type",
+        example = "order.paid",
+        pattern = "^[A-Za-z0-9._-]{1,128}$"
+    )]
     event_type: String,
     /// Any JSON, sent to the endpoints byte for byte.
     #[schema(value_type = Object)]
     payload: serde_json::Value,
     /// RFC 3339; when absent, the time it was accepted.
+    #[schema(format = DateTime, nullable = false)]
     timestamp: Option<String>,
 }
 
@@ -63,7 +72,8 @@ const WAIT_FOR_CONCURRENT: Duration = Duration::from_secs(5);
     operation_id = "send_event",
     tag = "events",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The event's id, when the body has none (or the same)"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-\\-/-~]{1,128}$",
+            description = "The event's id, when the body has none (or the same)"),
     ),
     request_body = NewEvent,
     responses(

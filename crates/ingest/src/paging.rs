@@ -17,8 +17,10 @@ pub struct PageParams {
     #[serde(default)]
     #[param(minimum = 1, maximum = 250)]
     limit: Option<usize>,
-    /// The `next_cursor` of the page before.
+    /// The `next_cursor` of the page before (empty or absent: the first
+    /// page).
     #[serde(default)]
+    #[param(pattern = "^[0-9]{0,18}$")]
     cursor: Option<String>,
 }
 
