@@ -48,6 +48,7 @@ pub struct CreateApplication {
     name: String,
     /// Up to 32 string pairs of your own.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
     /// Most events per second accepted for it, across ingest replicas.
     #[serde(default)]
@@ -59,11 +60,13 @@ pub struct CreateApplication {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApplication {
-    /// Display name, 1–256 bytes.
+    /// Display name, 1–256 bytes, not only blanks.
     #[serde(default)]
+    #[schema(pattern = "\\S", max_length = 256)]
     name: Option<String>,
     /// Replaces all of its metadata.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
     /// `null` removes the limit; absent leaves it as it is.
     #[serde(default, deserialize_with = "crate::endpoints::present_or_null")]

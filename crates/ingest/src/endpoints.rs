@@ -622,8 +622,11 @@ pub async fn rotate_secret(
     body: Body,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     // The body is optional: without a Content-Type it must be empty.
+    // `null` is no body too.
     let request: RotateSecret = if headers.contains_key(axum::http::header::CONTENT_TYPE) {
-        read_json(&headers, body, state.max_body_bytes).await?
+        read_json::<Option<RotateSecret>>(&headers, body, state.max_body_bytes)
+            .await?
+            .unwrap_or_default()
     } else {
         let bytes = axum::body::to_bytes(body, state.max_body_bytes)
             .await

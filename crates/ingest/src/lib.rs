@@ -257,6 +257,7 @@ pub fn open_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, mut document) = keyed_routes().split_for_parts();
     document.merge(open_routes().split_for_parts().1);
+    openapi::finish(&mut document);
     document
 }
 

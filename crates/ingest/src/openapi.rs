@@ -47,6 +47,44 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// What a metadata map may hold, as `POST/PATCH /v1/applications` check
+/// it: up to 32 pairs, keys of 1–64 bytes, values of at most 1024.
+pub fn metadata_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        // `null` is taken as absent.
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some("Up to 32 string pairs of your own"))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64)),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(1024)),
+        ))
+        .max_properties(Some(32))
+        .build()
+}
+
+/// What the annotations cannot say, written into the finished document
+/// (the routes' schemas are only there once the router has collected
+/// them): `POST /v1/dlq/replay` takes exactly one of its fields, and utoipa
+/// writes the body's `maxProperties` but not its `minProperties`.
+pub fn finish(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, Schema};
+    if let Some(RefOr::T(Schema::Object(replay))) = document
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("ReplayRequest"))
+    {
+        replay.min_properties = Some(1);
+    }
+}
+
 /// The keys that open the API.
 struct SecuritySchemes;
 
