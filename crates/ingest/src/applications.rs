@@ -22,7 +22,7 @@ use crate::endpoints::{check_rate_limit, invalid};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::openapi::ErrorBody;
-use crate::paging::PageParams;
+use crate::paging::{Listed, PageParams};
 use crate::state::AppState;
 
 /// Longest name.
@@ -90,15 +90,6 @@ pub struct ApplicationView {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
-}
-
-/// A page of applications in creation order.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ApplicationPage {
-    /// This page.
-    pub data: Vec<ApplicationView>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    pub next_cursor: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -229,7 +220,7 @@ pub async fn create(
     tag = "applications",
     params(PageParams),
     responses(
-        (status = 200, description = "A page", body = ApplicationPage),
+        (status = 200, description = "A page", body = Listed<ApplicationView>),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
     ),
@@ -238,14 +229,10 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<ApplicationPage>, ApiError> {
+) -> Result<Json<Listed<ApplicationView>>, ApiError> {
     let page = paging.page()?;
     let mut apps = state.applications.list(page.start, page.fetch()).await?;
-    let next_cursor = page.finish(&mut apps);
-    Ok(Json(ApplicationPage {
-        data: apps.iter().map(view).collect(),
-        next_cursor,
-    }))
+    Ok(Json(page.answer(&mut apps, view)))
 }
 
 /// One application.

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::openapi::ErrorBody;
-use crate::paging::PageParams;
+use crate::paging::{Listed, PageParams};
 use crate::state::AppState;
 
 /// One delivery attempt.
@@ -40,15 +40,6 @@ pub struct AttemptView {
     response_body: String,
 }
 
-/// A page of attempts, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptPage {
-    /// This page.
-    data: Vec<AttemptView>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    next_cursor: Option<String>,
-}
-
 fn view(record: &AttemptRecord) -> AttemptView {
     AttemptView {
         delivery_id: record.delivery_id.clone(),
@@ -64,14 +55,6 @@ fn view(record: &AttemptRecord) -> AttemptView {
     }
 }
 
-fn page_of(mut records: Vec<AttemptRecord>, page: crate::paging::Page) -> Json<AttemptPage> {
-    let next_cursor = page.finish(&mut records);
-    Json(AttemptPage {
-        data: records.iter().map(view).collect(),
-        next_cursor,
-    })
-}
-
 /// Every attempt to deliver one event of the application, to any of its
 /// endpoints.
 #[utoipa::path(
@@ -85,7 +68,7 @@ fn page_of(mut records: Vec<AttemptRecord>, page: crate::paging::Page) -> Json<A
         PageParams,
     ),
     responses(
-        (status = 200, description = "A page, newest first", body = AttemptPage),
+        (status = 200, description = "A page, newest first", body = Listed<AttemptView>),
         (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
@@ -96,14 +79,14 @@ pub async fn for_event(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<AttemptPage>, ApiError> {
+) -> Result<Json<Listed<AttemptView>>, ApiError> {
     let page = paging.page()?;
     crate::applications::find(&state, &app).await?;
-    let records = state
+    let mut records = state
         .attempt_log
         .for_event(&app, &id, page.start, page.fetch())
         .await?;
-    Ok(page_of(records, page))
+    Ok(Json(page.answer(&mut records, view)))
 }
 
 /// Every attempt to one endpoint (the newest, up to the configured number).
@@ -118,7 +101,7 @@ pub async fn for_event(
         PageParams,
     ),
     responses(
-        (status = 200, description = "A page, newest first", body = AttemptPage),
+        (status = 200, description = "A page, newest first", body = Listed<AttemptView>),
         (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
@@ -129,12 +112,12 @@ pub async fn for_endpoint(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<AttemptPage>, ApiError> {
+) -> Result<Json<Listed<AttemptView>>, ApiError> {
     let page = paging.page()?;
     crate::endpoints::find(&state, &app, &id).await?;
-    let records = state
+    let mut records = state
         .attempt_log
         .for_endpoint(&id, page.start, page.fetch())
         .await?;
-    Ok(page_of(records, page))
+    Ok(Json(page.answer(&mut records, view)))
 }

@@ -32,7 +32,7 @@ use crate::body::read_json;
 use crate::error::ApiError;
 use crate::extract::Query;
 use crate::openapi::{ErrorBody, ErrorDetail};
-use crate::paging::PageParams;
+use crate::paging::{Listed, PageParams};
 use crate::state::AppState;
 
 /// Most dead letters one replay call handles.
@@ -158,15 +158,6 @@ pub struct DeadAttempt {
     duration_ms: u32,
 }
 
-/// A page of dead letters, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetterPage {
-    /// This page.
-    data: Vec<DeadLetterView>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    next_cursor: Option<String>,
-}
-
 fn view(letter: &DeadLetter) -> DeadLetterView {
     let mut out = DeadLetterView {
         id: letter.id.clone(),
@@ -246,7 +237,7 @@ pub struct ListParams {
     tag = "dead letters",
     params(ListParams, PageParams),
     responses(
-        (status = 200, description = "A page, newest first", body = DeadLetterPage),
+        (status = 200, description = "A page, newest first", body = Listed<DeadLetterView>),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found` (for an application token)", body = ErrorBody),
@@ -258,7 +249,7 @@ pub async fn list(
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Query(mut params): Query<ListParams>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<DeadLetterPage>, ApiError> {
+) -> Result<Json<Listed<DeadLetterView>>, ApiError> {
     let page = paging.page()?;
     // A portal token lists its own application's letters only.
     if let Some(only) = caller.only_application() {
@@ -283,11 +274,7 @@ pub async fn list(
         }
     };
     let mut letters = state.dlq.list(filter, page.start, page.fetch()).await?;
-    let next_cursor = page.finish(&mut letters);
-    Ok(Json(DeadLetterPage {
-        data: letters.iter().map(view).collect(),
-        next_cursor,
-    }))
+    Ok(Json(page.answer(&mut letters, view)))
 }
 
 /// Body of `POST /v1/dlq/replay`: exactly one of the fields.

@@ -27,7 +27,7 @@ use crate::body::read_json;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::openapi::ErrorBody;
-use crate::paging::PageParams;
+use crate::paging::{Listed, PageParams};
 use crate::state::AppState;
 
 /// Longest accepted URL.
@@ -162,15 +162,6 @@ pub struct CreatedEndpoint<'a> {
     endpoint: EndpointView<'a>,
     /// The signing secret.
     secret: &'a str,
-}
-
-/// A page of endpoints in creation order.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EndpointPage<'a> {
-    /// This page.
-    data: Vec<EndpointView<'a>>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    next_cursor: Option<String>,
 }
 
 /// An endpoint's signing secrets.
@@ -465,7 +456,7 @@ pub async fn create(
     tag = "endpoints",
     params(("app" = String, Path, description = "The application's id"), PageParams),
     responses(
-        (status = 200, description = "A page", body = EndpointPage<'_>),
+        (status = 200, description = "A page", body = Listed<EndpointView<'_>>),
         (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
@@ -480,13 +471,9 @@ pub async fn list(
     let page = paging.page()?;
     crate::applications::find(&state, &app).await?;
     let mut endpoints = state.endpoints.list(&app, page.start, page.fetch()).await?;
-    let next_cursor = page.finish(&mut endpoints);
-    let page = EndpointPage {
-        data: endpoints.iter().map(EndpointView::from).collect(),
-        next_cursor,
-    };
+    let listed = page.answer(&mut endpoints, EndpointView::from);
     Ok(Json(
-        serde_json::to_value(page).map_err(ApiError::internal)?,
+        serde_json::to_value(listed).map_err(ApiError::internal)?,
     ))
 }
 

@@ -1,7 +1,7 @@
 //! Paging of list endpoints: `?limit=50&cursor=…`, answered with
 //! `next_cursor` when there is more.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
@@ -63,10 +63,30 @@ impl Page {
         self.limit + 1
     }
 
-    /// Cuts the fetched items to the page; returns the next cursor, if any.
-    pub fn finish<T>(&self, items: &mut Vec<T>) -> Option<String> {
+    /// The answer for `items`, fetched for this page ([`Page::fetch`] of
+    /// them), each shown by `view`: the page, and the next cursor when
+    /// there is more.
+    pub fn answer<'a, S, T>(
+        &self,
+        items: &'a mut Vec<S>,
+        view: impl FnMut(&'a S) -> T,
+    ) -> Listed<T> {
         let more = items.len() > self.limit;
         items.truncate(self.limit);
-        more.then(|| (self.start + self.limit).to_string())
+        // Views may borrow from the items (the caller keeps them).
+        let items: &'a Vec<S> = items;
+        Listed {
+            data: items.iter().map(view).collect(),
+            next_cursor: more.then(|| (self.start + self.limit).to_string()),
+        }
     }
+}
+
+/// One page of a list, in the list's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Listed<T> {
+    /// This page.
+    pub data: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
 }
