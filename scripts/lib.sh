@@ -91,7 +91,7 @@ herald_ensure_api_tools() {
     local digest
     digest="$(sha256sum "$requirements" | cut -c1-12)"
     local venv="$HERALD_CACHE_DIR/api-tools-$digest"
-    if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+    if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ ! -x "$venv/bin/st" ]; then
         herald_log "installing the API checkers (scripts/api-tools/requirements.txt)"
         rm -rf "$venv"
         mkdir -p "$HERALD_CACHE_DIR"

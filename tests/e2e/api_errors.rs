@@ -200,17 +200,51 @@ async fn event_errors_are_precise() {
         .unwrap();
     assert_eq!(response.status(), 413);
 
-    // Conflicting ids.
-    let response = stack
+    // An Idempotency-Key beside a body id: the body's id names the event,
+    // and the key names that event from then on.
+    let send = |key: &'static str, id: &'static str| {
+        stack
+            .request(Method::POST, "/v1/events")
+            .header("Idempotency-Key", key)
+            .json(&json!({"application": "app_test", "id": id, "type": "a", "payload": 1}))
+            .send()
+    };
+    let first = send("key-one", "event-two").await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    assert_eq!(first.json::<Value>().await.unwrap()["id"], "event-two");
+    let again = send("key-one", "event-two").await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let reused = send("key-one", "event-three").await.unwrap();
+    assert_eq!(reused.status(), 409);
+    let body: Value = reused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"key-one\""),
+        "{body}"
+    );
+    // The key alone names the event it was first sent with, not a new one.
+    let alone = stack
         .request(Method::POST, "/v1/events")
-        .header("Idempotency-Key", "one")
-        .json(&json!({"application": "app_test", "id": "two", "type": "a", "payload": 1}))
+        .header("Idempotency-Key", "key-one")
+        .json(&json!({"application": "app_test", "type": "a", "payload": 1}))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "conflicting_id");
+    assert_eq!(alone.status(), 409);
+    // event-three itself was not accepted: with a fresh key it is.
+    let fresh = send("key-four", "event-three").await.unwrap();
+    assert_eq!(fresh.status(), 202);
+    assert!(fresh.headers().get("idempotent-replayed").is_none());
+    // A key first sent with an id accepted before names that event too.
+    let replayed = send("key-five", "event-three").await.unwrap();
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    let reused = send("key-five", "event-six").await.unwrap();
+    assert_eq!(reused.status(), 409);
 
     // Ingest is still healthy after all of it.
     let health = http

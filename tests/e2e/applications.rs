@@ -389,10 +389,23 @@ async fn dead_letters_are_listed_and_replayed_per_application() {
     assert_eq!(acme.len(), 1, "{acme:?}");
     assert_eq!(acme[0]["application_id"], "acme");
     assert_eq!(acme[0]["event_id"], "acme_dies");
+    // Both filters: an endpoint of that application, or not found.
+    let acme_endpoint = acme[0]["endpoint_id"].as_str().unwrap();
     let (status, body) = stack
-        .get_json("/v1/dlq?application=acme&endpoint_id=ep_x")
+        .get_json(&format!(
+            "/v1/dlq?application=acme&endpoint_id={acme_endpoint}"
+        ))
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0]["event_id"], "acme_dies");
+    let (status, body) = stack
+        .get_json(&format!(
+            "/v1/dlq?application=globex&endpoint_id={acme_endpoint}"
+        ))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
 
     // Replaying one application's dead letters replays those only.
     failing[0].set_behaviour(Behaviour::Accept);
@@ -471,7 +484,12 @@ async fn application_tokens_see_their_own_application_and_nothing_else() {
     stack.create_application("globex").await;
     let (acme_receiver, acme_ep) = subscribe_in(&stack, "acme", &["*"]).await;
     let (_globex_receiver, globex_ep) = subscribe_in(&stack, "globex", &["*"]).await;
-    let portal = issue(&stack, "acme", json!({"scope": "portal", "ttl": "1h"})).await;
+    let portal = issue(
+        &stack,
+        "acme",
+        json!({"scope": "portal", "ttl_seconds": 3600}),
+    )
+    .await;
     let portal = portal["token"].as_str().unwrap();
     let ingest = issue(&stack, "acme", json!({"scope": "ingest"})).await;
     let ingest = ingest["token"].as_str().unwrap();
@@ -620,7 +638,7 @@ async fn application_tokens_see_their_own_application_and_nothing_else() {
     );
 
     // Expired and revoked tokens are refused.
-    let short = issue(&stack, "acme", json!({"scope": "portal", "ttl": "1s"})).await;
+    let short = issue(&stack, "acme", json!({"scope": "portal", "ttl_seconds": 1})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, body) = call_with(
         &stack,
@@ -657,8 +675,10 @@ async fn application_tokens_see_their_own_application_and_nothing_else() {
     // Issuing: the scope and lifetime are checked, the application must exist.
     for (body, status) in [
         (json!({"scope": "admin"}), 400),
-        (json!({"scope": "portal", "ttl": "31d"}), 400),
-        (json!({"scope": "portal", "ttl": "soon"}), 400),
+        (json!({"scope": "portal", "ttl_seconds": 2_592_001}), 400),
+        (json!({"scope": "portal", "ttl_seconds": 0}), 400),
+        (json!({"scope": "portal", "ttl_seconds": 1.5}), 400),
+        (json!({"scope": "portal", "ttl_seconds": "1h"}), 400),
     ] {
         let (got, answer) = stack.post_json("/v1/applications/acme/tokens", &body).await;
         assert_eq!(got, status, "{body}: {answer}");

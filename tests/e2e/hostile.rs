@@ -440,18 +440,6 @@ fn event_cases() -> Vec<Case> {
             .expect(400, "invalid_field", &["`Idempotency-Key`", needle]),
         );
     }
-    cases.push(
-        Case::event(
-            "id and Idempotency-Key differ",
-            event_with("id", json!("one")),
-        )
-        .header("idempotency-key", "two")
-        .expect(
-            400,
-            "conflicting_id",
-            &["`id`", "`Idempotency-Key`", "differ"],
-        ),
-    );
     // Authentication.
     for (name, value, needle) in [
         ("no Authorization", Vec::new(), "missing Authorization"),
@@ -498,16 +486,7 @@ fn endpoint_cases() -> Vec<Case> {
         ("http://127.0.0.1/", "loopback"),
         ("http://127.0.0.1:8080/hook", "loopback"),
         ("https://127.0.0.1/", "loopback"),
-        ("http://127.1/", "loopback"),
-        ("http://127.0.1/", "loopback"),
         ("http://127.255.255.254/", "loopback"),
-        ("http://2130706433/", "loopback"),
-        ("http://0177.0.0.1/", "loopback"),
-        ("http://0x7f.1/", "loopback"),
-        ("http://0x7f000001/", "loopback"),
-        ("http://017700000001/", "loopback"),
-        ("http://0x7F.0x00.0x00.0x01/", "loopback"),
-        ("http://127.0.0.1./", "loopback"),
         ("http://user:pw@127.0.0.1/", "loopback"),
         ("http://[::1]/", "loopback"),
         ("http://[::1]:9000/x", "loopback"),
@@ -525,13 +504,10 @@ fn endpoint_cases() -> Vec<Case> {
         ("http://LOCALHOST/", "loopback"),
         ("http://10.0.0.1/", "private"),
         ("http://10.255.255.255/", "private"),
-        ("http://012.0.0.1/", "private"),
-        ("http://167772161/", "private"),
         ("http://172.16.0.1/", "private"),
         ("http://172.31.255.254/", "private"),
         ("http://192.168.0.1/", "private"),
         ("http://192.168.1.1:8443/admin", "private"),
-        ("http://0xc0.0xa8.1.1/", "private"),
         ("http://[::ffff:10.0.0.1]/", "private"),
         ("http://[::ffff:192.168.1.1]/", "private"),
         ("http://[fc00::1]/", "unique-local"),
@@ -539,9 +515,6 @@ fn endpoint_cases() -> Vec<Case> {
         ("http://[fdff:ffff::1]/", "unique-local"),
         ("http://169.254.169.254/latest/meta-data/", "metadata"),
         ("http://169.254.169.254/computeMetadata/v1/", "metadata"),
-        ("http://2852039166/", "metadata"),
-        ("http://0xa9fea9fe/", "metadata"),
-        ("http://0251.0376.0251.0376/", "metadata"),
         ("http://[::ffff:169.254.169.254]/", "metadata"),
         ("http://[::ffff:a9fe:a9fe]/", "metadata"),
         ("http://169.254.0.1/", "link-local"),
@@ -556,7 +529,6 @@ fn endpoint_cases() -> Vec<Case> {
         ("http://[ff05::2]/", "multicast"),
         ("http://0.0.0.0/", "unspecified"),
         ("http://0.0.0.0:8080/", "unspecified"),
-        ("http://0/", "unspecified"),
         ("http://[::]/", "unspecified"),
         ("http://0.1.2.3/", "this network"),
         ("http://255.255.255.255/", "broadcast"),
@@ -570,6 +542,35 @@ fn endpoint_cases() -> Vec<Case> {
             "destination_not_allowed",
             &["field `url` is not allowed", needle],
         ));
+    }
+    // The same addresses spelled as some parsers read them (octal, hex, a
+    // bare integer, a shortened form, a trailing dot): refused before any
+    // parser reads them, since parsers disagree on what they mean.
+    for url in [
+        "http://127.1/",
+        "http://127.0.1/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.1/",
+        "http://0x7f000001/",
+        "http://017700000001/",
+        "http://0x7F.0x00.0x00.0x01/",
+        "http://127.0.0.1./",
+        "http://012.0.0.1/",
+        "http://167772161/",
+        "http://0xc0.0xa8.1.1/",
+        "http://2852039166/",
+        "http://0xa9fea9fe/",
+        "http://0251.0376.0251.0376/",
+        "http://0/",
+    ] {
+        cases.push(
+            Case::endpoint(format!("SSRF spelled oddly {url}"), with_url(url)).expect(
+                400,
+                "invalid_field",
+                &["field `url`", "four decimal numbers"],
+            ),
+        );
     }
     // Other bad URLs.
     for (url, needle) in [
@@ -835,14 +836,23 @@ fn existing_endpoint_cases(id: &str) -> Vec<Case> {
         ),
         rotate(
             "rotate with a bad grace period",
-            json!({"grace_period": "forever"}),
+            json!({"grace_period_seconds": "forever"}),
         )
-        .expect(400, "invalid_field", &["`grace_period`"]),
+        .expect(400, "invalid_request", &["a whole number"]),
+        rotate(
+            "rotate with a fractional grace period",
+            json!({"grace_period_seconds": 1.5}),
+        )
+        .expect(400, "invalid_request", &["a whole number"]),
         rotate(
             "rotate with a too long grace period",
-            json!({"grace_period": "31d"}),
+            json!({"grace_period_seconds": 2_592_001}),
         )
-        .expect(400, "invalid_field", &["`grace_period`", "at most 30d"]),
+        .expect(
+            400,
+            "invalid_field",
+            &["`grace_period_seconds`", "at most 2592000"],
+        ),
         rotate(
             "rotate with a bad secret",
             json!({"secret": "not-a-secret"}),

@@ -23,4 +23,5 @@ mod replicas;
 mod retries;
 mod rotation;
 mod routing;
+mod schemathesis;
 mod tracing;

@@ -163,7 +163,7 @@ async fn a_rotation_without_a_body_generates_a_secret_and_a_zero_grace_retires_t
     let (status, body) = stack
         .post_json(
             &format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
-            &json!({"grace_period": "0"}),
+            &json!({"grace_period_seconds": 0}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -194,7 +194,7 @@ async fn a_rotation_and_a_patch_at_once_both_take_effect() {
         let id = stack.subscribe(&receiver, &["*"]).await;
         let (rotate_path, rotate_body) = (
             format!("/v1/applications/app_test/endpoints/{id}/secret/rotate"),
-            json!({"grace_period": "0s"}),
+            json!({"grace_period_seconds": 0.0}),
         );
         let rotate = stack.post_json(&rotate_path, &rotate_body);
         let patch = async {

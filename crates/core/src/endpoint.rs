@@ -156,8 +156,96 @@ impl EventTypePattern {
     }
 }
 
-/// Checks an endpoint URL: absolute, http or https, with a host.
+/// Four decimal numbers of 0–255, as [`URL_PATTERN`] writes an IPv4
+/// address.
+macro_rules! ipv4 {
+    () => {
+        "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+    };
+}
+
+/// The endpoint URLs Herald takes: `http` or `https`, optional user info,
+/// a host name (whose last label starts with a letter), an IPv4 address or
+/// a bracketed IPv6 address, an optional port, and a path and query of
+/// RFC 3986 characters (others percent-encoded); no fragment.
+///
+/// The API's OpenAPI document states this pattern and [`validate_url`]
+/// enforces it, so that what the document calls valid is what Herald
+/// accepts. It is stricter than a URL parser: a parser forgives much (a
+/// space, a non-ASCII host, a fragment) that a receiver may read otherwise.
+/// It uses only what ECMAScript (the dialect of JSON Schema) and Rust read
+/// alike. One gap: a label `xn--…` that is not valid Punycode matches the
+/// pattern, but the URL parser refuses it.
+pub const URL_PATTERN: &str = concat!(
+    "^[Hh][Tt][Tt][Pp][Ss]?://",
+    // user info
+    "(([A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{2})*@)?",
+    "(",
+    // host name, perhaps fully qualified (`example.com.`)
+    "([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?\\.?",
+    // IPv4, four decimal numbers (not the octal, hex or shortened forms
+    // that parsers read differently)
+    "|",
+    ipv4!(),
+    // IPv6
+    "|\\[(",
+    "([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+    "|([0-9A-Fa-f]{1,4}:){1,7}:",
+    "|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}",
+    "|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}",
+    "|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}",
+    "|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}",
+    "|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}",
+    "|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}",
+    "|:((:[0-9A-Fa-f]{1,4}){1,7}|:)",
+    // with an IPv4 address in its last 32 bits
+    "|([0-9A-Fa-f]{1,4}:){6}",
+    ipv4!(),
+    "|::([Ff]{4}(:0{1,4})?:)?",
+    ipv4!(),
+    "|([0-9A-Fa-f]{1,4}:){1,4}:",
+    ipv4!(),
+    ")\\]",
+    ")",
+    // port
+    "(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    // path
+    "(/([A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*)?",
+    // query
+    "(\\?([A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*)?",
+    "$"
+);
+
+/// Longest endpoint URL, in characters (bytes: [`URL_PATTERN`] is ASCII).
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Checks an endpoint URL: at most [`MAX_URL_LEN`], of [`URL_PATTERN`].
 pub fn validate_url(text: &str) -> Result<url::Url, String> {
+    static PATTERN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(URL_PATTERN).expect("URL_PATTERN is valid"));
+    if text.len() > MAX_URL_LEN {
+        return Err(format!(
+            "is {} characters long; the limit is {MAX_URL_LEN}",
+            text.len()
+        ));
+    }
+    if !PATTERN.is_match(text) {
+        // Say the likeliest cause first.
+        let problem = match url::Url::parse(text) {
+            Err(err) => format!("is not an absolute URL ({err})"),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                format!("must use http or https, not {:?}", url.scheme())
+            }
+            Ok(url) if url.fragment().is_some() => {
+                "may not have a fragment (`#…`): it is never sent".to_owned()
+            }
+            Ok(url) if matches!(url.host(), Some(url::Host::Ipv4(_))) => {
+                "writes an IPv4 address in a form parsers read differently (octal, hex, a bare integer, a short form or a trailing dot): write four decimal numbers".to_owned()
+            }
+            Ok(_) => "may hold only RFC 3986 characters, others percent-encoded, and an ASCII host name, IPv4 or [IPv6] address".to_owned(),
+        };
+        return Err(problem);
+    }
     let url = url::Url::parse(text).map_err(|err| format!("is not an absolute URL ({err})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("must use http or https, not {:?}", url.scheme()));
@@ -577,5 +665,54 @@ mod tests {
         );
         assert!(validate_url("/relative").unwrap_err().contains("absolute"));
         assert!(validate_url("example.com").is_err());
+        for good in [
+            "http://127.0.0.1:8080/hook",
+            "https://user:p%40ss@hooks.example.com/a/b?token=x%20y&z=1",
+            "HTTPS://Hooks.Example.COM",
+            "http://[::1]:9000/x",
+            "http://[2001:db8::8a2e:370:7334]/",
+            "http://localhost:65535",
+            "https://hooks.example.com./x",
+            "http://[::ffff:192.0.2.1]/",
+            "http://[64:ff9b::192.0.2.1]/",
+            "https://xn--bcher-kva.example/",
+        ] {
+            assert!(
+                validate_url(good).is_ok(),
+                "{good}: {:?}",
+                validate_url(good)
+            );
+        }
+        for (bad, needle) in [
+            ("https://example.com/a#frag", "fragment"),
+            ("https://example.com/a b", "RFC 3986"),
+            ("https://bücher.example/", "RFC 3986"),
+            ("https://example.com:70000/", "absolute"),
+            ("http://1.2.3.999/", "absolute"),
+            ("http://[:::1]/", "absolute"),
+            ("http://0x7f.1/", "four decimal numbers"),
+            ("http://2130706433/", "four decimal numbers"),
+            ("http://0177.0.0.1/", "four decimal numbers"),
+            ("http://127.1/", "four decimal numbers"),
+            ("http://example.com/%zz", "RFC 3986"),
+        ] {
+            let err = validate_url(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert!(validate_url(&long).unwrap_err().contains("limit is 2048"));
+    }
+
+    proptest::proptest! {
+        /// What the pattern (and so the API's document) calls a URL, a URL
+        /// parser reads as an http(s) URL with a host, so `validate_url`
+        /// accepts it.
+        #[test]
+        fn every_url_of_the_pattern_is_accepted(
+            url in proptest::string::string_regex(URL_PATTERN.trim_start_matches('^').trim_end_matches('$')).unwrap()
+        ) {
+            proptest::prop_assume!(url.len() <= MAX_URL_LEN);
+            proptest::prop_assert!(validate_url(&url).is_ok(), "{url}: {:?}", validate_url(&url));
+        }
     }
 }

@@ -159,6 +159,7 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `endpoints` | sorted set of endpoint ids | ingest | [`crate::endpoint`] |
 /// | `endpoint:{id}:version` | counter, bumped by every change to that endpoint | ingest, dispatcher | [`crate::endpoint`] |
 /// | `idempotency:{application id}.{event id}` | string, expiring: `pending` or `done` | ingest | `herald-ingest` |
+/// | `idempotencykey:{application id}.{key}` | string, expiring: the event id an `Idempotency-Key` was first sent with | ingest | `herald-ingest` |
 /// | `ingestlimit:{key digest}` | string: next allowed moment of an API key | ingest | [`crate::rate_limit`] |
 /// | `applimit:{application id}` | string: next allowed moment of an application's events | ingest | `herald-ingest` |
 /// | `ratelimit:{endpoint id}` | string: the endpoint's next free moment | dispatcher | [`crate::rate_limit`] |
@@ -250,6 +251,13 @@ impl Keys {
     /// neither, so the pair is unambiguous).
     pub fn idempotency(&self, application_id: &str, event_id: &str) -> String {
         format!("{}idempotency:{application_id}.{event_id}", self.prefix)
+    }
+
+    /// The event id an `Idempotency-Key` header of one application was
+    /// first sent with (the key follows the rules of event ids, so '.' is
+    /// in neither part).
+    pub fn idempotency_key(&self, application_id: &str, key: &str) -> String {
+        format!("{}idempotencykey:{application_id}.{key}", self.prefix)
     }
 
     /// Next allowed moment of an API key (by its digest, never the key).

@@ -43,7 +43,7 @@ pub struct CreateApplication {
     #[serde(default)]
     #[schema(example = "acme", pattern = "^[!-\\-/-9;-~]{1,128}$")]
     id: Option<String>,
-    /// Display name, 1–256 bytes, not only blanks.
+    /// Display name, 1–256 characters, not only blanks.
     #[schema(example = "Acme Inc.", pattern = "\\S", max_length = 256)]
     name: String,
     /// Up to 32 string pairs of your own.
@@ -51,7 +51,7 @@ pub struct CreateApplication {
     #[schema(schema_with = crate::openapi::metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
     /// Most events per second accepted for it, across ingest replicas.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
     #[schema(minimum = 1, maximum = 100000)]
     rate_limit: Option<u32>,
 }
@@ -60,7 +60,7 @@ pub struct CreateApplication {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApplication {
-    /// Display name, 1–256 bytes, not only blanks.
+    /// Display name, 1–256 characters, not only blanks.
     #[serde(default)]
     #[schema(pattern = "\\S", max_length = 256)]
     name: Option<String>,
@@ -69,7 +69,7 @@ pub struct UpdateApplication {
     #[schema(schema_with = crate::openapi::metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
     /// `null` removes the limit; absent leaves it as it is.
-    #[serde(default, deserialize_with = "crate::endpoints::present_or_null")]
+    #[serde(default, deserialize_with = "crate::body::whole::present_or_null")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit: Option<Option<u32>>,
 }
@@ -96,10 +96,10 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() {
         return Err(invalid("name", "must not be empty"));
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.chars().count() > MAX_NAME_LEN {
         return Err(invalid(
             "name",
-            format!("is longer than {MAX_NAME_LEN} bytes"),
+            format!("is longer than {MAX_NAME_LEN} characters"),
         ));
     }
     Ok(())
@@ -113,16 +113,16 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
         ));
     }
     for (key, value) in metadata {
-        if key.is_empty() || key.len() > MAX_METADATA_KEY_LEN {
+        if key.is_empty() || key.chars().count() > MAX_METADATA_KEY_LEN {
             return Err(invalid(
                 "metadata",
-                format!("keys must be 1-{MAX_METADATA_KEY_LEN} bytes long"),
+                format!("keys must be 1-{MAX_METADATA_KEY_LEN} characters long"),
             ));
         }
-        if value.len() > MAX_METADATA_VALUE_LEN {
+        if value.chars().count() > MAX_METADATA_VALUE_LEN {
             return Err(invalid(
                 "metadata",
-                format!("value of {key:?} is longer than {MAX_METADATA_VALUE_LEN} bytes"),
+                format!("value of {key:?} is longer than {MAX_METADATA_VALUE_LEN} characters"),
             ));
         }
     }
@@ -352,10 +352,11 @@ pub struct IssueToken {
     /// `portal` or `ingest`.
     #[schema(value_type = TokenScopeName)]
     scope: String,
-    /// How long it works, e.g. `1h` (the default), at most `30d`.
-    #[serde(default)]
-    #[schema(example = "1h")]
-    ttl: Option<String>,
+    /// How long it works, in seconds: 3600 (an hour) when absent, at most
+    /// 2592000 (30 days).
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
+    #[schema(example = 3600, minimum = 1, maximum = 2592000)]
+    ttl_seconds: Option<u32>,
 }
 
 /// What an application token may do.
@@ -421,12 +422,12 @@ pub async fn issue_token(
             ));
         }
     };
-    let ttl = match &request.ttl {
-        None => std::time::Duration::from_secs(3600),
-        Some(text) => herald_core::config::parse_duration(text).map_err(|p| invalid("ttl", p))?,
-    };
+    let ttl = std::time::Duration::from_secs(request.ttl_seconds.unwrap_or(3600).into());
     if ttl < std::time::Duration::from_secs(1) || ttl > MAX_TOKEN_TTL {
-        return Err(invalid("ttl", "must be between 1s and 30d"));
+        return Err(invalid(
+            "ttl_seconds",
+            "must be between 1 and 2592000 (30 days)",
+        ));
     }
     let now = unix_millis(OffsetDateTime::now_utc());
     let (token, record) = state

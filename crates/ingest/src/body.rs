@@ -107,3 +107,111 @@ mod tests {
         assert!(!is_json("application/jsonp"));
     }
 }
+
+/// Whole numbers in request bodies. JSON Schema's `integer`, which the API's
+/// document promises, is any number without a fractional part, so `5.0` is
+/// one; serde's own `u32` refuses it. Fields read through these take `5`,
+/// `5.0` and `5e0` alike and refuse `5.5` and `-5`.
+pub mod whole {
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+    /// A `u32` written as any JSON number with no fractional part.
+    struct WholeU32(u32);
+
+    impl<'de> Deserialize<'de> for WholeU32 {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(WholeU32Visitor)
+        }
+    }
+
+    struct WholeU32Visitor;
+
+    impl Visitor<'_> for WholeU32Visitor {
+        type Value = WholeU32;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number from 0 to 4294967295")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<WholeU32, E> {
+            u32::try_from(v)
+                .map(WholeU32)
+                .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<WholeU32, E> {
+            u32::try_from(v)
+                .map(WholeU32)
+                .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<WholeU32, E> {
+            if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                Ok(WholeU32(v as u32))
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    /// For `#[serde(default, deserialize_with = "…")]` on an `Option<u32>`:
+    /// absent or `null` is `None`.
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Ok(Option::<WholeU32>::deserialize(d)?.map(|w| w.0))
+    }
+
+    /// For `#[serde(default, deserialize_with = "…")]` on an
+    /// `Option<Option<u32>>`: absent is `None`, `null` is `Some(None)`.
+    pub fn present_or_null<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<u32>>, D::Error> {
+        optional(d).map(Some)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "super::optional")]
+            n: Option<u32>,
+            #[serde(default, deserialize_with = "super::present_or_null")]
+            m: Option<Option<u32>>,
+        }
+
+        fn read(json: &str) -> Result<Body, String> {
+            serde_json::from_str(json).map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn whole_numbers_are_read_however_json_writes_them() {
+            for json in [r#"{"n": 5}"#, r#"{"n": 5.0}"#, r#"{"n": 5e0}"#] {
+                assert_eq!(read(json).unwrap().n, Some(5), "{json}");
+            }
+            assert_eq!(read("{}").unwrap().n, None);
+            assert_eq!(read(r#"{"n": null}"#).unwrap().n, None);
+            assert_eq!(read("{}").unwrap().m, None);
+            assert_eq!(read(r#"{"m": null}"#).unwrap().m, Some(None));
+            assert_eq!(read(r#"{"m": 7.0}"#).unwrap().m, Some(Some(7)));
+        }
+
+        #[test]
+        fn fractions_negatives_overflow_and_strings_are_refused() {
+            for json in [
+                r#"{"n": 5.5}"#,
+                r#"{"n": -1}"#,
+                r#"{"n": -1.0}"#,
+                r#"{"n": 4294967296}"#,
+                r#"{"n": 1e300}"#,
+                r#"{"n": "5"}"#,
+                r#"{"m": 0.5}"#,
+            ] {
+                let err = read(json).unwrap_err();
+                assert!(
+                    err.contains("a whole number") || err.contains("invalid type"),
+                    "{json}: {err}"
+                );
+            }
+        }
+    }
+}

@@ -109,9 +109,8 @@ pub struct DeadLetterView {
     /// Its event's type.
     #[serde(skip_serializing_if = "Option::is_none")]
     event_type: Option<String>,
-    /// Its event's payload.
+    /// Its event's payload: any JSON, as it was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
     /// Every attempt made, first first.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,7 +215,8 @@ fn view(letter: &DeadLetter) -> DeadLetterView {
     out
 }
 
-/// Query of `GET /v1/dlq`: at most one of the two.
+/// Query of `GET /v1/dlq`: either, both (an endpoint of that application)
+/// or neither.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
@@ -230,6 +230,8 @@ pub struct ListParams {
 
 /// Lists dead letters, newest first: all, one application's or one
 /// endpoint's. An application token sees its own application's only.
+/// Naming both an application and an endpoint that is not one of its
+/// answers 404.
 #[utoipa::path(
     get,
     path = "/v1/dlq",
@@ -240,7 +242,7 @@ pub struct ListParams {
         (status = 200, description = "A page, newest first", body = Listed<DeadLetterView>),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`application_not_found`, `not_found` (for an application token)", body = ErrorBody),
+        (status = 404, description = "`application_not_found`; `not_found`: the endpoint is not one of the application's, or (for an application token) another application", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
 )]
@@ -253,24 +255,19 @@ pub async fn list(
     let page = paging.page()?;
     // A portal token lists its own application's letters only.
     if let Some(only) = caller.only_application() {
-        match (&params.application, &params.endpoint_id) {
-            (Some(app), _) if app != only => return Err(crate::applications::not_found(app)),
-            (None, Some(endpoint)) => {
-                crate::endpoints::find(&state, only, endpoint).await?;
-            }
-            (None, None) => params.application = Some(only.to_owned()),
-            _ => {}
+        match &params.application {
+            Some(app) if app != only => return Err(crate::applications::not_found(app)),
+            _ => params.application = Some(only.to_owned()),
         }
     }
     let filter = match (&params.application, &params.endpoint_id) {
         (None, None) => Filter::All,
         (None, Some(endpoint)) => Filter::Endpoint(endpoint),
         (Some(app), None) => Filter::Application(app),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "filter by `application` or by `endpoint_id`, not both",
-            ));
+        // An endpoint of another application is, here, no endpoint.
+        (Some(app), Some(endpoint)) => {
+            crate::endpoints::find(&state, app, endpoint).await?;
+            Filter::Endpoint(endpoint)
         }
     };
     let mut letters = state.dlq.list(filter, page.start, page.fetch()).await?;

@@ -30,18 +30,16 @@ use crate::openapi::ErrorBody;
 use crate::paging::{Listed, PageParams};
 use crate::state::AppState;
 
-/// Longest accepted URL.
-const MAX_URL_LEN: usize = 2048;
 /// Most custom headers on one endpoint.
-const MAX_HEADERS: usize = 32;
+pub(crate) const MAX_HEADERS: usize = 32;
 /// Longest description.
 const MAX_DESCRIPTION_LEN: usize = 1024;
 /// Longest custom header value.
-const MAX_HEADER_VALUE_LEN: usize = 4096;
+pub(crate) const MAX_HEADER_VALUE_LEN: usize = 4096;
 /// Headers that Herald sets itself, or that steer the connection rather than
 /// the request, and that an endpoint may not set. `webhook-*` and `proxy-*`
 /// are refused as prefixes.
-const RESERVED_HEADERS: &[&str] = &[
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
     "content-type",
     "content-length",
     "host",
@@ -55,6 +53,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "traceparent",
     "tracestate",
 ];
+/// Prefixes of header names an endpoint cannot set: Herald's signature
+/// headers, and what proxies read.
+pub(crate) const RESERVED_HEADER_PREFIXES: &[&str] = &["webhook-", "proxy-"];
 /// How long registration waits for a host name to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest grace period a rotation may ask for.
@@ -64,18 +65,19 @@ const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 86_400);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
-    /// Where the webhooks go: `http` or `https`, allowed by the outbound
-    /// address policy, at most 2048 characters.
-    #[schema(example = "https://hooks.example.com/orders")]
+    /// Where the webhooks go.
+    #[schema(schema_with = crate::openapi::endpoint_url)]
     url: String,
-    /// Exact types, `prefix.*` or `*`; 1–256 entries.
-    #[schema(example = json!(["order.*"]))]
+    /// What it subscribes to.
+    #[schema(schema_with = crate::openapi::event_types)]
     event_types: Vec<String>,
     /// Free text, at most 1024 characters.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     description: Option<String>,
-    /// Sent with every webhook; at most 32, none of Herald's own.
+    /// Sent with every webhook.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::custom_headers)]
     headers: Option<BTreeMap<String, String>>,
     /// A disabled endpoint receives nothing.
     #[serde(default)]
@@ -88,7 +90,7 @@ pub struct CreateEndpoint {
     )]
     secret: Option<String>,
     /// Most deliveries per second, across dispatcher replicas.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
     #[schema(minimum = 1, maximum = 100000)]
     rate_limit: Option<u32>,
 }
@@ -99,32 +101,27 @@ pub struct CreateEndpoint {
 pub struct UpdateEndpoint {
     /// Where the webhooks go.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::endpoint_url_or_null)]
     url: Option<String>,
     /// Replaces all its subscriptions.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::event_types_or_null)]
     event_types: Option<Vec<String>>,
-    /// Free text.
+    /// Free text, at most 1024 characters.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     description: Option<String>,
     /// Replaces all its custom headers.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::custom_headers)]
     headers: Option<BTreeMap<String, String>>,
     /// `false` also clears why it was disabled.
     #[serde(default)]
     disabled: Option<bool>,
     /// `null` removes the limit; absent leaves it as it is.
-    #[serde(default, deserialize_with = "present_or_null")]
+    #[serde(default, deserialize_with = "crate::body::whole::present_or_null")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     rate_limit: Option<Option<u32>>,
-}
-
-/// Tells `"field": null` (Some(None)) from an absent field (None).
-pub(crate) fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// An endpoint as the API shows it: without its secret.
@@ -253,15 +250,6 @@ pub(crate) fn invalid(field: &str, problem: impl std::fmt::Display) -> ApiError 
 }
 
 async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
-    if url.len() > MAX_URL_LEN {
-        return Err(invalid(
-            "url",
-            format_args!(
-                "is {} characters long; the limit is {MAX_URL_LEN}",
-                url.len()
-            ),
-        ));
-    }
     let parsed = validate_url(url).map_err(|p| invalid("url", p))?;
     state
         .destinations
@@ -293,7 +281,7 @@ fn check_event_types(types: &[String]) -> Result<(), ApiError> {
 }
 
 fn check_description(description: &str) -> Result<(), ApiError> {
-    if description.len() > MAX_DESCRIPTION_LEN {
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
         return Err(invalid(
             "description",
             format_args!("may be at most {MAX_DESCRIPTION_LEN} characters long"),
@@ -318,8 +306,9 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), ApiError> {
         })?;
         let lower = parsed.as_str();
         if RESERVED_HEADERS.contains(&lower)
-            || lower.starts_with("webhook-")
-            || lower.starts_with("proxy-")
+            || RESERVED_HEADER_PREFIXES
+                .iter()
+                .any(|prefix| lower.starts_with(prefix))
         {
             return Err(invalid(
                 "headers",
@@ -564,11 +553,12 @@ pub async fn get_secret(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
-    /// How long the current secret keeps signing, e.g. `1h`; `0` retires it
-    /// at once. Default `HERALD_SECRET_ROTATION_GRACE`; at most `30d`.
-    #[serde(default)]
-    #[schema(example = "24h")]
-    grace_period: Option<String>,
+    /// How long the current secret keeps signing, in seconds; `0` retires
+    /// it at once. `HERALD_SECRET_ROTATION_GRACE` when absent; at most
+    /// 2592000 (30 days).
+    #[serde(default, deserialize_with = "crate::body::whole::optional")]
+    #[schema(example = 86400, minimum = 0, maximum = 2592000)]
+    grace_period_seconds: Option<u32>,
     /// The new secret (`whsec_` + base64 of 24–64 bytes); generated when
     /// absent.
     #[serde(default)]
@@ -627,16 +617,14 @@ pub async fn rotate_secret(
         }
         RotateSecret::default()
     };
-    let grace = match &request.grace_period {
+    let grace = match request.grace_period_seconds {
         None => state.secret_rotation_grace,
-        Some(text) => {
-            herald_core::config::parse_duration(text).map_err(|p| invalid("grace_period", p))?
-        }
+        Some(seconds) => Duration::from_secs(seconds.into()),
     };
     if grace > MAX_ROTATION_GRACE {
         return Err(invalid(
-            "grace_period",
-            "may be at most 30d (the old secret should not sign forever)",
+            "grace_period_seconds",
+            "may be at most 2592000 (30 days): the old secret should not sign forever",
         ));
     }
     let secret = match &request.secret {

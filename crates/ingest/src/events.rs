@@ -23,13 +23,14 @@ use crate::state::AppState;
 /// The body of `POST /v1/events`, as [`herald_core::event::parse_event`]
 /// reads it (the same JSON that producers write straight to
 /// `herald.events`).
-#[derive(Debug, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)] // As `parse_event`; says so in the schema.
 #[allow(dead_code)] // Describes what `parse_event` reads; never built.
 pub struct NewEvent {
     /// The application the event is for.
     #[schema(example = "acme", pattern = "^[!-\\-/-9;-~]{1,128}$")]
     application: String,
-    /// Your id for it (1–256 printable ASCII characters): an id accepted
+    /// Your id for it (1–128 printable ASCII characters, no `.`): an id accepted
     /// before is accepted again without a second delivery. Generated
     /// (`evt_…`) when absent, unless `Idempotency-Key` gives one.
     #[schema(
@@ -39,14 +40,10 @@ pub struct NewEvent {
     )]
     id: Option<String>,
     /// Its type, what endpoints subscribe to (e.g. `order.paid`).
-    #[schema(
-        rename = "type",
-        example = "order.paid",
-        pattern = "^[A-Za-z0-9._-]{1,128}$"
-    )]
+    #[serde(rename = "type")]
+    #[schema(example = "order.paid", pattern = "^[A-Za-z0-9._-]{1,128}$")]
     event_type: String,
-    /// Any JSON, sent to the endpoints byte for byte.
-    #[schema(value_type = Object)]
+    /// Any JSON (`null` too), sent to the endpoints byte for byte.
     payload: serde_json::Value,
     /// RFC 3339; when absent, the time it was accepted.
     #[schema(format = DateTime, nullable = false)]
@@ -73,16 +70,16 @@ const WAIT_FOR_CONCURRENT: Duration = Duration::from_secs(5);
     tag = "events",
     params(
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-\\-/-~]{1,128}$",
-            description = "The event's id, when the body has none (or the same)"),
+            description = "Names the event when the body has no `id`. A key names one event: sent again with another event id, it answers 409 `idempotency_key_reused`"),
     ),
     request_body = NewEvent,
     responses(
         (status = 202, description = "Accepted, or accepted before (`Idempotent-Replayed: true`)", body = Accepted,
             headers(("Idempotent-Replayed" = String, description = "`true` when the id was accepted before"))),
-        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_event`, `missing_field`, `invalid_field`, `conflicting_id`", body = ErrorBody),
+        (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_event`, `missing_field`, `invalid_field`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
-        (status = 409, description = "`in_progress`: the same id is being accepted by another request", body = ErrorBody),
+        (status = 409, description = "`in_progress`: the same id is being accepted by another request; `idempotency_key_reused`: the `Idempotency-Key` was sent before with another event id", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 429, description = "`rate_limited`, with `Retry-After`", body = ErrorBody),
@@ -169,16 +166,11 @@ async fn accept_event(
             Some(key.to_owned())
         }
     };
-    let id = match (event.id.clone(), header_key) {
-        (Some(id), Some(key)) if id != key => {
-            return Err(ApiError::bad_request(
-                "conflicting_id",
-                format!(
-                    "field `id` ({id:?}) and header `Idempotency-Key` ({key:?}) differ; send one, or the same value in both"
-                ),
-            ));
-        }
-        (Some(id), _) | (None, Some(id)) => id,
+    // The body's id names the event; a header alone names it too. A key
+    // sent with one event id cannot later be sent with another (`CLAIM`).
+    let id = match (event.id.clone(), &header_key) {
+        (Some(id), _) => id,
+        (None, Some(key)) => key.clone(),
         (None, None) => new_event_id(),
     };
     tracing::Span::current().record("event_id", id.as_str());
@@ -187,7 +179,7 @@ async fn accept_event(
     let app = event.application.as_str();
     let record = EventRecord::new(app, &id, &event.event_type, event.payload, timestamp).to_json();
 
-    let app_version = match claim_id(&state, app, &id).await? {
+    let app_version = match claim_id(&state, app, &id, header_key.as_deref()).await? {
         Claim::AlreadyAccepted => return Ok(accepted(&id, true)),
         Claim::Claimed { app_version } => app_version,
     };
@@ -264,13 +256,22 @@ enum Claim {
 /// application's change counter), `{2, counter}` accepted before, `{0, …}`
 /// being accepted by another request, `{-1, …}` no such application, `{3,
 /// counter, wait ms, limit}` over the application's `rate_limit` (GCRA in
-/// KEYS[4], a burst of one second's worth; taken only by a claim). One
-/// round trip.
+/// KEYS[4], a burst of one second's worth; taken only by a claim), `{4, …}`
+/// the request's `Idempotency-Key` (KEYS[5], when it has one) was sent
+/// before with another event id. A key is bound to the event id ARGV[3]
+/// for ARGV[4] ms. One round trip.
 const CLAIM: &str = r#"
 local app = redis.call('GET', KEYS[1])
 if not app then return {-1, 0, 0, 0} end
 local version = tonumber(redis.call('GET', KEYS[3]) or '0')
-if redis.call('GET', KEYS[2]) == 'done' then return {2, version, 0, 0} end
+if KEYS[5] then
+  local bound = redis.call('GET', KEYS[5])
+  if bound and bound ~= ARGV[3] then return {4, version, 0, 0} end
+end
+if redis.call('GET', KEYS[2]) == 'done' then
+  if KEYS[5] then redis.call('SET', KEYS[5], ARGV[3], 'NX', 'PX', ARGV[4]) end
+  return {2, version, 0, 0}
+end
 local limit = cjson.decode(app)['rate_limit']
 local now = tonumber(ARGV[2])
 local next_tat = nil
@@ -285,6 +286,7 @@ if type(limit) == 'number' and limit > 0 then
   next_tat = tat + interval
 end
 if redis.call('SET', KEYS[2], 'pending', 'NX', 'PX', ARGV[1]) then
+  if KEYS[5] then redis.call('SET', KEYS[5], ARGV[3], 'PX', ARGV[4]) end
   if next_tat then
     redis.call('SET', KEYS[4], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
   end
@@ -297,7 +299,12 @@ return {0, version, 0, 0}
 /// that exists and within its rate limit. A second request with the same id
 /// waits for the first to finish: it is then either a duplicate of an
 /// accepted event, or (if the first failed) gets its turn.
-async fn claim_id(state: &AppState, app: &str, id: &str) -> Result<Claim, ApiError> {
+async fn claim_id(
+    state: &AppState,
+    app: &str,
+    id: &str,
+    header_key: Option<&str>,
+) -> Result<Claim, ApiError> {
     let key = state.keys.idempotency(app, id);
     let mut redis = state.redis.clone();
     // Long enough to cover a produce that runs into its timeout.
@@ -306,19 +313,36 @@ async fn claim_id(state: &AppState, app: &str, id: &str) -> Result<Claim, ApiErr
     let script = redis::Script::new(CLAIM);
     loop {
         let now = herald_core::event::unix_millis(OffsetDateTime::now_utc());
-        let (claimed, app_version, wait_ms, limit): (i64, i64, u64, u64) = script
-            .key(state.keys.application(app))
+        let mut invocation = script.key(state.keys.application(app));
+        invocation
             .key(&key)
             .key(state.keys.application_version(app))
-            .key(state.keys.application_rate_limit(app))
+            .key(state.keys.application_rate_limit(app));
+        if let Some(header_key) = header_key {
+            invocation.key(state.keys.idempotency_key(app, header_key));
+        }
+        let (claimed, app_version, wait_ms, limit): (i64, i64, u64, u64) = invocation
             .arg(pending_ms)
             .arg(now)
+            .arg(id)
+            // PX takes no 0 (an idempotency TTL of `0`).
+            .arg((state.idempotency_ttl.as_millis() as u64).max(1))
             .invoke_async(&mut redis)
             .await?;
         match claimed {
             1 => return Ok(Claim::Claimed { app_version }),
             2 => return Ok(Claim::AlreadyAccepted),
             -1 => return Err(crate::applications::not_found(app)),
+            4 => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_reused",
+                    format!(
+                        "header `Idempotency-Key` {:?} was sent before with another event id than {id:?}; a key names one event, so send a new key for a new event",
+                        header_key.unwrap_or_default()
+                    ),
+                ));
+            }
             3 => {
                 let seconds = wait_ms.div_ceil(1000).max(1);
                 let mut err = ApiError::new(

@@ -48,7 +48,7 @@ pub struct ErrorDetail {
 }
 
 /// What a metadata map may hold, as `POST/PATCH /v1/applications` check
-/// it: up to 32 pairs, keys of 1–64 bytes, values of at most 1024.
+/// it: up to 32 pairs, keys of 1–64 characters, values of at most 1024.
 pub fn metadata_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
     ObjectBuilder::new()
@@ -70,10 +70,132 @@ pub fn metadata_schema() -> utoipa::openapi::Object {
         .build()
 }
 
+/// `url` of `POST …/endpoints`: the grammar Herald enforces
+/// ([`herald_core::endpoint::URL_PATTERN`]).
+pub fn endpoint_url() -> utoipa::openapi::Object {
+    endpoint_url_schema(false)
+}
+
+/// `url` of `PATCH …/endpoints/{id}` (`null` is taken as absent).
+pub fn endpoint_url_or_null() -> utoipa::openapi::Object {
+    endpoint_url_schema(true)
+}
+
+fn endpoint_url_schema(nullable: bool) -> utoipa::openapi::Object {
+    use herald_core::endpoint::{MAX_URL_LEN, URL_PATTERN};
+    use utoipa::openapi::schema::ObjectBuilder;
+    ObjectBuilder::new()
+        .schema_type(types(utoipa::openapi::schema::Type::String, nullable))
+        .description(Some(
+            "Where the webhooks go: `http` or `https`, at most 2048 characters of \
+             RFC 3986 (others percent-encoded), an ASCII host name, IPv4 or [IPv6] \
+             address, no fragment; its host allowed by the outbound address policy",
+        ))
+        .pattern(Some(URL_PATTERN))
+        .max_length(Some(MAX_URL_LEN))
+        .examples([serde_json::json!("https://hooks.example.com/orders")])
+        .build()
+}
+
+/// `event_types` of `POST …/endpoints`.
+pub fn event_types() -> utoipa::openapi::schema::Array {
+    event_types_schema(false)
+}
+
+/// `event_types` of `PATCH …/endpoints/{id}` (`null` is taken as absent).
+pub fn event_types_or_null() -> utoipa::openapi::schema::Array {
+    event_types_schema(true)
+}
+
+fn event_types_schema(nullable: bool) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .schema_type(types(Type::Array, nullable))
+        .description(Some(
+            "What it subscribes to, 1–256 entries: exact types, `prefix.*` (every type \
+             that starts with `prefix.`) or `*`",
+        ))
+        .items(ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+            "^([*]|[A-Za-z0-9._-]{1,128}|[A-Za-z0-9._-]{1,128}[.][*])$",
+        )))
+        .min_items(Some(1))
+        .max_items(Some(256))
+        .examples([serde_json::json!(["order.*"])])
+        .build()
+}
+
+/// `headers` of an endpoint's body (`null` is taken as absent): header
+/// names that are HTTP tokens and not Herald's own, values of printable
+/// ASCII.
+pub fn custom_headers() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    // Case-insensitive, which a JSON Schema pattern can only spell out.
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphabetic() {
+                    format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let reserved = crate::endpoints::RESERVED_HEADERS
+        .iter()
+        .map(|name| any_case(name))
+        .collect::<Vec<_>>()
+        .join("|");
+    let prefixes = crate::endpoints::RESERVED_HEADER_PREFIXES
+        .iter()
+        .map(|prefix| any_case(prefix))
+        .collect::<Vec<_>>()
+        .join("|");
+    ObjectBuilder::new()
+        .schema_type(types(Type::Object, true))
+        .description(Some(
+            "Sent with every webhook: at most 32, names that are HTTP tokens and none \
+             that Herald sets itself or that steer the connection, values of printable \
+             ASCII up to 4096 characters",
+        ))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!(
+                    "^(?!({prefixes})|({reserved})$)[-!#$%&'*+.^_`|~0-9A-Za-z]+$"
+                ))),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[\t -~]*$"))
+                .max_length(Some(crate::endpoints::MAX_HEADER_VALUE_LEN)),
+        ))
+        .max_properties(Some(crate::endpoints::MAX_HEADERS))
+        .examples([serde_json::json!({"X-Team": "billing"})])
+        .build()
+}
+
+/// `ty`, or `ty` and `null`.
+fn types(ty: utoipa::openapi::schema::Type, nullable: bool) -> utoipa::openapi::schema::SchemaType {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    if nullable {
+        SchemaType::from_iter([ty, Type::Null])
+    } else {
+        SchemaType::new(ty)
+    }
+}
+
 /// What the annotations cannot say, written into the finished document
 /// (the routes' schemas are only there once the router has collected
-/// them): `POST /v1/dlq/replay` takes exactly one of its fields, and utoipa
-/// writes the body's `maxProperties` but not its `minProperties`.
+/// them):
+/// - `POST /v1/dlq/replay` takes exactly one of its fields, and utoipa
+///   writes the body's `maxProperties` but not its `minProperties`;
+/// - the errors every `/v1` operation can answer whatever it does (a scope
+///   that does not allow it, Redis away, a fault of Herald's own);
+/// - the links from what a creation answers to the operations on what it
+///   created, which clients and tools (Schemathesis's stateful phase)
+///   follow.
 pub fn finish(document: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{RefOr, Schema};
     if let Some(RefOr::T(Schema::Object(replay))) = document
@@ -83,6 +205,167 @@ pub fn finish(document: &mut utoipa::openapi::OpenApi) {
     {
         replay.min_properties = Some(1);
     }
+    for (path, item) in document.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for operation in operations(item) {
+            add_shared_errors(operation);
+        }
+    }
+    for (from, status, links) in links() {
+        let operation = document
+            .paths
+            .paths
+            .values_mut()
+            .flat_map(operations)
+            .find(|op| op.operation_id.as_deref() == Some(from))
+            .unwrap_or_else(|| panic!("a link starts at {from}, which is no operation"));
+        let Some(RefOr::T(response)) = operation.responses.responses.get_mut(status) else {
+            panic!("a link starts at {from} {status}, which it does not answer");
+        };
+        for (name, to, parameters) in links {
+            // utoipa 5.5 writes `Link::operation_id` as `operation_id`,
+            // where OpenAPI says `operationId`; the field goes in through
+            // the link's extensions, which are written as they are.
+            let mut link = utoipa::openapi::link::LinkBuilder::new().extensions(Some(
+                utoipa::openapi::extensions::Extensions::from_iter([("operationId", to)]),
+            ));
+            for &(parameter, expression) in parameters {
+                link = link.parameter(parameter, expression);
+            }
+            response.links.insert(name.to_owned(), link.build().into());
+        }
+    }
+}
+
+/// The operations of a path.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// 403, 500 and 503, with the error body of the operation's documented
+/// 401, unless the operation documents them itself.
+fn add_shared_errors(operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::RefOr;
+    let responses = &mut operation.responses.responses;
+    let Some(RefOr::T(unauthorized)) = responses.get("401").cloned() else {
+        panic!("{:?} documents no 401 with a body", operation.operation_id);
+    };
+    for (status, description) in [
+        (
+            "403",
+            "`forbidden`: the key's or token's scope does not allow this operation",
+        ),
+        (
+            "500",
+            "`internal`: a fault of Herald's own, described in its log",
+        ),
+        ("503", "`redis_unavailable`: Redis is away; retry later"),
+    ] {
+        responses.entry(status.to_owned()).or_insert_with(|| {
+            let mut response = unauthorized.clone();
+            response.description = description.to_owned();
+            RefOr::T(response)
+        });
+    }
+}
+
+/// A link: its name, the operation it leads to, and that operation's
+/// parameters as runtime expressions.
+type Link = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// Where what an operation answers leads: (operation, status, links).
+fn links() -> [(&'static str, &'static str, Vec<Link>); 4] {
+    const APP: (&str, &str) = ("app", "$response.body#/id");
+    const ENDPOINT_APP: (&str, &str) = ("app", "$response.body#/application_id");
+    const ENDPOINT: (&str, &str) = ("id", "$response.body#/id");
+    [
+        (
+            "create_application",
+            "201",
+            vec![
+                ("get", "get_application", &[APP]),
+                ("update", "update_application", &[APP]),
+                ("delete", "delete_application", &[APP]),
+                ("list_endpoints", "list_endpoints", &[APP]),
+                ("create_endpoint", "create_endpoint", &[APP]),
+                ("issue_token", "issue_application_token", &[APP]),
+                (
+                    "list_dead_letters",
+                    "list_dead_letters",
+                    &[("application", "$response.body#/id")],
+                ),
+            ],
+        ),
+        (
+            "create_endpoint",
+            "201",
+            vec![
+                ("get", "get_endpoint", &[ENDPOINT_APP, ENDPOINT]),
+                ("update", "update_endpoint", &[ENDPOINT_APP, ENDPOINT]),
+                ("delete", "delete_endpoint", &[ENDPOINT_APP, ENDPOINT]),
+                (
+                    "attempts",
+                    "list_endpoint_attempts",
+                    &[ENDPOINT_APP, ENDPOINT],
+                ),
+                ("health", "get_endpoint_health", &[ENDPOINT_APP, ENDPOINT]),
+                ("secret", "get_endpoint_secret", &[ENDPOINT_APP, ENDPOINT]),
+                (
+                    "rotate_secret",
+                    "rotate_endpoint_secret",
+                    &[ENDPOINT_APP, ENDPOINT],
+                ),
+                (
+                    "list_dead_letters",
+                    "list_dead_letters",
+                    &[
+                        ("application", "$response.body#/application_id"),
+                        ("endpoint_id", "$response.body#/id"),
+                    ],
+                ),
+            ],
+        ),
+        (
+            "issue_application_token",
+            "201",
+            vec![(
+                "revoke",
+                "revoke_application_token",
+                &[
+                    ("app", "$response.body#/application_id"),
+                    ("token", "$response.body#/id"),
+                ],
+            )],
+        ),
+        (
+            "send_event",
+            "202",
+            vec![(
+                "attempts",
+                "list_event_attempts",
+                &[
+                    ("app", "$request.body#/application"),
+                    ("id", "$response.body#/id"),
+                ],
+            )],
+        ),
+    ]
 }
 
 /// The keys that open the API.
