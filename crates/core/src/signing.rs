@@ -20,6 +20,17 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub const MIN_SECRET_BYTES: usize = 24;
 /// Most secret bytes accepted.
 pub const MAX_SECRET_BYTES: usize = 64;
+/// What [`Secret::parse`] accepts, as a regular expression (the API's
+/// document states it): `whsec_` and the canonical base64 of
+/// [`MIN_SECRET_BYTES`] to [`MAX_SECRET_BYTES`] bytes: 8 to 20 full groups
+/// of four characters (24 to 60 bytes), then perhaps a 21st, and perhaps a
+/// padded group of one byte after it, or of one or two bytes instead of it
+/// (the padding's unused bits zero).
+pub const SECRET_PATTERN: &str = concat!(
+    "^whsec_(?:[A-Za-z0-9+/]{4}){8,20}",
+    "(?:[A-Za-z0-9+/]{4}(?:[A-Za-z0-9+/][AQgw]==)?",
+    "|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
+);
 /// Size of generated secrets.
 const GENERATED_SECRET_BYTES: usize = 32;
 
@@ -123,6 +134,31 @@ pub fn verify(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8], header
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pattern_is_what_parse_accepts() {
+        let pattern = regex::Regex::new(SECRET_PATTERN).unwrap();
+        for bytes in 16..80 {
+            let text = format!("{SECRET_PREFIX}{}", BASE64.encode(vec![0xa7; bytes]));
+            assert_eq!(
+                pattern.is_match(&text),
+                Secret::parse(&text).is_ok(),
+                "{bytes} bytes: {text}"
+            );
+            assert_eq!(
+                pattern.is_match(&text),
+                (MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&bytes)
+            );
+        }
+        // Padding whose unused bits are not zero, and no padding.
+        for text in [
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=",
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(!pattern.is_match(text), "{text}");
+            assert!(Secret::parse(text).is_err(), "{text}");
+        }
+    }
 
     /// The example from the Standard Webhooks specification.
     #[test]

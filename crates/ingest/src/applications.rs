@@ -168,10 +168,7 @@ fn view(app: &Application) -> ApplicationView {
     responses(
         (status = 201, description = "Created", body = ApplicationView),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 409, description = "`application_exists`", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -222,7 +219,6 @@ pub async fn create(
     responses(
         (status = 200, description = "A page", body = Listed<ApplicationView>),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -245,7 +241,6 @@ pub async fn list(
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "The application", body = ApplicationView),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -268,11 +263,8 @@ pub async fn get(
     responses(
         (status = 200, description = "The application as changed", body = ApplicationView),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -324,7 +316,6 @@ pub async fn update(
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 204, description = "Deleted, with its endpoints"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -398,10 +389,7 @@ pub struct TokenIssued {
     responses(
         (status = 201, description = "Issued", body = TokenIssued),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -463,7 +451,6 @@ pub async fn issue_token(
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 204, description = "Revoked"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),
     security(("api_key" = []))

@@ -70,7 +70,6 @@ fn view(record: &AttemptRecord) -> AttemptView {
     responses(
         (status = 200, description = "A page, newest first", body = Listed<AttemptView>),
         (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
@@ -103,7 +102,6 @@ pub async fn for_event(
     responses(
         (status = 200, description = "A page, newest first", body = Listed<AttemptView>),
         (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))

@@ -241,7 +241,6 @@ pub struct ListParams {
     responses(
         (status = 200, description = "A page, newest first", body = Listed<DeadLetterView>),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`; `not_found`: the endpoint is not one of the application's, or (for an application token) another application", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
@@ -333,11 +332,8 @@ pub struct ReplayFailure {
     responses(
         (status = 200, description = "Every one was sent back", body = Replayed),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `endpoint_not_found`, `not_found`", body = ErrorBody),
         (status = 409, description = "`replay_failed`: some could not be", body = ReplayPartlyFailed),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
 )]

@@ -82,12 +82,9 @@ pub struct CreateEndpoint {
     /// A disabled endpoint receives nothing.
     #[serde(default)]
     disabled: Option<bool>,
-    /// The signing secret (`whsec_` + base64 of 24–64 bytes); generated
-    /// when absent.
+    /// The signing secret; generated when absent.
     #[serde(default)]
-    #[schema(
-        pattern = "^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
-    )]
+    #[schema(schema_with = crate::openapi::endpoint_secret)]
     secret: Option<String>,
     /// Most deliveries per second, across dispatcher replicas.
     #[serde(default, deserialize_with = "crate::body::whole::optional")]
@@ -374,10 +371,7 @@ fn now() -> (OffsetDateTime, String) {
     responses(
         (status = 201, description = "Registered", body = CreatedEndpoint<'_>),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
 )]
@@ -447,7 +441,6 @@ pub async fn create(
     responses(
         (status = 200, description = "A page", body = Listed<EndpointView<'_>>),
         (status = 400, description = "`invalid_query`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
@@ -493,7 +486,6 @@ pub async fn find(state: &AppState, app: &str, id: &str) -> Result<Endpoint, Api
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "The endpoint", body = EndpointView<'_>),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
@@ -522,7 +514,6 @@ pub async fn get(
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "Its secrets", body = SecretView),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
@@ -559,12 +550,9 @@ pub struct RotateSecret {
     #[serde(default, deserialize_with = "crate::body::whole::optional")]
     #[schema(example = 86400, minimum = 0, maximum = 2592000)]
     grace_period_seconds: Option<u32>,
-    /// The new secret (`whsec_` + base64 of 24–64 bytes); generated when
-    /// absent.
+    /// The new secret; generated when absent.
     #[serde(default)]
-    #[schema(
-        pattern = "^whsec_(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$"
-    )]
+    #[schema(schema_with = crate::openapi::rotated_secret)]
     secret: Option<String>,
 }
 
@@ -584,11 +572,8 @@ pub struct RotateSecret {
     responses(
         (status = 200, description = "Rotated", body = RotatedSecret),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
 )]
@@ -671,7 +656,6 @@ pub async fn rotate_secret(
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 200, description = "Its breaker", body = EndpointHealth),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
@@ -724,11 +708,8 @@ pub async fn health(
     responses(
         (status = 200, description = "The endpoint as changed", body = EndpointView<'_>),
         (status = 400, description = "`malformed_json`, `nesting_too_deep`, `unreadable_body`, `invalid_field`, `invalid_request`, `destination_not_allowed`, `invalid_path`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
         (status = 409, description = "`conflict`: it kept changing under this change", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))
 )]
@@ -807,7 +788,6 @@ pub async fn update(
     responses(
         (status = 400, description = "`invalid_path`", body = ErrorBody),
         (status = 204, description = "Deleted"),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`application_not_found`, `not_found`", body = ErrorBody),
     ),
     security(("api_key" = []), ("application_token" = []))

@@ -50,10 +50,10 @@ pub struct ErrorDetail {
 /// What a metadata map may hold, as `POST/PATCH /v1/applications` check
 /// it: up to 32 pairs, keys of 1–64 characters, values of at most 1024.
 pub fn metadata_schema() -> utoipa::openapi::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         // `null` is taken as absent.
-        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .schema_type(types(Type::Object, true))
         .description(Some("Up to 32 string pairs of your own"))
         .property_names(Some(
             ObjectBuilder::new()
@@ -97,6 +97,26 @@ fn endpoint_url_schema(nullable: bool) -> utoipa::openapi::Object {
         .build()
 }
 
+/// `secret` of `POST …/endpoints`
+/// ([`herald_core::signing::SECRET_PATTERN`]; `null` is taken as absent).
+pub fn endpoint_secret() -> utoipa::openapi::Object {
+    secret_schema("The signing secret (`whsec_` + base64 of 24–64 bytes); generated when absent.")
+}
+
+/// `secret` of `POST …/secret/rotate`.
+pub fn rotated_secret() -> utoipa::openapi::Object {
+    secret_schema("The new secret (`whsec_` + base64 of 24–64 bytes); generated when absent.")
+}
+
+fn secret_schema(description: &str) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(types(Type::String, true))
+        .description(Some(description))
+        .pattern(Some(herald_core::signing::SECRET_PATTERN))
+        .build()
+}
+
 /// `event_types` of `POST …/endpoints`.
 pub fn event_types() -> utoipa::openapi::schema::Array {
     event_types_schema(false)
@@ -129,28 +149,27 @@ fn event_types_schema(nullable: bool) -> utoipa::openapi::schema::Array {
 /// ASCII.
 pub fn custom_headers() -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
-    // Case-insensitive, which a JSON Schema pattern can only spell out.
-    let any_case = |name: &str| -> String {
-        name.chars()
-            .map(|c| {
-                if c.is_ascii_alphabetic() {
-                    format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
-                } else {
-                    c.to_string()
-                }
+    // Any of `names`, in any case, which a JSON Schema pattern can only
+    // spell out.
+    let any_of = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|name| {
+                name.chars()
+                    .map(|c| {
+                        if c.is_ascii_alphabetic() {
+                            format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect::<String>()
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .join("|")
     };
-    let reserved = crate::endpoints::RESERVED_HEADERS
-        .iter()
-        .map(|name| any_case(name))
-        .collect::<Vec<_>>()
-        .join("|");
-    let prefixes = crate::endpoints::RESERVED_HEADER_PREFIXES
-        .iter()
-        .map(|prefix| any_case(prefix))
-        .collect::<Vec<_>>()
-        .join("|");
+    let reserved = any_of(crate::endpoints::RESERVED_HEADERS);
+    let prefixes = any_of(crate::endpoints::RESERVED_HEADER_PREFIXES);
     ObjectBuilder::new()
         .schema_type(types(Type::Object, true))
         .description(Some(
@@ -191,8 +210,9 @@ fn types(ty: utoipa::openapi::schema::Type, nullable: bool) -> utoipa::openapi::
 /// them):
 /// - `POST /v1/dlq/replay` takes exactly one of its fields, and utoipa
 ///   writes the body's `maxProperties` but not its `minProperties`;
-/// - the errors every `/v1` operation can answer whatever it does (a scope
-///   that does not allow it, Redis away, a fault of Herald's own);
+/// - the errors every `/v1` operation can answer whatever it does (no key,
+///   a scope that does not allow it, a body too large or not JSON, Redis
+///   away, a fault of Herald's own);
 /// - the links from what a creation answers to the operations on what it
 ///   created, which clients and tools (Schemathesis's stateful phase)
 ///   follow.
@@ -254,15 +274,15 @@ fn operations(
     .flatten()
 }
 
-/// 403, 500 and 503, with the error body of the operation's documented
-/// 401, unless the operation documents them itself.
+/// The errors every `/v1` operation answers whatever it does, unless it
+/// documents them itself: 401, 403, 500 and 503, and for one that takes a
+/// body, 413 and 415.
 fn add_shared_errors(operation: &mut utoipa::openapi::path::Operation) {
-    use utoipa::openapi::RefOr;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let takes_body = operation.request_body.is_some();
     let responses = &mut operation.responses.responses;
-    let Some(RefOr::T(unauthorized)) = responses.get("401").cloned() else {
-        panic!("{:?} documents no 401 with a body", operation.operation_id);
-    };
-    for (status, description) in [
+    let mut shared = vec![
+        ("401", "`unauthorized`"),
         (
             "403",
             "`forbidden`: the key's or token's scope does not allow this operation",
@@ -272,11 +292,25 @@ fn add_shared_errors(operation: &mut utoipa::openapi::path::Operation) {
             "`internal`: a fault of Herald's own, described in its log",
         ),
         ("503", "`redis_unavailable`: Redis is away; retry later"),
-    ] {
+    ];
+    if takes_body {
+        shared.extend([
+            ("413", "`body_too_large`"),
+            ("415", "`unsupported_media_type`"),
+        ]);
+    }
+    for (status, description) in shared {
         responses.entry(status.to_owned()).or_insert_with(|| {
-            let mut response = unauthorized.clone();
-            response.description = description.to_owned();
-            RefOr::T(response)
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
         });
     }
 }
