@@ -8,26 +8,53 @@
 
 use std::fmt::Write as _;
 
-use axum::http::header;
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::Value;
 use sha2::Digest as _;
 
-/// The page as an HTML answer. Its policy allows nothing but its own
-/// stylesheet (by digest): no script, nothing from elsewhere, no framing.
-pub fn response(page: &str) -> Response {
-    let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE));
-    let policy = format!("default-src 'none'; style-src 'sha256-{digest}'; frame-ancestors 'none'");
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
-            (header::CONTENT_SECURITY_POLICY, policy),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-        ],
-        page.to_owned(),
-    )
-        .into_response()
+/// The page, rendered once, and its policy, which allows nothing but its
+/// own stylesheet (by digest): no script, nothing from elsewhere, no
+/// framing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    html: Bytes,
+    policy: HeaderValue,
+}
+
+impl Page {
+    /// The page for `document` (the OpenAPI document as JSON).
+    pub fn new(document: &Value) -> Page {
+        let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE));
+        Page {
+            html: Bytes::from(render(document)),
+            policy: HeaderValue::from_str(&format!(
+                "default-src 'none'; style-src 'sha256-{digest}'; frame-ancestors 'none'"
+            ))
+            .expect("the policy is ASCII"),
+        }
+    }
+
+    /// The page as an HTML answer.
+    pub fn response(&self) -> Response {
+        (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                ),
+                (header::CONTENT_SECURITY_POLICY, self.policy.clone()),
+                (
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ),
+            ],
+            self.html.clone(),
+        )
+            .into_response()
+    }
 }
 
 /// The page for `document` (the OpenAPI document as JSON).

@@ -255,25 +255,29 @@ pub fn open_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
 /// The OpenAPI document of the whole API, as `GET /openapi.json` serves it
 /// and `openapi.json` at the repository's root holds it.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let (_, mut document) = keyed_routes().split_for_parts();
-    document.merge(open_routes().split_for_parts().1);
+    routes_and_document().2
+}
+
+/// The keyed routes, the open ones, and the document of both.
+fn routes_and_document() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (keyed, mut document) = keyed_routes().split_for_parts();
+    let (open, open_document) = open_routes().split_for_parts();
+    document.merge(open_document);
     openapi::finish(&mut document);
-    document
+    (keyed, open, document)
 }
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    let (keyed, _) = keyed_routes().split_for_parts();
-    let (open, _) = open_routes().split_for_parts();
-    let document = openapi_document();
-    let document_json = std::sync::Arc::new(
+    let (keyed, open, document) = routes_and_document();
+    // Both answers are made once; each request gets a cheap copy.
+    let document_json = axum::body::Bytes::from(
         document
             .to_pretty_json()
             .expect("the OpenAPI document is JSON"),
     );
-    let docs_page = std::sync::Arc::new(docs::render(
-        &serde_json::to_value(&document).expect("the OpenAPI document is JSON"),
-    ));
+    let docs_page =
+        docs::Page::new(&serde_json::to_value(&document).expect("the OpenAPI document is JSON"));
     let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         auth::require_api_key,
@@ -288,7 +292,7 @@ pub fn router(state: AppState) -> Router {
                 async move {
                     (
                         [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        json.as_str().to_owned(),
+                        json,
                     )
                 }
             }),
@@ -297,7 +301,7 @@ pub fn router(state: AppState) -> Router {
             "/docs",
             get(move || {
                 let page = docs_page.clone();
-                async move { docs::response(&page) }
+                async move { page.response() }
             }),
         )
         .route("/metrics", get(herald_core::ops::metrics_handler))
