@@ -16,6 +16,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use herald_core::endpoint::{Endpoint, EventTypePattern, validate_url};
 use herald_core::event::{format_timestamp, new_endpoint_id, unix_millis};
 use herald_core::signing::Secret;
@@ -380,7 +381,7 @@ pub async fn create(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let request: CreateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
     crate::applications::find(&state, &app).await?;
     check_url(&state, &request.url).await?;
@@ -424,10 +425,7 @@ pub async fn create(
         endpoint: EndpointView::from(&endpoint),
         secret: &endpoint.secret,
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::to_value(created).map_err(ApiError::internal)?),
-    ))
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 /// Lists the application's endpoints, a page at a time, in creation
@@ -449,14 +447,11 @@ pub async fn list(
     State(state): State<AppState>,
     Path(app): Path<String>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let page = paging.page()?;
     crate::applications::find(&state, &app).await?;
     let mut endpoints = state.endpoints.list(&app, page.start, page.fetch()).await?;
-    let listed = page.answer(&mut endpoints, EndpointView::from);
-    Ok(Json(
-        serde_json::to_value(listed).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(page.answer(&mut endpoints, EndpointView::from)).into_response())
 }
 
 /// The endpoint `id` of application `app`, or a 404: an endpoint of
@@ -493,11 +488,9 @@ pub async fn find(state: &AppState, app: &str, id: &str) -> Result<Endpoint, Api
 pub async fn get(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let endpoint = find(&state, &app, &id).await?;
-    Ok(Json(
-        serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(EndpointView::from(&endpoint)).into_response())
 }
 
 /// The endpoint's signing secret, with the rotated-out secrets that still
@@ -718,7 +711,7 @@ pub async fn update(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: UpdateEndpoint = read_json(&headers, body, state.max_body_bytes).await?;
     // An unknown endpoint is a 404 before any field is judged.
     find(&state, &app, &id).await?;
@@ -769,9 +762,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no endpoint with id {id:?}")))?;
     tracing::info!(endpoint_id = %id, "endpoint updated");
-    Ok(Json(
-        serde_json::to_value(EndpointView::from(&endpoint)).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(EndpointView::from(&endpoint)).into_response())
 }
 
 /// Deletes the endpoint. Deliveries already on their way to it end in the
