@@ -181,7 +181,7 @@ fn view(letter: &DeadLetter) -> DeadLetterView {
     };
     match &letter.delivery {
         Some(delivery) => {
-            let attempts = delivery
+            let attempts: Vec<DeadAttempt> = delivery
                 .history
                 .iter()
                 .enumerate()
@@ -193,7 +193,9 @@ fn view(letter: &DeadLetter) -> DeadLetterView {
                     duration_ms: a.duration_ms,
                 })
                 .collect();
-            let last = delivery.history.last();
+            let last = attempts.last();
+            out.last_status_code = Some(last.and_then(|a| a.status_code));
+            out.last_error = Some(last.and_then(|a| a.error.clone()));
             out.endpoint_id = Some(delivery.endpoint_id.clone());
             out.application_id = Some(delivery.application_id.clone());
             out.event_id = Some(delivery.event_id.clone());
@@ -202,10 +204,6 @@ fn view(letter: &DeadLetter) -> DeadLetterView {
                 Some(serde_json::from_slice(&delivery.payload_json).unwrap_or(Value::Null));
             out.attempts = Some(attempts);
             out.deferrals = Some(delivery.deferrals);
-            out.last_status_code =
-                Some(last.and_then(|a| (a.status_code != 0).then_some(a.status_code)));
-            out.last_error =
-                Some(last.and_then(|a| (!a.error.is_empty()).then(|| a.error.clone())));
         }
         None => {
             out.raw_record_base64 =
