@@ -13,6 +13,7 @@
 //! The cache is not thread-safe by itself; its users keep it behind a
 //! mutex, held only for these short calls, never across a Redis read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -142,8 +143,91 @@ impl<T> BoundedCache<T> {
     }
 }
 
+/// One read of a key at a time, however many tasks need it: the caches'
+/// callers take a key's gate before reading it from Redis, and after
+/// taking it look in the cache again, where the task before them may have
+/// put it.
+#[derive(Debug, Default)]
+pub struct ReadGates {
+    gates: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The gate of one key, held; dropping it lets the tasks waiting on it in
+/// one by one, and forgets it, so that the map holds only keys being read.
+#[derive(Debug)]
+pub struct ReadGate<'a> {
+    gates: &'a ReadGates,
+    key: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl ReadGates {
+    fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the task reading `key`, if any, and takes its gate.
+    pub async fn enter(&self, key: &str) -> ReadGate<'_> {
+        let gate = self.gates().entry(key.to_owned()).or_default().clone();
+        let held = gate.clone().lock_owned().await;
+        ReadGate {
+            gates: self,
+            key: key.to_owned(),
+            gate,
+            _held: held,
+        }
+    }
+
+    /// Number of keys with a gate (being read, or waited for).
+    pub fn len(&self) -> usize {
+        self.gates().len()
+    }
+
+    /// Whether no key is being read.
+    pub fn is_empty(&self) -> bool {
+        self.gates().is_empty()
+    }
+}
+
+impl Drop for ReadGate<'_> {
+    fn drop(&mut self) {
+        let mut gates = self.gates.gates();
+        // Not a newer gate of the same key (one taken after ours was
+        // forgotten by a task that waited on ours).
+        if gates
+            .get(&self.key)
+            .is_some_and(|g| Arc::ptr_eq(g, &self.gate))
+        {
+            gates.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn one_task_at_a_time_reads_a_key_and_the_gates_are_forgotten() {
+        let gates = Arc::new(ReadGates::default());
+        let first = gates.enter("app").await;
+        let waiting = tokio::spawn({
+            let gates = gates.clone();
+            async move {
+                let _second = gates.enter("app").await;
+            }
+        });
+        // Another key is not held up.
+        drop(gates.enter("other").await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second entered while the first read"
+        );
+        drop(first);
+        waiting.await.unwrap();
+        assert!(gates.is_empty(), "{} gates left", gates.len());
+    }
+
     use super::*;
 
     fn cache(entries: usize, bytes: usize) -> BoundedCache<&'static str> {

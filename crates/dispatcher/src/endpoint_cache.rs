@@ -13,11 +13,10 @@
 //! that moved stale; a stale endpoint is read again on its next use. While
 //! Redis does not answer, the last copy read is used, even a stale one.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_core::bounded_cache::BoundedCache;
+use herald_core::bounded_cache::{BoundedCache, ReadGates};
 use herald_core::endpoint::{EndpointStore, ResolvedEndpoint, refresh_every, retry_until_loaded};
 use herald_core::redis_store::StoreError;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +27,7 @@ pub struct EndpointCache {
     store: EndpointStore,
     held: Arc<Mutex<BoundedCache<ResolvedEndpoint>>>,
     /// One read per endpoint at a time, however many deliveries wait.
-    reading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    reading: Arc<ReadGates>,
 }
 
 impl EndpointCache {
@@ -89,21 +88,12 @@ impl EndpointCache {
         if let Some(fresh) = self.held().fresh(id, 0) {
             return Ok(Some(fresh));
         }
-        let gate = {
-            let mut reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
-            reading.entry(id.to_owned()).or_default().clone()
-        };
-        let _reading = gate.lock().await;
+        let _reading = self.reading.enter(id).await;
         // Another delivery may have read it meanwhile.
         if let Some(fresh) = self.held().fresh(id, 0) {
             return Ok(Some(fresh));
         }
-        let read = self.store.get_versioned(id).await;
-        self.reading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        let (version, endpoint) = match read {
+        let (version, endpoint) = match self.store.get_versioned(id).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 self.held().remove(id);

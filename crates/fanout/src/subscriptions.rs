@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_core::application::ApplicationStore;
-use herald_core::bounded_cache::BoundedCache;
+use herald_core::bounded_cache::{BoundedCache, ReadGates};
 use herald_core::endpoint::{EndpointStore, EventTypePattern, refresh_every, retry_until_loaded};
 use herald_core::redis_store::StoreError;
 use serde::Deserialize;
@@ -144,7 +144,7 @@ pub struct SubscriptionCache {
     applications: ApplicationStore,
     held: Arc<Mutex<Held>>,
     /// One load per application at a time, however many events wait for it.
-    loading: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    loading: Arc<ReadGates>,
 }
 
 #[derive(Debug)]
@@ -218,11 +218,7 @@ impl SubscriptionCache {
         if let Some(found) = self.cached(app, at_least) {
             return Ok(Lookup::Found(found));
         }
-        let gate = {
-            let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
-            loading.entry(app.to_owned()).or_default().clone()
-        };
-        let _loading = gate.lock().await;
+        let _loading = self.loading.enter(app).await;
         // Another task may have loaded it meanwhile.
         if let Some(found) = self.held().by_app.fresh(app, at_least) {
             return Ok(Lookup::Found(found));
@@ -230,12 +226,8 @@ impl SubscriptionCache {
         let loaded = self
             .endpoints
             .of_application::<StoredSubscription>(app)
-            .await;
-        self.loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(app);
-        let Some((version, endpoints)) = loaded? else {
+            .await?;
+        let Some((version, endpoints)) = loaded else {
             self.held().by_app.remove(app);
             return Ok(Lookup::NoSuchApplication);
         };
