@@ -65,16 +65,23 @@ const PROBED_APPS: usize = 50;
 /// Longest a change may take to show before the benchmark fails.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The cold pass, the measured phase, its processes, the changes made
-/// during it, fan-out's cache hits and misses in it, and the propagation.
-type Measured = (
-    PhaseResult,
-    PhaseResult,
-    Vec<ProcessReport>,
-    u64,
-    (u64, u64),
-    Percentiles,
-);
+/// What [`Bench::measure_phases`] measured.
+struct Measured {
+    /// The cold pass.
+    first_pass: PhaseResult,
+    /// The measured phase.
+    kafka: PhaseResult,
+    /// Herald's processes over the measured phase.
+    processes: Vec<ProcessReport>,
+    /// Endpoint changes made during it.
+    changes_during_phase: u64,
+    /// Fan-out's cache hits in it.
+    hits: u64,
+    /// And misses.
+    misses: u64,
+    /// From a change's answer to the first event fanned out with it.
+    propagation: Percentiles,
+}
 
 /// What the mode measured besides its phase (which is in its
 /// [`ModeReport`]).
@@ -177,8 +184,15 @@ impl Bench {
             .measure_phases(mode, running, &spread, &endpoint_ids, &fanout_ops, &changes)
             .await;
         let failed_changes = changes.stop().await;
-        let (first_pass, kafka, mut processes, changes_during_phase, (hits, misses), propagation) =
-            measured?;
+        let Measured {
+            first_pass,
+            kafka,
+            mut processes,
+            changes_during_phase,
+            hits,
+            misses,
+            propagation,
+        } = measured?;
         // Peak RSS over the whole mode, the probes included.
         let watched = self.watched(running);
         for (report, (_, pid)) in processes.iter_mut().zip(&watched) {
@@ -251,14 +265,15 @@ impl Bench {
         let propagation = self
             .probe_propagation(running, spread, endpoint_ids, probes)
             .await?;
-        Ok((
+        Ok(Measured {
             first_pass,
             kafka,
             processes,
             changes_during_phase,
-            (hits_after - hits_before, misses_after - misses_before),
+            hits: hits_after - hits_before,
+            misses: misses_after - misses_before,
             propagation,
-        ))
+        })
     }
 
     /// Registers the applications, then their endpoints, through the API;
