@@ -114,14 +114,11 @@ async fn the_openapi_document_is_served_without_a_key_and_is_the_committed_one()
 /// the team wrote (`openapi-spec-validator`, installed by scripts/test).
 #[test]
 fn the_committed_document_passes_an_independent_validator() {
-    let tools = std::env::var("HERALD_TEST_API_TOOLS")
-        .expect("HERALD_TEST_API_TOOLS is not set: run the tests with scripts/test");
     let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json");
-    let output =
-        std::process::Command::new(std::path::Path::new(&tools).join("openapi-spec-validator"))
-            .arg(&document)
-            .output()
-            .expect("run openapi-spec-validator");
+    let output = std::process::Command::new(herald_tests::api_tool("openapi-spec-validator"))
+        .arg(&document)
+        .output()
+        .expect("run openapi-spec-validator");
     let said = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -30,10 +30,6 @@ const EXAMPLES_WITHOUT_KEY: u32 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_the_live_api_as_its_document_says() {
-    let tools = PathBuf::from(
-        std::env::var("HERALD_TEST_API_TOOLS")
-            .expect("HERALD_TEST_API_TOOLS is not set: run the tests with scripts/test"),
-    );
     let accepting = Receiver::start(Behaviour::Accept).await;
     let failing = Receiver::start(Behaviour::AlwaysFail(500)).await;
     // Fuzzed endpoint URLs name any host; the outbound policy is the
@@ -63,6 +59,11 @@ async fn schemathesis_finds_the_live_api_as_its_document_says() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("schemathesis.toml");
     std::fs::write(&config, fixtures.config()).unwrap();
+    let schemathesis = Schemathesis {
+        schema_url: format!("{}/openapi.json", stack.ingest_url),
+        config,
+        dir,
+    };
     let document: Value = reqwest::get(format!("{}/openapi.json", stack.ingest_url))
         .await
         .unwrap()
@@ -73,17 +74,14 @@ async fn schemathesis_finds_the_live_api_as_its_document_says() {
 
     // The admin key: every check passes, and every operation answered
     // success at least once (the run reached past its validation).
-    let with_key = run(
-        &tools,
-        &stack,
-        &config,
-        &dir,
-        "admin-key",
-        Some(&format!("Bearer {}", stack.api_key)),
-        "examples,coverage,fuzzing,stateful",
-        EXAMPLES_WITH_KEY,
-    )
-    .await;
+    let with_key = schemathesis
+        .run(
+            "admin-key",
+            Some(&format!("Bearer {}", stack.api_key)),
+            "examples,coverage,fuzzing,stateful",
+            EXAMPLES_WITH_KEY,
+        )
+        .await;
     assert!(
         with_key.passed,
         "Schemathesis found gaps with the admin key:\n{}",
@@ -139,17 +137,14 @@ async fn schemathesis_finds_the_live_api_as_its_document_says() {
         ("no-key", None),
         ("wrong-key", Some("Bearer wrong-key-0123456789abcdef")),
     ] {
-        let without = run(
-            &tools,
-            &stack,
-            &config,
-            &dir,
-            name,
-            authorization,
-            "examples,coverage,fuzzing",
-            EXAMPLES_WITHOUT_KEY,
-        )
-        .await;
+        let without = schemathesis
+            .run(
+                name,
+                authorization,
+                "examples,coverage,fuzzing",
+                EXAMPLES_WITHOUT_KEY,
+            )
+            .await;
         assert!(
             without.passed,
             "Schemathesis found gaps with {name}:\n{}",
@@ -356,70 +351,77 @@ impl Run {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    tools: &Path,
-    stack: &Stack,
-    config: &Path,
-    dir: &Path,
-    name: &str,
-    authorization: Option<&str>,
-    phases: &str,
-    examples: u32,
-) -> Run {
-    let har = dir.join(format!("{name}.har"));
-    let mut command = tokio::process::Command::new(tools.join("st"));
-    command
-        .arg("--config-file")
-        .arg(config)
-        .arg("--no-color")
-        .arg("run")
-        .arg(format!("{}/openapi.json", stack.ingest_url))
-        .args(["--checks", "all", "--phases", phases, "--workers", "2"])
-        .args(["--max-examples", &examples.to_string()])
-        .args(["--request-timeout", "10", "--max-failures", "20"])
-        .args(["--report", "har", "--report-har-path"])
-        .arg(&har)
-        .env("SCHEMATHESIS_HOOKS", "")
-        // Its cache (`.schemathesis/`) goes beside its reports.
-        .current_dir(dir)
-        .kill_on_drop(true);
-    match authorization {
-        Some(value) => {
-            command.args(["--header", &format!("Authorization: {value}")]);
+/// Schemathesis against one stack's document, with one configuration,
+/// writing its reports to one directory.
+struct Schemathesis {
+    schema_url: String,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Schemathesis {
+    /// One run, named `name` in the output and the HAR's file name.
+    async fn run(
+        &self,
+        name: &str,
+        authorization: Option<&str>,
+        phases: &str,
+        examples: u32,
+    ) -> Run {
+        let har = self.dir.join(format!("{name}.har"));
+        let mut command = tokio::process::Command::new(herald_tests::api_tool("st"));
+        command
+            .arg("--config-file")
+            .arg(&self.config)
+            .arg("--no-color")
+            .arg("run")
+            .arg(&self.schema_url)
+            .args(["--checks", "all", "--phases", phases, "--workers", "2"])
+            .args(["--max-examples", &examples.to_string()])
+            .args(["--request-timeout", "10", "--max-failures", "20"])
+            .args(["--report", "har", "--report-har-path"])
+            .arg(&har)
+            .env("SCHEMATHESIS_HOOKS", "")
+            // Its cache (`.schemathesis/`) goes beside its reports.
+            .current_dir(&self.dir)
+            .kill_on_drop(true);
+        match authorization {
+            Some(value) => {
+                command.args(["--header", &format!("Authorization: {value}")]);
+            }
+            // Not even one made up from the security schemes.
+            None => {
+                command.args(["--generation-with-security-parameters", "false"]);
+            }
         }
-        // Not even one made up from the security schemes.
-        None => {
-            command.args(["--generation-with-security-parameters", "false"]);
+        let started = Instant::now();
+        let output = tokio::time::timeout(Duration::from_secs(300), command.output())
+            .await
+            .expect("Schemathesis finished within five minutes")
+            .expect("run Schemathesis");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        // The summary belongs in the suite's output whether the test passes or
+        // not; writing to the process's stderr directly is not captured by the
+        // test harness, as `eprintln!` would be.
+        let summary = text
+            .find("=== SUMMARY ===")
+            .map(|at| &text[text[..at].rfind('\n').map_or(0, |n| n + 1)..])
+            .unwrap_or(&text);
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n--- Schemathesis, {name}, {:.0} s ---\n{summary}",
+            started.elapsed().as_secs_f64()
+        );
+        let har = std::fs::read_to_string(&har)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_else(|| panic!("no HAR from Schemathesis ({name}):\n{text}"));
+        Run {
+            passed: output.status.success(),
+            output: text,
+            har,
         }
-    }
-    let started = Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(300), command.output())
-        .await
-        .expect("Schemathesis finished within five minutes")
-        .expect("run Schemathesis");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    // The summary belongs in the suite's output whether the test passes or
-    // not; writing to the process's stderr directly is not captured by the
-    // test harness, as `eprintln!` would be.
-    let summary = text
-        .find("=== SUMMARY ===")
-        .map(|at| &text[text[..at].rfind('\n').map_or(0, |n| n + 1)..])
-        .unwrap_or(&text);
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n--- Schemathesis, {name}, {:.0} s ---\n{summary}",
-        started.elapsed().as_secs_f64()
-    );
-    let har = std::fs::read_to_string(&har)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_else(|| panic!("no HAR from Schemathesis ({name}):\n{text}"));
-    Run {
-        passed: output.status.success(),
-        output: text,
-        har,
     }
 }
 

@@ -184,6 +184,15 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The `bin` directory of the Python API checkers (`openapi-spec-validator`,
+/// Schemathesis' `st`) that scripts/test installs and names in
+/// `HERALD_TEST_API_TOOLS`.
+pub fn api_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HERALD_TEST_API_TOOLS")
+        .expect("HERALD_TEST_API_TOOLS is not set: run the tests with scripts/test");
+    PathBuf::from(dir).join(name)
+}
+
 /// Where the services' logs go: `HERALD_TEST_LOG_DIR`, or `target/e2e-logs`.
 pub fn log_dir() -> PathBuf {
     match std::env::var_os("HERALD_TEST_LOG_DIR") {
