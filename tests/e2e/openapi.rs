@@ -110,8 +110,8 @@ async fn the_openapi_document_is_served_without_a_key_and_is_the_committed_one()
     }
 }
 
-/// The committed document is valid OpenAPI 3.1 by a validator nobody on
-/// the team wrote (`openapi-spec-validator`, installed by scripts/test).
+/// The committed document is valid OpenAPI 3.1 by an independent
+/// validator (`openapi-spec-validator`, installed by scripts/test).
 #[test]
 fn the_committed_document_passes_an_independent_validator() {
     let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json");
