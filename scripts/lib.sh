@@ -81,18 +81,22 @@ herald_start_redis() {
     herald_wait_port "$port" 30 || herald_die "Redis did not start on port $port (see $dir/redis.log)"
 }
 
-# --- the API's checkers -------------------------------------------------------
+# --- the suite's Python tools -------------------------------------------------
 
-# Installs the Python tools of scripts/api-tools/requirements.txt (every
+# Installs the Python tools of scripts/test-tools/requirements.txt (every
 # version pinned) into a virtualenv of their own under HERALD_CACHE_DIR, one
-# per version of that file, and sets HERALD_API_TOOLS to its bin directory.
-herald_ensure_api_tools() {
-    local requirements="$REPO_ROOT/scripts/api-tools/requirements.txt"
+# per version of that file, and sets HERALD_TEST_TOOLS to its bin directory.
+herald_ensure_test_tools() {
+    local requirements="$REPO_ROOT/scripts/test-tools/requirements.txt"
     local digest
     digest="$(sha256sum "$requirements" | cut -c1-12)"
-    local venv="$HERALD_CACHE_DIR/api-tools-$digest"
-    if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ ! -x "$venv/bin/st" ]; then
-        herald_log "installing the API checkers (scripts/api-tools/requirements.txt)"
+    local venv="$HERALD_CACHE_DIR/test-tools-$digest"
+    local tool missing=""
+    for tool in openapi-spec-validator st hadolint kubernetes-validate; do
+        [ -x "$venv/bin/$tool" ] || missing=1
+    done
+    if [ -n "$missing" ]; then
+        herald_log "installing the suite's Python tools (scripts/test-tools/requirements.txt)"
         rm -rf "$venv"
         mkdir -p "$HERALD_CACHE_DIR"
         if ! python3 -m venv "$venv" >/dev/null 2>&1; then
@@ -100,9 +104,9 @@ herald_ensure_api_tools() {
             python3 -m venv "$venv" || herald_die "cannot create a Python virtualenv in $venv"
         fi
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" \
-            || { rm -rf "$venv"; herald_die "cannot install the API checkers from PyPI"; }
+            || { rm -rf "$venv"; herald_die "cannot install the suite's Python tools from PyPI"; }
     fi
-    HERALD_API_TOOLS="$venv/bin"
+    HERALD_TEST_TOOLS="$venv/bin"
 }
 
 # --- the broker, whichever it is ---------------------------------------------

@@ -1,7 +1,8 @@
 //! Checks of the deployment files: the compose file's services, replicas,
 //! health checks, start-up order and OTLP wiring, and the Dockerfile. They
-//! run without a container engine; where the tools are installed,
-//! `docker compose config` and hadolint check the files too.
+//! run without a container engine: hadolint (installed by scripts/test)
+//! checks the Dockerfile, and `docker compose config` the compose file
+//! where Docker is installed.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -208,17 +209,15 @@ fn the_dockerfile_builds_the_workspace_binaries_and_runs_unprivileged() {
         "target/ stays out of the build context"
     );
 
-    match Command::new("hadolint")
+    let output = Command::new(herald_tests::test_tool("hadolint"))
         .arg(repo_file("Dockerfile"))
         .output()
-    {
-        Ok(output) => assert!(
-            output.status.success(),
-            "hadolint: {}",
-            String::from_utf8_lossy(&output.stdout)
-        ),
-        Err(_) => println!("hadolint is not installed; the Dockerfile was only parsed"),
-    }
+        .expect("run hadolint (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "hadolint: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
 
 #[test]
@@ -297,11 +296,11 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 fn validate(text: &str, dir: &str) {
     let path = std::env::temp_dir().join(format!("herald-{}.yaml", dir.replace('/', "-")));
     std::fs::write(&path, text).unwrap();
-    let output = Command::new("kubernetes-validate")
+    let output = Command::new(herald_tests::test_tool("kubernetes-validate"))
         .args(["--strict", "--quiet", "-k", "1.30.0"])
         .arg(&path)
         .output()
-        .expect("kubernetes-validate is installed (scripts/test installs it)");
+        .expect("run kubernetes-validate (scripts/test installs it)");
     assert!(
         output.status.success(),
         "{dir} does not validate: {}{}",

@@ -115,7 +115,7 @@ async fn the_openapi_document_is_served_without_a_key_and_is_the_committed_one()
 #[test]
 fn the_committed_document_passes_an_independent_validator() {
     let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json");
-    let output = std::process::Command::new(herald_tests::api_tool("openapi-spec-validator"))
+    let output = std::process::Command::new(herald_tests::test_tool("openapi-spec-validator"))
         .arg(&document)
         .output()
         .expect("run openapi-spec-validator");

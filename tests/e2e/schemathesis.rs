@@ -369,7 +369,7 @@ impl Schemathesis {
         examples: u32,
     ) -> Run {
         let har = self.dir.join(format!("{name}.har"));
-        let mut command = tokio::process::Command::new(herald_tests::api_tool("st"));
+        let mut command = tokio::process::Command::new(herald_tests::test_tool("st"));
         command
             .arg("--config-file")
             .arg(&self.config)

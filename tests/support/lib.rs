@@ -184,12 +184,12 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// The `bin` directory of the Python API checkers (`openapi-spec-validator`,
-/// Schemathesis' `st`) that scripts/test installs and names in
-/// `HERALD_TEST_API_TOOLS`.
-pub fn api_tool(name: &str) -> PathBuf {
-    let dir = std::env::var_os("HERALD_TEST_API_TOOLS")
-        .expect("HERALD_TEST_API_TOOLS is not set: run the tests with scripts/test");
+/// A Python tool of the suite (`openapi-spec-validator`, Schemathesis' `st`,
+/// `hadolint`, `kubernetes-validate`), from the virtualenv that scripts/test
+/// installs and names in `HERALD_TEST_TOOLS`.
+pub fn test_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HERALD_TEST_TOOLS")
+        .expect("HERALD_TEST_TOOLS is not set: run the tests with scripts/test");
     PathBuf::from(dir).join(name)
 }
 
