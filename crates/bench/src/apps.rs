@@ -309,20 +309,10 @@ impl Bench {
                 });
                 let done = &done;
                 async move {
-                    let (status, text) = api
-                        .post(
-                            &format!("/v1/applications/{app}/endpoints"),
-                            body.to_string().into_bytes(),
-                        )
-                        .await?;
-                    if status != 201 {
-                        return Err(format!("registering an endpoint of {app}: {status} {text}"));
-                    }
-                    let answer: serde_json::Value =
-                        serde_json::from_str(&text).map_err(|e| format!("endpoint answer: {e}"))?;
+                    let answer = api.create_endpoint(app, &body).await?;
                     let id = answer["id"]
                         .as_str()
-                        .ok_or_else(|| format!("no id in {text}"))?
+                        .ok_or_else(|| format!("no id in {answer}"))?
                         .to_owned();
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, spread.endpoints());
                     Ok::<_, String>((j, id))

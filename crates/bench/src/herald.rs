@@ -5,7 +5,6 @@
 //! mode's backlog. All modes share one Redis prefix, so the endpoints are
 //! registered once per run.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -304,25 +303,36 @@ impl Api {
             ));
         }
         let body = serde_json::json!({ "url": url, "event_types": event_types });
+        let answer = self.create_endpoint(BENCH_APP, &body).await?;
+        let field = |name: &str| {
+            answer[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no {name} in {answer}"))
+        };
+        Ok((field("id")?, field("secret")?))
+    }
+
+    /// Creates an endpoint of application `app` from `body`; returns the
+    /// API's answer (with its `id` and `secret`).
+    pub async fn create_endpoint(
+        &self,
+        app: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
         let (status, text) = self
             .post(
-                &format!("/v1/applications/{BENCH_APP}/endpoints"),
-                serde_json::to_vec(&body).expect("JSON"),
+                &format!("/v1/applications/{app}/endpoints"),
+                serde_json::to_vec(body).expect("JSON"),
             )
             .await?;
         if status != 201 {
-            return Err(format!("registering {url} answered {status}: {text}"));
+            return Err(format!(
+                "registering an endpoint of {app} ({}) answered {status}: {text}",
+                body["url"]
+            ));
         }
-        let answer: HashMap<String, serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| format!("endpoint answer: {e}"))?;
-        let field = |name: &str| {
-            answer
-                .get(name)
-                .and_then(|s| s.as_str())
-                .map(str::to_owned)
-                .ok_or_else(|| format!("no {name} in {text}"))
-        };
-        Ok((field("id")?, field("secret")?))
+        serde_json::from_str(&text).map_err(|e| format!("endpoint answer: {e}"))
     }
 
     /// Deletes an endpoint.
