@@ -80,6 +80,15 @@ pub async fn read_json<T: DeserializeOwned>(
             herald_core::event::EventError::TooDeep.to_string(),
         ));
     }
+    // serde's derived structs also read a JSON array as their fields in
+    // order, so `[]` would pass as a body with every optional field absent.
+    // Every request body of the API is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object, not an array",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {
@@ -95,6 +104,25 @@ pub async fn read_json<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::is_json;
+
+    #[tokio::test]
+    async fn an_array_is_not_read_as_a_body_of_absent_fields() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        struct AllOptional {
+            #[serde(default)]
+            _n: Option<u32>,
+        }
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        for (json, accepted) in [("{}", true), ("null", true), (" []", false), ("[1]", false)] {
+            let body = axum::body::Body::from(json);
+            let read = super::read_json::<Option<AllOptional>>(&headers, body, 100).await;
+            assert_eq!(read.is_ok(), accepted, "{json}");
+        }
+    }
 
     #[test]
     fn json_content_types() {
