@@ -5,6 +5,7 @@ mod api_errors;
 mod api_keys;
 mod applications;
 mod backpressure;
+mod batch;
 mod bench;
 mod breaker;
 mod broker;

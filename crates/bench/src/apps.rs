@@ -230,6 +230,7 @@ impl Bench {
             kafka,
             all_healthy: None,
             http: None,
+            http_batch: None,
             latency: None,
             processes,
         };
@@ -615,27 +616,16 @@ impl Changes {
 
 /// Fan-out's cache hits and misses so far, from its `/metrics`.
 async fn cache_counts(ops_addr: &str) -> Result<(u64, u64), String> {
-    let text = reqwest::get(format!("http://{ops_addr}/metrics"))
-        .await
-        .map_err(|e| format!("reading fan-out's /metrics: {e}"))?
-        .text()
-        .await
-        .map_err(|e| format!("reading fan-out's /metrics: {e}"))?;
-    let counter = |name: &str| {
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map(|v| v as u64)
-            .ok_or_else(|| format!("fan-out's /metrics has no {name}"))
-    };
-    Ok((
-        counter("herald_fanout_cache_hits_total")?,
-        counter("herald_fanout_cache_misses_total")?,
-    ))
+    let mut counts = [0; 2];
+    for (count, name) in counts.iter_mut().zip([
+        "herald_fanout_cache_hits_total",
+        "herald_fanout_cache_misses_total",
+    ]) {
+        *count = herald::metric(ops_addr, name)
+            .await?
+            .ok_or_else(|| format!("fan-out's /metrics has no {name}"))? as u64;
+    }
+    Ok((counts[0], counts[1]))
 }
 
 /// Redis's `used_memory`, in bytes.

@@ -153,6 +153,41 @@ impl Drop for Process {
     }
 }
 
+/// The value of the unlabelled series `series` (e.g.
+/// `herald_allocations_total`) on the `/metrics` served at `ops_addr`;
+/// `None` when the process does not export it.
+pub async fn metric(ops_addr: &str, series: &str) -> Result<Option<f64>, String> {
+    let text = reqwest::get(format!("http://{ops_addr}/metrics"))
+        .await
+        .map_err(|e| format!("reading {ops_addr}/metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("reading {ops_addr}/metrics: {e}"))?;
+    Ok(text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .parse::<f64>()
+            .ok()
+    }))
+}
+
+/// Heap allocations so far of each process of `processes` that serves
+/// `/metrics` and was built with the `count-allocations` feature
+/// (`scripts/bench` builds so), in order; `None` for the others.
+pub async fn allocations(processes: &[(String, Process)]) -> Vec<Option<f64>> {
+    let mut counts = Vec::with_capacity(processes.len());
+    for (_, process) in processes {
+        counts.push(match process.ops_addr() {
+            Some(addr) => metric(addr, "herald_allocations_total")
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        });
+    }
+    counts
+}
+
 /// CPU time and memory of a process, read from `/proc`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Usage {

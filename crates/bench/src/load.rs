@@ -50,12 +50,15 @@ pub enum Source {
         /// The topic.
         topic: String,
     },
-    /// `POST /v1/events`, from `concurrency` connections at once.
+    /// `POST /v1/events` (or `POST /v1/events/batch`, `batch` events a
+    /// request, when `batch` > 1), from `concurrency` connections at once.
     Http {
         /// Herald's API.
         api: Api,
         /// Requests in flight at once.
         concurrency: usize,
+        /// Events per request.
+        batch: usize,
     },
 }
 
@@ -63,7 +66,11 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Kafka { topic, .. } => write!(f, "Kafka({topic})"),
-            Source::Http { api, concurrency } => write!(f, "Http({}, {concurrency})", api.base_url),
+            Source::Http {
+                api,
+                concurrency,
+                batch,
+            } => write!(f, "Http({}, {concurrency}, {batch})", api.base_url),
         }
     }
 }
@@ -527,30 +534,59 @@ async fn send_all(
             }
             Ok(())
         }
-        Source::Http { api, concurrency } => {
+        Source::Http {
+            api,
+            concurrency,
+            batch,
+        } => {
+            let batch = batch.max(1);
             let next = Arc::new(AtomicUsize::new(0));
             let workers = (0..concurrency.max(1)).map(|_| {
                 let (api, next, handover, phase) =
                     (api.clone(), next.clone(), handover.clone(), phase.clone());
                 tokio::spawn(async move {
                     loop {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        if n >= phase.events {
+                        let first = next.fetch_add(batch, Ordering::Relaxed);
+                        if first >= phase.events {
                             return Ok::<(), String>(());
                         }
-                        if let Some(due) = phase_due(started, phase.rate, n) {
+                        if let Some(due) = phase_due(started, phase.rate, first) {
                             tokio::time::sleep_until(due.into()).await;
                         }
-                        let id = format!("{}-{n}", phase.id_prefix);
-                        let body = event_json(phase.app(n), &id, &phase.event_type(n), phase.size);
+                        let events = first..(first + batch).min(phase.events);
+                        let event = |n: usize| {
+                            let id = format!("{}-{n}", phase.id_prefix);
+                            event_json(phase.app(n), &id, &phase.event_type(n), phase.size)
+                        };
                         let sent = Instant::now();
-                        let (status, text) = api.post("/v1/events", body).await?;
-                        if status != 202 {
-                            return Err(format!("POST /v1/events for {id}: {status} {text}"));
+                        if batch == 1 {
+                            let (status, text) = api.post("/v1/events", event(first)).await?;
+                            if status != 202 {
+                                return Err(format!("POST /v1/events: {status} {text}"));
+                            }
+                        } else {
+                            let mut body = b"{\"events\":[".to_vec();
+                            for n in events.clone() {
+                                if n > first {
+                                    body.push(b',');
+                                }
+                                body.extend(event(n));
+                            }
+                            body.extend(b"]}");
+                            let (status, text) = api.post("/v1/events/batch", body).await?;
+                            let accepted = serde_json::from_str::<serde_json::Value>(&text)
+                                .ok()
+                                .and_then(|answer| answer["accepted"].as_u64());
+                            if status != 200 || accepted != Some(events.len() as u64) {
+                                return Err(format!("POST /v1/events/batch: {status} {text}"));
+                            }
                         }
                         let mut handover = handover.lock().expect("handover lock");
-                        handover.sent[n] = Some(sent);
-                        handover.acked[n] = Some(Instant::now());
+                        let acked = Instant::now();
+                        for n in events {
+                            handover.sent[n] = Some(sent);
+                            handover.acked[n] = Some(acked);
+                        }
                     }
                 })
             });

@@ -58,7 +58,9 @@ usage: herald-bench [options]
   --record-bytes N      size of each event record (default 512)
   --partitions N        partitions of every topic (default 12)
   --latency-seconds S   length of the latency phases (default 10)
-  --concurrency N       HTTP connections of the ingest and receiver loads (default 64)
+  --concurrency N       HTTP connections of the receiver's baseline (default 64)
+  --http-connections N  connections posting to POST /v1/events (default 256;
+                        the batch phase posts 100 events a request from 16)
   --modes LIST          fanout-1, fanout-10, fanout-10-one-dead,
                         slow-endpoints-1-dispatcher,
                         slow-endpoints-2-dispatchers, ordinary-load
@@ -110,6 +112,8 @@ struct Options {
     /// How long endpoints take to answer in the slow-endpoints modes.
     slow_endpoint: Duration,
     concurrency: usize,
+    /// Connections of the `POST /v1/events` phase.
+    http_connections: usize,
     modes: Vec<String>,
     /// Where webhooks go instead of the built-in receiver.
     target_url: Option<String>,
@@ -153,6 +157,7 @@ fn parse_options() -> Result<Options, String> {
         latency_seconds: 10.0,
         slow_endpoint: Duration::from_millis(200),
         concurrency: 64,
+        http_connections: 256,
         modes: ALL_MODES.iter().map(|m| (*m).to_owned()).collect(),
         target_url: None,
         herald_env: Vec::new(),
@@ -215,6 +220,7 @@ fn parse_options() -> Result<Options, String> {
                     .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
             }
             "--concurrency" => options.concurrency = number(&value)?.max(1),
+            "--http-connections" => options.http_connections = number(&value)?.max(1),
             "--slow-endpoint-ms" => {
                 options.slow_endpoint = Duration::from_millis(number(&value)? as u64);
             }
@@ -587,9 +593,21 @@ impl Bench {
         phase.dead = dead.clone();
         let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
         let watched = self.watched(&running);
+        let allocations_before = herald::allocations(&running.processes).await;
         let before = herald::usages(&watched);
         let kafka = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
         let mut processes = ProcessReport::since(&watched, before, kafka.seconds, kafka.delivered);
+        let allocations_after = herald::allocations(&running.processes).await;
+        // `watched` lists Herald's processes first, in the same order.
+        for (report, (before, after)) in processes
+            .iter_mut()
+            .zip(allocations_before.into_iter().zip(allocations_after))
+        {
+            if let (Some(before), Some(after)) = (before, after) {
+                report.allocations_per_delivery =
+                    Some((after - before) / kafka.delivered.max(1) as f64);
+            }
+        }
         let dead_endpoint_requests =
             dead.iter().map(|i| self.receiver.refused(*i)).sum::<u64>() - refused_before;
         for index in &dead {
@@ -598,15 +616,26 @@ impl Bench {
         self.receiver.set_answer_delay(Duration::ZERO);
 
         let mut http = None;
+        let mut http_batch = None;
         let mut latency = None;
         let mut latency_rate = None;
         if mode == "fanout-1" {
             let phase = self.phase(mode, "http", self.options.http_events, true);
             let source = Source::Http {
                 api: running.api.clone(),
-                concurrency: self.options.concurrency,
+                concurrency: self.options.http_connections,
+                batch: 1,
             };
             http = Some(load::run(&phase, &source, self.tally(&running)).await?);
+            // The same through the batch route, 100 events a request, from
+            // fewer connections (each carries a hundred times as much).
+            let phase = self.phase(mode, "http-batch", self.options.http_events * 4, true);
+            let source = Source::Http {
+                api: running.api.clone(),
+                concurrency: self.options.concurrency.min(16),
+                batch: 100,
+            };
+            http_batch = Some(load::run(&phase, &source, self.tally(&running)).await?);
             let rate = (kafka.delivered_per_s * 0.2).max(1.0);
             let mut phase = self.phase(
                 mode,
@@ -636,6 +665,7 @@ impl Bench {
                 kafka,
                 all_healthy,
                 http,
+                http_batch,
                 latency,
                 processes,
             },

@@ -100,6 +100,8 @@ pub struct ModeReport {
     pub all_healthy: Option<PhaseResult>,
     /// Events posted to `POST /v1/events`, flat out.
     pub http: Option<PhaseResult>,
+    /// The same events posted to `POST /v1/events/batch`, 100 a request.
+    pub http_batch: Option<PhaseResult>,
     /// Events produced at 20 % of the Kafka phase's rate.
     pub latency: Option<RatedPhase>,
     /// Herald's processes (and any observed ones) during the Kafka phase.
@@ -115,8 +117,12 @@ pub struct ProcessReport {
     pub cpu_seconds: f64,
     /// Those as a share of one CPU over the phase, in percent.
     pub cpu_percent: f64,
-    /// CPU milliseconds per 1,000 deliveries of the phase.
-    pub cpu_ms_per_1k_deliveries: f64,
+    /// CPU microseconds per delivered webhook of the phase (the same
+    /// figure as milliseconds per 1,000).
+    pub cpu_us_per_delivery: f64,
+    /// Heap allocations per delivered webhook of the phase, for processes
+    /// built with the `count-allocations` feature that serve `/metrics`.
+    pub allocations_per_delivery: Option<f64>,
     /// Peak RSS over the process's life, MiB (for Herald's processes, that
     /// is the mode's whole run).
     pub peak_rss_mib: f64,
@@ -160,8 +166,58 @@ impl ProcessReport {
             name: name.to_owned(),
             cpu_seconds: cpu,
             cpu_percent: 100.0 * cpu / seconds.max(1e-6),
-            cpu_ms_per_1k_deliveries: 1e6 * cpu / (deliveries.max(1) as f64),
+            cpu_us_per_delivery: 1e6 * cpu / (deliveries.max(1) as f64),
+            allocations_per_delivery: None,
             peak_rss_mib: after.peak_rss_mib,
+        }
+    }
+}
+
+/// What one delivered webhook cost in CPU during a mode's Kafka phase,
+/// in microseconds, by process (dispatcher replicas summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CostPerWebhook {
+    /// herald-ingest.
+    pub ingest_us: f64,
+    /// herald-fanout.
+    pub fanout_us: f64,
+    /// Every herald-dispatcher replica.
+    pub dispatchers_us: f64,
+    /// Herald's processes together.
+    pub herald_us: f64,
+    /// Redis (the process observed as `redis`), for Herald's calls.
+    pub redis_us: f64,
+    /// The dispatchers' heap allocations per webhook, when counted.
+    pub dispatcher_allocations: Option<f64>,
+}
+
+impl CostPerWebhook {
+    /// From the mode's process reports.
+    pub fn of(mode: &ModeReport) -> CostPerWebhook {
+        let sum = |prefix: &str| -> f64 {
+            mode.processes
+                .iter()
+                .filter(|p| p.name.starts_with(prefix))
+                .map(|p| p.cpu_us_per_delivery)
+                .sum()
+        };
+        let dispatchers: Vec<&ProcessReport> = mode
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("herald-dispatcher"))
+            .collect();
+        let dispatcher_allocations = dispatchers
+            .iter()
+            .map(|p| p.allocations_per_delivery)
+            .sum::<Option<f64>>()
+            .filter(|_| !dispatchers.is_empty());
+        CostPerWebhook {
+            ingest_us: sum("herald-ingest"),
+            fanout_us: sum("herald-fanout"),
+            dispatchers_us: sum("herald-dispatcher"),
+            herald_us: sum("herald-"),
+            redis_us: sum("redis"),
+            dispatcher_allocations,
         }
     }
 }
@@ -250,6 +306,98 @@ pub fn targets(
             one.kafka.delivered_per_s,
             0.9,
         );
+    }
+    let relay = baselines.relay_throughput.delivered_per_s;
+    if let Some(one) = mode("fanout-1") {
+        ratio_target(
+            "fan-out 1 against the relay",
+            "webhooks/s ≥ 0.8 × the relayed records/s",
+            one.kafka.delivered_per_s,
+            relay,
+            0.8,
+        );
+        if let Some(http) = &one.http {
+            ratio_target(
+                "HTTP ingest",
+                "POST /v1/events accepted/s ≥ 0.5 × fan-out 1's Kafka-in webhooks/s",
+                http.accepted_per_s,
+                one.kafka.delivered_per_s,
+                0.5,
+            );
+        }
+        if let Some(batch) = &one.http_batch {
+            ratio_target(
+                "HTTP ingest, batches",
+                "POST /v1/events/batch accepted events/s ≥ 0.5 × the same",
+                batch.accepted_per_s,
+                one.kafka.delivered_per_s,
+                0.5,
+            );
+        }
+    }
+    for (name, herald_limit) in [("fanout-10", 30.0), ("fanout-1", 40.0)] {
+        let Some(m) = mode(name) else { continue };
+        let cost = CostPerWebhook::of(m);
+        targets.push(Target {
+            name: format!("Herald CPU, {name}"),
+            rule: format!("Herald's processes ≤ {herald_limit:.0} µs per webhook"),
+            measured: format!(
+                "{:.1} µs (ingest {:.1}, fan-out {:.1}, dispatchers {:.1})",
+                cost.herald_us, cost.ingest_us, cost.fanout_us, cost.dispatchers_us
+            ),
+            met: cost.herald_us <= herald_limit,
+        });
+        if m.processes.iter().any(|p| p.name == "redis") {
+            targets.push(Target {
+                name: format!("Redis CPU, {name}"),
+                rule: "Redis ≤ 5 µs per webhook".into(),
+                measured: format!("{:.1} µs", cost.redis_us),
+                met: cost.redis_us <= 5.0,
+            });
+        }
+    }
+    if let Some(ten) = mode("fanout-10") {
+        if let Some(allocations) = CostPerWebhook::of(ten).dispatcher_allocations {
+            targets.push(Target {
+                name: "dispatcher allocations".into(),
+                rule: "≤ 60 heap allocations per webhook (fan-out 10)".into(),
+                measured: format!("{allocations:.0}"),
+                met: allocations <= 60.0,
+            });
+        }
+        targets.push(Target {
+            name: "throughput, fan-out 10".into(),
+            rule: "≥ 19,000 verified webhooks/s".into(),
+            measured: format!("{:.0}", ten.kafka.delivered_per_s),
+            met: ten.kafka.delivered_per_s >= 19_000.0,
+        });
+    }
+    if let (Some(herald), Some(relayed)) = (
+        mode("fanout-1").and_then(|m| m.latency.as_ref()),
+        baselines.relay_latency.as_ref(),
+    ) {
+        let (h, r) = (&herald.result.latency, &relayed.result.latency);
+        for (name, measured, limit, rule) in [
+            (
+                "p50 at 20 % load, relayed",
+                h.p50_ms,
+                r.p50_ms + 5.0,
+                "≤ the relayed records' p50 + 5 ms",
+            ),
+            (
+                "p99 at 20 % load, relayed",
+                h.p99_ms,
+                r.p99_ms + 20.0,
+                "≤ the relayed records' p99 + 20 ms",
+            ),
+        ] {
+            targets.push(Target {
+                name: name.into(),
+                rule: rule.into(),
+                measured: format!("{measured:.1} ms vs limit {limit:.1} ms"),
+                met: measured <= limit,
+            });
+        }
     }
     if let (Some(herald), Some(broker)) = (
         mode("fanout-1").and_then(|m| m.latency.as_ref()),
@@ -474,20 +622,39 @@ pub fn print(report: &Report) {
     }
     println!();
     println!(
-        "{:<40} {:>8} {:>7} {:>16} {:>13}",
-        "processes during each Kafka phase", "CPU s", "CPU %", "CPU ms/1k hooks", "peak RSS MiB"
+        "{:<40} {:>8} {:>7} {:>12} {:>12} {:>13}",
+        "processes during each Kafka phase",
+        "CPU s",
+        "CPU %",
+        "CPU µs/hook",
+        "allocs/hook",
+        "peak RSS MiB"
     );
     for mode in &report.modes {
         for p in &mode.processes {
             println!(
-                "{:<40} {:>8.2} {:>7.0} {:>16.1} {:>13.1}",
+                "{:<40} {:>8.2} {:>7.0} {:>12.1} {:>12} {:>13.1}",
                 format!("{} {}", mode.name, p.name),
                 p.cpu_seconds,
                 p.cpu_percent,
-                p.cpu_ms_per_1k_deliveries,
+                p.cpu_us_per_delivery,
+                p.allocations_per_delivery
+                    .map_or("-".to_owned(), |a| format!("{a:.0}")),
                 p.peak_rss_mib
             );
         }
+        let cost = CostPerWebhook::of(mode);
+        println!(
+            "{:<40} {:>8} {:>7} {:>12.1}   Herald ({:.1} ingest, {:.1} fan-out, {:.1} dispatchers), Redis {:.1}",
+            format!("{} per webhook", mode.name),
+            "",
+            "",
+            cost.herald_us,
+            cost.ingest_us,
+            cost.fanout_us,
+            cost.dispatchers_us,
+            cost.redis_us
+        );
     }
     if let Some(ordinary) = &report.ordinary {
         print_ordinary(ordinary, &row);
@@ -561,16 +728,16 @@ fn print_ordinary(ordinary: &OrdinaryLoadReport, row: &impl Fn(&str, &PhaseResul
     );
     println!();
     println!(
-        "{:<40} {:>12} {:>10} {:>16} {:>13}",
-        "processes of ordinary-load", "idle CPU %", "load CPU %", "CPU ms/1k hooks", "peak RSS MiB"
+        "{:<40} {:>12} {:>10} {:>12} {:>13}",
+        "processes of ordinary-load", "idle CPU %", "load CPU %", "CPU µs/hook", "peak RSS MiB"
     );
     for (idle, load) in ordinary.idle.iter().zip(&ordinary.processes) {
         println!(
-            "{:<40} {:>12.2} {:>10.1} {:>16.1} {:>13.1}",
+            "{:<40} {:>12.2} {:>10.1} {:>12.1} {:>13.1}",
             idle.name,
             idle.cpu_percent,
             load.cpu_percent,
-            load.cpu_ms_per_1k_deliveries,
+            load.cpu_us_per_delivery,
             load.peak_rss_mib
         );
     }

@@ -262,6 +262,49 @@ end
 return transition
 "#;
 
+/// Successes of many endpoints at once, each as RECORD records one success
+/// (`count` times). KEYS: the not-closed set, its counter, then each
+/// endpoint's breaker and window. ARGV: now, the bucket and window lengths
+/// (ms), the state's retention (ms), then each endpoint's id, count and
+/// when its latest success ended. Successes are written a few milliseconds
+/// after they happened, so a failure recorded since (at once, as failures
+/// are) is newer than they are: then they only count in the window, and
+/// neither end the run of failures nor close the breaker. Returns the ids
+/// whose breaker these successes closed.
+const RECORD_SUCCESSES: &str = r#"
+local now = tonumber(ARGV[1])
+local bucket_ms = tonumber(ARGV[2])
+local window_ms = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+local bucket = math.floor(now / bucket_ms)
+local closed = {}
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local breaker, window = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local id, count, at = ARGV[5 + 3 * i], tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
+  -- A new bucket prunes the ones that left the window, as in RECORD.
+  if redis.call('HINCRBY', window, 's:' .. bucket, count) == count then
+    local fields = redis.call('HGETALL', window)
+    for j = 1, #fields, 2 do
+      if (tonumber(string.sub(fields[j], 3)) + 1) * bucket_ms <= now - window_ms then
+        redis.call('HDEL', window, fields[j])
+      end
+    end
+  end
+  redis.call('PEXPIRE', window, window_ms * 2)
+  local state = redis.call('HGET', breaker, 'state') or 'closed'
+  if tonumber(redis.call('HGET', breaker, 'last_failure_at') or '0') <= at then
+    redis.call('HSET', breaker, 'consecutive', 0, 'last_success_at', at)
+    if state ~= 'closed' then
+      redis.call('HSET', breaker, 'state', 'closed', 'cooldown_ms', 0, 'open_until', 0, 'probe_until', 0)
+      closed[#closed + 1] = id
+    end
+  end
+  redis.call('PEXPIRE', breaker, retention)
+  if redis.call('ZREM', KEYS[1], id) == 1 then redis.call('INCR', KEYS[2]) end
+end
+return closed
+"#;
+
 /// The not-closed set KEYS[1] if its counter KEYS[2] is no longer ARGV[1]:
 /// `{counter}` when it is, `{counter, ids}` when it moved (after dropping
 /// members scored before ARGV[2], whose state has expired).
@@ -324,6 +367,7 @@ pub struct Breakers {
     acquire: Script,
     release_probe: Script,
     record: Script,
+    record_successes: Script,
     not_closed: Script,
     copy: Arc<Mutex<NotClosedCopy>>,
     /// One renewal of the copy at a time.
@@ -348,6 +392,7 @@ impl Breakers {
             acquire: Script::new(ACQUIRE),
             release_probe: Script::new(RELEASE_PROBE),
             record: Script::new(RECORD),
+            record_successes: Script::new(RECORD_SUCCESSES),
             not_closed: Script::new(NOT_CLOSED),
             copy: Arc::default(),
             renewing: Arc::default(),
@@ -531,6 +576,50 @@ impl Breakers {
             copy.failed_since.insert(endpoint_id.to_owned());
         }
         Ok(transition)
+    }
+}
+
+impl Breakers {
+    /// Records successful attempts of many endpoints in one script call:
+    /// `successes` holds each endpoint once, with how many attempts to it
+    /// succeeded and when the latest ended (Unix ms). Each counts as
+    /// [`Breakers::record`] with success would (a success closes an open or
+    /// half-open breaker), unless a failure was recorded after it; returns
+    /// the endpoints whose breaker they closed. The dispatcher gathers its
+    /// successes over a few milliseconds and records them so, which costs
+    /// Redis one call per endpoint and batch instead of one per attempt.
+    pub async fn record_successes(
+        &self,
+        successes: &[(&str, u32, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        if successes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = &self.config;
+        let mut invocation = self.record_successes.prepare_invoke();
+        invocation
+            .key(self.keys.breakers_not_closed())
+            .key(self.keys.breakers_not_closed_version())
+            .arg(now_ms)
+            .arg(config.bucket_ms())
+            .arg(config.window.as_millis() as u64)
+            .arg(STATE_RETENTION.as_millis() as u64);
+        for (endpoint_id, count, at_ms) in successes {
+            invocation
+                .key(self.keys.breaker(endpoint_id))
+                .key(self.keys.breaker_window(endpoint_id))
+                .arg(*endpoint_id)
+                .arg(*count)
+                .arg(*at_ms);
+        }
+        let mut conn = self.redis.clone();
+        let closed: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let mut copy = self.copy();
+        for id in &closed {
+            copy.ids.remove(id);
+        }
+        Ok(closed)
     }
 }
 

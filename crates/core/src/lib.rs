@@ -31,8 +31,12 @@
 //!   succeed;
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling;
 //! - [`service`]: the skeleton of every service's `main`, and the start of
-//!   the consuming ones.
+//!   the consuming ones;
+//! - `alloc_count` (feature `count-allocations`, for the benchmark): a
+//!   global allocator that counts allocations.
 
+#[cfg(feature = "count-allocations")]
+pub mod alloc_count;
 pub mod application;
 pub mod attempt_log;
 pub mod backoff;

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub breakers: BreakerCounts,
     /// Circuit state changes, by `transition`.
     pub breaker_transitions: Family<Labels, Counter>,
+    /// Attempts whose record (attempt log, breaker success) was dropped
+    /// because Redis fell behind and the dispatcher's queue of records was
+    /// full.
+    pub attempt_records_dropped: Counter,
     /// Records being processed, by `group`.
     pub in_flight: Family<Labels, Gauge>,
     /// Consumer lag per `topic` and `partition` (from librdkafka statistics;
@@ -89,6 +93,7 @@ impl Metrics {
             dead_letters: Family::default(),
             breakers: BreakerCounts::default(),
             breaker_transitions: Family::default(),
+            attempt_records_dropped: Counter::default(),
             in_flight: Family::default(),
             consumer_lag: Family::default(),
             registry: Registry::default(),
@@ -164,6 +169,11 @@ impl Metrics {
             metrics.breaker_transitions.clone(),
         );
         registry.register(
+            "herald_attempt_records_dropped",
+            "Attempt records dropped because Redis fell behind",
+            metrics.attempt_records_dropped.clone(),
+        );
+        registry.register(
             "herald_in_flight_records",
             "Records being processed, by consumer group",
             metrics.in_flight.clone(),
@@ -184,6 +194,20 @@ impl Metrics {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
+        #[cfg(feature = "count-allocations")]
+        {
+            // Before the closing `# EOF` of the OpenMetrics text.
+            let end = text.rfind("# EOF").unwrap_or(text.len());
+            text.insert_str(
+                end,
+                &format!(
+                    "# HELP herald_allocations Heap allocations of the process (count-allocations builds).\n\
+                     # TYPE herald_allocations counter\n\
+                     herald_allocations_total {}\n",
+                    crate::alloc_count::allocations()
+                ),
+            );
+        }
         text
     }
 }

@@ -671,3 +671,138 @@ async fn the_not_closed_set_follows_opening_closing_and_expiry() {
         Permission::Deny { .. }
     ));
 }
+
+#[tokio::test]
+async fn batched_successes_count_and_close_as_single_ones_do() {
+    let keys = keys();
+    let redis = redis();
+    let breakers = Breakers::new(redis.clone(), keys.clone(), config());
+    // "ep" is open after five failures; "other" has four in a row.
+    for i in 0..5 {
+        fail(&breakers, T0 + i, false).await;
+    }
+    for i in 0..4 {
+        breakers
+            .record("other", T0 + i, false, false, "the endpoint answered 503")
+            .await
+            .unwrap();
+    }
+    let closed = breakers
+        .record_successes(&[("ep", 3, T0 + 100), ("other", 7, T0 + 100)], T0 + 100)
+        .await
+        .unwrap();
+    assert_eq!(closed, ["ep"], "only the open breaker was closed");
+    assert_eq!(
+        breakers.acquire("ep", T0 + 101).await.unwrap(),
+        Permission::Allow
+    );
+    for (id, successes) in [("ep", 3), ("other", 7)] {
+        let status = read_status(&redis, &keys, id, Duration::from_secs(300), T0 + 100)
+            .await
+            .unwrap();
+        assert_eq!(status.state, "closed", "{id}");
+        assert_eq!(status.recent_successes, successes, "{id}");
+        assert_eq!(
+            status.consecutive_failures, 0,
+            "{id}: the run of failures ends"
+        );
+        assert_eq!(status.last_success_at_ms, Some(T0 + 100), "{id}");
+    }
+    // The run starts again from zero: four more failures keep "other"
+    // closed, the fifth opens it.
+    for i in 0..4 {
+        let transition = breakers
+            .record("other", T0 + 200 + i, false, false, "503")
+            .await
+            .unwrap();
+        assert_eq!(transition, Transition::None);
+    }
+    let transition = breakers
+        .record("other", T0 + 300, false, false, "503")
+        .await
+        .unwrap();
+    assert_eq!(transition, Transition::Opened);
+    // A success gathered before a failure that was recorded since counts
+    // in the window only: the run of failures goes on, and "other" (open
+    // since T0 + 300) stays open.
+    let closed = breakers
+        .record_successes(&[("other", 1, T0 + 250)], T0 + 400)
+        .await
+        .unwrap();
+    assert!(closed.is_empty(), "{closed:?}");
+    let status = read_status(&redis, &keys, "other", Duration::from_secs(300), T0 + 400)
+        .await
+        .unwrap();
+    assert_eq!(status.state, "open");
+    assert_eq!(status.consecutive_failures, 5);
+    assert_eq!(status.recent_successes, 8);
+    assert!(
+        breakers
+            .record_successes(&[], T0 + 400)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn attempts_recorded_together_land_in_each_endpoints_and_events_log() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let config = AttemptLogConfig {
+        retention: Duration::from_secs(3600),
+        max_per_endpoint: 4,
+        max_events: 100,
+    };
+    let log = AttemptLog::new(redis(), keys(), config);
+    // Three events to two endpoints, six attempts in one batch, plus two
+    // more attempts of ep_a that push it past its bound of four.
+    let mut batch = Vec::new();
+    for (n, (event, endpoint)) in [
+        ("evt_1", "ep_a"),
+        ("evt_1", "ep_b"),
+        ("evt_2", "ep_a"),
+        ("evt_2", "ep_b"),
+        ("evt_3", "ep_a"),
+        ("evt_3", "ep_b"),
+        ("evt_4", "ep_a"),
+        ("evt_5", "ep_a"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        batch.push(AttemptRecord {
+            delivery_id: format!("dlv_{event}_{endpoint}"),
+            endpoint_id: endpoint.into(),
+            event_id: event.into(),
+            application_id: "acme".into(),
+            attempt: 1,
+            started_at_ms: T0 + n as i64,
+            duration_ms: 2,
+            status_code: Some(200),
+            error: None,
+            response_body: String::new(),
+            success: true,
+        });
+    }
+    log.record_many(&batch, T0 + 10).await.unwrap();
+    let events_of = |records: Vec<AttemptRecord>| -> Vec<String> {
+        records.into_iter().map(|r| r.event_id).collect()
+    };
+    assert_eq!(
+        events_of(log.for_endpoint("ep_a", 0, 10).await.unwrap()),
+        ["evt_5", "evt_4", "evt_3", "evt_2"],
+        "newest first, trimmed to four"
+    );
+    assert_eq!(
+        events_of(log.for_endpoint("ep_b", 0, 10).await.unwrap()),
+        ["evt_3", "evt_2", "evt_1"]
+    );
+    let endpoints_of = |records: Vec<AttemptRecord>| -> Vec<String> {
+        records.into_iter().map(|r| r.endpoint_id).collect()
+    };
+    assert_eq!(
+        endpoints_of(log.for_event("acme", "evt_2", 0, 10).await.unwrap()),
+        ["ep_b", "ep_a"]
+    );
+    assert!(log.record_many(&[], T0).await.is_ok());
+}

@@ -34,6 +34,7 @@
 pub mod deliver;
 pub mod endpoint_cache;
 pub mod outbound;
+pub mod recorder;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +185,9 @@ fn outbound_proxy(env: &Env) -> Result<Option<String>, ConfigError> {
 /// went past 64 MiB under full load with 10,000 endpoints.
 pub const RECORDS_PER_REQUEST: usize = 2;
 
+/// How long a stopping replica spends writing its last attempt records.
+const RECORDER_FINISH_LIMIT: Duration = Duration::from_secs(5);
+
 /// Why a dispatcher could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
@@ -240,14 +244,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
     let attempt_log = AttemptLog::new(redis, keys.clone(), config.attempt_log.clone());
     tokio::spawn(attempt_log.clone().trim_every_interval(shutdown.clone()));
     let abandon = CancellationToken::new();
-    let dispatcher = Arc::new(Dispatcher::new(
+    let (dispatcher, recorder) = Dispatcher::new(
         &config,
         cache,
         breakers,
         limiter,
         attempt_log,
         abandon.clone(),
-    )?);
+    )?;
+    let dispatcher = Arc::new(dispatcher);
     // New deliveries and retries are read by two consumers in two groups.
     // Retry records wait seconds at least, so their consumer may let the
     // broker hold its fetches longer; and on brokers whose fetch cost grows
@@ -286,6 +291,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         ..new_deliveries.clone()
     };
     let (new_deliveries, retries) = tokio::join!(consume(new_deliveries), consume(retries));
+    // Both consumers have drained: every attempt made is queued.
+    recorder.finish(RECORDER_FINISH_LIMIT).await;
     new_deliveries?;
     retries?;
     Ok(())

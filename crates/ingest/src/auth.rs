@@ -194,7 +194,7 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let is_event = request.method() == Method::POST && request.uri().path() == "/v1/events";
+    let is_event = request.method() == Method::POST && is_event_route(request.uri().path());
     let authorization = request.headers().get(AUTHORIZATION).cloned();
     let checked = check_api_key(&state, authorization).await.and_then(|caller| {
         if let Some((app, scope)) = &caller.application {
@@ -206,7 +206,7 @@ pub async fn require_api_key(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "this API key has the `ingest` scope, which allows only POST /v1/events; {} {} needs a key with the `admin` scope",
+                    "this API key has the `ingest` scope, which allows only POST /v1/events and /v1/events/batch; {} {} needs a key with the `admin` scope",
                     request.method(),
                     request.uri().path()
                 ),
@@ -257,6 +257,11 @@ pub async fn require_api_key(
     Ok(next.run(request).await)
 }
 
+/// The routes that send events, which `ingest` keys and tokens may reach.
+fn is_event_route(path: &str) -> bool {
+    path == "/v1/events" || path == "/v1/events/batch"
+}
+
 /// What an application token may reach: an `ingest` token `POST
 /// /v1/events` (the handler holds it to its application); a `portal` token
 /// the routes under its application (not the application itself, nor its
@@ -282,7 +287,7 @@ fn authorize_token(
         .strip_prefix("/v1/applications/")
         .map(|rest| rest.split_once('/').unwrap_or((rest, "")));
     match scope {
-        TokenScope::Ingest if method == Method::POST && path == "/v1/events" => Ok(()),
+        TokenScope::Ingest if method == Method::POST && is_event_route(path) => Ok(()),
         TokenScope::Ingest => Err(forbidden()),
         TokenScope::Portal => match under {
             Some((target, _)) if percent_decoded(target) != app => {

@@ -238,7 +238,7 @@ fn accepted(id: &str, replayed: bool) -> Response {
     response
 }
 
-enum Claim {
+pub(crate) enum Claim {
     /// This request owns the id and must publish it; the application's
     /// change counter was read with the claim.
     Claimed {
@@ -302,57 +302,16 @@ async fn claim_id(
     id: &str,
     header_key: Option<&str>,
 ) -> Result<Claim, ApiError> {
-    let key = state.keys.idempotency(app, id);
     let mut redis = state.redis.clone();
-    // Long enough to cover a produce that runs into its timeout.
-    let pending_ms = (state.produce_timeout + Duration::from_secs(5)).as_millis() as u64;
     let deadline = tokio::time::Instant::now() + WAIT_FOR_CONCURRENT;
-    let script = redis::Script::new(CLAIM);
+    let script = claim_script();
     loop {
         let now = herald_core::event::unix_millis(OffsetDateTime::now_utc());
-        let mut invocation = script.key(state.keys.application(app));
-        invocation
-            .key(&key)
-            .key(state.keys.application_version(app))
-            .key(state.keys.application_rate_limit(app));
-        if let Some(header_key) = header_key {
-            invocation.key(state.keys.idempotency_key(app, header_key));
-        }
-        let (claimed, app_version, wait_ms, limit): (i64, i64, u64, u64) = invocation
-            .arg(pending_ms)
-            .arg(now)
-            .arg(id)
-            // PX takes no 0 (an idempotency TTL of `0`).
-            .arg((state.idempotency_ttl.as_millis() as u64).max(1))
+        let reply = claim_invocation(state, script, app, id, header_key, now)
             .invoke_async(&mut redis)
             .await?;
-        match claimed {
-            1 => return Ok(Claim::Claimed { app_version }),
-            2 => return Ok(Claim::AlreadyAccepted),
-            -1 => return Err(crate::applications::not_found(app)),
-            4 => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_reused",
-                    format!(
-                        "header `Idempotency-Key` {:?} was sent before with another event id than {id:?}; a key names one event, so send a new key for a new event",
-                        header_key.unwrap_or_default()
-                    ),
-                ));
-            }
-            3 => {
-                let seconds = wait_ms.div_ceil(1000).max(1);
-                let mut err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "application {app:?} may receive {limit} events per second; retry after {seconds} s"
-                    ),
-                );
-                err.retry_after_secs = Some(seconds);
-                return Err(err);
-            }
-            _ => {}
+        if let Some(claim) = claim_outcome(app, id, header_key, reply)? {
+            return Ok(claim);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::new(
@@ -364,5 +323,75 @@ async fn claim_id(
             ));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The [`CLAIM`] script, built once.
+pub(crate) fn claim_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(CLAIM))
+}
+
+/// One [`CLAIM`] call for `id` of application `app` at `now` (Unix ms).
+pub(crate) fn claim_invocation<'a>(
+    state: &AppState,
+    script: &'a redis::Script,
+    app: &str,
+    id: &str,
+    header_key: Option<&str>,
+    now: i64,
+) -> redis::ScriptInvocation<'a> {
+    // Long enough to cover a produce that runs into its timeout.
+    let pending_ms = (state.produce_timeout + Duration::from_secs(5)).as_millis() as u64;
+    let mut invocation = script.key(state.keys.application(app));
+    invocation
+        .key(state.keys.idempotency(app, id))
+        .key(state.keys.application_version(app))
+        .key(state.keys.application_rate_limit(app));
+    if let Some(header_key) = header_key {
+        invocation.key(state.keys.idempotency_key(app, header_key));
+    }
+    invocation
+        .arg(pending_ms)
+        .arg(now)
+        .arg(id)
+        // PX takes no 0 (an idempotency TTL of `0`).
+        .arg((state.idempotency_ttl.as_millis() as u64).max(1));
+    invocation
+}
+
+/// What a [`CLAIM`] reply means: the claim, an error, or `None` while
+/// another request is accepting the same id.
+pub(crate) fn claim_outcome(
+    app: &str,
+    id: &str,
+    header_key: Option<&str>,
+    (claimed, app_version, wait_ms, limit): (i64, i64, u64, u64),
+) -> Result<Option<Claim>, ApiError> {
+    match claimed {
+        1 => Ok(Some(Claim::Claimed { app_version })),
+        2 => Ok(Some(Claim::AlreadyAccepted)),
+        -1 => Err(crate::applications::not_found(app)),
+        4 => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!(
+                "header `Idempotency-Key` {:?} was sent before with another event id than {id:?}; a key names one event, so send a new key for a new event",
+                header_key.unwrap_or_default()
+            ),
+        )),
+        3 => {
+            let seconds = wait_ms.div_ceil(1000).max(1);
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "application {app:?} may receive {limit} events per second; retry after {seconds} s"
+                ),
+            );
+            err.retry_after_secs = Some(seconds);
+            Err(err)
+        }
+        _ => Ok(None),
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! - `POST /v1/events` validates an event, de-duplicates it by id (Redis),
 //!   publishes it to `herald.events` and answers `202 {"id"}` only once Kafka
-//!   acknowledged the write ([`events`]).
+//!   acknowledged the write ([`events`]); `POST /v1/events/batch` does the
+//!   same for up to 100 events at once, each with its own result, at one
+//!   Redis round trip and one batch of produce requests per batch
+//!   ([`batch`]).
 //! - `/v1/applications…` manages applications, the platform's customers
 //!   ([`applications`]), and under each its endpoints and their
 //!   subscriptions ([`endpoints`]), stored in Redis.
@@ -31,6 +34,7 @@
 pub mod applications;
 pub mod attempts;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod config;
 pub mod dlq;
@@ -221,6 +225,7 @@ pub fn keyed_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
     use utoipa_axum::routes;
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(events::post_event))
+        .routes(routes!(batch::post_events))
         .routes(routes!(applications::create, applications::list))
         .routes(routes!(
             applications::get,

@@ -8,8 +8,9 @@
 //!    breaker, rate limit, request slot, decided in one place and in that
 //!    order — or is put off.
 //! 4. [`attempt`]: the signed HTTP call.
-//! 5. Record the attempt: the breaker and the attempt log, in one Redis
-//!    round trip ([`Dispatcher::record_attempt`]).
+//! 5. Record the attempt: a failure in the breaker at once, and the
+//!    attempt log (with a success's count in the breaker) in the next batch
+//!    of the replica's [`crate::recorder`] ([`Dispatcher::record_attempt`]).
 //! 6. [`outcome`]: one decision ([`outcome::Next`]) — delivered, retry
 //!    later, put off, disable the endpoint, dead-letter — that drives both
 //!    the action ([`Dispatcher::carry_out`]) and the metrics.
@@ -22,7 +23,7 @@ pub mod prepare;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::attempt_log::{AttemptLog, AttemptRecord};
+use herald_core::attempt_log::AttemptRecord;
 use herald_core::backoff::Backoff;
 use herald_core::circuit::{Breakers, Transition};
 use herald_core::config::{KafkaConfig, format_duration};
@@ -48,6 +49,7 @@ use tracing::Instrument as _;
 
 use crate::endpoint_cache::EndpointCache;
 use crate::outbound::Outbound;
+use crate::recorder::{self, Recorder, RecorderTask};
 use crate::{Config, DispatcherError};
 use admission::{Admission, Admitted, Gate, RedisHealth};
 pub use attempt::AttemptResult;
@@ -58,7 +60,7 @@ pub use prepare::{PreparedWebhook, prepare};
 pub struct Dispatcher {
     cache: EndpointCache,
     gate: Gate,
-    attempt_log: AttemptLog,
+    recorder: Recorder,
     redis: Arc<RedisHealth>,
     outbound: Outbound,
     schedule: RetrySchedule,
@@ -88,16 +90,17 @@ enum Unavailable {
 }
 
 impl Dispatcher {
-    /// Builds the HTTP client ([`Outbound`]) and the Kafka producer for
-    /// retries and dead letters.
+    /// Builds the HTTP client ([`Outbound`]), the Kafka producer for
+    /// retries and dead letters, and starts the task that writes attempts
+    /// to Redis ([`recorder`]; finish it once no delivery is in flight).
     pub fn new(
         config: &Config,
         cache: EndpointCache,
         breakers: Breakers,
         limiter: RateLimiter,
-        attempt_log: AttemptLog,
+        attempt_log: herald_core::attempt_log::AttemptLog,
         abandon: CancellationToken,
-    ) -> Result<Self, DispatcherError> {
+    ) -> Result<(Self, RecorderTask), DispatcherError> {
         let outbound = Outbound::new(config)?;
         let producer = herald_core::kafka::producer(&config.kafka, "herald-dispatcher")?;
         let dead_letters = DeadLetterWriter::new(
@@ -106,7 +109,9 @@ impl Dispatcher {
             config.kafka.produce_timeout,
         );
         let redis = Arc::new(RedisHealth::default());
-        Ok(Self {
+        let (recorder, recorder_task) =
+            recorder::start(attempt_log, breakers.clone(), redis.clone());
+        let dispatcher = Self {
             cache,
             gate: Gate::new(
                 config.max_in_flight,
@@ -116,7 +121,7 @@ impl Dispatcher {
                 redis.clone(),
                 abandon.clone(),
             ),
-            attempt_log,
+            recorder,
             redis,
             outbound,
             schedule: config.retry_schedule.clone(),
@@ -129,7 +134,8 @@ impl Dispatcher {
             producer,
             dead_letters,
             abandon,
-        })
+        };
+        Ok((dispatcher, recorder_task))
     }
 
     async fn dispatch(&self, record: OwnedMessage) -> Outcome {
@@ -280,9 +286,10 @@ impl Dispatcher {
         )
     }
 
-    /// Step 5: the breaker and the attempt log are written together, two
-    /// requests on one Redis connection, one round trip. The slots are let
-    /// go first: the call is over.
+    /// Step 5: a failure goes into the endpoint's breaker at once (it may
+    /// open it, and the next delivery must know); the attempt, and a
+    /// success's count in the breaker, go to the [`recorder`]'s next
+    /// batch. The slots are let go first: the call is over.
     async fn record_attempt(
         &self,
         admitted: Admitted,
@@ -295,64 +302,23 @@ impl Dispatcher {
         let probe = admitted.probe;
         drop(admitted);
         let endpoint_id = delivery.endpoint_id.as_str();
-        let (success, error) = match result {
-            AttemptResult::Delivered { .. } => (true, ""),
-            AttemptResult::Failed { error, .. } => (false, error.as_str()),
-        };
         // A refused destination was not contacted: it says nothing of the
         // endpoint's health, and a probe refused so is handed back.
         let refused =
             matches!(result, AttemptResult::Failed { hints, .. } if hints.destination_refused);
-        let record_breaker = async {
-            if refused {
-                self.gate.hand_back_probe(endpoint_id, probe).await;
-                Ok(Transition::None)
-            } else {
-                self.gate
-                    .breakers()
-                    .record(endpoint_id, now_ms(), success, probe.is_some(), error)
-                    .await
-            }
-        };
-        let (recorded, ()) = tokio::join!(
-            record_breaker,
-            self.log_attempt(delivery, result, started_at_ms, duration_ms, response_body)
-        );
-        match recorded {
-            Ok(transition) => {
-                self.redis.answers();
-                record_transition(endpoint_id, transition);
-                match transition {
-                    Transition::None => {}
-                    Transition::Opened => {
-                        tracing::warn!(%error, "circuit opened: deliveries to this endpoint are paused")
-                    }
-                    Transition::Reopened => {
-                        tracing::warn!(%error, "probe failed: circuit open again, for longer")
-                    }
-                    Transition::Closed => {
-                        tracing::info!("circuit closed: the endpoint answers again")
-                    }
-                }
-            }
-            Err(err) => self.redis.fails(&err),
-        }
-    }
-
-    /// Adds an attempt to the attempt log (best effort: a Redis outage must
-    /// not hold up deliveries).
-    async fn log_attempt(
-        &self,
-        delivery: &Delivery,
-        result: &AttemptResult,
-        started_at_ms: i64,
-        duration_ms: u32,
-        response_body: String,
-    ) {
         let (success, status_code, error) = match result {
             AttemptResult::Delivered { status } => (true, Some(*status), None),
             AttemptResult::Failed { status, error, .. } => (false, *status, Some(error.clone())),
         };
+        // A probe's success closes the breaker for the deliveries behind
+        // it: written at once, as failures are.
+        let direct = !refused && (!success || probe.is_some());
+        if refused {
+            self.gate.hand_back_probe(endpoint_id, probe).await;
+        } else if direct {
+            self.record_in_breaker(endpoint_id, success, probe.is_some(), error.as_deref())
+                .await;
+        }
         let record = AttemptRecord {
             delivery_id: delivery.delivery_id.clone(),
             endpoint_id: delivery.endpoint_id.clone(),
@@ -362,13 +328,52 @@ impl Dispatcher {
             started_at_ms,
             duration_ms,
             status_code,
-            error,
+            error: error.clone(),
             response_body,
             success,
         };
-        match self.attempt_log.record(&record, now_ms()).await {
-            Ok(()) => self.redis.answers(),
-            Err(err) => self.redis.fails(&err),
+        let batched_success = success && !direct && !refused;
+        if !self.recorder.record(record, batched_success) && batched_success {
+            // Redis is behind and the queue full: the breaker still gets
+            // its success, or it would see only the failures.
+            self.record_in_breaker(endpoint_id, true, false, None).await;
+        }
+    }
+
+    /// Writes one attempt's result to the endpoint's breaker now.
+    async fn record_in_breaker(
+        &self,
+        endpoint_id: &str,
+        success: bool,
+        probe: bool,
+        error: Option<&str>,
+    ) {
+        let error = error.unwrap_or_default();
+        {
+            match self
+                .gate
+                .breakers()
+                .record(endpoint_id, now_ms(), success, probe, error)
+                .await
+            {
+                Ok(transition) => {
+                    self.redis.answers();
+                    record_transition(endpoint_id, transition);
+                    match transition {
+                        Transition::Opened => {
+                            tracing::warn!(%error, "circuit opened: deliveries to this endpoint are paused")
+                        }
+                        Transition::Reopened => {
+                            tracing::warn!(%error, "probe failed: circuit open again, for longer")
+                        }
+                        Transition::Closed => {
+                            tracing::info!("circuit closed: the endpoint answers again")
+                        }
+                        Transition::None => {}
+                    }
+                }
+                Err(err) => self.redis.fails(&err),
+            }
         }
     }
 
@@ -475,7 +480,7 @@ impl Dispatcher {
 }
 
 /// Updates the breaker metrics after a state change.
-fn record_transition(endpoint_id: &str, transition: Transition) {
+pub(crate) fn record_transition(endpoint_id: &str, transition: Transition) {
     let (name, state) = match transition {
         Transition::None => return,
         Transition::Opened => ("opened", BreakerState::Open),
@@ -506,7 +511,7 @@ fn read_ahead(delivery: &Delivery) -> Duration {
 /// delivered rather than sent on: the replicas' clocks may differ a little.
 const HOP_TOLERANCE_MS: i64 = 100;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     unix_millis(OffsetDateTime::now_utc())
 }
 
