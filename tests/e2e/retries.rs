@@ -303,7 +303,7 @@ async fn a_410_disables_the_endpoint_and_dead_letters_the_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_newest_events_keep_their_attempt_log() {
     let stack =
-        Stack::start(StackOptions::new("attempt-cap").env("HERALD_ATTEMPT_LOG_MAX_EVENTS", "2"))
+        Stack::start(StackOptions::new("attempt-cap").env("HERALD_ATTEMPT_LOG_MAX_ATTEMPTS", "2"))
             .await;
     let receiver = Receiver::start(Behaviour::Accept).await;
     let endpoint_id = stack.subscribe(&receiver, &["*"]).await;

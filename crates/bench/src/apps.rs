@@ -152,7 +152,7 @@ impl Bench {
             .collect();
         let spread = Arc::new(Spread::zipf(ids, first_endpoint));
 
-        let memory_before = redis_used_memory(&self.options.redis).await?;
+        let memory_before = herald::redis_used_memory(&self.options.redis).await?;
         let started = Instant::now();
         let endpoint_ids = if self.options.seed_directly {
             eprintln!(
@@ -169,7 +169,7 @@ impl Bench {
                 .await?
         };
         let registration_seconds = started.elapsed().as_secs_f64();
-        let memory_after = redis_used_memory(&self.options.redis).await?;
+        let memory_after = herald::redis_used_memory(&self.options.redis).await?;
         let endpoint_ids = Arc::new(endpoint_ids);
 
         let fanout_ops = running
@@ -233,6 +233,7 @@ impl Bench {
             http_batch: None,
             latency: None,
             processes,
+            attempt_log: None,
         };
         Ok((mode_report, report))
     }
@@ -626,21 +627,4 @@ async fn cache_counts(ops_addr: &str) -> Result<(u64, u64), String> {
             .ok_or_else(|| format!("fan-out's /metrics has no {name}"))? as u64;
     }
     Ok((counts[0], counts[1]))
-}
-
-/// Redis's `used_memory`, in bytes.
-async fn redis_used_memory(url: &str) -> Result<u64, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("Redis: {e}"))?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("Redis INFO: {e}"))?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("used_memory:")?.trim().parse().ok())
-        .ok_or_else(|| "Redis INFO memory has no used_memory".to_owned())
 }

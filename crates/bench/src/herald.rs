@@ -188,6 +188,63 @@ pub async fn allocations(processes: &[(String, Process)]) -> Vec<Option<f64>> {
     counts
 }
 
+/// Redis's `used_memory`, in bytes.
+pub async fn redis_used_memory(url: &str) -> Result<u64, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("Redis: {e}"))?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("Redis INFO: {e}"))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:")?.trim().parse().ok())
+        .ok_or_else(|| "Redis INFO memory has no used_memory".to_owned())
+}
+
+/// Attempts the attempt log holds under `prefix`: in the logs by event
+/// (their count, `attempts:retained`) and in the logs by endpoint.
+pub async fn attempts_retained(url: &str, prefix: &str) -> Result<(u64, u64), String> {
+    let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("Redis: {e}"))?;
+    let by_event: Option<u64> = redis::cmd("GET")
+        .arg(format!("{prefix}attempts:retained"))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("Redis GET: {e}"))?;
+    let mut by_endpoint = 0;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}attempts:endpoint:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("Redis SCAN: {e}"))?;
+        for key in keys {
+            let kept: u64 = redis::cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("Redis ZCARD: {e}"))?;
+            by_endpoint += kept;
+        }
+        if next == 0 {
+            return Ok((by_event.unwrap_or(0), by_endpoint));
+        }
+        cursor = next;
+    }
+}
+
 /// CPU time and memory of a process, read from `/proc`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Usage {

@@ -39,7 +39,9 @@ use crate::baseline::Hops;
 use crate::herald::{Api, Deployment, Process};
 use crate::load::{MAX_FANOUT, Phase, PhaseResult, Source};
 use crate::receiver::Receiver;
-use crate::report::{Baselines, ModeReport, ProcessReport, RatedPhase, Report, Setup};
+use crate::report::{
+    AttemptLogGrowth, Baselines, ModeReport, ProcessReport, RatedPhase, Report, Setup,
+};
 
 const USAGE: &str = "\
 herald-bench: measures Herald's throughput, latency and memory against the
@@ -338,6 +340,17 @@ fn kafka_config(options: &Options, topic_prefix: &str) -> Result<KafkaConfig, St
 }
 
 impl Bench {
+    /// The attempts the attempt log holds (by event, by endpoint) and
+    /// Redis's `used_memory`; `None` when Redis cannot say.
+    async fn attempt_log_size(&self) -> Option<(u64, u64, u64)> {
+        let (by_event, by_endpoint) =
+            herald::attempts_retained(&self.options.redis, &self.redis_prefix())
+                .await
+                .ok()?;
+        let memory = herald::redis_used_memory(&self.options.redis).await.ok()?;
+        Some((by_event, by_endpoint, memory))
+    }
+
     /// The Redis key prefix of the run, shared by its modes so that the
     /// endpoints are registered once.
     fn redis_prefix(&self) -> String {
@@ -594,8 +607,22 @@ impl Bench {
         let refused_before: u64 = dead.iter().map(|i| self.receiver.refused(*i)).sum();
         let watched = self.watched(&running);
         let allocations_before = herald::allocations(&running.processes).await;
+        let log_before = self.attempt_log_size().await;
         let before = herald::usages(&watched);
         let kafka = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
+        // The dispatchers write their attempts every few milliseconds.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let attempt_log = match (log_before, self.attempt_log_size().await) {
+            (
+                Some((event, endpoint, memory)),
+                Some((event_after, endpoint_after, memory_after)),
+            ) => Some(AttemptLogGrowth {
+                by_event: event_after as i64 - event as i64,
+                by_endpoint: endpoint_after as i64 - endpoint as i64,
+                redis_bytes: memory_after as i64 - memory as i64,
+            }),
+            _ => None,
+        };
         let mut processes = ProcessReport::since(&watched, before, kafka.seconds, kafka.delivered);
         let allocations_after = herald::allocations(&running.processes).await;
         // `watched` lists Herald's processes first, in the same order.
@@ -667,6 +694,7 @@ impl Bench {
                 http,
                 http_batch,
                 latency,
+                attempt_log,
                 processes,
             },
             latency_rate,

@@ -106,6 +106,26 @@ pub struct ModeReport {
     pub latency: Option<RatedPhase>,
     /// Herald's processes (and any observed ones) during the Kafka phase.
     pub processes: Vec<ProcessReport>,
+    /// What the attempt log grew by in Redis during the Kafka phase.
+    pub attempt_log: Option<AttemptLogGrowth>,
+}
+
+/// What the attempt log grew by in Redis over a phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AttemptLogGrowth {
+    /// Attempts added to the logs by event (their budget's count).
+    pub by_event: i64,
+    /// Attempts added to the logs by endpoint.
+    pub by_endpoint: i64,
+    /// Growth of Redis's `used_memory`, bytes.
+    pub redis_bytes: i64,
+}
+
+impl AttemptLogGrowth {
+    /// Redis bytes per attempt retained (in either log).
+    pub fn bytes_per_attempt(&self) -> f64 {
+        self.redis_bytes as f64 / (self.by_event + self.by_endpoint).max(1) as f64
+    }
 }
 
 /// One process's use of the machine.
@@ -641,6 +661,16 @@ pub fn print(report: &Report) {
                 p.allocations_per_delivery
                     .map_or("-".to_owned(), |a| format!("{a:.0}")),
                 p.peak_rss_mib
+            );
+        }
+        if let Some(log) = &mode.attempt_log {
+            println!(
+                "{:<40} +{} attempts by event, +{} by endpoint, Redis +{:.1} MiB: {:.0} bytes per retained attempt",
+                format!("{} attempt log", mode.name),
+                log.by_event,
+                log.by_endpoint,
+                log.redis_bytes as f64 / (1 << 20) as f64,
+                log.bytes_per_attempt()
             );
         }
         let cost = CostPerWebhook::of(mode);

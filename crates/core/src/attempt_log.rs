@@ -7,20 +7,25 @@
 //!   scored by start time; trimmed to the newest `max_per_endpoint` and to
 //!   the retention period on every write;
 //! - `attempts:event:{application id}.{event id}`: the same records for one
-//!   event, expiring
-//!   after the retention period;
+//!   event, expiring [`EXPIRY_GRACE`] after the retention period (so that
+//!   the trim still finds them to count when their index entry leaves);
 //! - `attempts:events`: the events (`{application id}.{event id}`) that have
-//!   such a log, scored by their
-//!   latest attempt. Only the newest `max_events` keep their log:
-//!   [`AttemptLog::trim`] (every dispatcher runs it each
-//!   [`TRIM_INTERVAL`]) drops the oldest beyond that, with their logs, so
-//!   the log's memory is bounded whatever the event rate (an event's log
-//!   costs Redis about 1.3 KB for one attempt; kept for the whole retention
-//!   period at 100 attempts/s, logs would take some 80 GB).
+//!   such a log, scored by their latest attempt;
+//! - `attempts:retained`: how many attempts the event logs hold together.
 //!
-//! A write is one pipeline of plain commands. The trimming is a script of its
-//! own, run apart from the writes: done on every write, it cost Redis about
-//! two thirds more CPU per delivery.
+//! The event logs hold at most `max_attempts` attempts together, whatever
+//! the fan-out: [`AttemptLog::trim`] (every dispatcher runs it each
+//! [`TRIM_INTERVAL`]) drops the oldest events' logs, whole, until they fit,
+//! so the log's memory is a budget whatever the event rate and however many
+//! endpoints an event goes to (an attempt costs Redis about 1.45 KB in its
+//! event's log and the index; kept for the whole retention period at 100
+//! attempts/s, logs would take some 80 GB). An earlier bound counted events,
+//! and at fan-out 10 held ten times the memory it promised.
+//!
+//! A write is one transaction (`MULTI`/`EXEC`) of plain commands, so that
+//! the trim never runs between an event's new attempts and their count.
+//! The trimming is a script of its own, run apart from the writes: done on
+//! every write, it cost Redis about two thirds more CPU per delivery.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,9 +85,11 @@ pub struct AttemptLogConfig {
     /// `HERALD_ATTEMPT_LOG_MAX_PER_ENDPOINT` (default `1000`): most attempts
     /// kept per endpoint.
     pub max_per_endpoint: u64,
-    /// `HERALD_ATTEMPT_LOG_MAX_EVENTS` (default `100000`): most events whose
-    /// attempts stay readable by event id (the newest by latest attempt).
-    pub max_events: u64,
+    /// `HERALD_ATTEMPT_LOG_MAX_ATTEMPTS` (default `100000`, about 145 MB
+    /// of Redis): most attempts the event logs hold together; the newest
+    /// events (by latest attempt) keep theirs. `HERALD_ATTEMPT_LOG_MAX_EVENTS`
+    /// is its former name, still read when it is not set.
+    pub max_attempts: u64,
 }
 
 impl AttemptLogConfig {
@@ -99,36 +106,63 @@ impl AttemptLogConfig {
                 1,
                 1_000_000,
             )?,
-            max_events: env.number("HERALD_ATTEMPT_LOG_MAX_EVENTS", 100_000, 1, 100_000_000)?,
+            max_attempts: if env.raw("HERALD_ATTEMPT_LOG_MAX_ATTEMPTS").is_none()
+                && env.raw("HERALD_ATTEMPT_LOG_MAX_EVENTS").is_some()
+            {
+                env.number("HERALD_ATTEMPT_LOG_MAX_EVENTS", 100_000, 1, 100_000_000)?
+            } else {
+                env.number("HERALD_ATTEMPT_LOG_MAX_ATTEMPTS", 100_000, 1, 100_000_000)?
+            },
         })
     }
 }
 
-/// How often each dispatcher trims the index of event logs; the bound on
-/// event logs may be exceeded by about this long's worth of events.
+/// How often each dispatcher trims the event logs; the budget may be
+/// exceeded by about this long's worth of attempts.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How much longer than the retention period an event's log is kept, so
+/// that the trim, which drops index entries older than the retention
+/// period, still finds the log to count (and drop) when it does.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(600);
 
 /// Most event logs one run of [`TRIM`] drops, so that a large backlog is
 /// dropped in steps rather than in one long-running script.
 const TRIM_BATCH: usize = 1000;
 
-/// Trims the index of event logs. KEYS: the index. ARGV: the retention
-/// cutoff (ms), the most events, the key prefix of event logs (the logs of
-/// dropped events are named from it, so this needs a single Redis, not a
-/// cluster), the most to drop now. Returns how many were dropped past the
-/// cap.
+/// Trims the event logs to the budget. KEYS: the index, the count of
+/// retained attempts. ARGV: the retention cutoff (ms), the most attempts,
+/// the key prefix of event logs (the logs of dropped events are named from
+/// it, so this needs a single Redis, not a cluster), the most logs to drop
+/// now. Returns how many logs were dropped.
 const TRIM: &str = r#"
--- Entries whose log has expired leave the index.
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
-if excess <= 0 then
-  return 0
+local retained = tonumber(redis.call('GET', KEYS[2]) or '0')
+local budget = tonumber(ARGV[2])
+local most = tonumber(ARGV[4])
+local dropped = 0
+local function drop(event)
+  local key = ARGV[3] .. event
+  retained = retained - redis.call('ZCARD', key)
+  redis.call('UNLINK', key)
+  dropped = dropped + 1
 end
-local oldest = redis.call('ZPOPMIN', KEYS[1], math.min(excess, tonumber(ARGV[4])))
-for i = 1, #oldest, 2 do
-  redis.call('UNLINK', ARGV[3] .. oldest[i])
+-- Events past the retention period leave first (their logs are still
+-- there, EXPIRY_GRACE longer, to be counted).
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, most)
+for i = 1, #expired do
+  drop(expired[i])
+  redis.call('ZREM', KEYS[1], expired[i])
 end
-return #oldest / 2
+while retained > budget and dropped < most do
+  local oldest = redis.call('ZPOPMIN', KEYS[1])
+  if #oldest == 0 then break end
+  drop(oldest[1])
+end
+-- With no event left, nothing is retained: a count that drifted (logs
+-- that expired unseen while no dispatcher ran) starts again from zero.
+if redis.call('ZCARD', KEYS[1]) == 0 or retained < 0 then retained = 0 end
+redis.call('SET', KEYS[2], retained)
+return dropped
 "#;
 
 /// Reads and writes the attempt log.
@@ -195,6 +229,7 @@ impl AttemptLog {
                 .push((attempt.started_at_ms, json));
         }
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for (endpoint_id, entries) in &by_endpoint {
             let key = self.keys.endpoint_attempts(endpoint_id);
             pipe.zadd_multiple(&key, entries)
@@ -208,24 +243,27 @@ impl AttemptLog {
                 .ignore();
         }
         let mut index = Vec::with_capacity(by_event.len());
+        let kept_ms = retention_ms + EXPIRY_GRACE.as_millis() as i64;
         for (event, entries) in &by_event {
             let key = self.keys.event_attempts(event);
             pipe.zadd_multiple(&key, entries)
                 .ignore()
-                .pexpire(&key, retention_ms)
+                .pexpire(&key, kept_ms)
                 .ignore();
             index.push((now_ms, event.as_str()));
         }
         pipe.zadd_multiple(self.keys.attempted_events(), &index)
+            .ignore()
+            .incr(self.keys.retained_attempts(), attempts.len())
             .ignore();
         let mut conn = self.redis.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
-    /// Drops, with their logs, the events beyond the newest `max_events`
-    /// (and forgets those whose logs have expired). Returns how many logs
-    /// were dropped.
+    /// Drops the logs of the events past the retention period, then of the
+    /// oldest events until the rest hold at most `max_attempts` attempts.
+    /// Returns how many logs were dropped.
     pub async fn trim(&self, now_ms: i64) -> Result<usize, StoreError> {
         let cutoff = now_ms - self.config.retention.as_millis() as i64;
         let mut dropped = 0;
@@ -234,8 +272,9 @@ impl AttemptLog {
             let step: usize = self
                 .trim
                 .key(self.keys.attempted_events())
+                .key(self.keys.retained_attempts())
                 .arg(cutoff)
-                .arg(self.config.max_events)
+                .arg(self.config.max_attempts)
                 .arg(self.keys.event_attempts_prefix())
                 .arg(TRIM_BATCH)
                 .invoke_async(&mut conn)

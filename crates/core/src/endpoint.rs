@@ -273,7 +273,9 @@ pub fn redacted_url(text: &str) -> String {
     }
 }
 
-/// An endpoint ready for use: its secret decoded and its patterns parsed.
+/// An endpoint ready for use: its secret decoded, and what every request to
+/// it needs (its URL, the URL as logs may show it, its custom headers) made
+/// once, so that a delivery parses and copies none of it.
 #[derive(Debug)]
 pub struct ResolvedEndpoint {
     /// The stored endpoint.
@@ -283,6 +285,12 @@ pub struct ResolvedEndpoint {
     /// Rotated-out secrets that still sign, with when they stop (Unix
     /// milliseconds).
     pub previous: Vec<(Secret, i64)>,
+    /// `endpoint.url`, parsed.
+    pub url: url::Url,
+    /// The URL without credentials, query or fragment ([`redacted_url`]).
+    pub redacted_url: String,
+    /// `endpoint.headers` as request headers.
+    pub headers: http::HeaderMap,
 }
 
 impl ResolvedEndpoint {
@@ -301,7 +309,28 @@ impl ResolvedEndpoint {
                     endpoint.id
                 )
             })?;
+        let url = url::Url::parse(&endpoint.url)
+            .map_err(|err| format!("endpoint {} has an unusable URL: {err}", endpoint.id))?;
+        let mut headers = http::HeaderMap::with_capacity(endpoint.headers.len());
+        for (name, value) in &endpoint.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                format!(
+                    "endpoint {} has an unusable header name {name:?}",
+                    endpoint.id
+                )
+            })?;
+            let value = http::HeaderValue::from_str(value).map_err(|_| {
+                format!(
+                    "endpoint {} has an unusable value for header {name}",
+                    endpoint.id
+                )
+            })?;
+            headers.insert(name, value);
+        }
         Ok(Self {
+            redacted_url: redacted_url(&endpoint.url),
+            url,
+            headers,
             endpoint,
             secret,
             previous,
@@ -310,15 +339,13 @@ impl ResolvedEndpoint {
 
     /// The secrets that sign a webhook sent at `now_ms`: the current one,
     /// then every rotated-out one whose grace period is still running.
-    pub fn signing_secrets(&self, now_ms: i64) -> Vec<&Secret> {
-        std::iter::once(&self.secret)
-            .chain(
-                self.previous
-                    .iter()
-                    .filter(|(_, expires_at_ms)| *expires_at_ms > now_ms)
-                    .map(|(secret, _)| secret),
-            )
-            .collect()
+    pub fn signing_secrets(&self, now_ms: i64) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.secret).chain(
+            self.previous
+                .iter()
+                .filter(move |(_, expires_at_ms)| *expires_at_ms > now_ms)
+                .map(|(secret, _)| secret),
+        )
     }
 }
 
@@ -635,8 +662,9 @@ mod tests {
         let second = Secret::generate();
         e.rotate_secret(&second, 1_000, 10_000);
         let resolved = ResolvedEndpoint::new(e.clone()).unwrap();
-        assert_eq!(resolved.signing_secrets(10_999), vec![&second, &first]);
-        assert_eq!(resolved.signing_secrets(11_000), vec![&second]);
+        let signing = |now| resolved.signing_secrets(now).collect::<Vec<_>>();
+        assert_eq!(signing(10_999), vec![&second, &first]);
+        assert_eq!(signing(11_000), vec![&second]);
         // A rotation without grace retires the current secret at once, and
         // expired ones are dropped.
         let third = Secret::generate();

@@ -32,18 +32,22 @@ redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) +
 return math.ceil(tat - now)
 "#;
 
-/// Lets a request through when the limit and burst allow it, or says how
-/// long until they do (taking nothing then).
+/// Lets ARGV[4] events through when the limit and burst allow them, or says
+/// how long until they do (taking nothing then). More events than the burst
+/// go through once the burst is whole, and the time they overdraw is
+/// waited for by the requests after them.
 const GCRA: &str = r#"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local tolerance = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-if tat - now > tolerance then
-  return math.ceil(tat - now - tolerance)
+local room = tolerance - math.min((count - 1) * interval, tolerance)
+if tat - now > room then
+  return math.ceil(tat - now - room)
 end
-local next_tat = tat + interval
+local next_tat = tat + interval * count
 redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
 return 0
 "#;
@@ -97,23 +101,32 @@ impl RateLimiter {
         Ok(wait)
     }
 
-    /// Takes a slot for one event sent with the API key `key_id` (a digest,
-    /// never the key), limited to `per_second` with bursts of `burst`: `0`
-    /// when it may go now, otherwise the milliseconds until it may.
+    /// Takes slots for `events` events sent with the API key `key_id` (a
+    /// digest, never the key), limited to `per_second` with bursts of
+    /// `burst`: `0` when they may go now, otherwise the milliseconds until
+    /// they may.
     pub async fn try_acquire_ingest(
         &self,
         key_id: &str,
+        events: u32,
         per_second: u32,
         burst: u32,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        self.acquire(self.keys.ingest_limit(key_id), per_second, burst, now_ms)
-            .await
+        self.acquire(
+            self.keys.ingest_limit(key_id),
+            events,
+            per_second,
+            burst,
+            now_ms,
+        )
+        .await
     }
 
     async fn acquire(
         &self,
         key: String,
+        events: u32,
         per_second: u32,
         burst: u32,
         now_ms: i64,
@@ -127,6 +140,7 @@ impl RateLimiter {
             .arg(now_ms)
             .arg(interval_ms)
             .arg(tolerance_ms)
+            .arg(events.max(1))
             .invoke_async(&mut conn)
             .await?;
         Ok(wait)

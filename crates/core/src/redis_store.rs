@@ -311,6 +311,11 @@ impl Keys {
         format!("{}attempts:event:{event_id}", self.prefix)
     }
 
+    /// How many attempts the event logs hold together.
+    pub fn retained_attempts(&self) -> String {
+        format!("{}attempts:retained", self.prefix)
+    }
+
     /// The events that have an attempt log, by latest attempt.
     pub fn attempted_events(&self) -> String {
         format!("{}attempts:events", self.prefix)

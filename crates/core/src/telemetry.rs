@@ -9,6 +9,11 @@
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the default) or `grpc`.
 //! `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_BSP_*` are
 //! honoured as the OpenTelemetry specification describes.
+//!
+//! Spans with the target [`EXPORT_ONLY`] exist for the exported trace alone
+//! (a webhook request's client span): the log output never sees them, so
+//! without an exporter they cost nothing, where the log layer would format
+//! every one of their fields for log lines that never name them.
 
 use std::io::IsTerminal;
 
@@ -16,6 +21,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 
 use crate::config::{ConfigError, Env};
+
+/// The target of spans that only the trace exporter sees (no log line is
+/// written inside them).
+pub const EXPORT_ONLY: &str = "herald::export";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,9 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Result<Telemetry,
     // Colours only for a terminal: in files and log pipelines escape codes
     // get in the way of searching.
     let ansi = std::io::stderr().is_terminal();
+    let logged = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == EXPORT_ONLY)
+    });
     let fmt_layer = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
@@ -121,7 +133,8 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Result<Telemetry,
             .with_current_span(true)
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+    .with_filter(logged);
     let provider = match exporter()? {
         None => None,
         Some(exporter) => {

@@ -89,6 +89,9 @@ pub fn process_span(record: &rdkafka::message::OwnedMessage) -> tracing::Span {
         messaging.destination.partition.id = record.partition(),
         messaging.kafka.offset = record.offset(),
         event_id = tracing::field::Empty,
+        // Recorded by the dispatcher, for its log lines.
+        endpoint_id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
         subscribers = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );

@@ -354,31 +354,40 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     // 10 per second with bursts of 3: three at once, then one per 100 ms.
     for _ in 0..3 {
         assert_eq!(
-            limiter.try_acquire_ingest("k1", 10, 3, T0).await.unwrap(),
+            limiter
+                .try_acquire_ingest("k1", 1, 10, 3, T0)
+                .await
+                .unwrap(),
             0
         );
     }
     assert_eq!(
-        limiter.try_acquire_ingest("k1", 10, 3, T0).await.unwrap(),
+        limiter
+            .try_acquire_ingest("k1", 1, 10, 3, T0)
+            .await
+            .unwrap(),
         100
     );
     assert_eq!(
         limiter
-            .try_acquire_ingest("k1", 10, 3, T0 + 60)
+            .try_acquire_ingest("k1", 1, 10, 3, T0 + 60)
             .await
             .unwrap(),
         40
     );
     assert_eq!(
         limiter
-            .try_acquire_ingest("k1", 10, 3, T0 + 100)
+            .try_acquire_ingest("k1", 1, 10, 3, T0 + 100)
             .await
             .unwrap(),
         0
     );
     // Another key has its own budget, and endpoints are limited apart.
     assert_eq!(
-        limiter.try_acquire_ingest("k2", 10, 3, T0).await.unwrap(),
+        limiter
+            .try_acquire_ingest("k2", 1, 10, 3, T0)
+            .await
+            .unwrap(),
         0
     );
     assert_eq!(limiter.reserve("k1", 10, T0).await.unwrap(), 0);
@@ -386,7 +395,7 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     let mut allowed = 0;
     for ms in 0..1000 {
         if limiter
-            .try_acquire_ingest("k3", 10, 3, T0 + ms)
+            .try_acquire_ingest("k3", 1, 10, 3, T0 + ms)
             .await
             .unwrap()
             == 0
@@ -395,6 +404,38 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
         }
     }
     assert_eq!(allowed, 3 + 9);
+    // A batch takes a slot per event: three at once fill the burst.
+    assert_eq!(
+        limiter
+            .try_acquire_ingest("k4", 3, 10, 3, T0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        limiter
+            .try_acquire_ingest("k4", 1, 10, 3, T0)
+            .await
+            .unwrap(),
+        100
+    );
+    // More than the burst goes through once the burst is whole, and the
+    // requests after it wait for what it overdrew.
+    let later = T0 + 1000;
+    assert_eq!(
+        limiter
+            .try_acquire_ingest("k4", 5, 10, 3, later)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        limiter
+            .try_acquire_ingest("k4", 1, 10, 3, later)
+            .await
+            .unwrap(),
+        300
+    );
 }
 
 #[tokio::test]
@@ -403,7 +444,7 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
     let config = AttemptLogConfig {
         retention: Duration::from_secs(3600),
         max_per_endpoint: 3,
-        max_events: 100,
+        max_attempts: 100,
     };
     let log = AttemptLog::new(redis(), keys(), config);
     let record = |n: u32, at: i64| AttemptRecord {
@@ -461,7 +502,7 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
     let config = AttemptLogConfig {
         retention: Duration::from_secs(3600),
         max_per_endpoint: 1000,
-        max_events: 3,
+        max_attempts: 4, // evt_10 has two, the others one each
     };
     let log = AttemptLog::new(redis(), keys.clone(), config);
     let write = |event: String, at: i64| {
@@ -751,7 +792,7 @@ async fn attempts_recorded_together_land_in_each_endpoints_and_events_log() {
     let config = AttemptLogConfig {
         retention: Duration::from_secs(3600),
         max_per_endpoint: 4,
-        max_events: 100,
+        max_attempts: 100,
     };
     let log = AttemptLog::new(redis(), keys(), config);
     // Three events to two endpoints, six attempts in one batch, plus two
@@ -805,4 +846,73 @@ async fn attempts_recorded_together_land_in_each_endpoints_and_events_log() {
         ["ep_b", "ep_a"]
     );
     assert!(log.record_many(&[], T0).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_attempt_budget_holds_whatever_the_fan_out() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let config = AttemptLogConfig {
+        retention: Duration::from_secs(3600),
+        max_per_endpoint: 1000,
+        max_attempts: 20,
+    };
+    let log = AttemptLog::new(redis(), keys.clone(), config);
+    // Ten events, each to five endpoints: fifty attempts.
+    for n in 0..10 {
+        let batch: Vec<AttemptRecord> = (0..5)
+            .map(|e| AttemptRecord {
+                delivery_id: format!("dlv_{n}_{e}"),
+                endpoint_id: format!("ep_{e}"),
+                event_id: format!("evt_{n}"),
+                application_id: "acme".into(),
+                attempt: 1,
+                started_at_ms: T0 + n,
+                duration_ms: 3,
+                status_code: Some(200),
+                error: None,
+                response_body: String::new(),
+                success: true,
+            })
+            .collect();
+        log.record_many(&batch, T0 + n).await.unwrap();
+    }
+    let mut conn = redis();
+    let retained = |conn: &mut ConnectionManager| {
+        let key = keys.retained_attempts();
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(retained(&mut conn).await, 50);
+    // Whole events go, oldest first, until twenty attempts are left.
+    assert_eq!(log.trim(T0 + 20).await.unwrap(), 6);
+    assert_eq!(retained(&mut conn).await, 20);
+    let mut with_log = Vec::new();
+    for n in 0..10 {
+        let attempts = log
+            .for_event("acme", &format!("evt_{n}"), 0, 10)
+            .await
+            .unwrap();
+        if !attempts.is_empty() {
+            assert_eq!(attempts.len(), 5, "an event's log is kept whole");
+            with_log.push(n);
+        }
+    }
+    assert_eq!(with_log, [6, 7, 8, 9]);
+    // An hour and more later every log is past the retention period: all
+    // leave, and the count is zero again.
+    assert_eq!(log.trim(T0 + 3_700_000).await.unwrap(), 4);
+    assert_eq!(retained(&mut conn).await, 0);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.event_attempts_prefix()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -151,5 +151,7 @@ fn held_bytes(endpoint: &herald_core::endpoint::Endpoint) -> usize {
             .iter()
             .map(|s| s.secret.len() + 64)
             .sum::<usize>();
-    strings + 512
+    // The URL is held three times: stored, parsed and redacted; and the
+    // headers twice.
+    strings + 2 * endpoint.url.len() + 512
 }

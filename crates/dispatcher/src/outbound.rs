@@ -68,11 +68,9 @@ impl Outbound {
         &self.client
     }
 
-    /// The checks that must pass before a request to `url` is made.
-    pub async fn preflight(&self, url: &str) -> Result<(), DestinationRefused> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|err| DestinationRefused(format!("the URL cannot be parsed: {err}")))?;
-        self.policy.check_url(&parsed)?;
+    /// The checks that must pass before a request to `parsed` is made.
+    pub async fn preflight(&self, parsed: &reqwest::Url) -> Result<(), DestinationRefused> {
+        self.policy.check_url(parsed)?;
         if self.proxied
             && let Some(url::Host::Domain(host)) = parsed.host()
         {
@@ -140,6 +138,10 @@ mod tests {
         Outbound::new(&config).unwrap()
     }
 
+    fn parsed(url: &str) -> reqwest::Url {
+        reqwest::Url::parse(url).unwrap()
+    }
+
     /// A listener that would accept the request if the client got through.
     async fn listener() -> (tokio::net::TcpListener, u16) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -153,7 +155,7 @@ mod tests {
         let out = outbound(&[]);
         let url = format!("http://localhost:{port}/hook");
         // Names are not resolved by the preflight without a proxy...
-        assert_eq!(out.preflight(&url).await, Ok(()));
+        assert_eq!(out.preflight(&parsed(&url)).await, Ok(()));
         // ...but by the client, which refuses the address it got.
         let err = out.client().post(&url).send().await.unwrap_err();
         let refused = refusal_of(&err).expect("the refusal is in the error chain");
@@ -183,16 +185,19 @@ mod tests {
             ("https://10.0.0.1:8443/", "private"),
             ("http://example.com/", "only over https"),
         ] {
-            let refused = out.preflight(url).await.unwrap_err();
+            let refused = out.preflight(&parsed(url)).await.unwrap_err();
             assert!(refused.0.contains(needle), "{url}: {refused}");
         }
-        assert_eq!(out.preflight("https://example.com/").await, Ok(()));
+        assert_eq!(out.preflight(&parsed("https://example.com/")).await, Ok(()));
     }
 
     #[tokio::test]
     async fn through_a_proxy_the_preflight_resolves_the_destination() {
         let out = outbound(&[("HERALD_OUTBOUND_PROXY", "http://127.0.0.1:3128")]);
-        let refused = out.preflight("http://localhost/hook").await.unwrap_err();
+        let refused = out
+            .preflight(&parsed("http://localhost/hook"))
+            .await
+            .unwrap_err();
         assert!(
             refused
                 .0

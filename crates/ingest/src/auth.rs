@@ -222,39 +222,54 @@ pub async fn require_api_key(
                 .inc();
         }
     })?;
-    if is_event && let Some(limit) = state.ingest_rate_limit {
-        let now = herald_core::event::unix_millis(time::OffsetDateTime::now_utc());
-        match state
-            .limiter
-            .try_acquire_ingest(&caller.key_id, limit.per_second, limit.burst, now)
-            .await
-        {
-            Ok(0) => {}
-            Ok(wait_ms) => {
-                herald_core::metrics::metrics()
-                    .events_rejected
-                    .get_or_create(&herald_core::metrics::label("reason", "rate_limited"))
-                    .inc();
-                let seconds = wait_ms.div_ceil(1000).max(1);
-                let mut err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "this API key may send {} events per second (bursts of {}); retry after {seconds} s",
-                        limit.per_second, limit.burst
-                    ),
-                );
-                err.retry_after_secs = Some(seconds);
-                return Err(err);
-            }
-            // Without Redis the event cannot be de-duplicated either, and is
-            // refused by the handler; the limit does not add a second error.
-            Err(_) => {}
-        }
+    // A batch is charged per event, once its handler has counted them.
+    if is_event && request.uri().path() == "/v1/events" {
+        take_ingest_slots(&state, &caller, 1).await?;
     }
     let mut request = request;
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
+}
+
+/// Charges `events` events to the caller's key under
+/// `HERALD_INGEST_RATE_LIMIT`, or answers `429 rate_limited` (counted as
+/// refused events) when the key has sent too many.
+pub async fn take_ingest_slots(
+    state: &AppState,
+    caller: &Caller,
+    events: u32,
+) -> Result<(), ApiError> {
+    let Some(limit) = state.ingest_rate_limit else {
+        return Ok(());
+    };
+    let now = herald_core::event::unix_millis(time::OffsetDateTime::now_utc());
+    match state
+        .limiter
+        .try_acquire_ingest(&caller.key_id, events, limit.per_second, limit.burst, now)
+        .await
+    {
+        Ok(0) => Ok(()),
+        Ok(wait_ms) => {
+            herald_core::metrics::metrics()
+                .events_rejected
+                .get_or_create(&herald_core::metrics::label("reason", "rate_limited"))
+                .inc_by(u64::from(events));
+            let seconds = wait_ms.div_ceil(1000).max(1);
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this API key may send {} events per second (bursts of {}); retry after {seconds} s",
+                    limit.per_second, limit.burst
+                ),
+            );
+            err.retry_after_secs = Some(seconds);
+            Err(err)
+        }
+        // Without Redis the event cannot be de-duplicated either, and is
+        // refused by the handler; the limit does not add a second error.
+        Err(_) => Ok(()),
+    }
 }
 
 /// The routes that send events, which `ingest` keys and tokens may reach.

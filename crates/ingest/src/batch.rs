@@ -152,6 +152,8 @@ pub async fn post_events(
     let limit = state.max_body_bytes.saturating_mul(MAX_EVENTS);
     let bytes = read_json_body(&headers, body, limit.min(MAX_BATCH_BYTES)).await?;
     let wire = read_batch(&bytes)?;
+    // `HERALD_INGEST_RATE_LIMIT` counts events, whatever carries them.
+    crate::auth::take_ingest_slots(&state, &caller, wire.events.len() as u32).await?;
     let mut results: Vec<Option<EventResult>> = (0..wire.events.len()).map(|_| None).collect();
     let mut pending = Vec::with_capacity(wire.events.len());
     let now = OffsetDateTime::now_utc();
