@@ -679,6 +679,9 @@ impl Bench {
         for (report, (_, pid)) in processes.iter_mut().zip(&watched) {
             report.peak_rss_mib = report.peak_rss_mib.max(herald::usage(*pid).peak_rss_mib);
         }
+        // Each process's /metrics beside its log, for reading a run later
+        // (attempt durations, lag, what was dropped).
+        running.save_metrics().await;
         for (_, process) in running.processes.iter_mut() {
             process.stop(Duration::from_secs(30));
         }

@@ -214,15 +214,22 @@ impl AttemptLog {
         }
         let retention_ms = self.config.retention.as_millis() as i64;
         let keep = self.config.max_per_endpoint as isize;
-        let mut by_endpoint: HashMap<&str, Vec<(i64, String)>> = HashMap::new();
-        // Event ids are unique within an application only.
-        let mut by_event: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+        // Each attempt is serialized once, into a buffer of about its size,
+        // and both logs take the same bytes.
+        let mut records = Vec::with_capacity(attempts.len());
         for attempt in attempts {
-            let json = serde_json::to_string(attempt)?;
+            let mut json = Vec::with_capacity(256 + attempt.response_body.len());
+            serde_json::to_writer(&mut json, attempt)?;
+            records.push(json);
+        }
+        let mut by_endpoint: HashMap<&str, Vec<(i64, &[u8])>> = HashMap::new();
+        // Event ids are unique within an application only.
+        let mut by_event: HashMap<String, Vec<(i64, &[u8])>> = HashMap::new();
+        for (attempt, json) in attempts.iter().zip(&records) {
             by_event
                 .entry(event_member(&attempt.application_id, &attempt.event_id))
                 .or_default()
-                .push((attempt.started_at_ms, json.clone()));
+                .push((attempt.started_at_ms, json));
             by_endpoint
                 .entry(&attempt.endpoint_id)
                 .or_default()

@@ -10,12 +10,23 @@
 //! `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_BSP_*` are
 //! honoured as the OpenTelemetry specification describes.
 //!
+//! Log lines show the fields whose names have no `.` (`LogFields`): the
+//! dotted ones are OpenTelemetry's attributes, for the exported trace.
+//!
 //! Spans with the target [`EXPORT_ONLY`] exist for the exported trace alone
 //! (a webhook request's client span): the log output never sees them, so
 //! without an exporter they cost nothing, where the log layer would format
 //! every one of their fields for log lines that never name them.
 
+use std::fmt;
 use std::io::IsTerminal;
+
+use tracing::field::{Field, Visit};
+use tracing::span;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::FormattedFields;
+use tracing_subscriber::fmt::format::Writer;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -124,6 +135,7 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Result<Telemetry,
     });
     let fmt_layer = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(LogFields { json: false })
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed(),
@@ -131,6 +143,7 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Result<Telemetry,
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .fmt_fields(LogFields { json: true })
             .with_writer(std::io::stderr)
             .boxed(),
     }
@@ -159,4 +172,241 @@ pub fn init(config: &LogConfig, service_name: &'static str) -> Result<Telemetry,
         .with(otel_layer)
         .init();
     Ok(Telemetry { provider })
+}
+
+/// How log lines show span and event fields: only those whose name has no
+/// `.`. Herald names what a log line is about plainly (`event_id`,
+/// `endpoint_id`, `attempt`, `trace_id`); the dotted names are
+/// OpenTelemetry's semantic attributes (`messaging.kafka.offset`,
+/// `http.response.status_code`), which belong to the exported trace. The
+/// log layer formats a span's fields when the span is made, for every span,
+/// so leaving these out of it saves formatting that no line would show.
+#[derive(Debug, Clone, Copy)]
+struct LogFields {
+    /// JSON objects (for `HERALD_LOG_FORMAT=json`) rather than `key=value`.
+    json: bool,
+}
+
+impl<'w> FormatFields<'w> for LogFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visitor = FieldVisitor::new(&mut writer, self.json);
+        fields.record(&mut visitor);
+        if self.json && visitor.written > 0 {
+            visitor.result?;
+            return writer.write_char('}');
+        }
+        if self.json {
+            visitor.result?;
+            return writer.write_str("{}");
+        }
+        visitor.result
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &span::Record<'_>,
+    ) -> fmt::Result {
+        let mut more = String::new();
+        let written = {
+            let mut writer = Writer::new(&mut more);
+            let mut visitor = FieldVisitor::new(&mut writer, self.json);
+            // Appended to what is there: no opening brace, and a separator
+            // first when something is.
+            visitor.continuing = !current.fields.is_empty() && current.fields != "{}";
+            visitor.opened = true;
+            fields.record(&mut visitor);
+            visitor.result?;
+            visitor.written
+        };
+        if written == 0 {
+            return Ok(());
+        }
+        if self.json {
+            // `{…}` + `,"k":v` → `{…,"k":v}`.
+            if current.fields.is_empty() {
+                current.fields.push_str("{}");
+            }
+            let at = current.fields.len() - 1;
+            current.fields.insert_str(at, &more);
+        } else {
+            current.fields.push_str(&more);
+        }
+        Ok(())
+    }
+}
+
+/// Writes the undotted fields, as `LogFields` says.
+struct FieldVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    json: bool,
+    /// Whether the JSON object's `{` is written (or not needed).
+    opened: bool,
+    /// Whether fields precede these (a separator comes first).
+    continuing: bool,
+    written: usize,
+    result: fmt::Result,
+}
+
+impl<'a, 'w> FieldVisitor<'a, 'w> {
+    fn new(writer: &'a mut Writer<'w>, json: bool) -> Self {
+        Self {
+            writer,
+            json,
+            opened: false,
+            continuing: false,
+            written: 0,
+            result: Ok(()),
+        }
+    }
+
+    fn write(&mut self, name: &str, value: FieldValue<'_>) {
+        if self.result.is_err() || name.contains('.') {
+            return;
+        }
+        let separate = self.written > 0 || self.continuing;
+        self.written += 1;
+        self.result = if self.json {
+            let open = if self.opened { "" } else { "{" };
+            self.opened = true;
+            let separator = if separate { "," } else { "" };
+            let value = match value {
+                FieldValue::Str(text) => serde_json::Value::from(text),
+                FieldValue::Debug(value) => serde_json::Value::from(format!("{value:?}")),
+                FieldValue::I64(n) => serde_json::Value::from(n),
+                FieldValue::U64(n) => serde_json::Value::from(n),
+                FieldValue::Bool(b) => serde_json::Value::from(b),
+            };
+            write!(
+                self.writer,
+                "{open}{separator}{}:{value}",
+                serde_json::Value::from(name)
+            )
+        } else {
+            let separator = if separate { " " } else { "" };
+            match (name, value) {
+                ("message", FieldValue::Str(text)) => write!(self.writer, "{separator}{text}"),
+                ("message", FieldValue::Debug(value)) => {
+                    write!(self.writer, "{separator}{value:?}")
+                }
+                (name, FieldValue::Str(text)) => write!(self.writer, "{separator}{name}={text:?}"),
+                (name, FieldValue::Debug(value)) => {
+                    write!(self.writer, "{separator}{name}={value:?}")
+                }
+                (name, FieldValue::I64(n)) => write!(self.writer, "{separator}{name}={n}"),
+                (name, FieldValue::U64(n)) => write!(self.writer, "{separator}{name}={n}"),
+                (name, FieldValue::Bool(b)) => write!(self.writer, "{separator}{name}={b}"),
+            }
+        };
+    }
+}
+
+/// A field's value, as `Visit` hands it over.
+#[derive(Clone, Copy)]
+enum FieldValue<'v> {
+    Str(&'v str),
+    Debug(&'v dyn fmt::Debug),
+    I64(i64),
+    U64(u64),
+    Bool(bool),
+}
+
+impl Visit for FieldVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.write(field.name(), FieldValue::Str(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field.name(), FieldValue::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field.name(), FieldValue::U64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field.name(), FieldValue::Bool(value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field.name(), FieldValue::Debug(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::LogFields;
+
+    /// A log writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs one line inside a span with dotted and plain fields, one plain
+    /// field recorded later.
+    fn log_in_a_span() {
+        let span = tracing::info_span!(
+            "process",
+            messaging.kafka.offset = 7,
+            event_id = "evt_1",
+            attempt = tracing::field::Empty,
+        );
+        span.record("attempt", 2);
+        span.record("otel.status_code", "ERROR");
+        span.in_scope(|| tracing::warn!(status = 503, "delivery attempt failed"));
+    }
+
+    #[test]
+    fn text_lines_show_plain_fields_only() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(LogFields { json: false })
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log_in_a_span);
+        let line = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            line.contains(r#"process{event_id="evt_1" attempt=2}"#),
+            "{line}"
+        );
+        assert!(
+            line.contains("delivery attempt failed status=503"),
+            "{line}"
+        );
+        assert!(!line.contains("messaging"), "{line}");
+    }
+
+    #[test]
+    fn json_lines_show_plain_fields_only() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .fmt_fields(LogFields { json: true })
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log_in_a_span);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
+        assert_eq!(line["span"]["event_id"], "evt_1", "{line}");
+        assert_eq!(line["span"]["attempt"], 2, "{line}");
+        assert_eq!(line["status"], 503, "{line}");
+        assert!(!text.contains("messaging"), "{text}");
+        assert!(!text.contains("otel"), "{text}");
+    }
 }

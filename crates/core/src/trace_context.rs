@@ -81,7 +81,8 @@ pub fn process_span(record: &rdkafka::message::OwnedMessage) -> tracing::Span {
     use rdkafka::Message as _;
     let span = tracing::info_span!(
         "process",
-        otel.name = format!("{} process", record.topic()),
+        // Formatted only by the trace exporter, when there is one.
+        otel.name = %ProcessName(record.topic()),
         otel.kind = "consumer",
         messaging.system = "kafka",
         messaging.operation.type = "process",
@@ -100,6 +101,15 @@ pub fn process_span(record: &rdkafka::message::OwnedMessage) -> tracing::Span {
         span.record("trace_id", trace_id);
     }
     span
+}
+
+/// A process span's name, `{topic} process`, written out only when read.
+struct ProcessName<'a>(&'a str);
+
+impl std::fmt::Display for ProcessName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} process", self.0)
+    }
 }
 
 /// Makes `span` a child of the remote context, when there is one.

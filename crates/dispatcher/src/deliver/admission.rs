@@ -378,9 +378,14 @@ impl EndpointSlots {
             if map.len() > 10_000 {
                 map.retain(|_, s| s.available_permits() < self.per_endpoint);
             }
-            map.entry(endpoint_id.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
-                .clone()
+            // Looked up by `&str` first: a key String only for a new one.
+            match map.get(endpoint_id) {
+                Some(semaphore) => semaphore.clone(),
+                None => map
+                    .entry(endpoint_id.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
+                    .clone(),
+            }
         };
         semaphore
             .acquire_owned()

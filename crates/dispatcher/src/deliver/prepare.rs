@@ -39,11 +39,16 @@ pub fn prepare(record_value: &[u8]) -> Result<PreparedWebhook, String> {
         .ok()
         .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
         .ok_or("the delivery's payload is not valid JSON")?;
-    let body = serde_json::to_vec(&WebhookBody {
-        event_type: &delivery.event_type,
-        timestamp: format_timestamp(from_unix_millis(delivery.event_timestamp_ms)),
-        data: payload,
-    })
+    // Sized for the whole body at once: one allocation per webhook.
+    let mut body = Vec::with_capacity(payload.get().len() + delivery.event_type.len() + 64);
+    serde_json::to_writer(
+        &mut body,
+        &WebhookBody {
+            event_type: &delivery.event_type,
+            timestamp: format_timestamp(from_unix_millis(delivery.event_timestamp_ms)),
+            data: payload,
+        },
+    )
     .map_err(|err| format!("the webhook body cannot be rendered: {err}"))?;
     Ok(PreparedWebhook {
         delivery,
