@@ -231,6 +231,8 @@ impl Bench {
             all_healthy: None,
             http: None,
             http_batch: None,
+            http_cost: None,
+            http_batch_cost: None,
             latency: None,
             processes,
             attempt_log: None,

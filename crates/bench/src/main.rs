@@ -40,7 +40,7 @@ use crate::herald::{Api, Deployment, Process};
 use crate::load::{MAX_FANOUT, Phase, PhaseResult, Source};
 use crate::receiver::Receiver;
 use crate::report::{
-    AttemptLogGrowth, Baselines, ModeReport, ProcessReport, RatedPhase, Report, Setup,
+    AttemptLogGrowth, Baselines, IngestCost, ModeReport, ProcessReport, RatedPhase, Report, Setup,
 };
 
 const USAGE: &str = "\
@@ -644,6 +644,8 @@ impl Bench {
 
         let mut http = None;
         let mut http_batch = None;
+        let mut http_cost = None;
+        let mut http_batch_cost = None;
         let mut latency = None;
         let mut latency_rate = None;
         if mode == "fanout-1" {
@@ -653,7 +655,15 @@ impl Bench {
                 concurrency: self.options.http_connections,
                 batch: 1,
             };
-            http = Some(load::run(&phase, &source, self.tally(&running)).await?);
+            let before = herald::usages(&watched);
+            let result = load::run(&phase, &source, self.tally(&running)).await?;
+            http_cost = Some(IngestCost::of(&ProcessReport::since(
+                &watched,
+                before,
+                result.seconds,
+                result.events,
+            )));
+            http = Some(result);
             // The same through the batch route, 100 events a request, from
             // fewer connections (each carries a hundred times as much).
             let phase = self.phase(mode, "http-batch", self.options.http_events * 4, true);
@@ -662,7 +672,15 @@ impl Bench {
                 concurrency: self.options.concurrency.min(16),
                 batch: 100,
             };
-            http_batch = Some(load::run(&phase, &source, self.tally(&running)).await?);
+            let before = herald::usages(&watched);
+            let result = load::run(&phase, &source, self.tally(&running)).await?;
+            http_batch_cost = Some(IngestCost::of(&ProcessReport::since(
+                &watched,
+                before,
+                result.seconds,
+                result.events,
+            )));
+            http_batch = Some(result);
             let rate = (kafka.delivered_per_s * 0.2).max(1.0);
             let mut phase = self.phase(
                 mode,
@@ -696,6 +714,8 @@ impl Bench {
                 all_healthy,
                 http,
                 http_batch,
+                http_cost,
+                http_batch_cost,
                 latency,
                 attempt_log,
                 processes,

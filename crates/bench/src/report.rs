@@ -102,12 +102,45 @@ pub struct ModeReport {
     pub http: Option<PhaseResult>,
     /// The same events posted to `POST /v1/events/batch`, 100 a request.
     pub http_batch: Option<PhaseResult>,
+    /// What an event accepted over `POST /v1/events` cost ingest and Redis.
+    pub http_cost: Option<IngestCost>,
+    /// The same over `POST /v1/events/batch`.
+    pub http_batch_cost: Option<IngestCost>,
     /// Events produced at 20 % of the Kafka phase's rate.
     pub latency: Option<RatedPhase>,
     /// Herald's processes (and any observed ones) during the Kafka phase.
     pub processes: Vec<ProcessReport>,
     /// What the attempt log grew by in Redis during the Kafka phase.
     pub attempt_log: Option<AttemptLogGrowth>,
+}
+
+/// CPU microseconds per accepted event during an HTTP phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IngestCost {
+    /// herald-ingest.
+    pub ingest_us: f64,
+    /// Redis (its calls from ingest, fan-out and the dispatchers together).
+    pub redis_us: f64,
+    /// Herald's processes together.
+    pub herald_us: f64,
+}
+
+impl IngestCost {
+    /// From the processes' reports over the phase (per event).
+    pub fn of(processes: &[ProcessReport]) -> IngestCost {
+        let sum = |prefix: &str| -> f64 {
+            processes
+                .iter()
+                .filter(|p| p.name.starts_with(prefix))
+                .map(|p| p.cpu_us_per_delivery)
+                .sum()
+        };
+        IngestCost {
+            ingest_us: sum("herald-ingest"),
+            redis_us: sum("redis"),
+            herald_us: sum("herald-"),
+        }
+    }
 }
 
 /// What the attempt log grew by in Redis over a phase.
@@ -663,7 +696,13 @@ pub fn print(report: &Report) {
                 p.peak_rss_mib
             );
         }
-        if let Some(log) = &mode.attempt_log {
+        // Once the budget trims during the phase, the growth says nothing
+        // of what an attempt costs.
+        if let Some(log) = mode
+            .attempt_log
+            .as_ref()
+            .filter(|log| log.redis_bytes > 0 && log.by_event as usize >= mode.kafka.delivered)
+        {
             println!(
                 "{:<40} +{} attempts by event, +{} by endpoint, Redis +{:.1} MiB: {:.0} bytes per retained attempt",
                 format!("{} attempt log", mode.name),
@@ -672,6 +711,20 @@ pub fn print(report: &Report) {
                 log.redis_bytes as f64 / (1 << 20) as f64,
                 log.bytes_per_attempt()
             );
+        }
+        for (route, cost) in [
+            ("POST /v1/events", &mode.http_cost),
+            ("POST /v1/events/batch", &mode.http_batch_cost),
+        ] {
+            if let Some(cost) = cost {
+                println!(
+                    "{:<40} ingest {:.1} µs per accepted event, Herald {:.1}, Redis {:.1}",
+                    format!("{} {route}", mode.name),
+                    cost.ingest_us,
+                    cost.herald_us,
+                    cost.redis_us
+                );
+            }
         }
         let cost = CostPerWebhook::of(mode);
         println!(

@@ -22,10 +22,11 @@
 //! attempts/s, logs would take some 80 GB). An earlier bound counted events,
 //! and at fan-out 10 held ten times the memory it promised.
 //!
-//! A write is one transaction (`MULTI`/`EXEC`) of plain commands, so that
-//! the trim never runs between an event's new attempts and their count.
-//! The trimming is a script of its own, run apart from the writes: done on
-//! every write, it cost Redis about two thirds more CPU per delivery.
+//! A write is one pipeline of plain commands: the count and the index
+//! first, so that a trim running in between finds the written events the
+//! newest, the last it would drop. The trimming is a script of its own, run
+//! apart from the writes: done on every write, it cost Redis about two
+//! thirds more CPU per delivery.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -235,8 +236,25 @@ impl AttemptLog {
                 .or_default()
                 .push((attempt.started_at_ms, json));
         }
+        // The count and the index first, the logs after: the trim, which
+        // may run between any two of these commands, drops the oldest
+        // events, and these were just made the newest (a MULTI/EXEC around
+        // the whole would cost Redis for every batch, for a race this
+        // order already makes harmless).
+        let kept_ms = retention_ms + EXPIRY_GRACE.as_millis() as i64;
+        let index: Vec<(i64, &str)> = by_event.keys().map(|e| (now_ms, e.as_str())).collect();
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.incr(self.keys.retained_attempts(), attempts.len())
+            .ignore()
+            .zadd_multiple(self.keys.attempted_events(), &index)
+            .ignore();
+        for (event, entries) in &by_event {
+            let key = self.keys.event_attempts(event);
+            pipe.zadd_multiple(&key, entries)
+                .ignore()
+                .pexpire(&key, kept_ms)
+                .ignore();
+        }
         for (endpoint_id, entries) in &by_endpoint {
             let key = self.keys.endpoint_attempts(endpoint_id);
             pipe.zadd_multiple(&key, entries)
@@ -249,20 +267,6 @@ impl AttemptLog {
                 .pexpire(&key, retention_ms)
                 .ignore();
         }
-        let mut index = Vec::with_capacity(by_event.len());
-        let kept_ms = retention_ms + EXPIRY_GRACE.as_millis() as i64;
-        for (event, entries) in &by_event {
-            let key = self.keys.event_attempts(event);
-            pipe.zadd_multiple(&key, entries)
-                .ignore()
-                .pexpire(&key, kept_ms)
-                .ignore();
-            index.push((now_ms, event.as_str()));
-        }
-        pipe.zadd_multiple(self.keys.attempted_events(), &index)
-            .ignore()
-            .incr(self.keys.retained_attempts(), attempts.len())
-            .ignore();
         let mut conn = self.redis.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())

@@ -52,9 +52,11 @@ pub const GATHER: Duration = Duration::from_millis(5);
 /// Most attempts written in one round trip.
 const MAX_BATCH: usize = 1024;
 
-/// Most attempts queued for writing (about 0.5 KiB each). At 20,000
-/// deliveries a second that is half a second of Redis being slow.
-pub const QUEUE: usize = 10_000;
+/// Most attempts queued for writing (about 0.5 KiB each, 2 MiB together:
+/// 10,000 took the dispatcher within a few MiB of its 64 MiB under a
+/// backlog). At 20,000 deliveries a second that is 200 ms of Redis being
+/// slow.
+pub const QUEUE: usize = 4096;
 
 /// One attempt to record.
 #[derive(Debug)]
