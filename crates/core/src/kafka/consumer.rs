@@ -166,6 +166,7 @@ fn poll_loop<H: RecordHandler>(
         runtime: runtime.clone(),
         room_chunk: (settings.max_in_flight / 16).clamp(1, MAX_ROOM_CHUNK),
         spare: std::cell::RefCell::new(None),
+        starting: std::cell::RefCell::new(Vec::with_capacity(SPAWN_BATCH)),
     };
     let mut idle_check = Instant::now() + IDLE_CHECK_INTERVAL;
     let mut empty_since: Option<Instant> = None;
@@ -197,7 +198,9 @@ fn poll_loop<H: RecordHandler>(
         // Partitions waiting for room are resumed as soon as a record
         // finishes: poll without waiting, then wait for room instead.
         // A held record coming due cuts the wait short.
-        let polled = consumer.poll(if waiting_for_room {
+        // Records started but not yet handed to the workers go as soon as
+        // nothing more is waiting in the queue (poll without waiting).
+        let polled = consumer.poll(if waiting_for_room || window.has_starting() {
             Duration::ZERO
         } else {
             next_due.map_or(POLL_TIMEOUT, |due| {
@@ -207,6 +210,10 @@ fn poll_loop<H: RecordHandler>(
         });
         let record = match polled {
             None => {
+                if window.has_starting() {
+                    window.hand_over();
+                    continue;
+                }
                 // Idle: slots set aside for the next records go back.
                 window.spare.take();
                 if waiting_for_room {
@@ -265,6 +272,8 @@ fn poll_loop<H: RecordHandler>(
             }
         }
     }
+    // Stopping: what was started runs (the drain waits for it).
+    window.hand_over();
 }
 
 /// The in-flight window: records being processed, at most
@@ -280,6 +289,12 @@ struct Window<H> {
     room_chunk: usize,
     /// Slots taken for the next records (only the poll thread uses them).
     spare: std::cell::RefCell<Option<OwnedSemaphorePermit>>,
+    /// Records started since the queue was last found empty, handed to the
+    /// workers together ([`Window::hand_over`]): spawned one by one as
+    /// they were polled, each woke a parked worker, which parked again
+    /// before the next came; a profile put most of the dispatcher's
+    /// scheduling cost there.
+    starting: std::cell::RefCell<Vec<Starting>>,
     in_flight: prometheus_client::metrics::gauge::Gauge,
     tracker: Arc<OffsetTracker>,
     handler: Arc<H>,
@@ -329,6 +344,9 @@ impl<H: RecordHandler> Window<H> {
         limit: Duration,
         shutdown: &CancellationToken,
     ) -> Option<OwnedSemaphorePermit> {
+        // The records waiting to be handed over hold slots: they must run
+        // for any to free up.
+        self.hand_over();
         let chunk = self.room_chunk as u32;
         let (permit, spare) = self.runtime.block_on(async {
             // A chunk of slots, if they free up soon (under a backlog they
@@ -375,18 +393,58 @@ impl<H: RecordHandler> Window<H> {
         else {
             return;
         };
-        let handler = self.handler.clone();
-        let tracker = self.tracker.clone();
-        let in_flight = self.in_flight.clone();
-        in_flight.inc();
-        self.runtime.spawn(async move {
-            let outcome = handler.handle(record).await;
-            tracker.finish(ticket, outcome);
-            in_flight.dec();
-            drop(permit);
-        });
+        self.in_flight.inc();
+        let full = {
+            let mut starting = self.starting.borrow_mut();
+            starting.push(Starting {
+                record,
+                permit,
+                ticket,
+            });
+            starting.len() >= SPAWN_BATCH
+        };
+        if full {
+            self.hand_over();
+        }
+    }
+
+    /// Whether records wait to be handed to the workers.
+    fn has_starting(&self) -> bool {
+        !self.starting.borrow().is_empty()
+    }
+
+    /// Spawns the started records' handlers, one task each, together.
+    fn hand_over(&self) {
+        let starting = std::mem::take(&mut *self.starting.borrow_mut());
+        for Starting {
+            record,
+            permit,
+            ticket,
+        } in starting
+        {
+            let handler = self.handler.clone();
+            let tracker = self.tracker.clone();
+            let in_flight = self.in_flight.clone();
+            self.runtime.spawn(async move {
+                let outcome = handler.handle(record).await;
+                tracker.finish(ticket, outcome);
+                in_flight.dec();
+                drop(permit);
+            });
+        }
     }
 }
+
+/// A record started (its offset tracked, its slot held) and not yet handed
+/// to a worker.
+struct Starting {
+    record: OwnedMessage,
+    permit: OwnedSemaphorePermit,
+    ticket: super::offsets::Ticket,
+}
+
+/// Most records handed to the workers together.
+const SPAWN_BATCH: usize = 16;
 
 /// Partitions were given up ([`super::holds`]): nothing from their first
 /// dropped record on may be stored, and the group is joined again so that
