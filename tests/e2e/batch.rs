@@ -159,4 +159,32 @@ async fn a_batch_that_cannot_be_read_is_refused_whole() {
         answer["results"][1]["error"]["code"], "application_not_found",
         "{answer}"
     );
+
+    // An application's rate limit (one event a second, a burst of one)
+    // refuses the second event of a batch alone, saying how long to wait.
+    let (status, created) = stack
+        .post_json(
+            "/v1/applications",
+            &json!({"id": "slow_app", "name": "Slow", "rate_limit": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, answer) = stack
+        .post_json(
+            "/v1/events/batch",
+            &json!({"events": [
+                {"application": "slow_app", "type": "t", "payload": 1},
+                {"application": "slow_app", "type": "t", "payload": 2},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["status"], 202, "{answer}");
+    assert_eq!(answer["results"][1]["status"], 429, "{answer}");
+    assert_eq!(answer["results"][1]["error"]["code"], "rate_limited");
+    assert!(
+        answer["results"][1]["retry_after_seconds"].as_u64() >= Some(1),
+        "{answer}"
+    );
+    assert!(answer["results"][0].get("retry_after_seconds").is_none());
 }

@@ -25,6 +25,7 @@ use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 use crate::body::read_json_body;
@@ -86,6 +87,11 @@ pub struct EventResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     error: Option<ErrorDetail>,
+    /// With a `429`: how many seconds to wait before sending the event
+    /// again (what `Retry-After` says for a single event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = 1)]
+    retry_after_seconds: Option<u64>,
 }
 
 impl EventResult {
@@ -95,6 +101,7 @@ impl EventResult {
             id: Some(id),
             replayed,
             error: None,
+            retry_after_seconds: None,
         }
     }
 
@@ -107,6 +114,7 @@ impl EventResult {
                 code: err.code.to_owned(),
                 message: err.message.clone(),
             }),
+            retry_after_seconds: err.retry_after_secs,
         }
     }
 }
@@ -139,6 +147,49 @@ struct Pending {
 pub async fn post_events(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<BatchAccepted>, ApiError> {
+    // As for a single event: the caller's traceparent, if any, becomes the
+    // parent of this trace, which the records carry on.
+    let span = tracing::info_span!(
+        "POST /v1/events/batch",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/events/batch",
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    trace_context::adopt(&span, trace_context::from_http(&headers));
+    if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
+        span.record("trace_id", trace_id);
+    }
+    let result = accept_batch(state, caller, headers, body)
+        .instrument(span.clone())
+        .await;
+    span.record(
+        "http.response.status_code",
+        match &result {
+            Ok(_) => StatusCode::OK.as_u16(),
+            Err(err) => err.status.as_u16(),
+        },
+    );
+    // A batch refused whole counts as one refused request; its events'
+    // own results are counted in `accept_batch`.
+    if let Err(err) = &result
+        && err.code != "rate_limited"
+    {
+        metrics::metrics()
+            .events_rejected
+            .get_or_create(&metrics::label("reason", err.code))
+            .inc();
+    }
+    result
+}
+
+async fn accept_batch(
+    state: AppState,
+    caller: crate::auth::Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<BatchAccepted>, ApiError> {
