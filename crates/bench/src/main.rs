@@ -40,7 +40,8 @@ use crate::herald::{Api, Deployment, Process};
 use crate::load::{MAX_FANOUT, Phase, PhaseResult, Source};
 use crate::receiver::Receiver;
 use crate::report::{
-    AttemptLogGrowth, Baselines, IngestCost, ModeReport, ProcessReport, RatedPhase, Report, Setup,
+    AttemptLogGrowth, Baselines, CostPerWebhook, ModeReport, ProcessReport, RatedPhase, Report,
+    Setup,
 };
 
 const USAGE: &str = "\
@@ -649,38 +650,43 @@ impl Bench {
         let mut latency = None;
         let mut latency_rate = None;
         if mode == "fanout-1" {
-            let phase = self.phase(mode, "http", self.options.http_events, true);
-            let source = Source::Http {
-                api: running.api.clone(),
-                concurrency: self.options.http_connections,
-                batch: 1,
-            };
-            let before = herald::usages(&watched);
-            let result = load::run(&phase, &source, self.tally(&running)).await?;
-            http_cost = Some(IngestCost::of(&ProcessReport::since(
-                &watched,
-                before,
-                result.seconds,
-                result.events,
-            )));
-            http = Some(result);
-            // The same through the batch route, 100 events a request, from
-            // fewer connections (each carries a hundred times as much).
-            let phase = self.phase(mode, "http-batch", self.options.http_events * 4, true);
-            let source = Source::Http {
-                api: running.api.clone(),
-                concurrency: self.options.concurrency.min(16),
-                batch: 100,
-            };
-            let before = herald::usages(&watched);
-            let result = load::run(&phase, &source, self.tally(&running)).await?;
-            http_batch_cost = Some(IngestCost::of(&ProcessReport::since(
-                &watched,
-                before,
-                result.seconds,
-                result.events,
-            )));
-            http_batch = Some(result);
+            // Single events, then the batch route with 100 events a request
+            // from fewer connections (each carries a hundred times as much).
+            let phases = [
+                (
+                    "http",
+                    self.options.http_events,
+                    self.options.http_connections,
+                    1,
+                ),
+                (
+                    "http-batch",
+                    self.options.http_events * 4,
+                    self.options.concurrency.min(16),
+                    100,
+                ),
+            ];
+            for (label, events, concurrency, batch) in phases {
+                let phase = self.phase(mode, label, events, true);
+                let source = Source::Http {
+                    api: running.api.clone(),
+                    concurrency,
+                    batch,
+                };
+                let before = herald::usages(&watched);
+                let result = load::run(&phase, &source, self.tally(&running)).await?;
+                let cost = CostPerWebhook::of_processes(&ProcessReport::since(
+                    &watched,
+                    before,
+                    result.seconds,
+                    result.events,
+                ));
+                if batch == 1 {
+                    (http, http_cost) = (Some(result), Some(cost));
+                } else {
+                    (http_batch, http_batch_cost) = (Some(result), Some(cost));
+                }
+            }
             let rate = (kafka.delivered_per_s * 0.2).max(1.0);
             let mut phase = self.phase(
                 mode,

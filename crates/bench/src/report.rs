@@ -102,45 +102,17 @@ pub struct ModeReport {
     pub http: Option<PhaseResult>,
     /// The same events posted to `POST /v1/events/batch`, 100 a request.
     pub http_batch: Option<PhaseResult>,
-    /// What an event accepted over `POST /v1/events` cost ingest and Redis.
-    pub http_cost: Option<IngestCost>,
+    /// What an event accepted over `POST /v1/events` cost, per process
+    /// (fan-out 1: one webhook per event).
+    pub http_cost: Option<CostPerWebhook>,
     /// The same over `POST /v1/events/batch`.
-    pub http_batch_cost: Option<IngestCost>,
+    pub http_batch_cost: Option<CostPerWebhook>,
     /// Events produced at 20 % of the Kafka phase's rate.
     pub latency: Option<RatedPhase>,
     /// Herald's processes (and any observed ones) during the Kafka phase.
     pub processes: Vec<ProcessReport>,
     /// What the attempt log grew by in Redis during the Kafka phase.
     pub attempt_log: Option<AttemptLogGrowth>,
-}
-
-/// CPU microseconds per accepted event during an HTTP phase.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct IngestCost {
-    /// herald-ingest.
-    pub ingest_us: f64,
-    /// Redis (its calls from ingest, fan-out and the dispatchers together).
-    pub redis_us: f64,
-    /// Herald's processes together.
-    pub herald_us: f64,
-}
-
-impl IngestCost {
-    /// From the processes' reports over the phase (per event).
-    pub fn of(processes: &[ProcessReport]) -> IngestCost {
-        let sum = |prefix: &str| -> f64 {
-            processes
-                .iter()
-                .filter(|p| p.name.starts_with(prefix))
-                .map(|p| p.cpu_us_per_delivery)
-                .sum()
-        };
-        IngestCost {
-            ingest_us: sum("herald-ingest"),
-            redis_us: sum("redis"),
-            herald_us: sum("herald-"),
-        }
-    }
 }
 
 /// What the attempt log grew by in Redis over a phase.
@@ -245,17 +217,21 @@ pub struct CostPerWebhook {
 }
 
 impl CostPerWebhook {
-    /// From the mode's process reports.
+    /// From the mode's process reports over its Kafka phase.
     pub fn of(mode: &ModeReport) -> CostPerWebhook {
+        Self::of_processes(&mode.processes)
+    }
+
+    /// From the process reports of a phase.
+    pub fn of_processes(processes: &[ProcessReport]) -> CostPerWebhook {
         let sum = |prefix: &str| -> f64 {
-            mode.processes
+            processes
                 .iter()
                 .filter(|p| p.name.starts_with(prefix))
                 .map(|p| p.cpu_us_per_delivery)
                 .sum()
         };
-        let dispatchers: Vec<&ProcessReport> = mode
-            .processes
+        let dispatchers: Vec<&ProcessReport> = processes
             .iter()
             .filter(|p| p.name.starts_with("herald-dispatcher"))
             .collect();

@@ -191,15 +191,13 @@ impl<'w> FormatFields<'w> for LogFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
         let mut visitor = FieldVisitor::new(&mut writer, self.json);
         fields.record(&mut visitor);
-        if self.json && visitor.written > 0 {
-            visitor.result?;
-            return writer.write_char('}');
+        visitor.result?;
+        match (self.json, visitor.written) {
+            (false, _) => Ok(()),
+            // The visitor opened the object with its first field.
+            (true, 0) => writer.write_str("{}"),
+            (true, _) => writer.write_char('}'),
         }
-        if self.json {
-            visitor.result?;
-            return writer.write_str("{}");
-        }
-        visitor.result
     }
 
     fn add_fields(

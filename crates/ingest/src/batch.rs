@@ -25,12 +25,11 @@ use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
-use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 use crate::body::read_json_body;
 use crate::error::ApiError;
-use crate::events::{Claim, claim_invocation, claim_outcome, claim_script};
+use crate::events::{Claim, claim_invocation, claim_outcome, claim_script, in_server_span};
 use crate::openapi::{ErrorBody, ErrorDetail};
 use crate::state::AppState;
 
@@ -160,20 +159,13 @@ pub async fn post_events(
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    trace_context::adopt(&span, trace_context::from_http(&headers));
-    if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
-        span.record("trace_id", trace_id);
-    }
-    let result = accept_batch(state, caller, headers, body)
-        .instrument(span.clone())
-        .await;
-    span.record(
-        "http.response.status_code",
-        match &result {
-            Ok(_) => StatusCode::OK.as_u16(),
-            Err(err) => err.status.as_u16(),
-        },
-    );
+    let result = in_server_span(
+        span,
+        headers,
+        |headers| accept_batch(state, caller, headers, body),
+        |_| StatusCode::OK,
+    )
+    .await;
     // A batch refused whole counts as one refused request; its events'
     // own results are counted in `accept_batch`.
     if let Err(err) = &result
@@ -352,28 +344,14 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 fn read_batch(bytes: &[u8]) -> Result<BatchWire<'_>, ApiError> {
     // The envelope adds two levels; each event's own depth is checked
     // with the event.
-    if herald_core::event::json_depth_exceeds(bytes, herald_core::event::MAX_JSON_DEPTH + 2) {
-        return Err(ApiError::bad_request(
-            "nesting_too_deep",
-            herald_core::event::EventError::TooDeep.to_string(),
-        ));
-    }
+    crate::body::refuse_deep(bytes, herald_core::event::MAX_JSON_DEPTH + 2)?;
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request(
             "invalid_request",
             "the body must be a JSON object: {\"events\": [ … ]}",
         ));
     }
-    let wire: BatchWire<'_> = serde_json::from_slice(bytes).map_err(|err| {
-        use serde_json::error::Category;
-        match err.classify() {
-            Category::Data => ApiError::bad_request("invalid_request", err.to_string()),
-            _ => ApiError::bad_request(
-                "malformed_json",
-                format!("the body is not valid JSON: {err}"),
-            ),
-        }
-    })?;
+    let wire: BatchWire<'_> = crate::body::parse_json(bytes)?;
     if wire.events.is_empty() || wire.events.len() > MAX_EVENTS {
         return Err(ApiError::bad_request(
             "invalid_request",

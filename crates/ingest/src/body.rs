@@ -74,12 +74,7 @@ pub async fn read_json<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let bytes = read_json_body(headers, body, limit).await?;
-    if herald_core::event::json_depth_exceeds(&bytes, herald_core::event::MAX_JSON_DEPTH) {
-        return Err(ApiError::bad_request(
-            "nesting_too_deep",
-            herald_core::event::EventError::TooDeep.to_string(),
-        ));
-    }
+    refuse_deep(&bytes, herald_core::event::MAX_JSON_DEPTH)?;
     // serde's derived structs also read a JSON array as their fields in
     // order, so `[]` would pass as a body with every optional field absent.
     // Every request body of the API is an object.
@@ -89,7 +84,24 @@ pub async fn read_json<T: DeserializeOwned>(
             "the body must be a JSON object, not an array",
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|err| {
+    parse_json(&bytes)
+}
+
+/// `400 nesting_too_deep` when `bytes` nest more than `max_depth` levels.
+pub fn refuse_deep(bytes: &[u8], max_depth: usize) -> Result<(), ApiError> {
+    if herald_core::event::json_depth_exceeds(bytes, max_depth) {
+        return Err(ApiError::bad_request(
+            "nesting_too_deep",
+            herald_core::event::EventError::TooDeep.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads JSON `bytes` into `T`: `invalid_request` naming the field at fault
+/// when it is JSON of the wrong shape, `malformed_json` when it is not JSON.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {
             Category::Data => ApiError::bad_request("invalid_request", err.to_string()),

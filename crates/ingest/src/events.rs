@@ -99,20 +99,13 @@ pub async fn post_event(
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    trace_context::adopt(&span, trace_context::from_http(&headers));
-    if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
-        span.record("trace_id", trace_id);
-    }
-    let result = accept_event(state, caller, headers, body)
-        .instrument(span.clone())
-        .await;
-    span.record(
-        "http.response.status_code",
-        match &result {
-            Ok(response) => response.status().as_u16(),
-            Err(err) => err.status.as_u16(),
-        },
-    );
+    let result = in_server_span(
+        span,
+        headers,
+        |headers| accept_event(state, caller, headers, body),
+        Response::status,
+    )
+    .await;
     let m = metrics::metrics();
     match &result {
         Ok(_) => m.events_accepted.inc(),
@@ -121,6 +114,35 @@ pub async fn post_event(
             .get_or_create(&metrics::label("reason", err.code))
             .inc(),
     };
+    result
+}
+
+/// Runs `handle` with the request's `headers` inside `span`, an event
+/// route's server span (with the fields `trace_id` and
+/// `http.response.status_code`): it continues the caller's trace (its
+/// `traceparent`), names the trace in logs, and records the answer's
+/// status.
+pub(crate) async fn in_server_span<T, F>(
+    span: tracing::Span,
+    headers: HeaderMap,
+    handle: impl FnOnce(HeaderMap) -> F,
+    status: impl FnOnce(&T) -> StatusCode,
+) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<T, ApiError>>,
+{
+    trace_context::adopt(&span, trace_context::from_http(&headers));
+    if let Some(trace_id) = span.in_scope(trace_context::current_trace_id) {
+        span.record("trace_id", trace_id);
+    }
+    let result = handle(headers).instrument(span.clone()).await;
+    span.record(
+        "http.response.status_code",
+        match &result {
+            Ok(answer) => status(answer).as_u16(),
+            Err(err) => err.status.as_u16(),
+        },
+    );
     result
 }
 

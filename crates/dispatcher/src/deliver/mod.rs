@@ -311,12 +311,13 @@ impl Dispatcher {
             AttemptResult::Delivered { status } => (true, Some(*status), None),
             AttemptResult::Failed { status, error, .. } => (false, *status, Some(error.clone())),
         };
-        // A probe's success closes the breaker for the deliveries behind
-        // it: written at once, as failures are.
-        let direct = !refused && (!success || probe.is_some());
+        // A success of a closed breaker goes with the next batch; a failure,
+        // or a probe's success (which closes the breaker for the deliveries
+        // behind it), is written at once. (A refused attempt is a failure.)
+        let batched_success = success && probe.is_none();
         if refused {
             self.gate.hand_back_probe(endpoint_id, probe).await;
-        } else if direct {
+        } else if !batched_success {
             self.record_in_breaker(endpoint_id, success, probe.is_some(), error.as_deref())
                 .await;
         }
@@ -329,11 +330,10 @@ impl Dispatcher {
             started_at_ms,
             duration_ms,
             status_code,
-            error: error.clone(),
+            error,
             response_body,
             success,
         };
-        let batched_success = success && !direct && !refused;
         if !self.recorder.record(record, batched_success) && batched_success {
             // Redis is behind and the queue full: the breaker still gets
             // its success, or it would see only the failures.
@@ -350,31 +350,29 @@ impl Dispatcher {
         error: Option<&str>,
     ) {
         let error = error.unwrap_or_default();
+        match self
+            .gate
+            .breakers()
+            .record(endpoint_id, now_ms(), success, probe, error)
+            .await
         {
-            match self
-                .gate
-                .breakers()
-                .record(endpoint_id, now_ms(), success, probe, error)
-                .await
-            {
-                Ok(transition) => {
-                    self.redis.answers();
-                    record_transition(endpoint_id, transition);
-                    match transition {
-                        Transition::Opened => {
-                            tracing::warn!(%error, "circuit opened: deliveries to this endpoint are paused")
-                        }
-                        Transition::Reopened => {
-                            tracing::warn!(%error, "probe failed: circuit open again, for longer")
-                        }
-                        Transition::Closed => {
-                            tracing::info!("circuit closed: the endpoint answers again")
-                        }
-                        Transition::None => {}
+            Ok(transition) => {
+                self.redis.answers();
+                record_transition(endpoint_id, transition);
+                match transition {
+                    Transition::Opened => {
+                        tracing::warn!(%error, "circuit opened: deliveries to this endpoint are paused")
                     }
+                    Transition::Reopened => {
+                        tracing::warn!(%error, "probe failed: circuit open again, for longer")
+                    }
+                    Transition::Closed => {
+                        tracing::info!("circuit closed: the endpoint answers again")
+                    }
+                    Transition::None => {}
                 }
-                Err(err) => self.redis.fails(&err),
             }
+            Err(err) => self.redis.fails(&err),
         }
     }
 
