@@ -71,6 +71,17 @@ herald_ensure_redis() {
         || herald_die "cannot install redis-server; install Redis 7 and put redis-server on PATH"
 }
 
+# Debian's Chromium and its WebDriver, for the console's and portal's
+# browser tests (HERALD_TEST_CHROMIUM, HERALD_TEST_CHROMEDRIVER name others).
+herald_ensure_browser() {
+    local chromium="${HERALD_TEST_CHROMIUM:-/usr/bin/chromium}"
+    local driver="${HERALD_TEST_CHROMEDRIVER:-/usr/bin/chromedriver}"
+    [ -x "$chromium" ] && [ -x "$driver" ] && return 0
+    herald_log "installing Chromium and its WebDriver (Debian packages chromium, chromium-driver)"
+    herald_apt_install chromium chromium-driver \
+        || herald_die "cannot install chromium and chromium-driver; the browser tests need them"
+}
+
 # Starts Redis on 127.0.0.1:$1, keeping its files in $2. Sets REDIS_PID.
 herald_start_redis() {
     local port="$1" dir="$2"

@@ -10,6 +10,7 @@ mod bench;
 mod breaker;
 mod broker;
 mod broker_failure;
+mod console;
 mod crash;
 mod hostile;
 mod idempotency;

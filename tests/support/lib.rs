@@ -11,6 +11,7 @@
 //! prefix, so tests run in parallel against one broker and one Redis without
 //! seeing each other.
 
+pub mod browser;
 pub mod cluster;
 pub mod otlp;
 pub mod receiver;

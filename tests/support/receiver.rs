@@ -45,6 +45,13 @@ pub enum Behaviour {
     /// 200 with a body that never ends; [`Receiver::endless_body`] tells
     /// how much of it was sent before the client hung up.
     EndlessBody,
+    /// `status` with `body` (as `text/plain`).
+    Reply {
+        /// The status.
+        status: u16,
+        /// The body.
+        body: String,
+    },
 }
 
 /// What became of the endless bodies a receiver sent.
@@ -286,6 +293,7 @@ async fn receive(
                 (if signature_valid { 200 } else { 401 }, None, Extra::None)
             }
             Behaviour::EndlessBody => (200, None, Extra::Endless(shared.endless.clone())),
+            Behaviour::Reply { status, body } => (*status, None, Extra::Body(body.clone())),
         };
         shared.received.push(Received {
             path: uri.path().to_owned(),
@@ -304,6 +312,7 @@ async fn receive(
     match extra {
         Extra::None => status.into_response(),
         Extra::Location(location) => (status, [("location", location)]).into_response(),
+        Extra::Body(body) => (status, body).into_response(),
         Extra::Endless(state) => {
             let guard = ClosedOnDrop(state);
             let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
@@ -319,6 +328,7 @@ async fn receive(
 /// What goes into a response besides its status.
 enum Extra {
     None,
+    Body(String),
     Location(String),
     Endless(Arc<EndlessBodyState>),
 }

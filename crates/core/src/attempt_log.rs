@@ -69,6 +69,21 @@ pub struct AttemptRecord {
     pub response_body: String,
     /// Whether it succeeded.
     pub success: bool,
+    /// The Kafka record the attempt was made from, which holds the event's
+    /// payload (the console shows it from there rather than keep a copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RecordSource>,
+}
+
+/// Where a Kafka record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSource {
+    /// Its topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
 }
 
 /// How an event is named in the log: `{application}.{event id}` ('.' is in

@@ -132,6 +132,22 @@ pub fn consumer_config(
     client
 }
 
+/// Settings of a consumer that reads single records by their offset, in
+/// no group and committing nothing (the console's payload lookups).
+pub fn reader_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut client = base_config(config, client_id);
+    client
+        // librdkafka wants a group even for assigned partitions; this one
+        // never joins (no subscription) and never commits.
+        .set("group.id", config.group("console-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "1024");
+    apply_user_properties(&mut client, config);
+    client
+}
+
 /// Creates the given topics when they do not exist yet (with the configured
 /// partitions and replication). Existing topics are left as they are.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> Result<(), KafkaError> {

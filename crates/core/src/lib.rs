@@ -24,6 +24,7 @@
 //! - [`circuit`] and [`rate_limit`]: per-endpoint breakers and rate limits
 //!   shared by all dispatchers through Redis;
 //! - [`attempt_log`]: every HTTP attempt, kept for a while in Redis;
+//! - [`stats`]: per-minute counters in Redis for the console's charts;
 //! - [`signing`]: Standard Webhooks signatures and `whsec_` secrets;
 //! - [`metrics`] and [`ops`]: Prometheus metrics and the small ops HTTP
 //!   server of fan-out and the dispatchers;
@@ -57,6 +58,7 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod signing;
+pub mod stats;
 pub mod telemetry;
 pub mod trace_context;
 

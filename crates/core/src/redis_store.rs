@@ -174,6 +174,9 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `dlq:all` | sorted set of dead-letter ids by time of death | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:endpoint:{endpoint id}` | the same, per endpoint | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:application:{application id}` | the same, per application | ingest (indexer) | [`crate::dead_letter_index`] |
+/// | `stats:{unix minute}` | hash, expiring: the installation's counts of that minute | every service | [`crate::stats`] |
+/// | `stats:endpoint:{endpoint id}:{unix minute}` | hash, expiring: an endpoint's attempts of that minute | dispatcher | [`crate::stats`] |
+/// | `console:session:{digest}` | string, expiring: a console or portal session | ingest | `herald-ingest` |
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -190,6 +193,21 @@ impl Keys {
     /// The prefix itself.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The installation's counters of one Unix minute.
+    pub fn minute_stats(&self, minute: i64) -> String {
+        format!("{}stats:{minute}", self.prefix)
+    }
+
+    /// One endpoint's counters of one Unix minute.
+    pub fn endpoint_minute_stats(&self, endpoint_id: &str, minute: i64) -> String {
+        format!("{}stats:endpoint:{endpoint_id}:{minute}", self.prefix)
+    }
+
+    /// A console or portal session, by the digest of its cookie.
+    pub fn console_session(&self, digest: &str) -> String {
+        format!("{}console:session:{digest}", self.prefix)
     }
 
     /// One application's JSON.

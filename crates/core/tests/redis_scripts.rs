@@ -459,6 +459,7 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
         error: Some("the endpoint answered 500".into()),
         response_body: "oops".into(),
         success: false,
+        source: None,
     };
     // One attempt older than the retention, then five recent ones.
     log.record(&record(0, T0 - 7_200_000), T0 - 7_200_000)
@@ -520,6 +521,7 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
                 error: None,
                 response_body: String::new(),
                 success: true,
+                source: None,
             };
             log.record(&record, at).await.unwrap();
         }
@@ -823,6 +825,7 @@ async fn attempts_recorded_together_land_in_each_endpoints_and_events_log() {
             error: None,
             response_body: String::new(),
             success: true,
+            source: None,
         });
     }
     log.record_many(&batch, T0 + 10).await.unwrap();
@@ -873,6 +876,7 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
                 error: None,
                 response_body: String::new(),
                 success: true,
+                source: None,
             })
             .collect();
         log.record_many(&batch, T0 + n).await.unwrap();

@@ -241,6 +241,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
 
     let breakers = Breakers::new(redis.clone(), keys.clone(), config.breaker.clone());
     let limiter = RateLimiter::new(redis.clone(), keys.clone());
+    tokio::spawn(
+        herald_core::stats::Flusher::new(redis.clone(), keys.clone()).run(shutdown.clone()),
+    );
     let attempt_log = AttemptLog::new(redis, keys.clone(), config.attempt_log.clone());
     tokio::spawn(attempt_log.clone().trim_every_interval(shutdown.clone()));
     let abandon = CancellationToken::new();

@@ -129,6 +129,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fano
         return Ok(());
     };
     let keys = Keys::new(config.redis.key_prefix.clone());
+    // The events topic's lag, for the console's overview.
+    tokio::spawn(
+        herald_core::stats::Flusher::new(redis.clone(), keys.clone()).run(shutdown.clone()),
+    );
     let cache = SubscriptionCache::new(
         EndpointStore::new(redis.clone(), keys.clone()),
         ApplicationStore::new(redis, keys),

@@ -282,7 +282,7 @@ fn is_event_route(path: &str) -> bool {
 /// the routes under its application (not the application itself, nor its
 /// tokens) and the dead-letter routes (which hold it to its application).
 /// A route of another application is a 404, as if it did not exist.
-fn authorize_token(
+pub(crate) fn authorize_token(
     app: &str,
     scope: TokenScope,
     method: &Method,

@@ -329,6 +329,7 @@ async fn accept_batch(
             }
         }
     }
+    herald_core::stats::event_accepted(accepted as u64);
     tracing::debug!(accepted, events = results.len(), "event batch read");
     Ok(Json(BatchAccepted {
         failed: results.len() - accepted,

@@ -60,6 +60,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Logging (`HERALD_LOG`, `HERALD_LOG_FORMAT`).
     pub log: LogConfig,
+    /// The console and portal (`HERALD_CONSOLE_*`, `HERALD_PORTAL_*`).
+    pub console: crate::console::ConsoleSettings,
 }
 
 impl herald_core::service::ServiceConfig for Config {
@@ -147,6 +149,7 @@ impl Config {
             kafka,
             redis: RedisConfig::from_env(env)?,
             log: LogConfig::from_env(env)?,
+            console: crate::console::ConsoleSettings::from_env(env)?,
         })
     }
 }

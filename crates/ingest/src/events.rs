@@ -108,11 +108,15 @@ pub async fn post_event(
     .await;
     let m = metrics::metrics();
     match &result {
-        Ok(_) => m.events_accepted.inc(),
-        Err(err) => m
-            .events_rejected
-            .get_or_create(&metrics::label("reason", err.code))
-            .inc(),
+        Ok(_) => {
+            m.events_accepted.inc();
+            herald_core::stats::event_accepted(1);
+        }
+        Err(err) => {
+            m.events_rejected
+                .get_or_create(&metrics::label("reason", err.code))
+                .inc();
+        }
     };
     result
 }

@@ -14,6 +14,10 @@
 //! - `…/events/{id}/attempts` and `…/endpoints/{id}/attempts` under an
 //!   application read the
 //!   delivery-attempt log ([`attempts`]).
+//! - `/console` (operators, with an `admin` key) and `/portal` (one
+//!   application's customer, with a `portal` token) are the same things in
+//!   a browser: server-rendered pages over the API's own handlers
+//!   ([`console`]).
 //! - `/healthz` and `/readyz` report liveness and readiness ([`health`]);
 //!   `/metrics` serves Prometheus metrics.
 //! - `/openapi.json` serves the API's OpenAPI document, built from the
@@ -37,6 +41,7 @@ pub mod auth;
 pub mod batch;
 pub mod body;
 pub mod config;
+pub mod console;
 pub mod dlq;
 pub mod docs;
 pub mod endpoints;
@@ -106,6 +111,7 @@ pub struct Application {
     router: Router,
     config: Config,
     dlq: herald_core::dead_letter_index::DlqIndex,
+    stats: herald_core::stats::Flusher,
 }
 
 impl Application {
@@ -150,12 +156,16 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             breaker_window: config.breaker_window,
             idempotency_ttl: config.idempotency_ttl,
+            console: config.console.clone(),
+            records: console::records::RecordReader::new(config.kafka.clone()),
         });
+        let stats = herald_core::stats::Flusher::new(state.redis.clone(), state.keys.clone());
         Ok(Self {
             listener,
             router: router(state),
             config,
             dlq,
+            stats,
         })
     }
 
@@ -209,11 +219,13 @@ impl Application {
                 tracing::error!(error = %err, "the dead-letter indexer stopped");
             }
         });
+        let flusher = tokio::spawn(self.stats.run(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "herald-ingest listening");
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         let _ = background.await;
+        let _ = flusher.await;
         served
     }
 }
@@ -283,6 +295,8 @@ pub fn router(state: AppState) -> Router {
     );
     let docs_page =
         docs::Page::new(&serde_json::to_value(&document).expect("the OpenAPI document is JSON"));
+    // The pages call the same handlers, as their session's caller.
+    let pages = console::routes(keyed.clone().with_state(state.clone()), state.clone());
     let keyed = keyed.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         auth::require_api_key,
@@ -290,6 +304,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(keyed)
         .merge(open)
+        .merge(pages)
         .route(
             "/openapi.json",
             get(move || {

@@ -51,6 +51,10 @@ pub struct Inner {
     pub breaker_window: Duration,
     /// How long event ids are remembered.
     pub idempotency_ttl: Duration,
+    /// The console's and portal's settings.
+    pub console: crate::console::ConsoleSettings,
+    /// Reads delivery records back from Kafka (the event page's payload).
+    pub records: crate::console::records::RecordReader,
 }
 
 impl std::fmt::Debug for Inner {

@@ -689,6 +689,7 @@ struct TrackingContext {
 impl ClientContext for TrackingContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         let lag = &crate::metrics::metrics().consumer_lag;
+        let mut total = None;
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
                 // -1 is librdkafka's "unknown"; partition -1 its internal
@@ -701,7 +702,11 @@ impl ClientContext for TrackingContext {
                     ("partition", partition.to_string()),
                 ])
                 .set(p.consumer_lag);
+                *total.get_or_insert(0) += p.consumer_lag;
             }
+        }
+        if let Some(total) = total {
+            crate::stats::consumer_lag(&self.group, total);
         }
     }
 }

@@ -177,7 +177,7 @@ impl Dispatcher {
         span.record("endpoint_id", webhook.delivery.endpoint_id.as_str());
         span.record("attempt", webhook.delivery.attempts_made + 1);
         let next = match self.usable_endpoint(&webhook.delivery.endpoint_id).await {
-            Ok(endpoint) => self.try_once(&endpoint, &mut webhook).await,
+            Ok(endpoint) => self.try_once(&endpoint, &mut webhook, source).await,
             Err(next) => next,
         };
         self.carry_out(next, webhook.delivery, source).await
@@ -227,7 +227,12 @@ impl Dispatcher {
     }
 
     /// Steps 3 to 5, and the decision: admission, the attempt, its record.
-    async fn try_once(&self, endpoint: &ResolvedEndpoint, webhook: &mut PreparedWebhook) -> Next {
+    async fn try_once(
+        &self,
+        endpoint: &ResolvedEndpoint,
+        webhook: &mut PreparedWebhook,
+        source: &OwnedMessage,
+    ) -> Next {
         let admitted = match self.gate.admit(endpoint, &webhook.delivery).await {
             Admission::Go(admitted) => admitted,
             Admission::PutOff { until_ms, by } => {
@@ -263,14 +268,21 @@ impl Dispatcher {
             admitted,
             delivery,
             &result,
-            started_at_ms,
-            duration_ms,
+            Timing {
+                started_at_ms,
+                duration_ms,
+            },
             response_body,
+            source,
         )
         .await;
         metrics()
             .attempt_duration
             .observe(f64::from(duration_ms) / 1000.0);
+        herald_core::stats::attempt(
+            &delivery.endpoint_id,
+            matches!(result, AttemptResult::Delivered { .. }),
+        );
         match &result {
             AttemptResult::Delivered { status } => {
                 tracing::debug!(status, duration_ms, "delivered")
@@ -296,9 +308,12 @@ impl Dispatcher {
         admitted: Admitted,
         delivery: &Delivery,
         result: &AttemptResult,
-        started_at_ms: i64,
-        duration_ms: u32,
+        Timing {
+            started_at_ms,
+            duration_ms,
+        }: Timing,
         response_body: String,
+        source: &OwnedMessage,
     ) {
         let probe = admitted.probe;
         drop(admitted);
@@ -333,6 +348,11 @@ impl Dispatcher {
             error,
             response_body,
             success,
+            source: Some(herald_core::attempt_log::RecordSource {
+                topic: source.topic().to_owned(),
+                partition: source.partition(),
+                offset: source.offset(),
+            }),
         };
         if !self.recorder.record(record, batched_success) && batched_success {
             // Redis is behind and the queue full: the breaker still gets
@@ -390,6 +410,7 @@ impl Dispatcher {
                 metrics()
                     .end_to_end_latency
                     .observe(age_ms.max(0) as f64 / 1000.0);
+                herald_core::stats::delivered(age_ms);
                 Outcome::Done
             }
             Next::Retry { wait, .. } => {
@@ -476,6 +497,12 @@ impl Dispatcher {
             Err(Stopping) => Outcome::Abandoned,
         }
     }
+}
+
+/// When an attempt started (Unix milliseconds) and how long it took.
+struct Timing {
+    started_at_ms: i64,
+    duration_ms: u32,
 }
 
 /// Updates the breaker metrics after a state change.
