@@ -248,6 +248,52 @@ async fn an_operator_works_through_the_console() {
     let last = arrived(&receiver, "evt_console_3").await;
     assert_eq!(last.answered, 200);
 
+    // Two more, replayed together: ticked, then "Replay selected".
+    receiver.set_behaviour(Behaviour::AlwaysFail(503));
+    for id in ["evt_console_4", "evt_console_5"] {
+        stack
+            .accept_event(&json!({"application": "shop", "id": id, "type": "order.created", "payload": {"order": id}}))
+            .await;
+    }
+    // The replayed one left the index; these two take its place.
+    let letters = stack
+        .wait_for_dead_letters("application=shop", 2, WAIT)
+        .await;
+    let ids: Vec<&str> = letters
+        .iter()
+        .filter_map(|l| l["event_id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"evt_console_4") && ids.contains(&"evt_console_5"),
+        "{ids:?}"
+    );
+    receiver.set_behaviour(Behaviour::Accept);
+    visit(
+        &browser,
+        &stack,
+        "/console/dead-letters?application=shop&reason=attempts_exhausted",
+        "console-dead-letters-filtered",
+    )
+    .await;
+    for checkbox in browser.find_all("#dead-letters input[name=ids]").await {
+        browser.click_element(&checkbox).await;
+    }
+    browser.click("button[name=selected]").await;
+    assert!(browser.text("p.notice").await.contains("Sent again"));
+    for id in ["evt_console_4", "evt_console_5"] {
+        let delivered = herald_tests::eventually(WAIT, || {
+            receiver
+                .received()
+                .iter()
+                .any(|r| r.webhook_id() == id && r.answered == 200)
+        })
+        .await;
+        assert!(
+            delivered,
+            "{id}, replayed with the selection, was not delivered"
+        );
+    }
+
     // Every other page loads cleanly, now with data in its charts.
     tokio::time::sleep(herald_core::stats::FLUSH_INTERVAL + Duration::from_secs(1)).await;
     visit(&browser, &stack, "/console", "console-overview").await;
@@ -634,6 +680,13 @@ async fn sessions_csrf_and_framing_hold_over_plain_http() {
         "{:?}",
         set_cookies(&portal_tls)
     );
+
+    // A page that does not exist is the area's own not-found page, under
+    // the same policy.
+    let nowhere = http.get(url("/console/nowhere")).send().await.unwrap();
+    assert_eq!(nowhere.status(), 404);
+    assert!(header(&nowhere, "content-type").starts_with("text/html"));
+    assert!(header(&nowhere, "content-security-policy").contains("frame-ancestors 'none'"));
 
     // The assets are served from the binary.
     let css = http

@@ -284,6 +284,31 @@ fn routes_and_document() -> (Router<AppState>, Router<AppState>, utoipa::openapi
     (keyed, open, document)
 }
 
+/// The answer to a path no route serves: the console's or portal's
+/// not-found page under theirs, the API's JSON 404 elsewhere.
+async fn not_found(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = uri.path();
+    let pages = ["/console", "/portal"].iter().any(|base| {
+        path.strip_prefix(base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    if !pages {
+        return error::ApiError::not_found("no such route").into_response();
+    }
+    let area = console::viewer::area_of(path);
+    let mut response = console::layout::failure_page(
+        area,
+        axum::http::StatusCode::NOT_FOUND,
+        "There is no such page.",
+    );
+    console::layout::secure_headers(&state, area, response.headers_mut());
+    response
+}
+
 /// All routes.
 pub fn router(state: AppState) -> Router {
     let (keyed, open, document) = routes_and_document();
@@ -325,6 +350,6 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/metrics", get(herald_core::ops::metrics_handler))
-        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .fallback(not_found)
         .with_state(state)
 }
