@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herald_tests::{Behaviour, Receiver, Stack, StackOptions};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt() {
@@ -273,6 +273,21 @@ async fn a_410_disables_the_endpoint_and_dead_letters_the_event() {
         .await;
     assert_eq!(letters[0]["reason"], "endpoint_gone");
     assert_eq!(receiver.count(), 1, "a 410 is not retried");
+    // The list filters by reason.
+    for (reason, listed) in [("endpoint_gone", 1), ("attempts_exhausted", 0)] {
+        let (status, page) = stack
+            .get_json(&format!(
+                "/v1/dlq?endpoint_id={endpoint_id}&reason={reason}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(
+            page["data"].as_array().unwrap().len(),
+            listed,
+            "{reason}: {page}"
+        );
+        assert_eq!(page["next_cursor"], Value::Null, "{reason}: {page}");
+    }
     let (_, endpoint) = stack
         .get_json(&format!(
             "/v1/applications/app_test/endpoints/{endpoint_id}"

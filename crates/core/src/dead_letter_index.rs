@@ -119,6 +119,22 @@ impl DlqIndex {
         self.get_many(&ids).await
     }
 
+    /// The ids at positions `start..start + limit`, newest first.
+    pub async fn ids_at(
+        &self,
+        filter: Filter<'_>,
+        start: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.redis.clone();
+        Ok(redis::cmd("ZREVRANGE")
+            .arg(self.set(filter))
+            .arg(start)
+            .arg(start + limit - 1)
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// The letters with these ids that still exist.
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<DeadLetter>, StoreError> {
         if ids.is_empty() {

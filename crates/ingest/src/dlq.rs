@@ -224,7 +224,16 @@ pub struct ListParams {
     /// Only this application's dead letters.
     #[serde(default)]
     application: Option<String>,
+    /// Only the dead letters that died of this reason
+    /// (`attempts_exhausted`, `endpoint_unavailable`, …). Each page is
+    /// looked for among the next 1,000 letters of the list, so a page may
+    /// hold fewer than `limit` and still have a `next_cursor`.
+    #[serde(default)]
+    reason: Option<String>,
 }
+
+/// Most letters one page of a reason-filtered list looks through.
+const REASON_SCAN: usize = 1_000;
 
 /// Lists dead letters, newest first: all, one application's or one
 /// endpoint's. An application token sees its own application's only.
@@ -267,8 +276,47 @@ pub async fn list(
             Filter::Endpoint(endpoint)
         }
     };
-    let mut letters = state.dlq.list(filter, page.start, page.fetch()).await?;
-    Ok(Json(page.answer(&mut letters, view)))
+    let Some(reason) = params.reason.as_deref() else {
+        let mut letters = state.dlq.list(filter, page.start, page.fetch()).await?;
+        return Ok(Json(page.answer(&mut letters, view)));
+    };
+    // Walk the list from the cursor, keeping the letters of that reason,
+    // until the page is full, the list ends, or the scan's bound is reached;
+    // the cursor stays a position in the unfiltered list.
+    let mut data = Vec::new();
+    let mut position = page.start;
+    let mut at_end = false;
+    while data.len() < page.limit && position - page.start < REASON_SCAN {
+        let chunk = (REASON_SCAN - (position - page.start)).min(250);
+        let chunk_start = position;
+        let ids = state.dlq.ids_at(filter, position, chunk).await?;
+        if ids.is_empty() {
+            at_end = true;
+            break;
+        }
+        let letters = state.dlq.get_many(&ids).await?;
+        let mut letters = letters.iter().peekable();
+        for id in &ids {
+            position += 1;
+            // `get_many` keeps the order and drops letters that expired.
+            if let Some(letter) = letters.next_if(|l| &l.id == id)
+                && letter.reason == reason
+            {
+                data.push(view(letter));
+                if data.len() == page.limit {
+                    break;
+                }
+            }
+        }
+        if ids.len() < chunk {
+            // The list ended in this chunk; at its end only if every id of
+            // it was looked at.
+            at_end = position == chunk_start + ids.len();
+            break;
+        }
+    }
+    let next_cursor = (!at_end).then(|| position.to_string());
+    Ok(Json(Listed { data, next_cursor }))
 }
 
 /// Body of `POST /v1/dlq/replay`: exactly one of the fields.

@@ -1,5 +1,5 @@
-//! Dead letters: filter by application, endpoint and reason; replay one, a
-//! selection, or all of an endpoint's.
+//! Dead letters: filter by application, endpoint and reason (the API's own
+//! filters); replay one, a selection, or all of an endpoint's.
 
 use std::collections::HashMap;
 
@@ -15,8 +15,6 @@ use crate::state::AppState;
 
 /// Letters per page.
 const PAGE: usize = 50;
-/// Most letters looked through for a reason filter.
-const REASON_SCAN: usize = 2_000;
 
 /// The reasons a letter can die of, for the filter's choices.
 const REASONS: [&str; 9] = {
@@ -80,6 +78,9 @@ impl Filters {
         if let Some(endpoint) = &self.endpoint_id {
             parts.push(format!("endpoint_id={}", query_value(endpoint)));
         }
+        if let Some(reason) = &self.reason {
+            parts.push(format!("reason={}", query_value(reason)));
+        }
         parts.join("&")
     }
 }
@@ -92,7 +93,7 @@ pub async fn page(
 ) -> Response {
     let filters = Filters::read(&viewer, |name| query.get(name).cloned());
     let cursor = query.get("cursor").cloned();
-    let (letters, next_cursor, capped) = match fetch(&viewer, &filters, cursor).await {
+    let (letters, next_cursor) = match fetch(&viewer, &filters, cursor).await {
         Ok(found) => found,
         Err(err) if err.is_not_found() => {
             return layout::not_found(&viewer, &state, "such application or endpoint");
@@ -134,7 +135,6 @@ pub async fn page(
                 div { button type="submit" { "Filter" } }
             }
         }
-        @if capped { p class="muted" { "Only the newest 2,000 dead letters were searched for this reason." } }
         @if letters.is_empty() {
             p class="muted" id="no-dead-letters" { "No dead letters." }
         } @else {
@@ -200,54 +200,27 @@ fn hidden_filters(viewer: &Viewer, filters: &Filters) -> maud::Markup {
     }
 }
 
-/// A page of letters under `filters`: the API's own page, or with a
-/// reason, the matching ones of the newest [`REASON_SCAN`]; the next
-/// cursor; and whether the scan stopped short.
+/// A page of letters under `filters`, and the next page's cursor.
 async fn fetch(
     viewer: &Viewer,
     filters: &Filters,
     cursor: Option<String>,
-) -> Result<(Vec<Value>, Option<String>, bool), super::viewer::ApiFailure> {
+) -> Result<(Vec<Value>, Option<String>), super::viewer::ApiFailure> {
+    let mut path = format!("/v1/dlq?limit={PAGE}");
     let query = filters.api_query();
-    let path = |limit: usize, cursor: &Option<String>| {
-        let mut path = format!("/v1/dlq?limit={limit}");
-        if !query.is_empty() {
-            path.push('&');
-            path.push_str(&query);
-        }
-        if let Some(c) = cursor {
-            path.push_str("&cursor=");
-            path.push_str(&query_value(c));
-        }
-        path
-    };
-    let Some(reason) = &filters.reason else {
-        let page = viewer.get(&path(PAGE, &cursor)).await?;
-        return Ok((
-            page["data"].as_array().cloned().unwrap_or_default(),
-            page["next_cursor"].as_str().map(str::to_owned),
-            false,
-        ));
-    };
-    let mut found = Vec::new();
-    let mut cursor = None;
-    let mut seen = 0;
-    loop {
-        let page = viewer.get(&path(250, &cursor)).await?;
-        for letter in page["data"].as_array().into_iter().flatten() {
-            seen += 1;
-            if letter["reason"].as_str() == Some(reason) {
-                found.push(letter.clone());
-            }
-        }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-        if cursor.is_none() || found.len() >= PAGE * 4 {
-            return Ok((found, None, false));
-        }
-        if seen >= REASON_SCAN {
-            return Ok((found, None, true));
-        }
+    if !query.is_empty() {
+        path.push('&');
+        path.push_str(&query);
     }
+    if let Some(c) = &cursor {
+        path.push_str("&cursor=");
+        path.push_str(&query_value(c));
+    }
+    let page = viewer.get(&path).await?;
+    Ok((
+        page["data"].as_array().cloned().unwrap_or_default(),
+        page["next_cursor"].as_str().map(str::to_owned),
+    ))
 }
 
 /// `POST …/dead-letters/replay`: one (`one`), the ticked ones (`ids`), or
