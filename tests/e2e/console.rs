@@ -297,12 +297,10 @@ async fn an_operator_works_through_the_console() {
     // Every other page loads cleanly, now with data in its charts.
     tokio::time::sleep(herald_core::stats::FLUSH_INTERVAL + Duration::from_secs(1)).await;
     visit(&browser, &stack, "/console", "console-overview").await;
+    let accepted = browser.text(".figure .value").await;
     assert!(
-        browser
-            .find_all("figure.chart svg polyline, figure.chart svg circle")
-            .await
-            .len()
-            >= 2
+        accepted.ends_with("/s") && !accepted.starts_with("0.0 "),
+        "the events sent show in the overview: {accepted}"
     );
     visit(
         &browser,
@@ -433,10 +431,129 @@ async fn the_portal_shows_one_application_and_refuses_expired_tokens() {
         .filter(|e| e.level == "SEVERE")
         .collect();
     assert!(
-        logged.iter().all(|e| e.message.contains("404")),
+        !logged.is_empty() && logged.iter().all(|e| e.message.contains("404")),
         "only the not-found page's own 404: {logged:?}"
     );
     browser.screenshot("portal-not-found").await;
+
+    // Nor can A's session change B's endpoint: every action on it, posted
+    // from A's page with A's CSRF token, is a 404, and B is as it was.
+    browser.goto(&format!("{}/portal", stack.ingest_url)).await;
+    let (_, b_secret) = stack
+        .get_json(&format!(
+            "/v1/applications/tenant_b/endpoints/{b_id}/secret"
+        ))
+        .await;
+    // Posted as a form of A's page (its policy lets a page post forms to
+    // Herald, and nothing else): the answer is a page, read by its title.
+    let post = |path: String, fields: Vec<(&'static str, String)>| {
+        let browser = &browser;
+        let stack = &stack;
+        async move {
+            browser.goto(&format!("{}/portal", stack.ingest_url)).await;
+            let mut script = format!(
+                "const f = document.createElement('form'); f.method = 'post'; f.action = {path:?}; \
+                 const add = (n, v) => {{ const i = document.createElement('input'); i.type = 'hidden'; i.name = n; i.value = v; f.appendChild(i); }}; \
+                 add('csrf', document.querySelector('input[name=csrf]').value); "
+            );
+            for (name, value) in &fields {
+                script.push_str(&format!("add({name:?}, {value:?}); "));
+            }
+            script.push_str("document.body.appendChild(f); f.submit();");
+            browser.execute(&script).await;
+            let answered = herald_tests::eventually_async(Duration::from_secs(10), || async {
+                browser.title().await.starts_with("Not found")
+            })
+            .await;
+            assert!(answered, "POST {path}: {}", browser.text("main").await);
+            browser.console_entries().await; // its 404
+        }
+    };
+    for action in ["delete", "disable", "secret", "rotate", "replay"] {
+        post(format!("/portal/endpoints/{b_id}/{action}"), Vec::new()).await;
+    }
+    post(
+        format!("/portal/endpoints/{b_id}"),
+        vec![
+            ("url", "http://127.0.0.1:9/x".to_owned()),
+            ("event_types", "b.*".to_owned()),
+        ],
+    )
+    .await;
+    post(
+        "/portal/dead-letters/replay".to_owned(),
+        vec![("all_of_endpoint", b_id.to_owned())],
+    )
+    .await;
+    let (status, b_now) = stack
+        .get_json(&format!("/v1/applications/tenant_b/endpoints/{b_id}"))
+        .await;
+    assert_eq!(status, 200, "B's endpoint still exists");
+    assert_eq!(b_now["disabled"], false);
+    assert_eq!(b_now["url"], b["url"]);
+    let (_, b_secret_now) = stack
+        .get_json(&format!(
+            "/v1/applications/tenant_b/endpoints/{b_id}/secret"
+        ))
+        .await;
+    assert_eq!(
+        b_secret_now, b_secret,
+        "B's secret was neither shown nor rotated"
+    );
+    browser.console_entries().await; // the 404s just provoked
+
+    // B's events are not A's either.
+    stack.settle_endpoints().await;
+    stack
+        .accept_event(&json!({"application": "tenant_b", "id": "evt_of_b", "type": "b.created", "payload": {"secret": "of b"}}))
+        .await;
+    let b_delivered = herald_tests::eventually(WAIT, || {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.webhook_id() == "evt_of_b")
+    })
+    .await;
+    assert!(b_delivered);
+    let b_attempts_seen = herald_tests::eventually_async(WAIT, || async {
+        let (_, attempts) = stack
+            .get_json("/v1/applications/tenant_b/events/evt_of_b/attempts")
+            .await;
+        attempts["data"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert!(b_attempts_seen, "B's event has its attempt on record");
+    browser
+        .goto(&format!("{}/portal/events?id=evt_of_b", stack.ingest_url))
+        .await;
+    let shown = browser.text("main").await;
+    assert!(
+        shown.contains("No attempt") && !shown.contains("of b"),
+        "{shown}"
+    );
+    browser.console_entries().await; // its 404
+
+    // A's customer adds an endpoint through the portal's form.
+    browser.goto(&format!("{}/portal", stack.ingest_url)).await;
+    browser.fill("#url", &receiver.url_at("/from-portal")).await;
+    browser.fill("#event_types", "a.created").await;
+    browser.fill("#description", "added in the portal").await;
+    browser
+        .click("form[action='/portal/endpoints'] button")
+        .await;
+    assert!(browser.text("#secret").await.starts_with("whsec_"));
+    browser
+        .assert_no_console_errors("the portal's new endpoint")
+        .await;
+    let (_, listed) = stack.get_json("/v1/applications/tenant_a/endpoints").await;
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["description"] == "added in the portal"),
+        "{listed}"
+    );
     // Nor does a portal session open the console.
     browser.goto(&format!("{}/console", stack.ingest_url)).await;
     wait_for_url(&browser, "/console/login").await;

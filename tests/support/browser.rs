@@ -284,6 +284,18 @@ impl Browser {
         .await
     }
 
+    /// Runs `script` in the page as an asynchronous script: it ends by
+    /// calling `done(value)`, and that value is returned.
+    pub async fn execute_async(&self, script: &str) -> Value {
+        let wrapped = format!("const done = arguments[arguments.length - 1]; {script}");
+        self.command(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({ "script": wrapped, "args": [] })),
+        )
+        .await
+    }
+
     /// Saves a screenshot as `target/browser-screenshots/{name}.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self

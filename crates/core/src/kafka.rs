@@ -140,6 +140,9 @@ pub fn reader_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         // librdkafka wants a group even for assigned partitions; this one
         // never joins (no subscription) and never commits.
         .set("group.id", config.group("console-reader"))
+        // An offset deleted by retention reads on from the earliest kept,
+        // which tells the reader its record is gone.
+        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "100")

@@ -12,7 +12,7 @@
 //!
 //! | key | fields |
 //! | --- | --- |
-//! | `stats:{unix minute}` | `accepted`, `delivered`, `failed`, `e2e:{bucket}` (end-to-end latency of delivered webhooks, [`LATENCY_BUCKETS_MS`]), `lag:{group}:{instance}` (the consumer lag that process last saw) |
+//! | `stats:{unix minute}` | `accepted`, `delivered`, `failed`, `e2e:{bucket}` (end-to-end latency of delivered webhooks, [`LATENCY_BUCKETS_MS`]), `lag:{group}:{instance}` (the consumer lag that process last saw; the overview sums fan-out's and the dispatchers') |
 //! | `stats:endpoint:{endpoint id}:{unix minute}` | `ok`, `failed` (attempts) |
 
 use std::collections::HashMap;
@@ -179,7 +179,10 @@ impl Flusher {
         let minute = minute_of(now_ms);
         let key = self.keys.minute_stats(minute);
         let ttl = RETENTION.as_secs() as i64;
+        // All or nothing: counts put back after a failure must not have
+        // been written in part.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for (field, value) in [
             ("accepted", accepted),
             ("delivered", delivered),
@@ -301,7 +304,7 @@ pub async fn read_minutes(
             let count = |name: &str| fields.get(name).copied().unwrap_or(0).max(0) as u64;
             let lags: Vec<i64> = fields
                 .iter()
-                .filter(|(name, _)| name.starts_with("lag:"))
+                .filter(|(name, _)| is_hot_path_lag(name))
                 .map(|(_, value)| (*value).max(0))
                 .collect();
             Minute {
@@ -314,6 +317,19 @@ pub async fn read_minutes(
             }
         })
         .collect())
+}
+
+/// Whether a `lag:{group}:{instance}` field is of the event path's own
+/// consumers (fan-out, dispatchers), whose lag is work waiting. The retry
+/// tiers' records wait for their due time by design, and the dead-letter
+/// indexer is not on the event's path.
+fn is_hot_path_lag(field: &str) -> bool {
+    field
+        .strip_prefix("lag:")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .is_some_and(|(group, _)| {
+            group.ends_with(crate::groups::FANOUT) || group.ends_with(crate::groups::DISPATCHER)
+        })
 }
 
 /// One endpoint's attempts in each of the `minutes` minutes up to the one
@@ -353,6 +369,15 @@ mod tests {
         assert_eq!(latency_bucket(6), 1);
         assert_eq!(latency_bucket(1_000), 7);
         assert_eq!(latency_bucket(10_000_000), LATENCY_BUCKETS_MS.len());
+    }
+
+    #[test]
+    fn only_the_event_paths_consumers_count_as_lag() {
+        assert!(is_hot_path_lag("lag:t1.herald-fanout:host-1-0"));
+        assert!(is_hot_path_lag("lag:herald-dispatcher:host-1-0"));
+        assert!(!is_hot_path_lag("lag:herald-dispatcher-retry:host-1-0"));
+        assert!(!is_hot_path_lag("lag:herald-dlq-indexer:host-1-0"));
+        assert!(!is_hot_path_lag("accepted"));
     }
 
     #[test]

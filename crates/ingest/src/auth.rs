@@ -160,6 +160,14 @@ impl ApiKeys {
         })
     }
 
+    /// Whether an `admin` key whose id ([`Caller::key_id`]) is `key_id` is
+    /// still configured.
+    pub fn has_admin_key(&self, key_id: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.scope == Scope::Admin && herald_core::event::hex(&e.digest[..8]) == key_id)
+    }
+
     /// Whether `presented` is one of the keys.
     pub fn accepts(&self, presented: &str) -> bool {
         self.find(presented).is_some()

@@ -705,9 +705,8 @@ impl ClientContext for TrackingContext {
                 *total.get_or_insert(0) += p.consumer_lag;
             }
         }
-        if let Some(total) = total {
-            crate::stats::consumer_lag(&self.group, total);
-        }
+        // No partition with a known lag (none assigned any more): none.
+        crate::stats::consumer_lag(&self.group, total.unwrap_or(0));
     }
 }
 

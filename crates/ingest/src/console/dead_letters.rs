@@ -158,7 +158,9 @@ pub async fn page(
                                 }
                                 td class="wrap" {
                                     @if let Some(endpoint) = letter["endpoint_id"].as_str() {
-                                        a href=(viewer.endpoint_page(&app, endpoint)) { (endpoint) }
+                                        @if app.is_empty() { (endpoint) } @else {
+                                            a href=(viewer.endpoint_page(&app, endpoint)) { (endpoint) }
+                                        }
                                     }
                                 }
                                 td class="wrap" {

@@ -95,7 +95,7 @@ async fn payload(state: &AppState, app: &str, id: &str) -> maud::Markup {
         .min_by_key(|(at, _)| *at)
         .map(|(_, s)| s.clone());
     let found = match &source {
-        Some(source) => state.records.read(source).await,
+        Some(source) => state.records.read(source, app, id).await,
         None => Ok(None),
     };
     html! {

@@ -23,7 +23,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
     };
     let charts =
         match herald_core::stats::read_minutes(&state.redis, &state.keys, now, MINUTES).await {
-            Ok(minutes) => charts(&minutes),
+            Ok(minutes) => charts(&minutes, now),
             Err(err) => {
                 let err = crate::error::ApiError::from(err);
                 html! { p class="error" { "Cannot read the counters: " (err.message) } }
@@ -117,10 +117,25 @@ fn breakers_table(viewer: &Viewer, rows: &[FailingEndpoint]) -> Markup {
     }
 }
 
-fn charts(minutes: &[herald_core::stats::Minute]) -> Markup {
-    let per_second = |count: u64| Some(count as f64 / 60.0);
-    let accepted: Vec<_> = minutes.iter().map(|m| per_second(m.accepted)).collect();
-    let delivered: Vec<_> = minutes.iter().map(|m| per_second(m.delivered)).collect();
+/// Minutes the headline figures cover.
+const RECENT: usize = 5;
+
+fn charts(minutes: &[herald_core::stats::Minute], now_ms: i64) -> Markup {
+    // The current minute has only run this long.
+    let current_seconds = ((now_ms.rem_euclid(60_000)) as f64 / 1000.0).max(1.0);
+    let last = minutes.len().saturating_sub(1);
+    let seconds = |i: usize| if i == last { current_seconds } else { 60.0 };
+    let per_second = |i: usize, count: u64| Some(count as f64 / seconds(i));
+    let accepted: Vec<_> = minutes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| per_second(i, m.accepted))
+        .collect();
+    let delivered: Vec<_> = minutes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| per_second(i, m.delivered))
+        .collect();
     let failure_rate: Vec<_> = minutes
         .iter()
         .map(|m| {
@@ -137,21 +152,35 @@ fn charts(minutes: &[herald_core::stats::Minute]) -> Markup {
         .map(|m| m.latency_quantile_ms(0.99).map(|v| v as f64))
         .collect();
     let lag: Vec<_> = minutes.iter().map(|m| m.lag.map(|v| v as f64)).collect();
-    let last = |values: &[Option<f64>]| values.iter().rev().take(5).flatten().next().copied();
+    // The headline figures: the last few minutes together.
+    let recent = &minutes[minutes.len().saturating_sub(RECENT)..];
+    let recent_seconds = 60.0 * recent.len().saturating_sub(1) as f64 + current_seconds;
+    let sum = |count: fn(&herald_core::stats::Minute) -> u64| recent.iter().map(count).sum::<u64>();
+    let (accepted_sum, delivered_sum, failed_sum) =
+        (sum(|m| m.accepted), sum(|m| m.delivered), sum(|m| m.failed));
+    let mut latency = vec![0; recent.first().map_or(0, |m| m.latency.len())];
+    for m in recent {
+        for (total, count) in latency.iter_mut().zip(&m.latency) {
+            *total += count;
+        }
+    }
+    let recent_p99 = herald_core::stats::quantile(&latency, 0.99).map(|v| v as f64);
+    let recent_failure_rate = (delivered_sum + failed_sum > 0)
+        .then(|| 100.0 * failed_sum as f64 / (delivered_sum + failed_sum) as f64);
     let figure = |value: Option<f64>, unit: &str, what: &str| {
         html! {
             div class="figure" {
-                div class="value" { @match value { Some(v) => { (format!("{v:.1}")) " " (unit) }, None => "–" } }
+                div class="value" { @match value { Some(v) => { (figure_value(v)) " " (unit) }, None => "–" } }
                 div class="what" { (what) }
             }
         }
     };
     html! {
         div class="figures" {
-            (figure(last(&accepted), "/s", "events accepted"))
-            (figure(last(&delivered), "/s", "webhooks delivered"))
-            (figure(last(&failure_rate), "%", "attempts failing"))
-            (figure(last(&p99), "ms", "end-to-end p99"))
+            (figure(Some(accepted_sum as f64 / recent_seconds), "/s", "events accepted, last 5 min"))
+            (figure(Some(delivered_sum as f64 / recent_seconds), "/s", "webhooks delivered, last 5 min"))
+            (figure(recent_failure_rate, "%", "attempts failing, last 5 min"))
+            (figure(recent_p99, "ms", "end-to-end p99, last 5 min"))
         }
         div class="charts" {
             (line_chart("Events accepted", "per second", &[Series { name: "accepted", class: "s1", values: accepted }]))
@@ -163,5 +192,15 @@ fn charts(minutes: &[herald_core::stats::Minute]) -> Markup {
             ]))
             (line_chart("Consumer lag", "records", &[Series { name: "lag", class: "s4", values: lag }]))
         }
+    }
+}
+
+/// A headline figure: small rates keep two decimals, so a trickle does not
+/// read as zero.
+fn figure_value(value: f64) -> String {
+    if value > 0.0 && value < 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.1}")
     }
 }

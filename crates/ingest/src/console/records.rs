@@ -51,19 +51,44 @@ impl RecordReader {
         }
     }
 
-    /// The event in the delivery record at `source`: `Ok(None)` when the
-    /// record is gone (past the topic's retention) or is not a delivery.
-    pub async fn read(&self, source: &RecordSource) -> Result<Option<StoredEvent>, String> {
+    /// Event `event_id` of `application_id` in the delivery record at
+    /// `source`: `Ok(None)` when the record is gone (past the topic's
+    /// retention) or holds anything else (a topic deleted and created again
+    /// starts its offsets over).
+    pub async fn read(
+        &self,
+        source: &RecordSource,
+        application_id: &str,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, String> {
         let reader = self.clone();
         let source = source.clone();
-        tokio::task::spawn_blocking(move || reader.read_blocking(&source))
-            .await
-            .map_err(|err| format!("the lookup failed: {err}"))?
+        let (application_id, event_id) = (application_id.to_owned(), event_id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            reader.read_blocking(&source, &application_id, &event_id)
+        })
+        .await
+        .map_err(|err| format!("the lookup failed: {err}"))?
     }
 
-    fn read_blocking(&self, source: &RecordSource) -> Result<Option<StoredEvent>, String> {
-        // One lookup at a time: the consumer is assigned to one place.
-        let mut slot = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+    fn read_blocking(
+        &self,
+        source: &RecordSource,
+        application_id: &str,
+        event_id: &str,
+    ) -> Result<Option<StoredEvent>, String> {
+        // One lookup at a time (the consumer is assigned to one place); a
+        // second one meanwhile is told to try again rather than queue up
+        // behind it and hold a blocking thread.
+        let mut slot = match self.consumer.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(
+                    "another payload lookup is running; reload the page in a moment".to_owned(),
+                );
+            }
+        };
         if slot.is_none() {
             let consumer: BaseConsumer =
                 herald_core::kafka::reader_config(&self.kafka, "herald-ingest-console")
@@ -100,11 +125,13 @@ impl RecordReader {
                     let delivery = message
                         .payload()
                         .and_then(|bytes| herald_core::proto::Delivery::decode(bytes).ok());
-                    return Ok(delivery.map(|d| StoredEvent {
-                        event_type: d.event_type,
-                        payload_json: String::from_utf8_lossy(&d.payload_json).into_owned(),
-                        timestamp_ms: d.event_timestamp_ms,
-                    }));
+                    return Ok(delivery
+                        .filter(|d| d.event_id == event_id && d.application_id == application_id)
+                        .map(|d| StoredEvent {
+                            event_type: d.event_type,
+                            payload_json: String::from_utf8_lossy(&d.payload_json).into_owned(),
+                            timestamp_ms: d.event_timestamp_ms,
+                        }));
                 }
             }
         }

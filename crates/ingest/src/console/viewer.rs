@@ -102,11 +102,22 @@ impl FromRequestParts<AppState> for Viewer {
                 key_id: session.stored.key_id.clone(),
                 application: Some((app.clone(), TokenScope::Portal)),
             },
-            _ => Caller {
-                scope: Scope::Admin,
-                key_id: session.stored.key_id.clone(),
-                application: None,
-            },
+            // A console session is an admin key's, and only while that key
+            // is still configured.
+            (None, Area::Console) if state.api_keys.has_admin_key(&session.stored.key_id) => {
+                Caller {
+                    scope: Scope::Admin,
+                    key_id: session.stored.key_id.clone(),
+                    application: None,
+                }
+            }
+            _ => {
+                return Err(layout::failure_page(
+                    area,
+                    StatusCode::UNAUTHORIZED,
+                    "This session is no longer valid. Log in again.",
+                ));
+            }
         };
         Ok(Viewer {
             area,
