@@ -124,10 +124,7 @@ async fn list_page(
 async fn search_applications(viewer: &Viewer, q: &str) -> Result<(Vec<Value>, bool), ApiFailure> {
     let needle = q.to_lowercase();
     let mut found = Vec::new();
-    match viewer
-        .get(&format!("/v1/applications/{}", segment(q)))
-        .await
-    {
+    match viewer.get(&application_api(q)).await {
         Ok(app) => found.push(app),
         Err(err) if err.is_not_found() || err.status == StatusCode::BAD_REQUEST => {}
         Err(err) => return Err(err),
@@ -210,6 +207,34 @@ pub(super) struct Errors<'a> {
     portal: Option<&'a str>,
 }
 
+impl<'a> Errors<'a> {
+    fn edit(message: &'a str) -> Self {
+        Self {
+            edit: Some(message),
+            ..Self::default()
+        }
+    }
+
+    fn endpoint(message: &'a str) -> Self {
+        Self {
+            endpoint: Some(message),
+            ..Self::default()
+        }
+    }
+
+    fn portal(message: &'a str) -> Self {
+        Self {
+            portal: Some(message),
+            ..Self::default()
+        }
+    }
+}
+
+/// The API path of application `app`.
+pub(super) fn application_api(app: &str) -> String {
+    format!("/v1/applications/{}", segment(app))
+}
+
 async fn render(
     state: &AppState,
     viewer: &Viewer,
@@ -218,10 +243,7 @@ async fn render(
     errors: Errors<'_>,
     portal_link: Option<Markup>,
 ) -> Response {
-    let app = match viewer
-        .get(&format!("/v1/applications/{}", segment(app_id)))
-        .await
-    {
+    let app = match viewer.get(&application_api(app_id)).await {
         Ok(app) => app,
         Err(err) if err.is_not_found() => {
             return layout::not_found(viewer, state, "such application");
@@ -308,29 +330,20 @@ pub async fn update(
         None => Value::Null,
         Some(Ok(n)) => json!(n),
         Some(Err(_)) => {
-            let errors = Errors {
-                edit: Some("The rate limit must be a whole number of events per second."),
-                ..Errors::default()
-            };
+            let errors =
+                Errors::edit("The rate limit must be a whole number of events per second.");
             return render(&state, &viewer, &app, None, errors, None).await;
         }
     };
     let body = json!({ "name": form.get("name").unwrap_or_default(), "rate_limit": rate_limit });
     match viewer
-        .call(
-            Method::PATCH,
-            &format!("/v1/applications/{}", segment(&app)),
-            Some(body),
-        )
+        .call(Method::PATCH, &application_api(&app), Some(body))
         .await
     {
         Ok(_) => Redirect::to(&format!("{}?notice=saved", viewer.app_base(&app))).into_response(),
         Err(err) if err.is_not_found() => layout::not_found(&viewer, &state, "such application"),
         Err(err) => {
-            let errors = Errors {
-                edit: Some(&err.message),
-                ..Errors::default()
-            };
+            let errors = Errors::edit(&err.message);
             render(&state, &viewer, &app, None, errors, None).await
         }
     }
@@ -347,11 +360,7 @@ pub async fn delete(
         return refused;
     }
     match viewer
-        .call(
-            Method::DELETE,
-            &format!("/v1/applications/{}", segment(&app)),
-            None,
-        )
+        .call(Method::DELETE, &application_api(&app), None)
         .await
     {
         Ok(_) => Redirect::to("/console/applications").into_response(),
@@ -377,17 +386,14 @@ pub async fn portal_link(
         .parse::<u32>()
         .unwrap_or(0);
     if !(1..=720).contains(&hours) {
-        let errors = Errors {
-            portal: Some("A portal link is valid for 1 to 720 hours."),
-            ..Errors::default()
-        };
+        let errors = Errors::portal("A portal link is valid for 1 to 720 hours.");
         return render(&state, &viewer, &app, None, errors, None).await;
     }
     let body = json!({ "scope": "portal", "ttl_seconds": hours * 3600 });
     match viewer
         .call(
             Method::POST,
-            &format!("/v1/applications/{}/tokens", segment(&app)),
+            &format!("{}/tokens", application_api(&app)),
             Some(body),
         )
         .await
@@ -407,10 +413,7 @@ pub async fn portal_link(
         }
         Err(err) if err.is_not_found() => layout::not_found(&viewer, &state, "such application"),
         Err(err) => {
-            let errors = Errors {
-                portal: Some(&err.message),
-                ..Errors::default()
-            };
+            let errors = Errors::portal(&err.message);
             render(&state, &viewer, &app, None, errors, None).await
         }
     }
@@ -423,9 +426,6 @@ pub(super) async fn render_with_endpoint_error(
     app: &str,
     message: &str,
 ) -> Response {
-    let errors = Errors {
-        endpoint: Some(message),
-        ..Errors::default()
-    };
+    let errors = Errors::endpoint(message);
     render(state, viewer, app, None, errors, None).await
 }

@@ -53,35 +53,22 @@ impl Filters {
         }
     }
 
-    /// The page's query string (the portal's application is implied).
-    fn query(&self, viewer: &Viewer) -> String {
-        let mut parts = Vec::new();
-        if viewer.portal_application().is_none()
-            && let Some(app) = &self.application
-        {
-            parts.push(format!("application={}", query_value(app)));
-        }
-        if let Some(endpoint) = &self.endpoint_id {
-            parts.push(format!("endpoint_id={}", query_value(endpoint)));
-        }
-        if let Some(reason) = &self.reason {
-            parts.push(format!("reason={}", query_value(reason)));
-        }
-        parts.join("&")
-    }
-
-    fn api_query(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(app) = &self.application {
-            parts.push(format!("application={}", query_value(app)));
-        }
-        if let Some(endpoint) = &self.endpoint_id {
-            parts.push(format!("endpoint_id={}", query_value(endpoint)));
-        }
-        if let Some(reason) = &self.reason {
-            parts.push(format!("reason={}", query_value(reason)));
-        }
-        parts.join("&")
+    /// The filters as a query string: the page's (the portal's application
+    /// is implied there, so left out) or, `for_api`, the API's.
+    fn query(&self, viewer: &Viewer, for_api: bool) -> String {
+        let application = self
+            .application
+            .as_ref()
+            .filter(|_| for_api || viewer.portal_application().is_none());
+        [
+            ("application", application),
+            ("endpoint_id", self.endpoint_id.as_ref()),
+            ("reason", self.reason.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={}", query_value(v))))
+        .collect::<Vec<_>>()
+        .join("&")
     }
 }
 
@@ -181,7 +168,7 @@ pub async fn page(
             }
         }
         @if let Some(next) = next_cursor {
-            p { a href={ (base) "/dead-letters?" (filters.query(&viewer)) "&cursor=" (query_value(&next)) } { "Older" } }
+            p { a href={ (base) "/dead-letters?" (filters.query(&viewer, false)) "&cursor=" (query_value(&next)) } { "Older" } }
         }
     };
     let title = if in_console {
@@ -209,7 +196,7 @@ async fn fetch(
     cursor: Option<String>,
 ) -> Result<(Vec<Value>, Option<String>), super::viewer::ApiFailure> {
     let mut path = format!("/v1/dlq?limit={PAGE}");
-    let query = filters.api_query();
+    let query = filters.query(viewer, true);
     if !query.is_empty() {
         path.push('&');
         path.push_str(&query);
@@ -252,7 +239,7 @@ pub async fn replay(State(state): State<AppState>, viewer: Viewer, form: Form) -
         .await
     {
         Ok(_) => {
-            let query = filters.query(&viewer);
+            let query = filters.query(&viewer, false);
             let separator = if query.is_empty() { "" } else { "&" };
             Redirect::to(&format!(
                 "{}/dead-letters?{query}{separator}notice=replayed",

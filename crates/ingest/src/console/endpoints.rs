@@ -21,11 +21,19 @@ const LATEST_ATTEMPTS: usize = 20;
 const MINUTES: usize = 60;
 
 fn endpoints_api(app: &str) -> String {
-    format!("/v1/applications/{}/endpoints", segment(app))
+    format!("{}/endpoints", super::applications::application_api(app))
 }
 
 fn endpoint_api(app: &str, id: &str) -> String {
     format!("{}/{}", endpoints_api(app), segment(id))
+}
+
+/// The application and endpoint a path names: `{app}` (the portal's own
+/// application in the portal) and `{id}` (empty on a path with none).
+fn addressed(viewer: &Viewer, params: &HashMap<String, String>) -> (String, String) {
+    let app = viewer.application(params.get("app").map(String::as_str));
+    let id = params.get("id").cloned().unwrap_or_default();
+    (app.to_owned(), id)
 }
 
 /// The application's endpoints and the form that adds one.
@@ -215,9 +223,7 @@ pub async fn create(
     if let Some(refused) = viewer.form_refusal(&form) {
         return refused;
     }
-    let app = viewer
-        .application(params.get("app").map(String::as_str))
-        .to_owned();
+    let (app, _) = addressed(&viewer, &params);
     let failed = |message: String| {
         let viewer = viewer.clone();
         let state = state.clone();
@@ -276,10 +282,7 @@ pub async fn page(
     Path(params): Path<HashMap<String, String>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let app = viewer
-        .application(params.get("app").map(String::as_str))
-        .to_owned();
-    let id = params.get("id").cloned().unwrap_or_default();
+    let (app, id) = addressed(&viewer, &params);
     render(
         &state,
         &viewer,
@@ -512,10 +515,7 @@ pub async fn update(
     if let Some(refused) = viewer.form_refusal(&form) {
         return refused;
     }
-    let app = viewer
-        .application(params.get("app").map(String::as_str))
-        .to_owned();
-    let id = params.get("id").cloned().unwrap_or_default();
+    let (app, id) = addressed(&viewer, &params);
     let body = match endpoint_body(&form, false) {
         Ok(body) => body,
         Err(message) => {
@@ -544,10 +544,7 @@ pub async fn act(
     if let Some(refused) = viewer.form_refusal(&form) {
         return refused;
     }
-    let app = viewer
-        .application(params.get("app").map(String::as_str))
-        .to_owned();
-    let id = params.get("id").cloned().unwrap_or_default();
+    let (app, id) = addressed(&viewer, &params);
     let action = params.get("action").map(String::as_str).unwrap_or_default();
     let api = endpoint_api(&app, &id);
     let page = viewer.endpoint_page(&app, &id);

@@ -45,8 +45,8 @@ pub async fn page(
         return layout::page(&viewer, &state, "Events", form);
     };
     let path = format!(
-        "/v1/applications/{}/events/{}/attempts?limit={MAX_ATTEMPTS}",
-        segment(&app),
+        "{}/events/{}/attempts?limit={MAX_ATTEMPTS}",
+        super::applications::application_api(&app),
         segment(id)
     );
     let (status, found) = match viewer.get(&path).await {

@@ -218,53 +218,40 @@ impl CookiePolicy {
         }
     }
 
-    fn attributes(&self, max_age_seconds: u64) -> String {
+    /// `Set-Cookie` of cookie `name` holding `value` (hex digits, or
+    /// nothing to remove it) for `max_age_seconds`.
+    fn set_cookie(&self, name: &str, value: &str, max_age_seconds: u64) -> HeaderValue {
         let same_site = if self.framed && self.secure {
             "None; Partitioned"
         } else {
             "Strict"
         };
-        format!(
-            "Path={}; Max-Age={max_age_seconds}; HttpOnly; SameSite={same_site}{}",
+        HeaderValue::from_str(&format!(
+            "{name}={value}; Path={}; Max-Age={max_age_seconds}; HttpOnly; SameSite={same_site}{}",
             self.area.base(),
             if self.secure { "; Secure" } else { "" }
-        )
+        ))
+        .expect("an ASCII cookie")
     }
 
     /// `Set-Cookie` for a new session.
     pub fn session(&self, id: &str, max_age_seconds: u64) -> HeaderValue {
-        HeaderValue::from_str(&format!(
-            "{}={id}; {}",
-            self.area.cookie(),
-            self.attributes(max_age_seconds)
-        ))
-        .expect("a cookie of hex digits")
+        self.set_cookie(self.area.cookie(), id, max_age_seconds)
     }
 
     /// `Set-Cookie` that removes the session's cookie.
     pub fn cleared(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("{}=; {}", self.area.cookie(), self.attributes(0)))
-            .expect("an ASCII cookie")
+        self.set_cookie(self.area.cookie(), "", 0)
     }
 
     /// `Set-Cookie` of the login form's CSRF token (ten minutes).
     pub fn login(&self, token: &str) -> HeaderValue {
-        HeaderValue::from_str(&format!(
-            "{}={token}; {}",
-            self.area.login_cookie(),
-            self.attributes(600)
-        ))
-        .expect("a cookie of hex digits")
+        self.set_cookie(self.area.login_cookie(), token, 600)
     }
 
     /// `Set-Cookie` that removes the login form's token.
     pub fn login_cleared(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!(
-            "{}=; {}",
-            self.area.login_cookie(),
-            self.attributes(0)
-        ))
-        .expect("an ASCII cookie")
+        self.set_cookie(self.area.login_cookie(), "", 0)
     }
 
     /// The login form's CSRF token the browser sent back.
