@@ -29,8 +29,6 @@ pub struct Browser {
     driver: Child,
     /// Where screenshots go: `target/browser-screenshots`.
     pub screenshots: PathBuf,
-    /// Console-log entries read so far.
-    console_log: std::sync::Mutex<Vec<LogEntry>>,
     /// Chromium's profile directory, this session's own.
     profile: PathBuf,
 }
@@ -139,7 +137,6 @@ impl Browser {
             session_url: format!("{base}/session/{session}"),
             driver,
             screenshots,
-            console_log: std::sync::Mutex::new(Vec::new()),
             profile,
         }
     }
@@ -310,34 +307,22 @@ impl Browser {
     }
 
     /// The browser's console-log entries since the last call (Chromium's
-    /// log endpoint hands each entry out once; they are also kept for
-    /// [`Browser::all_console_entries`]).
+    /// log endpoint hands each entry out once).
     pub async fn console_entries(&self) -> Vec<LogEntry> {
-        let entries: Vec<LogEntry> = self
-            .command(
-                reqwest::Method::POST,
-                "/se/log",
-                Some(json!({ "type": "browser" })),
-            )
-            .await
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| LogEntry {
-                level: e["level"].as_str().unwrap_or_default().to_owned(),
-                message: e["message"].as_str().unwrap_or_default().to_owned(),
-            })
-            .collect();
-        self.console_log
-            .lock()
-            .unwrap()
-            .extend(entries.iter().cloned());
-        entries
-    }
-
-    /// Every console-log entry read so far.
-    pub fn all_console_entries(&self) -> Vec<LogEntry> {
-        self.console_log.lock().unwrap().clone()
+        self.command(
+            reqwest::Method::POST,
+            "/se/log",
+            Some(json!({ "type": "browser" })),
+        )
+        .await
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| LogEntry {
+            level: e["level"].as_str().unwrap_or_default().to_owned(),
+            message: e["message"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
     }
 
     /// Panics when the page logged an error (a failed request, a policy
