@@ -234,6 +234,9 @@ impl Bench {
             http_cost: None,
             http_batch_cost: None,
             latency: None,
+            latency_split: Vec::new(),
+            latency_processes: Vec::new(),
+            latency_threads: Vec::new(),
             processes,
             attempt_log: None,
         };

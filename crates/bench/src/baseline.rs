@@ -120,6 +120,15 @@ pub async fn broker_phase(
 /// group: a group's join only adds start-up time, and the fetch path is the
 /// same.
 fn assigned_consumer(kafka: &KafkaConfig, topic: &str) -> Result<StreamConsumer, String> {
+    assigned_consumer_at(kafka, topic, Offset::Beginning)
+}
+
+/// [`assigned_consumer`] from `start` in every partition.
+fn assigned_consumer_at(
+    kafka: &KafkaConfig,
+    topic: &str,
+    start: Offset,
+) -> Result<StreamConsumer, String> {
     let consumer: StreamConsumer = herald_core::kafka::consumer_config(
         kafka,
         &format!("{topic}.reader"),
@@ -140,11 +149,54 @@ fn assigned_consumer(kafka: &KafkaConfig, topic: &str) -> Result<StreamConsumer,
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions as i32 {
         assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
+            .add_partition_offset(topic, partition, start)
             .map_err(|e| e.to_string())?;
     }
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
     Ok(consumer)
+}
+
+/// A plain reader of a topic of Herald's, beside Herald's own consumers:
+/// how long the broker takes to hand a record over under the same load,
+/// from the record's timestamp to its arrival here.
+pub struct HopWatch {
+    reader: tokio::task::JoinHandle<()>,
+    waits_ms: Arc<std::sync::Mutex<Vec<f64>>>,
+}
+
+impl HopWatch {
+    /// Starts reading `topic` from its end.
+    pub async fn start(kafka: &KafkaConfig, topic: &str) -> Result<HopWatch, String> {
+        let consumer = assigned_consumer_at(kafka, topic, Offset::End)?;
+        let waits_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let waits_ms = waits_ms.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok(message) = consumer.recv().await else {
+                        continue;
+                    };
+                    let now_ms = herald_core::event::unix_millis(time::OffsetDateTime::now_utc());
+                    if let Some(written_ms) = message.timestamp().to_millis() {
+                        waits_ms
+                            .lock()
+                            .expect("hop watch lock")
+                            .push((now_ms - written_ms).max(0) as f64);
+                    }
+                }
+            })
+        };
+        // The assignment takes effect with the first fetch.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(HopWatch { reader, waits_ms })
+    }
+
+    /// Stops reading; the waits' percentiles.
+    pub fn finish(self) -> load::Percentiles {
+        self.reader.abort();
+        let waits = std::mem::take(&mut *self.waits_ms.lock().expect("hop watch lock"));
+        load::Percentiles::of(waits)
+    }
 }
 
 /// Produces every record `consumer` reads to `to`, with its key, as fan-out

@@ -254,6 +254,121 @@ pub struct Usage {
     pub peak_rss_mib: f64,
 }
 
+/// How busy the whole machine was over a phase, from `/proc/stat` and
+/// `/proc/pressure/cpu` (Linux; zeros elsewhere).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MachineLoad {
+    /// Share of all cores' time spent running anything, in percent.
+    pub busy_percent: f64,
+    /// Share of the phase during which some runnable task waited for a
+    /// core (CPU pressure, "some"), in percent.
+    pub waited_percent: f64,
+}
+
+/// A reading of the machine's CPU counters, for [`MachineLoad`].
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    at: std::time::Instant,
+    busy_ticks: f64,
+    all_ticks: f64,
+    stalled_us: f64,
+}
+
+impl MachineCpu {
+    /// Reads the counters now.
+    pub fn read() -> MachineCpu {
+        let (busy_ticks, all_ticks) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+                let ticks: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|t| t.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal …
+                let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0.0);
+                let all: f64 = ticks.iter().take(8).sum();
+                Some((all - idle, all))
+            })
+            .unwrap_or((0.0, 0.0));
+        let stalled_us = std::fs::read_to_string("/proc/pressure/cpu")
+            .ok()
+            .and_then(|text| {
+                let some = text.lines().find(|l| l.starts_with("some "))?;
+                some.split_whitespace()
+                    .find_map(|field| field.strip_prefix("total="))?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        MachineCpu {
+            at: std::time::Instant::now(),
+            busy_ticks,
+            all_ticks,
+            stalled_us,
+        }
+    }
+
+    /// The load between `self` and a later reading.
+    pub fn until(&self, later: &MachineCpu) -> MachineLoad {
+        let seconds = later.at.duration_since(self.at).as_secs_f64().max(1e-6);
+        let all = (later.all_ticks - self.all_ticks).max(1e-9);
+        MachineLoad {
+            busy_percent: 100.0 * (later.busy_ticks - self.busy_ticks) / all,
+            waited_percent: (later.stalled_us - self.stalled_us) / (seconds * 10_000.0),
+        }
+    }
+}
+
+/// CPU seconds of each of a process's threads so far, summed by thread
+/// name (`/proc/PID/task/*/stat`; empty elsewhere).
+pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) {
+            *by_name.entry(name).or_insert(0.0) += (utime + stime) / clock_ticks_per_second();
+        }
+    }
+    by_name
+}
+
+/// The busiest thread names of a process between two [`thread_cpu`]
+/// readings, as (name, percent of one core over `seconds`), busiest first.
+pub fn busiest_threads(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    seconds: f64,
+    top: usize,
+) -> Vec<(String, f64)> {
+    let mut grown: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, cpu)| {
+            let was = before.get(name).copied().unwrap_or(0.0);
+            (
+                name.clone(),
+                100.0 * (cpu - was).max(0.0) / seconds.max(1e-6),
+            )
+        })
+        .filter(|(_, percent)| *percent > 0.0)
+        .collect();
+    grown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    grown.truncate(top);
+    grown
+}
+
 /// [`usage`] of each process of `watched` (name, pid), in order.
 pub fn usages(watched: &[(String, u32)]) -> Vec<Usage> {
     watched.iter().map(|(_, pid)| usage(*pid)).collect()

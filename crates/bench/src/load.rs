@@ -655,47 +655,96 @@ struct Scrape {
 async fn scrape(http: &reqwest::Client, ops: &[String]) -> Result<Scrape, String> {
     let mut total = Scrape::default();
     for addr in ops {
-        let text = http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .map_err(|e| format!("reading {addr}/metrics: {e}"))?
-            .text()
-            .await
-            .map_err(|e| format!("reading {addr}/metrics: {e}"))?;
-        let mut buckets = Vec::new();
+        let text = metrics_text(http, addr).await?;
         for line in text.lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            if series.starts_with("herald_deliveries_total{")
+            if let Some((series, value)) = line.rsplit_once(' ')
+                && let Ok(value) = value.parse::<f64>()
+                && series.starts_with("herald_deliveries_total{")
                 && series.contains("outcome=\"delivered\"")
             {
                 total.delivered += value;
-            } else if let Some(le) = series
-                .strip_prefix("herald_delivery_end_to_end_seconds_bucket{le=\"")
-                .and_then(|rest| rest.strip_suffix("\"}"))
-            {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                };
-                buckets.push((le, value));
             }
         }
-        if total.buckets.is_empty() {
-            total.buckets = buckets;
-        } else {
-            for (sum, (_, count)) in total.buckets.iter_mut().zip(buckets) {
-                sum.1 += count;
-            }
-        }
+        add_buckets(
+            &mut total.buckets,
+            buckets_of(&text, "herald_delivery_end_to_end_seconds"),
+        );
     }
     Ok(total)
+}
+
+async fn metrics_text(http: &reqwest::Client, addr: &str) -> Result<String, String> {
+    http.get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .map_err(|e| format!("reading {addr}/metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("reading {addr}/metrics: {e}"))
+}
+
+/// The buckets of histogram `name` in a `/metrics` text: (upper bound in
+/// seconds, cumulative count), in bucket order.
+fn buckets_of(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let le = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            Some((le, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Adds one process's buckets to a sum over processes.
+fn add_buckets(total: &mut Vec<(f64, f64)>, buckets: Vec<(f64, f64)>) {
+    if total.is_empty() {
+        *total = buckets;
+    } else {
+        for (sum, (_, count)) in total.iter_mut().zip(buckets) {
+            sum.1 += count;
+        }
+    }
+}
+
+/// Histograms of Herald's processes, summed over the processes that have
+/// them, read from their `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Histograms(Vec<(&'static str, Vec<(f64, f64)>)>);
+
+impl Histograms {
+    /// Reads `names` from every process in `ops`.
+    pub async fn read(ops: &[String], names: &[&'static str]) -> Result<Self, String> {
+        let http = reqwest::Client::new();
+        let mut read: Vec<_> = names.iter().map(|name| (*name, Vec::new())).collect();
+        for addr in ops {
+            let text = metrics_text(&http, addr).await?;
+            for (name, total) in &mut read {
+                add_buckets(total, buckets_of(&text, name));
+            }
+        }
+        Ok(Self(read))
+    }
+
+    /// Each histogram's percentiles over what was observed since `before`.
+    pub fn since(&self, before: &Histograms) -> Vec<(String, Percentiles)> {
+        self.0
+            .iter()
+            .map(|(name, after)| {
+                let earlier = before
+                    .0
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(&[][..], |(_, b)| b.as_slice());
+                (name.to_string(), histogram_percentiles(earlier, after))
+            })
+            .collect()
+    }
 }
 
 /// Percentiles from the growth of a cumulative histogram, interpolated

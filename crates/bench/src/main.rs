@@ -30,7 +30,7 @@ mod receiver;
 mod report;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_core::config::{Env, KafkaConfig};
 use herald_core::signing::Secret;
@@ -91,6 +91,10 @@ usage: herald-bench [options]
   --keep-topics         leave the run's topics in the broker (by default
                         they are deleted at the end; Tansu 0.6 must keep
                         them: asked to delete one topic, it deletes all)
+  --control-readers     during the latency phase, also read Herald's events
+                        and deliveries topics with plain consumers, to tell
+                        the broker's share of each hop from Herald's (they
+                        add to the broker's load)
   --json FILE           write the figures as JSON too
   --log-dir DIR         Herald's logs (default: a new temporary directory)
   --smoke               a few seconds with small numbers: checks that the
@@ -125,6 +129,9 @@ struct Options {
     json: Option<PathBuf>,
     log_dir: Option<PathBuf>,
     keep_topics: bool,
+    /// Plain readers of the events and deliveries topics during the
+    /// latency phase.
+    control_readers: bool,
     smoke: bool,
 }
 
@@ -168,6 +175,7 @@ fn parse_options() -> Result<Options, String> {
         json: None,
         log_dir: None,
         keep_topics: false,
+        control_readers: false,
         smoke: false,
     };
     let mut modes_given = false;
@@ -193,6 +201,10 @@ fn parse_options() -> Result<Options, String> {
         }
         if flag == "--keep-topics" {
             options.keep_topics = true;
+            continue;
+        }
+        if flag == "--control-readers" {
+            options.control_readers = true;
             continue;
         }
         let value = args
@@ -287,6 +299,15 @@ struct Bench {
     registered: bool,
 }
 
+/// Where an event's time goes, hop by hop, read from Herald's histograms
+/// around the latency phase.
+const LATENCY_SPLIT: [&str; 4] = [
+    "herald_fanout_event_wait_seconds",
+    "herald_delivery_first_attempt_wait_seconds",
+    "herald_delivery_attempt_duration_seconds",
+    "herald_delivery_end_to_end_seconds",
+];
+
 /// A running mode: Herald's processes with their own topic prefix.
 #[derive(Debug)]
 struct Running {
@@ -296,6 +317,10 @@ struct Running {
     processes: Vec<(String, Process)>,
     /// The dispatchers' ops addresses, for their `/metrics`.
     dispatcher_ops: Vec<String>,
+    /// Fan-out's and the dispatchers' ops addresses.
+    ops: Vec<String>,
+    /// The mode's Kafka settings (its topics).
+    kafka: KafkaConfig,
 }
 
 impl Running {
@@ -452,7 +477,12 @@ impl Bench {
                 .filter(|(name, _)| name.starts_with("herald-dispatcher"))
                 .filter_map(|(_, p)| p.ops_addr().map(str::to_owned))
                 .collect(),
+            ops: processes
+                .iter()
+                .filter_map(|(_, p)| p.ops_addr().map(str::to_owned))
+                .collect(),
             processes,
+            kafka,
         };
         // Warm up: every endpoint gets traffic once, so caches are filled,
         // connections open and every partition has been fetched.
@@ -649,6 +679,9 @@ impl Bench {
         let mut http_batch_cost = None;
         let mut latency = None;
         let mut latency_rate = None;
+        let mut latency_split = Vec::new();
+        let mut latency_processes = Vec::new();
+        let mut latency_threads = Vec::new();
         if mode == "fanout-1" {
             // Single events, then the batch route with 100 events a request
             // from fewer connections (each carries a hundred times as much).
@@ -695,8 +728,51 @@ impl Bench {
                 true,
             );
             phase.rate = Some(rate);
+            let kafka = &running.kafka;
+            let watches = if self.options.control_readers {
+                Some([
+                    baseline::HopWatch::start(kafka, &kafka.events_topic()).await?,
+                    baseline::HopWatch::start(kafka, &kafka.deliveries_topic()).await?,
+                ])
+            } else {
+                None
+            };
+            let before = load::Histograms::read(&running.ops, &LATENCY_SPLIT).await?;
+            let cpu_before = herald::MachineCpu::read();
+            // The benchmark's own process (load, receiver) shares the cores.
+            let mut on_machine = watched.clone();
+            on_machine.push(("herald-bench".to_owned(), std::process::id()));
+            let usage_before = herald::usages(&on_machine);
+            let threads_before: Vec<_> = self
+                .options
+                .observe
+                .iter()
+                .map(|(_, pid)| herald::thread_cpu(*pid))
+                .collect();
             let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
-            latency = Some(RatedPhase { rate, result });
+            for ((name, pid), before) in self.options.observe.iter().zip(&threads_before) {
+                let busiest =
+                    herald::busiest_threads(before, &herald::thread_cpu(*pid), result.seconds, 6);
+                latency_threads.push((name.clone(), busiest));
+            }
+            let machine = cpu_before.until(&herald::MachineCpu::read());
+            latency_processes =
+                ProcessReport::since(&on_machine, usage_before, result.seconds, result.delivered);
+            latency_split = load::Histograms::read(&running.ops, &LATENCY_SPLIT)
+                .await?
+                .since(&before);
+            if let Some([events, deliveries]) = watches {
+                latency_split.push(("plain reader: event records".to_owned(), events.finish()));
+                latency_split.push((
+                    "plain reader: delivery records".to_owned(),
+                    deliveries.finish(),
+                ));
+            }
+            latency = Some(RatedPhase {
+                rate,
+                result,
+                machine,
+            });
             latency_rate = Some(rate);
         }
         // Peak RSS over the whole mode, including the HTTP and latency phases.
@@ -723,11 +799,75 @@ impl Bench {
                 http_cost,
                 http_batch_cost,
                 latency,
+                latency_split,
+                latency_processes,
+                latency_threads,
                 attempt_log,
                 processes,
             },
             latency_rate,
         ))
+    }
+
+    /// Drives the broker flat out, relayed through two topics, until its JIT
+    /// compiler is quiet: a JVM broker compiles its hot paths for minutes
+    /// after it starts, and a compiler thread taking half a core in the
+    /// middle of a phase is the broker's start-up, not Herald's cost (it
+    /// took 44 % of a core during the first latency phase, and added tens
+    /// of milliseconds to every hop). Needs the broker's pid (`--observe`);
+    /// a broker without compiler threads (Tansu) is not warmed.
+    async fn warm_up_broker(&self) -> Result<(), String> {
+        let Some((name, pid)) = self.options.observe.first().cloned() else {
+            return Ok(());
+        };
+        let compiling = |threads: &std::collections::BTreeMap<String, f64>| -> f64 {
+            threads
+                .iter()
+                .filter(|(thread, _)| thread.contains("CompilerThre"))
+                .map(|(_, cpu)| cpu)
+                .sum()
+        };
+        if compiling(&herald::thread_cpu(pid)) == 0.0 || self.options.smoke {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut quiet_rounds = 0;
+        for round in 1.. {
+            if started.elapsed() > MAX_WARM_UP {
+                eprintln!("warm-up: {name}'s JIT compiler is still busy; measuring anyway");
+                break;
+            }
+            let before = compiling(&herald::thread_cpu(pid));
+            let phase = self.phase(
+                "warm-up",
+                &format!("broker-{round}"),
+                // A few seconds a round: compiler time is counted in ticks.
+                self.options.deliveries * 4,
+                true,
+            );
+            let result = baseline::broker_phase(
+                &self.kafka,
+                &self.kafka.topic(&format!("bench.warm-up-{round}")),
+                Hops::Two,
+                &phase,
+            )
+            .await?;
+            let share =
+                100.0 * (compiling(&herald::thread_cpu(pid)) - before) / result.seconds.max(1e-6);
+            eprintln!(
+                "warm-up: {name}'s JIT compiler took {share:.0} % of a core in round {round} ({:.0} s in)",
+                started.elapsed().as_secs_f64()
+            );
+            quiet_rounds = if share <= QUIET_COMPILER_PERCENT {
+                quiet_rounds + 1
+            } else {
+                0
+            };
+            if quiet_rounds == 2 {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The broker's flat-out rate through one topic or relayed through two:
@@ -804,8 +944,16 @@ async fn run(options: Options) -> Result<Report, String> {
 }
 
 /// The baselines and the modes, in order, and the report of them.
+/// How long [`Bench::warm_up_broker`] goes on at most.
+const MAX_WARM_UP: Duration = Duration::from_secs(180);
+
+/// A JIT compiler below this share of a core (in two rounds in a row)
+/// counts as quiet.
+const QUIET_COMPILER_PERCENT: f64 = 5.0;
+
 async fn measure(bench: &mut Bench) -> Result<Report, String> {
     let o = bench.options.clone();
+    bench.warm_up_broker().await?;
 
     eprintln!("baseline: receiver");
     let receiver_baseline = baseline::receiver(
@@ -851,6 +999,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
                     true,
                 );
                 phase.rate = Some(rate);
+                let cpu_before = herald::MachineCpu::read();
                 let result = baseline::broker_phase(
                     &bench.kafka,
                     &bench.kafka.topic(&format!("bench.baseline.{name}-latency")),
@@ -858,7 +1007,12 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
                     &phase,
                 )
                 .await?;
-                *measured = Some(RatedPhase { rate, result });
+                let machine = cpu_before.until(&herald::MachineCpu::read());
+                *measured = Some(RatedPhase {
+                    rate,
+                    result,
+                    machine,
+                });
             }
         }
     }

@@ -88,7 +88,9 @@ impl Bench {
             self.options.latency_seconds
         );
         let before = herald::usages(&watched);
+        let cpu_before = herald::MachineCpu::read();
         let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
+        let machine = cpu_before.until(&herald::MachineCpu::read());
         let processes = ProcessReport::since(&watched, before, result.seconds, result.delivered);
         for (_, process) in running.processes.iter_mut() {
             process.stop(Duration::from_secs(30));
@@ -100,6 +102,7 @@ impl Bench {
             load: RatedPhase {
                 rate: EVENTS_PER_S,
                 result,
+                machine,
             },
             processes,
         })

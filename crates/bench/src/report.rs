@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::apps::AppsReport;
 use crate::baseline::ReceiverBaseline;
 use crate::herald::Usage;
-use crate::load::{MAX_FANOUT, PhaseResult};
+use crate::load::{MAX_FANOUT, Percentiles, PhaseResult};
 use crate::ordinary::OrdinaryLoadReport;
 
 /// Everything one run measured.
@@ -75,6 +75,8 @@ pub struct RatedPhase {
     pub rate: f64,
     /// What it measured.
     pub result: PhaseResult,
+    /// How busy the machine was meanwhile.
+    pub machine: crate::herald::MachineLoad,
 }
 
 /// One mode's figures.
@@ -109,6 +111,15 @@ pub struct ModeReport {
     pub http_batch_cost: Option<CostPerWebhook>,
     /// Events produced at 20 % of the Kafka phase's rate.
     pub latency: Option<RatedPhase>,
+    /// Herald's own histograms over that phase (name, percentiles): the
+    /// first hop, the second, the request, end to end.
+    pub latency_split: Vec<(String, Percentiles)>,
+    /// CPU of Herald's processes, the observed ones and the benchmark
+    /// itself over that phase.
+    pub latency_processes: Vec<ProcessReport>,
+    /// The observed processes' busiest threads over that phase: (process,
+    /// [(thread name, percent of one core)]).
+    pub latency_threads: Vec<(String, Vec<(String, f64)>)>,
     /// Herald's processes (and any observed ones) during the Kafka phase.
     pub processes: Vec<ProcessReport>,
     /// What the attempt log grew by in Redis during the Kafka phase.
@@ -558,6 +569,57 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
             r.p50_ms,
             r.p99_ms
         ));
+    }
+    if let (Some(herald), Some(relayed)) = (
+        modes
+            .iter()
+            .find(|m| m.name == "fanout-1")
+            .and_then(|m| m.latency.as_ref()),
+        baselines.relay_latency.as_ref(),
+    ) {
+        lines.push(format!(
+            "  the machine meanwhile: cores {:.0} % busy, a task waiting for a core {:.0} % of the time (relayed: {:.0} %, {:.0} %)",
+            herald.machine.busy_percent,
+            herald.machine.waited_percent,
+            relayed.machine.busy_percent,
+            relayed.machine.waited_percent,
+        ));
+    }
+    if let Some(mode) = modes.iter().find(|m| !m.latency_processes.is_empty()) {
+        let shares: Vec<String> = mode
+            .latency_processes
+            .iter()
+            .map(|p| format!("{} {:.0} %", p.name, p.cpu_percent))
+            .collect();
+        lines.push(format!("    CPU of one core: {}", shares.join(", ")));
+        for (process, threads) in &mode.latency_threads {
+            let threads: Vec<String> = threads
+                .iter()
+                .map(|(name, percent)| format!("{name} {percent:.0} %"))
+                .collect();
+            lines.push(format!(
+                "      {process}'s busiest threads: {}",
+                threads.join(", ")
+            ));
+        }
+    }
+    if let Some(mode) = modes.iter().find(|m| !m.latency_split.is_empty()) {
+        lines.push("  of which, from Herald's histograms (p50 / p99 ms):".to_owned());
+        for (name, p) in &mode.latency_split {
+            let what = match name.as_str() {
+                "herald_fanout_event_wait_seconds" => "event record → fan-out starts",
+                "herald_delivery_first_attempt_wait_seconds" => "fan-out → first attempt starts",
+                "herald_delivery_attempt_duration_seconds" => "the webhook request",
+                "herald_delivery_end_to_end_seconds" => "end to end (event timestamp → 2xx)",
+                "plain reader: event records" => "control: event record → a plain reader",
+                "plain reader: delivery records" => "control: delivery record → a plain reader",
+                other => other,
+            };
+            lines.push(format!(
+                "    {what:<38} {:>7.1} / {:>7.1}   ({} samples)",
+                p.p50_ms, p.p99_ms, p.samples
+            ));
+        }
     }
     lines
 }

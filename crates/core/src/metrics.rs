@@ -26,6 +26,17 @@ impl MetricConstructor<Histogram> for SecondsBuckets {
     }
 }
 
+/// Builds histograms of the waits between hops, from 0.25 ms to about 65 s:
+/// finer at the bottom than [`SecondsBuckets`], where a healthy hop is.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitBuckets;
+
+impl MetricConstructor<Histogram> for WaitBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
+    }
+}
+
 /// Every metric Herald exports. Each service fills the ones that concern it.
 #[derive(Debug)]
 pub struct Metrics {
@@ -53,6 +64,12 @@ pub struct Metrics {
     pub attempt_duration: Histogram,
     /// From the event's timestamp (acceptance) to the endpoint's 2xx.
     pub end_to_end_latency: Histogram,
+    /// Fan-out: from an event record's Kafka timestamp to the start of its
+    /// fan-out (the first hop: broker, fetch, and waiting for a slot).
+    pub fanout_event_wait: Histogram,
+    /// Dispatcher: from fan-out writing a delivery to its first attempt's
+    /// start (the second hop: produce, broker, fetch, admission).
+    pub first_attempt_wait: Histogram,
     /// Deliveries written to a retry tier, by `tier`.
     pub retries: Family<Labels, Counter>,
     /// Dead letters written, by `reason`.
@@ -89,6 +106,8 @@ impl Metrics {
             deliveries: Family::default(),
             attempt_duration: SecondsBuckets.new_metric(),
             end_to_end_latency: SecondsBuckets.new_metric(),
+            fanout_event_wait: WaitBuckets.new_metric(),
+            first_attempt_wait: WaitBuckets.new_metric(),
             retries: Family::default(),
             dead_letters: Family::default(),
             breakers: BreakerCounts::default(),
@@ -147,6 +166,16 @@ impl Metrics {
             "herald_delivery_end_to_end_seconds",
             "From event acceptance to the endpoint's 2xx",
             metrics.end_to_end_latency.clone(),
+        );
+        registry.register(
+            "herald_fanout_event_wait_seconds",
+            "From an event record's Kafka timestamp to the start of its fan-out",
+            metrics.fanout_event_wait.clone(),
+        );
+        registry.register(
+            "herald_delivery_first_attempt_wait_seconds",
+            "From fan-out writing a delivery to the start of its first attempt",
+            metrics.first_attempt_wait.clone(),
         );
         registry.register(
             "herald_retries",

@@ -198,6 +198,12 @@ impl RecordHandler for FanoutHandler {
 
 impl FanoutHandler {
     async fn fan_out(&self, record: OwnedMessage) -> Outcome {
+        if let Some(written_ms) = record.timestamp().to_millis() {
+            let waited_ms = unix_millis(time::OffsetDateTime::now_utc()) - written_ms;
+            herald_core::metrics::metrics()
+                .fanout_event_wait
+                .observe(waited_ms.max(0) as f64 / 1000.0);
+        }
         let event = match record
             .payload()
             .ok_or_else(|| "the record has no value".to_owned())

@@ -248,6 +248,11 @@ impl Dispatcher {
         };
         let started_at_ms = now_ms();
         let started = Instant::now();
+        if webhook.delivery.attempts_made == 0 && webhook.delivery.deferrals == 0 {
+            metrics()
+                .first_attempt_wait
+                .observe((started_at_ms - webhook.delivery.created_at_ms).max(0) as f64 / 1000.0);
+        }
         let (result, response_body) = attempt::attempt(&self.outbound, endpoint, webhook).await;
         let duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
         let delivery = &mut webhook.delivery;
