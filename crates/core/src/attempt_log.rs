@@ -43,18 +43,20 @@ use crate::redis_store::{Keys, StoreError};
 /// Most response-body bytes kept per attempt.
 pub const MAX_BODY_BYTES: usize = 4096;
 
-/// One HTTP attempt.
+/// One HTTP attempt. `S` is the text type: `String` for records read
+/// back, `&str` for one written from a delivery's own fields without
+/// copying them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptRecord {
+pub struct AttemptRecord<S = String> {
     /// The delivery it belongs to.
-    pub delivery_id: String,
+    pub delivery_id: S,
     /// The endpoint.
-    pub endpoint_id: String,
+    pub endpoint_id: S,
     /// The event.
-    pub event_id: String,
+    pub event_id: S,
     /// The application the event was addressed to.
     #[serde(default)]
-    pub application_id: String,
+    pub application_id: S,
     /// 1 for the first attempt of this delivery.
     pub attempt: u32,
     /// Start, Unix milliseconds.
@@ -64,32 +66,82 @@ pub struct AttemptRecord {
     /// The HTTP status, when a response arrived.
     pub status_code: Option<u16>,
     /// Why it failed, when it did.
-    pub error: Option<String>,
+    pub error: Option<S>,
     /// The start of the response body (at most 4 KiB, lossy UTF-8).
-    pub response_body: String,
+    pub response_body: S,
     /// Whether it succeeded.
     pub success: bool,
     /// The Kafka record the attempt was made from, which holds the event's
     /// payload (the console shows it from there rather than keep a copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<RecordSource>,
+    pub source: Option<RecordSource<S>>,
 }
 
 /// Where a Kafka record is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordSource {
+pub struct RecordSource<S = String> {
     /// Its topic.
-    pub topic: String,
+    pub topic: S,
     /// Its partition.
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
 }
 
+/// An attempt ready for the log: serialized once (both of its logs take
+/// the same bytes), with what the logs are keyed by.
+#[derive(Debug, Clone)]
+pub struct LoggedAttempt {
+    /// The endpoint (shared with the endpoint it was delivered to).
+    pub endpoint_id: Arc<str>,
+    /// `{application}.{event id}`, as the event is named in the log.
+    pub event: String,
+    /// Start, Unix milliseconds: the score in both logs.
+    pub started_at_ms: i64,
+    /// The record's JSON.
+    pub json: Vec<u8>,
+}
+
+impl LoggedAttempt {
+    /// Serializes `record`, whose endpoint is `endpoint_id`.
+    pub fn new<S: AsRef<str> + Serialize>(
+        record: &AttemptRecord<S>,
+        endpoint_id: Arc<str>,
+    ) -> Result<Self, serde_json::Error> {
+        let mut json = Vec::with_capacity(256 + record.response_body.as_ref().len());
+        serde_json::to_writer(&mut json, record)?;
+        Ok(Self {
+            endpoint_id,
+            event: event_member(record.application_id.as_ref(), record.event_id.as_ref()),
+            started_at_ms: record.started_at_ms,
+            json,
+        })
+    }
+}
+
 /// How an event is named in the log: `{application}.{event id}` ('.' is in
 /// neither).
 fn event_member(application_id: &str, event_id: &str) -> String {
     format!("{application_id}.{event_id}")
+}
+
+/// `ZADD key score member …` for `entries`, built in buffers sized for it
+/// at once: a command grown argument by argument reallocated its buffers
+/// several times per attempt.
+fn zadd(key: &str, entries: &[(i64, &[u8])]) -> redis::Cmd {
+    /// A score's digits and the framing of an argument, at most.
+    const PER_ENTRY: usize = 24;
+    let bytes = key.len()
+        + entries
+            .iter()
+            .map(|(_, m)| m.len() + PER_ENTRY)
+            .sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(2 + 2 * entries.len(), 4 + bytes);
+    cmd.arg("ZADD").arg(key);
+    for (score, member) in entries {
+        cmd.arg(*score).arg(*member);
+    }
+    cmd
 }
 
 /// Retention of the attempt log.
@@ -215,41 +267,40 @@ impl AttemptLog {
             .await
     }
 
-    /// Records attempts in one pipeline, and trims the logs of their
-    /// endpoints. Attempts of one endpoint, or of one event, are added to
-    /// its log in one command, and each log is trimmed and given its expiry
-    /// once: the dispatcher hands over the attempts of a few milliseconds
-    /// together, and at fan-out 10 those hold ten attempts per event.
+    /// [`AttemptLog::write`] for records not serialized yet.
     pub async fn record_many(
         &self,
         attempts: &[AttemptRecord],
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let logged = attempts
+            .iter()
+            .map(|a| LoggedAttempt::new(a, Arc::from(a.endpoint_id.as_str())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(&logged, now_ms).await
+    }
+
+    /// Records attempts in one pipeline, and trims the logs of their
+    /// endpoints. Attempts of one endpoint, or of one event, are added to
+    /// its log in one command, and each log is trimmed and given its expiry
+    /// once: the dispatcher hands over the attempts of a few milliseconds
+    /// together, and at fan-out 10 those hold ten attempts per event.
+    pub async fn write(&self, attempts: &[LoggedAttempt], now_ms: i64) -> Result<(), StoreError> {
         if attempts.is_empty() {
             return Ok(());
         }
         let retention_ms = self.config.retention.as_millis() as i64;
         let keep = self.config.max_per_endpoint as isize;
-        // Each attempt is serialized once, into a buffer of about its size,
-        // and both logs take the same bytes.
-        let mut records = Vec::with_capacity(attempts.len());
-        for attempt in attempts {
-            let mut json = Vec::with_capacity(256 + attempt.response_body.len());
-            serde_json::to_writer(&mut json, attempt)?;
-            records.push(json);
-        }
         let mut by_endpoint: HashMap<&str, Vec<(i64, &[u8])>> = HashMap::new();
         // Event ids are unique within an application only.
-        let mut by_event: HashMap<String, Vec<(i64, &[u8])>> = HashMap::new();
-        for (attempt, json) in attempts.iter().zip(&records) {
-            by_event
-                .entry(event_member(&attempt.application_id, &attempt.event_id))
-                .or_default()
-                .push((attempt.started_at_ms, json));
+        let mut by_event: HashMap<&str, Vec<(i64, &[u8])>> = HashMap::new();
+        for attempt in attempts {
+            let entry = (attempt.started_at_ms, attempt.json.as_slice());
+            by_event.entry(&attempt.event).or_default().push(entry);
             by_endpoint
                 .entry(&attempt.endpoint_id)
                 .or_default()
-                .push((attempt.started_at_ms, json));
+                .push(entry);
         }
         // The count and the index first, the logs after: the trim, which
         // may run between any two of these commands, drops the oldest
@@ -257,22 +308,23 @@ impl AttemptLog {
         // the whole would cost Redis for every batch, for a race this
         // order already makes harmless).
         let kept_ms = retention_ms + EXPIRY_GRACE.as_millis() as i64;
-        let index: Vec<(i64, &str)> = by_event.keys().map(|e| (now_ms, e.as_str())).collect();
-        let mut pipe = redis::pipe();
+        let index: Vec<(i64, &str)> = by_event.keys().map(|e| (now_ms, *e)).collect();
+        let mut pipe =
+            redis::Pipeline::with_capacity(2 + 2 * by_event.len() + 4 * by_endpoint.len());
         pipe.incr(self.keys.retained_attempts(), attempts.len())
             .ignore()
             .zadd_multiple(self.keys.attempted_events(), &index)
             .ignore();
         for (event, entries) in &by_event {
             let key = self.keys.event_attempts(event);
-            pipe.zadd_multiple(&key, entries)
+            pipe.add_command(zadd(&key, entries))
                 .ignore()
                 .pexpire(&key, kept_ms)
                 .ignore();
         }
         for (endpoint_id, entries) in &by_endpoint {
             let key = self.keys.endpoint_attempts(endpoint_id);
-            pipe.zadd_multiple(&key, entries)
+            pipe.add_command(zadd(&key, entries))
                 .ignore()
                 .zrembyscore(&key, "-inf", now_ms - retention_ms)
                 .ignore()

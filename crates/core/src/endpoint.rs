@@ -287,10 +287,50 @@ pub struct ResolvedEndpoint {
     pub previous: Vec<(Secret, i64)>,
     /// `endpoint.url`, parsed.
     pub url: url::Url,
+    /// `url` without its user info: what the request is sent to.
+    pub request_url: url::Url,
+    /// `Authorization: Basic …` from the URL's user info, when it has one
+    /// (marked sensitive, so it is never logged).
+    pub basic_auth: Option<http::HeaderValue>,
     /// The URL without credentials, query or fragment ([`redacted_url`]).
     pub redacted_url: String,
     /// `endpoint.headers` as request headers.
     pub headers: http::HeaderMap,
+    /// `endpoint.id`, shared: every attempt's log entry names it, and a
+    /// clone of this copies nothing.
+    pub id: std::sync::Arc<str>,
+}
+
+/// A URL's user info as a basic-auth header, and the URL without it (user
+/// and password percent-decoded, as browsers and HTTP clients send them).
+fn split_user_info(url: &url::Url) -> (url::Url, Option<http::HeaderValue>) {
+    use base64::Engine as _;
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    if url.username().is_empty() && url.password().is_none() {
+        return (url.clone(), None);
+    }
+    let credentials = format!(
+        "{}:{}",
+        decode(url.username()),
+        url.password().map(decode).unwrap_or_default()
+    );
+    let mut header = http::HeaderValue::try_from(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    ))
+    .ok();
+    if let Some(header) = &mut header {
+        header.set_sensitive(true);
+    }
+    let mut bare = url.clone();
+    // A URL with user info has an authority, from which both can go.
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    (bare, header)
 }
 
 impl ResolvedEndpoint {
@@ -327,10 +367,14 @@ impl ResolvedEndpoint {
             })?;
             headers.insert(name, value);
         }
+        let (request_url, basic_auth) = split_user_info(&url);
         Ok(Self {
             redacted_url: redacted_url(&endpoint.url),
             url,
+            request_url,
+            basic_auth,
             headers,
+            id: std::sync::Arc::from(endpoint.id.as_str()),
             endpoint,
             secret,
             previous,
@@ -599,6 +643,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_becomes_basic_auth_and_leaves_the_url() {
+        let url = url::Url::parse("https://her%40ld:p%3Aw@example.com:8443/hook?x=1").unwrap();
+        let (bare, auth) = split_user_info(&url);
+        assert_eq!(bare.as_str(), "https://example.com:8443/hook?x=1");
+        let auth = auth.expect("a basic-auth header");
+        // base64("her@ld:p:w")
+        assert_eq!(auth.to_str().unwrap(), "Basic aGVyQGxkOnA6dw==");
+        assert!(auth.is_sensitive());
+        // A user without a password still authenticates, with an empty one.
+        let (_, auth) = split_user_info(&url::Url::parse("http://user@h/").unwrap());
+        assert_eq!(auth.unwrap().to_str().unwrap(), "Basic dXNlcjo=");
+        let plain = url::Url::parse("https://example.com/hook").unwrap();
+        assert_eq!(split_user_info(&plain), (plain.clone(), None));
+    }
 
     #[test]
     fn urls_in_logs_and_debug_carry_no_credentials() {

@@ -3,7 +3,7 @@
 //! breaker. Every delivery of the replica hands its attempt to one
 //! [`Recorder`]; a task gathers what arrives over [`GATHER`] and writes it
 //! in one round trip: the attempt log's pipeline
-//! ([`AttemptLog::record_many`]) beside one script call for all the
+//! ([`AttemptLog::write`]) beside one script call for all the
 //! successes ([`Breakers::record_successes`]).
 //!
 //! Written one by one, each delivery cost a round trip of its own (the
@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::attempt_log::{AttemptLog, AttemptRecord};
+use herald_core::attempt_log::{AttemptLog, LoggedAttempt};
 use herald_core::circuit::{Breakers, Transition};
 use herald_core::metrics::metrics;
 use tokio::sync::mpsc;
@@ -61,7 +61,9 @@ pub const QUEUE: usize = 4096;
 /// One attempt to record.
 #[derive(Debug)]
 struct Entry {
-    attempt: AttemptRecord,
+    attempt: LoggedAttempt,
+    /// When the attempt ended, Unix milliseconds.
+    ended_at_ms: i64,
     /// Whether it counts as a success in the endpoint's breaker (a failure
     /// was recorded there already, and a refused destination says nothing
     /// of the endpoint's health).
@@ -104,9 +106,10 @@ impl Recorder {
     /// when the queue was full: the log entry is dropped (and counted), and
     /// a success must be written to the breaker by the caller.
     #[must_use]
-    pub fn record(&self, attempt: AttemptRecord, breaker_success: bool) -> bool {
+    pub fn record(&self, attempt: LoggedAttempt, ended_at_ms: i64, breaker_success: bool) -> bool {
         let entry = Entry {
             attempt,
+            ended_at_ms,
             breaker_success,
         };
         let queued = self.queue.try_send(entry).is_ok();
@@ -176,27 +179,26 @@ impl Writer {
             return;
         }
         let mut attempts = Vec::with_capacity(batch.len());
-        let mut counted = Vec::with_capacity(batch.len());
+        // Per endpoint: how many succeeded, and when the latest ended.
+        let mut successes: HashMap<std::sync::Arc<str>, (u32, i64)> = HashMap::new();
         for entry in batch.drain(..) {
-            counted.push(entry.breaker_success);
+            if entry.breaker_success {
+                let (count, latest) = successes
+                    .entry(entry.attempt.endpoint_id.clone())
+                    .or_default();
+                *count += 1;
+                *latest = (*latest).max(entry.ended_at_ms);
+            }
             attempts.push(entry.attempt);
         }
-        // Per endpoint: how many succeeded, and when the latest ended.
-        let mut successes: HashMap<&str, (u32, i64)> = HashMap::new();
-        for (attempt, _) in attempts.iter().zip(&counted).filter(|(_, c)| **c) {
-            let ended = attempt.started_at_ms + i64::from(attempt.duration_ms);
-            let (count, latest) = successes.entry(&attempt.endpoint_id).or_default();
-            *count += 1;
-            *latest = (*latest).max(ended);
-        }
         let successes: Vec<(&str, u32, i64)> = successes
-            .into_iter()
-            .map(|(id, (count, latest))| (id, count, latest))
+            .iter()
+            .map(|(id, (count, latest))| (&**id, *count, *latest))
             .collect();
         let now = now_ms();
         // Two requests on one multiplexed connection: one round trip.
         let (logged, closed) = tokio::join!(
-            self.attempt_log.record_many(&attempts, now),
+            self.attempt_log.write(&attempts, now),
             self.breakers.record_successes(&successes, now)
         );
         match (logged, closed) {

@@ -12,6 +12,18 @@ use tracing::Instrument as _;
 use super::prepare::PreparedWebhook;
 use crate::outbound::{Outbound, refusal_of};
 
+/// The headers Herald sets on every webhook request.
+const WEBHOOK_ID: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("webhook-signature");
+const APPLICATION_JSON: reqwest::header::HeaderValue =
+    reqwest::header::HeaderValue::from_static("application/json");
+/// How many headers Herald sets itself (content type and the three above).
+const OWN_HEADERS: usize = 4;
+
 /// Most response-body bytes read from an endpoint (the rest is discarded).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -95,22 +107,58 @@ async fn send(
         timestamp,
         &webhook.body,
     );
-    let mut request = outbound
-        .client()
-        .request(reqwest::Method::POST, endpoint.url.clone());
-    for (name, value) in trace_context::current_headers() {
-        request = request.header(name, value);
+    // One header map, sized for everything at once, handed to the client
+    // whole: a map grown header by header reallocated twice per request.
+    let trace_headers = trace_context::current_headers();
+    let mut headers = reqwest::header::HeaderMap::with_capacity(
+        endpoint.headers.len() + trace_headers.len() + OWN_HEADERS,
+    );
+    for (name, value) in trace_headers {
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::try_from(name),
+            reqwest::header::HeaderValue::try_from(value),
+        ) {
+            headers.insert(name, value);
+        }
     }
-    // Custom headers first, so Herald's own always win. Cloning them
-    // copies no bytes.
-    let request = request
-        .headers(endpoint.headers.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", msg_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(webhook.body.clone());
-    match request.send().await {
+    // The URL's user info as basic auth, then the custom headers (a
+    // custom `Authorization` replaces it), then Herald's own, which always
+    // win. Cloning them copies no bytes.
+    if let Some(basic_auth) = &endpoint.basic_auth {
+        headers.insert(reqwest::header::AUTHORIZATION, basic_auth.clone());
+    }
+    for (name, value) in &endpoint.headers {
+        headers.insert(name, value.clone());
+    }
+    headers.insert(reqwest::header::CONTENT_TYPE, APPLICATION_JSON);
+    // Without these the webhook cannot be verified: a value that cannot be
+    // a header fails the attempt rather than go out without it. (Event ids
+    // are printable ASCII and signatures base64, so neither happens.)
+    let (Ok(id), Ok(signature)) = (
+        reqwest::header::HeaderValue::from_str(msg_id),
+        reqwest::header::HeaderValue::try_from(signature),
+    ) else {
+        return (
+            AttemptResult::Failed {
+                status: None,
+                error: "request failed: the event id or the signature cannot be a header value"
+                    .to_owned(),
+                hints: FailureHints::default(),
+            },
+            String::new(),
+        );
+    };
+    headers.insert(WEBHOOK_ID, id);
+    headers.insert(
+        WEBHOOK_TIMESTAMP,
+        reqwest::header::HeaderValue::from(timestamp),
+    );
+    headers.insert(WEBHOOK_SIGNATURE, signature);
+    let mut request = reqwest::Request::new(reqwest::Method::POST, endpoint.request_url.clone());
+    *request.headers_mut() = headers;
+    *request.body_mut() = Some(webhook.body.clone().into());
+    let request = outbound.client().execute(request);
+    match request.await {
         Ok(mut response) => {
             let status = response.status().as_u16();
             let retry_after = response

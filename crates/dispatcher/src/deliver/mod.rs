@@ -23,7 +23,7 @@ pub mod prepare;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::attempt_log::AttemptRecord;
+use herald_core::attempt_log::{AttemptRecord, LoggedAttempt, RecordSource};
 use herald_core::backoff::Backoff;
 use herald_core::circuit::{Breakers, Transition};
 use herald_core::config::{KafkaConfig, format_duration};
@@ -248,7 +248,12 @@ impl Dispatcher {
         };
         let started_at_ms = now_ms();
         let started = Instant::now();
-        if webhook.delivery.attempts_made == 0 && webhook.delivery.deferrals == 0 {
+        // Records written before deliveries carried their creation time
+        // have none (0).
+        if webhook.delivery.attempts_made == 0
+            && webhook.delivery.deferrals == 0
+            && webhook.delivery.created_at_ms > 0
+        {
             metrics()
                 .first_attempt_wait
                 .observe((started_at_ms - webhook.delivery.created_at_ms).max(0) as f64 / 1000.0);
@@ -257,27 +262,26 @@ impl Dispatcher {
         let duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
         let delivery = &mut webhook.delivery;
         delivery.attempts_made += 1;
-        delivery.history.push(Attempt {
-            started_at_ms,
-            status_code: match &result {
-                AttemptResult::Delivered { status } => u32::from(*status),
-                AttemptResult::Failed { status, .. } => status.map_or(0, u32::from),
-            },
-            error: match &result {
-                AttemptResult::Delivered { .. } => String::new(),
-                AttemptResult::Failed { error, .. } => error.clone(),
-            },
-            duration_ms,
-        });
+        // The history travels with a delivery that goes on (a retry, a
+        // dead letter); a success ends it, and is not written there.
+        if let AttemptResult::Failed { status, error, .. } = &result {
+            delivery.history.push(Attempt {
+                started_at_ms,
+                status_code: status.map_or(0, u32::from),
+                error: error.clone(),
+                duration_ms,
+            });
+        }
         self.record_attempt(
             admitted,
+            endpoint,
             delivery,
             &result,
-            Timing {
+            Exchange {
                 started_at_ms,
                 duration_ms,
+                response_body,
             },
-            response_body,
             source,
         )
         .await;
@@ -311,13 +315,14 @@ impl Dispatcher {
     async fn record_attempt(
         &self,
         admitted: Admitted,
+        endpoint: &ResolvedEndpoint,
         delivery: &Delivery,
         result: &AttemptResult,
-        Timing {
+        Exchange {
             started_at_ms,
             duration_ms,
-        }: Timing,
-        response_body: String,
+            response_body,
+        }: Exchange,
         source: &OwnedMessage,
     ) {
         let probe = admitted.probe;
@@ -329,7 +334,7 @@ impl Dispatcher {
             matches!(result, AttemptResult::Failed { hints, .. } if hints.destination_refused);
         let (success, status_code, error) = match result {
             AttemptResult::Delivered { status } => (true, Some(*status), None),
-            AttemptResult::Failed { status, error, .. } => (false, *status, Some(error.clone())),
+            AttemptResult::Failed { status, error, .. } => (false, *status, Some(error.as_str())),
         };
         // A success of a closed breaker goes with the next batch; a failure,
         // or a probe's success (which closes the breaker for the deliveries
@@ -338,28 +343,42 @@ impl Dispatcher {
         if refused {
             self.gate.hand_back_probe(endpoint_id, probe).await;
         } else if !batched_success {
-            self.record_in_breaker(endpoint_id, success, probe.is_some(), error.as_deref())
+            self.record_in_breaker(endpoint_id, success, probe.is_some(), error)
                 .await;
         }
+        // Written from the delivery's own fields: nothing is copied but
+        // the JSON.
         let record = AttemptRecord {
-            delivery_id: delivery.delivery_id.clone(),
-            endpoint_id: delivery.endpoint_id.clone(),
-            event_id: delivery.event_id.clone(),
-            application_id: delivery.application_id.clone(),
+            delivery_id: delivery.delivery_id.as_str(),
+            endpoint_id,
+            event_id: delivery.event_id.as_str(),
+            application_id: delivery.application_id.as_str(),
             attempt: delivery.attempts_made,
             started_at_ms,
             duration_ms,
             status_code,
             error,
-            response_body,
+            response_body: response_body.as_str(),
             success,
-            source: Some(herald_core::attempt_log::RecordSource {
-                topic: source.topic().to_owned(),
+            source: Some(RecordSource {
+                topic: source.topic(),
                 partition: source.partition(),
                 offset: source.offset(),
             }),
         };
-        if !self.recorder.record(record, batched_success) && batched_success {
+        let queued = match LoggedAttempt::new(&record, endpoint.id.clone()) {
+            Ok(logged) => self.recorder.record(
+                logged,
+                started_at_ms + i64::from(duration_ms),
+                batched_success,
+            ),
+            // Plain strings and numbers always serialize.
+            Err(err) => {
+                tracing::error!(error = %err, "attempt record not serialized");
+                false
+            }
+        };
+        if !queued && batched_success {
             // Redis is behind and the queue full: the breaker still gets
             // its success, or it would see only the failures.
             self.record_in_breaker(endpoint_id, true, false, None).await;
@@ -504,10 +523,12 @@ impl Dispatcher {
     }
 }
 
-/// When an attempt started (Unix milliseconds) and how long it took.
-struct Timing {
+/// When an attempt started (Unix milliseconds), how long it took, and the
+/// start of the answer's body.
+struct Exchange {
     started_at_ms: i64,
     duration_ms: u32,
+    response_body: String,
 }
 
 /// Updates the breaker metrics after a state change.
