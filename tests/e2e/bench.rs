@@ -134,6 +134,47 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             );
         }
     }
+    // The latency phase's time, hop by hop, from Herald's own histograms:
+    // every event passed each of them once.
+    let fanout_1 = &modes[0];
+    let latency_events = fanout_1["latency"]["result"]["delivered"].as_u64().unwrap();
+    let split: Vec<(&str, u64)> = fanout_1["latency_split"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry[0].as_str().unwrap(),
+                entry[1]["samples"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        split.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        [
+            "herald_fanout_event_wait_seconds",
+            "herald_delivery_first_attempt_wait_seconds",
+            "herald_delivery_attempt_duration_seconds",
+            "herald_delivery_end_to_end_seconds",
+        ]
+    );
+    for (name, samples) in &split {
+        assert!(
+            *samples >= latency_events,
+            "{name}: {samples} samples for {latency_events} events"
+        );
+    }
+    let machine = &fanout_1["latency"]["machine"];
+    let busy = machine["busy_percent"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy <= 100.0, "{machine}");
+    assert!(
+        report["latency_breakdown"]
+            .as_array()
+            .is_some_and(|lines| lines.len() >= 5),
+        "{}",
+        report["latency_breakdown"]
+    );
+
     let dead = &modes[2];
     assert_eq!(dead["dead_endpoints"], 1);
     // Its target compares with an all-healthy phase of its own.

@@ -261,8 +261,9 @@ pub struct MachineLoad {
     /// Share of all cores' time spent running anything, in percent.
     pub busy_percent: f64,
     /// Share of the phase during which some runnable task waited for a
-    /// core (CPU pressure, "some"), in percent.
-    pub waited_percent: f64,
+    /// core (CPU pressure, "some"), in percent; `None` where the kernel
+    /// does not report CPU pressure.
+    pub waited_percent: Option<f64>,
 }
 
 /// A reading of the machine's CPU counters, for [`MachineLoad`].
@@ -271,7 +272,7 @@ pub struct MachineCpu {
     at: std::time::Instant,
     busy_ticks: f64,
     all_ticks: f64,
-    stalled_us: f64,
+    stalled_us: Option<f64>,
 }
 
 impl MachineCpu {
@@ -300,8 +301,7 @@ impl MachineCpu {
                     .find_map(|field| field.strip_prefix("total="))?
                     .parse()
                     .ok()
-            })
-            .unwrap_or(0.0);
+            });
         MachineCpu {
             at: std::time::Instant::now(),
             busy_ticks,
@@ -316,57 +316,78 @@ impl MachineCpu {
         let all = (later.all_ticks - self.all_ticks).max(1e-9);
         MachineLoad {
             busy_percent: 100.0 * (later.busy_ticks - self.busy_ticks) / all,
-            waited_percent: (later.stalled_us - self.stalled_us) / (seconds * 10_000.0),
+            waited_percent: self
+                .stalled_us
+                .zip(later.stalled_us)
+                .map(|(before, after)| (after - before) / (seconds * 10_000.0)),
         }
     }
 }
 
-/// CPU seconds of each of a process's threads so far, summed by thread
-/// name (`/proc/PID/task/*/stat`; empty elsewhere).
-pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
-    let mut by_name = std::collections::BTreeMap::new();
+/// One thread's name and CPU seconds so far.
+#[derive(Debug, Clone)]
+pub struct ThreadCpu {
+    /// Its name (the kernel keeps 15 characters).
+    pub name: String,
+    /// User + system CPU seconds.
+    pub cpu_seconds: f64,
+}
+
+/// Each thread of a process, by thread id (`/proc/PID/task/*/stat`; empty
+/// elsewhere). By id, not name: threads come and go (a JVM starts and
+/// stops compiler threads as it needs them), and one that ended must not
+/// take its CPU out of a sum over its name.
+pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<u32, ThreadCpu> {
+    let mut threads = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_name;
+        return threads;
     };
     for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let name = stat[open + 1..close].to_owned();
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
         if let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) {
-            *by_name.entry(name).or_insert(0.0) += (utime + stime) / clock_ticks_per_second();
+            threads.insert(
+                tid,
+                ThreadCpu {
+                    name: stat[open + 1..close].to_owned(),
+                    cpu_seconds: (utime + stime) / clock_ticks_per_second(),
+                },
+            );
         }
     }
-    by_name
+    threads
 }
 
-/// The busiest thread names of a process between two [`thread_cpu`]
-/// readings, as (name, percent of one core over `seconds`), busiest first.
-pub fn busiest_threads(
-    before: &std::collections::BTreeMap<String, f64>,
-    after: &std::collections::BTreeMap<String, f64>,
+/// What a process's threads took between two [`thread_cpu`] readings
+/// `seconds` apart, summed by thread name, as (name, percent of one core),
+/// busiest first. A thread that started meanwhile counts from zero; one
+/// that ended is left out.
+pub fn thread_shares(
+    before: &std::collections::BTreeMap<u32, ThreadCpu>,
+    after: &std::collections::BTreeMap<u32, ThreadCpu>,
     seconds: f64,
-    top: usize,
 ) -> Vec<(String, f64)> {
-    let mut grown: Vec<(String, f64)> = after
-        .iter()
-        .map(|(name, cpu)| {
-            let was = before.get(name).copied().unwrap_or(0.0);
-            (
-                name.clone(),
-                100.0 * (cpu - was).max(0.0) / seconds.max(1e-6),
-            )
-        })
+    let mut by_name: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+    for (tid, thread) in after {
+        let was = before.get(tid).map_or(0.0, |t| t.cpu_seconds);
+        *by_name.entry(&thread.name).or_insert(0.0) += (thread.cpu_seconds - was).max(0.0);
+    }
+    let mut shares: Vec<(String, f64)> = by_name
+        .into_iter()
+        .map(|(name, cpu)| (name.to_owned(), 100.0 * cpu / seconds.max(1e-6)))
         .filter(|(_, percent)| *percent > 0.0)
         .collect();
-    grown.sort_by(|a, b| b.1.total_cmp(&a.1));
-    grown.truncate(top);
-    grown
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
 }
 
 /// [`usage`] of each process of `watched` (name, pid), in order.

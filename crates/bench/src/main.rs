@@ -749,15 +749,21 @@ impl Bench {
                 .iter()
                 .map(|(_, pid)| herald::thread_cpu(*pid))
                 .collect();
+            let phase_started = Instant::now();
             let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
+            let phase_seconds = phase_started.elapsed().as_secs_f64();
             for ((name, pid), before) in self.options.observe.iter().zip(&threads_before) {
-                let busiest =
-                    herald::busiest_threads(before, &herald::thread_cpu(*pid), result.seconds, 6);
+                let mut busiest =
+                    herald::thread_shares(before, &herald::thread_cpu(*pid), phase_seconds);
+                busiest.truncate(6);
                 latency_threads.push((name.clone(), busiest));
             }
             let machine = cpu_before.until(&herald::MachineCpu::read());
             latency_processes =
-                ProcessReport::since(&on_machine, usage_before, result.seconds, result.delivered);
+                ProcessReport::since(&on_machine, usage_before, phase_seconds, result.delivered);
+            // The last webhooks arrived; their attempts are counted in the
+            // histograms just after.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             latency_split = load::Histograms::read(&running.ops, &LATENCY_SPLIT)
                 .await?
                 .since(&before);
@@ -817,17 +823,18 @@ impl Bench {
     /// of milliseconds to every hop). Needs the broker's pid (`--observe`);
     /// a broker without compiler threads (Tansu) is not warmed.
     async fn warm_up_broker(&self) -> Result<(), String> {
-        let Some((name, pid)) = self.options.observe.first().cloned() else {
+        let compiler = |thread: &str| thread.contains("CompilerThre");
+        // The observed process that has JIT compiler threads, if any.
+        let Some((name, pid)) = self
+            .options
+            .observe
+            .iter()
+            .find(|(_, pid)| herald::thread_cpu(*pid).values().any(|t| compiler(&t.name)))
+            .cloned()
+        else {
             return Ok(());
         };
-        let compiling = |threads: &std::collections::BTreeMap<String, f64>| -> f64 {
-            threads
-                .iter()
-                .filter(|(thread, _)| thread.contains("CompilerThre"))
-                .map(|(_, cpu)| cpu)
-                .sum()
-        };
-        if compiling(&herald::thread_cpu(pid)) == 0.0 || self.options.smoke {
+        if self.options.smoke {
             return Ok(());
         }
         let started = Instant::now();
@@ -837,7 +844,8 @@ impl Bench {
                 eprintln!("warm-up: {name}'s JIT compiler is still busy; measuring anyway");
                 break;
             }
-            let before = compiling(&herald::thread_cpu(pid));
+            let before = herald::thread_cpu(pid);
+            let round_started = Instant::now();
             let phase = self.phase(
                 "warm-up",
                 &format!("broker-{round}"),
@@ -845,15 +853,22 @@ impl Bench {
                 self.options.deliveries * 4,
                 true,
             );
-            let result = baseline::broker_phase(
+            baseline::broker_phase(
                 &self.kafka,
                 &self.kafka.topic(&format!("bench.warm-up-{round}")),
                 Hops::Two,
                 &phase,
             )
             .await?;
-            let share =
-                100.0 * (compiling(&herald::thread_cpu(pid)) - before) / result.seconds.max(1e-6);
+            let share = herald::thread_shares(
+                &before,
+                &herald::thread_cpu(pid),
+                round_started.elapsed().as_secs_f64(),
+            )
+            .iter()
+            .filter(|(thread, _)| compiler(thread))
+            .map(|(_, percent)| percent)
+            .sum::<f64>();
             eprintln!(
                 "warm-up: {name}'s JIT compiler took {share:.0} % of a core in round {round} ({:.0} s in)",
                 started.elapsed().as_secs_f64()
@@ -943,7 +958,6 @@ async fn run(options: Options) -> Result<Report, String> {
     report
 }
 
-/// The baselines and the modes, in order, and the report of them.
 /// How long [`Bench::warm_up_broker`] goes on at most.
 const MAX_WARM_UP: Duration = Duration::from_secs(180);
 
@@ -951,6 +965,7 @@ const MAX_WARM_UP: Duration = Duration::from_secs(180);
 /// counts as quiet.
 const QUIET_COMPILER_PERCENT: f64 = 5.0;
 
+/// The baselines and the modes, in order, and the report of them.
 async fn measure(bench: &mut Bench) -> Result<Report, String> {
     let o = bench.options.clone();
     bench.warm_up_broker().await?;
@@ -1031,6 +1046,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
     };
     let targets = report::targets(&baselines, &modes, ordinary.as_ref(), apps.as_ref());
     let against_relay = report::against_relay(&baselines, &modes);
+    let latency_breakdown = report::latency_breakdown(&baselines, &modes);
     Ok(Report {
         setup: Setup {
             cpu: cpu_model(),
@@ -1054,6 +1070,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         apps,
         targets,
         against_relay,
+        latency_breakdown,
     })
 }
 

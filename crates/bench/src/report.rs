@@ -26,6 +26,8 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// Herald against the relayed baseline ([`against_relay`]).
     pub against_relay: Vec<String>,
+    /// Where the latency phase's time went ([`latency_breakdown`]).
+    pub latency_breakdown: Vec<String>,
 }
 
 /// The machine and the run's settings.
@@ -570,6 +572,14 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
             r.p99_ms
         ));
     }
+    lines
+}
+
+/// Where the latency phase's time went: the machine's load, each
+/// process's CPU, the broker's busiest threads, and Herald's histograms of
+/// each hop.
+pub fn latency_breakdown(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String> {
+    let mut lines = Vec::new();
     if let (Some(herald), Some(relayed)) = (
         modes
             .iter()
@@ -577,12 +587,16 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
             .and_then(|m| m.latency.as_ref()),
         baselines.relay_latency.as_ref(),
     ) {
+        let waited = |load: &crate::herald::MachineLoad| {
+            load.waited_percent
+                .map_or_else(|| "n/a".to_owned(), |p| format!("{p:.0} %"))
+        };
         lines.push(format!(
-            "  the machine meanwhile: cores {:.0} % busy, a task waiting for a core {:.0} % of the time (relayed: {:.0} %, {:.0} %)",
+            "the machine meanwhile: cores {:.0} % busy, a task waiting for a core {} of the time (relayed: {:.0} %, {})",
             herald.machine.busy_percent,
-            herald.machine.waited_percent,
+            waited(&herald.machine),
             relayed.machine.busy_percent,
-            relayed.machine.waited_percent,
+            waited(&relayed.machine),
         ));
     }
     if let Some(mode) = modes.iter().find(|m| !m.latency_processes.is_empty()) {
@@ -591,20 +605,20 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
             .iter()
             .map(|p| format!("{} {:.0} %", p.name, p.cpu_percent))
             .collect();
-        lines.push(format!("    CPU of one core: {}", shares.join(", ")));
+        lines.push(format!("  CPU of one core: {}", shares.join(", ")));
         for (process, threads) in &mode.latency_threads {
             let threads: Vec<String> = threads
                 .iter()
                 .map(|(name, percent)| format!("{name} {percent:.0} %"))
                 .collect();
             lines.push(format!(
-                "      {process}'s busiest threads: {}",
+                "    {process}'s busiest threads: {}",
                 threads.join(", ")
             ));
         }
     }
     if let Some(mode) = modes.iter().find(|m| !m.latency_split.is_empty()) {
-        lines.push("  of which, from Herald's histograms (p50 / p99 ms):".to_owned());
+        lines.push("of which, from Herald's histograms (p50 / p99 ms):".to_owned());
         for (name, p) in &mode.latency_split {
             let what = match name.as_str() {
                 "herald_fanout_event_wait_seconds" => "event record → fan-out starts",
@@ -616,7 +630,7 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
                 other => other,
             };
             lines.push(format!(
-                "    {what:<38} {:>7.1} / {:>7.1}   ({} samples)",
+                "  {what:<38} {:>7.1} / {:>7.1}   ({} samples)",
                 p.p50_ms, p.p99_ms, p.samples
             ));
         }
@@ -787,6 +801,13 @@ pub fn print(report: &Report) {
         println!();
         println!("against the relayed baseline (two topics, no other work)");
         for line in &report.against_relay {
+            println!("  {line}");
+        }
+    }
+    if !report.latency_breakdown.is_empty() {
+        println!();
+        println!("where the latency phase's time went");
+        for line in &report.latency_breakdown {
             println!("  {line}");
         }
     }

@@ -67,8 +67,9 @@ pub struct Metrics {
     /// Fan-out: from an event record's Kafka timestamp to the start of its
     /// fan-out (the first hop: broker, fetch, and waiting for a slot).
     pub fanout_event_wait: Histogram,
-    /// Dispatcher: from fan-out writing a delivery to its first attempt's
-    /// start (the second hop: produce, broker, fetch, admission).
+    /// Dispatcher: from fan-out writing a delivery (or a replay of a dead
+    /// letter writing it again) to its first attempt's start (the second
+    /// hop: produce, broker, fetch, admission).
     pub first_attempt_wait: Histogram,
     /// Deliveries written to a retry tier, by `tier`.
     pub retries: Family<Labels, Counter>,
