@@ -293,13 +293,15 @@ fn stamped_version(record: &OwnedMessage) -> i64 {
         .unwrap_or(0)
 }
 
-/// The delivery records for one event: one per subscribed endpoint of its
-/// application.
+/// The delivery records for one event, encoded and keyed by endpoint id:
+/// one per subscribed endpoint of its application. One delivery is filled
+/// with the event once and only its endpoint is changed between records,
+/// so the payload is copied once per event, not once per endpoint.
 fn plan(
     record: &OwnedMessage,
     event: &ParsedEvent<'_>,
     subscriptions: &Subscriptions,
-) -> Vec<Delivery> {
+) -> Vec<(Arc<str>, Vec<u8>)> {
     let event_id = event.id.clone().unwrap_or_else(|| {
         event_id_from_position(record.topic(), record.partition(), record.offset())
     });
@@ -310,24 +312,29 @@ fn plan(
             .to_millis()
             .unwrap_or_else(|| unix_millis(time::OffsetDateTime::now_utc())),
     };
-    let created_at_ms = unix_millis(time::OffsetDateTime::now_utc());
     let subscribers = subscriptions.subscribers(&event.event_type);
     let span = tracing::Span::current();
     span.record("event_id", event_id.as_str());
     span.record("subscribers", subscribers.len());
     tracing::debug!(event_id, application = %event.application, subscribers = subscribers.len(), "fanning out");
+    let mut delivery = Delivery {
+        application_id: event.application.clone(),
+        event_type: event.event_type.clone(),
+        payload_json: event.payload.get().as_bytes().to_vec(),
+        event_timestamp_ms,
+        created_at_ms: unix_millis(time::OffsetDateTime::now_utc()),
+        event_id,
+        ..Default::default()
+    };
     subscribers
-        .iter()
-        .map(|endpoint_id| Delivery {
-            delivery_id: herald_core::event::delivery_id(&event_id, endpoint_id),
-            endpoint_id: endpoint_id.to_string(),
-            application_id: event.application.clone(),
-            event_id: event_id.clone(),
-            event_type: event.event_type.clone(),
-            payload_json: event.payload.get().as_bytes().to_vec(),
-            event_timestamp_ms,
-            created_at_ms,
-            ..Default::default()
+        .into_iter()
+        .map(|endpoint_id| {
+            delivery.delivery_id =
+                herald_core::event::delivery_id(&delivery.event_id, &endpoint_id);
+            delivery.endpoint_id.clear();
+            delivery.endpoint_id.push_str(&endpoint_id);
+            let encoded = delivery.encode_to_vec();
+            (endpoint_id, encoded)
         })
         .collect()
 }
@@ -335,18 +342,15 @@ fn plan(
 impl FanoutHandler {
     /// Produces every delivery, retrying failed produces until each one is
     /// acknowledged; abandons the record only when the process stops.
-    async fn produce_all(&self, deliveries: Vec<Delivery>) -> Outcome {
-        let mut pending: Vec<(String, Vec<u8>)> = deliveries
-            .into_iter()
-            .map(|d| (d.endpoint_id.clone(), d.encode_to_vec()))
-            .collect();
+    async fn produce_all(&self, deliveries: Vec<(Arc<str>, Vec<u8>)>) -> Outcome {
+        let mut pending = deliveries;
         let count = pending.len() as u64;
         let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             let sends = pending.iter().map(|(key, value)| {
                 self.producer.send(
                     FutureRecord::to(&self.deliveries_topic)
-                        .key(key)
+                        .key(key.as_bytes())
                         .payload(value)
                         .headers(trace_context::kafka_headers()),
                     self.produce_timeout,
@@ -371,5 +375,57 @@ impl FanoutHandler {
                 return Outcome::Abandoned;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use subscriptions::StoredSubscription;
+
+    #[test]
+    fn each_subscriber_gets_its_own_record_of_the_same_event() {
+        let value =
+            br#"{"application":"shop","id":"evt_1","type":"order.created","payload":{"n":1}}"#;
+        let record = OwnedMessage::new(
+            Some(value.to_vec()),
+            None,
+            "herald.events".to_owned(),
+            Timestamp::CreateTime(1_767_323_045_123),
+            3,
+            42,
+            None,
+        );
+        let event = parse_event(value).unwrap();
+        let subscriptions = Subscriptions::build(
+            1,
+            ["ep_a", "ep_b", "ep_c"]
+                .iter()
+                .map(|id| StoredSubscription {
+                    id: (*id).to_owned(),
+                    event_types: vec!["order.*".to_owned()],
+                    disabled: *id == "ep_c",
+                })
+                .collect(),
+        );
+        let planned = plan(&record, &event, &subscriptions);
+        let keys: Vec<&str> = planned.iter().map(|(key, _)| &**key).collect();
+        assert_eq!(keys, ["ep_a", "ep_b"]);
+        for (key, encoded) in &planned {
+            let delivery = Delivery::decode(encoded.as_slice()).unwrap();
+            assert_eq!(delivery.endpoint_id, **key);
+            assert_eq!(
+                delivery.delivery_id,
+                herald_core::event::delivery_id("evt_1", key)
+            );
+            assert_eq!(delivery.event_id, "evt_1");
+            assert_eq!(delivery.application_id, "shop");
+            assert_eq!(delivery.event_type, "order.created");
+            assert_eq!(delivery.payload_json, br#"{"n":1}"#);
+            assert_eq!(delivery.event_timestamp_ms, 1_767_323_045_123);
+            assert!(delivery.created_at_ms > 0);
+        }
+        assert_ne!(planned[0].1, planned[1].1);
     }
 }
