@@ -57,12 +57,12 @@ pub async fn broker_phase(
     let relay = match hops {
         Hops::One => None,
         Hops::Two => Some(tokio::spawn(relay(
-            assigned_consumer(kafka, topic)?,
+            assigned_consumer(kafka, topic).await?,
             producer.clone(),
             relayed.clone(),
         ))),
     };
-    let consumer = assigned_consumer(kafka, last)?;
+    let consumer = assigned_consumer(kafka, last).await?;
     let arrivals = Arc::new(Arrivals::default());
     let reader = {
         let arrivals = arrivals.clone();
@@ -119,12 +119,12 @@ pub async fn broker_phase(
 /// Herald's consumer settings. It reads the partitions directly, not as a
 /// group: a group's join only adds start-up time, and the fetch path is the
 /// same.
-fn assigned_consumer(kafka: &KafkaConfig, topic: &str) -> Result<StreamConsumer, String> {
-    assigned_consumer_at(kafka, topic, Offset::Beginning)
+async fn assigned_consumer(kafka: &KafkaConfig, topic: &str) -> Result<StreamConsumer, String> {
+    assigned_consumer_at(kafka, topic, Offset::Beginning).await
 }
 
 /// [`assigned_consumer`] from `start` in every partition.
-fn assigned_consumer_at(
+async fn assigned_consumer_at(
     kafka: &KafkaConfig,
     topic: &str,
     start: Offset,
@@ -137,15 +137,24 @@ fn assigned_consumer_at(
     )
     .create()
     .map_err(|e| format!("consumer: {e}"))?;
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("metadata of {topic}: {e}"))?
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
-    if partitions == 0 {
-        return Err(format!("{topic} has no partitions"));
-    }
+    // A topic created a moment ago can be missing from the broker's
+    // metadata, or show no partitions yet, for a little while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let partitions = loop {
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| format!("metadata of {topic}: {e}"))?
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        if partitions > 0 {
+            break partitions;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{topic} has no partitions"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions as i32 {
         assignment
@@ -167,7 +176,7 @@ pub struct HopWatch {
 impl HopWatch {
     /// Starts reading `topic` from its end.
     pub async fn start(kafka: &KafkaConfig, topic: &str) -> Result<HopWatch, String> {
-        let consumer = assigned_consumer_at(kafka, topic, Offset::End)?;
+        let consumer = assigned_consumer_at(kafka, topic, Offset::End).await?;
         let waits_ms = Arc::new(std::sync::Mutex::new(Vec::new()));
         let reader = {
             let waits_ms = waits_ms.clone();

@@ -24,13 +24,14 @@ mod apps;
 mod baseline;
 mod cleanup;
 mod herald;
+mod latency;
 mod load;
 mod ordinary;
 mod receiver;
 mod report;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_core::config::{Env, KafkaConfig};
 use herald_core::signing::Secret;
@@ -298,15 +299,6 @@ struct Bench {
     /// Whether the endpoints are registered (the first mode does it).
     registered: bool,
 }
-
-/// Where an event's time goes, hop by hop, read from Herald's histograms
-/// around the latency phase.
-const LATENCY_SPLIT: [&str; 4] = [
-    "herald_fanout_event_wait_seconds",
-    "herald_delivery_first_attempt_wait_seconds",
-    "herald_delivery_attempt_duration_seconds",
-    "herald_delivery_end_to_end_seconds",
-];
 
 /// A running mode: Herald's processes with their own topic prefix.
 #[derive(Debug)]
@@ -721,64 +713,11 @@ impl Bench {
                 }
             }
             let rate = (kafka.delivered_per_s * 0.2).max(1.0);
-            let mut phase = self.phase(
-                mode,
-                "latency",
-                ((rate * self.options.latency_seconds) as usize).max(20),
-                true,
-            );
-            phase.rate = Some(rate);
-            let kafka = &running.kafka;
-            let watches = if self.options.control_readers {
-                Some([
-                    baseline::HopWatch::start(kafka, &kafka.events_topic()).await?,
-                    baseline::HopWatch::start(kafka, &kafka.deliveries_topic()).await?,
-                ])
-            } else {
-                None
-            };
-            let before = load::Histograms::read(&running.ops, &LATENCY_SPLIT).await?;
-            let cpu_before = herald::MachineCpu::read();
-            // The benchmark's own process (load, receiver) shares the cores.
-            let mut on_machine = watched.clone();
-            on_machine.push(("herald-bench".to_owned(), std::process::id()));
-            let usage_before = herald::usages(&on_machine);
-            let threads_before: Vec<_> = self
-                .options
-                .observe
-                .iter()
-                .map(|(_, pid)| herald::thread_cpu(*pid))
-                .collect();
-            let phase_started = Instant::now();
-            let result = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
-            let phase_seconds = phase_started.elapsed().as_secs_f64();
-            for ((name, pid), before) in self.options.observe.iter().zip(&threads_before) {
-                let mut busiest =
-                    herald::thread_shares(before, &herald::thread_cpu(*pid), phase_seconds);
-                busiest.truncate(6);
-                latency_threads.push((name.clone(), busiest));
-            }
-            let machine = cpu_before.until(&herald::MachineCpu::read());
-            latency_processes =
-                ProcessReport::since(&on_machine, usage_before, phase_seconds, result.delivered);
-            // The last webhooks arrived; their attempts are counted in the
-            // histograms just after.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            latency_split = load::Histograms::read(&running.ops, &LATENCY_SPLIT)
-                .await?
-                .since(&before);
-            if let Some([events, deliveries]) = watches {
-                latency_split.push(("plain reader: event records".to_owned(), events.finish()));
-                latency_split.push((
-                    "plain reader: delivery records".to_owned(),
-                    deliveries.finish(),
-                ));
-            }
-            latency = Some(RatedPhase {
-                rate,
-                result,
-                machine,
-            });
+            let measured = self.latency_phase(mode, &running, &watched, rate).await?;
+            latency = Some(measured.phase);
+            latency_split = measured.split;
+            latency_processes = measured.processes;
+            latency_threads = measured.threads;
             latency_rate = Some(rate);
         }
         // Peak RSS over the whole mode, including the HTTP and latency phases.
@@ -813,76 +752,6 @@ impl Bench {
             },
             latency_rate,
         ))
-    }
-
-    /// Drives the broker flat out, relayed through two topics, until its JIT
-    /// compiler is quiet: a JVM broker compiles its hot paths for minutes
-    /// after it starts, and a compiler thread taking half a core in the
-    /// middle of a phase is the broker's start-up, not Herald's cost (it
-    /// took 44 % of a core during the first latency phase, and added tens
-    /// of milliseconds to every hop). Needs the broker's pid (`--observe`);
-    /// a broker without compiler threads (Tansu) is not warmed.
-    async fn warm_up_broker(&self) -> Result<(), String> {
-        let compiler = |thread: &str| thread.contains("CompilerThre");
-        // The observed process that has JIT compiler threads, if any.
-        let Some((name, pid)) = self
-            .options
-            .observe
-            .iter()
-            .find(|(_, pid)| herald::thread_cpu(*pid).values().any(|t| compiler(&t.name)))
-            .cloned()
-        else {
-            return Ok(());
-        };
-        if self.options.smoke {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let mut quiet_rounds = 0;
-        for round in 1.. {
-            if started.elapsed() > MAX_WARM_UP {
-                eprintln!("warm-up: {name}'s JIT compiler is still busy; measuring anyway");
-                break;
-            }
-            let before = herald::thread_cpu(pid);
-            let round_started = Instant::now();
-            let phase = self.phase(
-                "warm-up",
-                &format!("broker-{round}"),
-                // A few seconds a round: compiler time is counted in ticks.
-                self.options.deliveries * 4,
-                true,
-            );
-            baseline::broker_phase(
-                &self.kafka,
-                &self.kafka.topic(&format!("bench.warm-up-{round}")),
-                Hops::Two,
-                &phase,
-            )
-            .await?;
-            let share = herald::thread_shares(
-                &before,
-                &herald::thread_cpu(pid),
-                round_started.elapsed().as_secs_f64(),
-            )
-            .iter()
-            .filter(|(thread, _)| compiler(thread))
-            .map(|(_, percent)| percent)
-            .sum::<f64>();
-            eprintln!(
-                "warm-up: {name}'s JIT compiler took {share:.0} % of a core in round {round} ({:.0} s in)",
-                started.elapsed().as_secs_f64()
-            );
-            quiet_rounds = if share <= QUIET_COMPILER_PERCENT {
-                quiet_rounds + 1
-            } else {
-                0
-            };
-            if quiet_rounds == 2 {
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// The broker's flat-out rate through one topic or relayed through two:
@@ -957,13 +826,6 @@ async fn run(options: Options) -> Result<Report, String> {
     }
     report
 }
-
-/// How long [`Bench::warm_up_broker`] goes on at most.
-const MAX_WARM_UP: Duration = Duration::from_secs(180);
-
-/// A JIT compiler below this share of a core (in two rounds in a row)
-/// counts as quiet.
-const QUIET_COMPILER_PERCENT: f64 = 5.0;
 
 /// The baselines and the modes, in order, and the report of them.
 async fn measure(bench: &mut Bench) -> Result<Report, String> {
