@@ -138,7 +138,7 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     // every event passed each of them once.
     let fanout_1 = &modes[0];
     let latency_events = fanout_1["latency"]["result"]["delivered"].as_u64().unwrap();
-    let split: Vec<(&str, u64)> = fanout_1["latency_split"]
+    let split: Vec<(&str, u64)> = fanout_1["latency_split"]["histograms"]
         .as_array()
         .unwrap()
         .iter()

@@ -234,9 +234,7 @@ impl Bench {
             http_cost: None,
             http_batch_cost: None,
             latency: None,
-            latency_split: Vec::new(),
-            latency_processes: Vec::new(),
-            latency_threads: Vec::new(),
+            latency_split: None,
             processes,
             attempt_log: None,
         };

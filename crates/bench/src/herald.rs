@@ -352,14 +352,12 @@ pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<u32, ThreadCpu> {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        if let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) {
+        if let Some(cpu_seconds) = cpu_seconds_in_stat(&stat) {
             threads.insert(
                 tid,
                 ThreadCpu {
                     name: stat[open + 1..close].to_owned(),
-                    cpu_seconds: (utime + stime) / clock_ticks_per_second(),
+                    cpu_seconds,
                 },
             );
         }
@@ -400,15 +398,7 @@ pub fn usages(watched: &[(String, u32)]) -> Vec<Usage> {
 pub fn usage(pid: u32) -> Usage {
     let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| {
-            // Fields after the parenthesised command name start at field 3
-            // (state); utime and stime are fields 14 and 15.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / clock_ticks_per_second())
-        })
+        .and_then(|stat| cpu_seconds_in_stat(&stat))
         .unwrap_or(0.0);
     let peak_rss_mib = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -422,6 +412,17 @@ pub fn usage(pid: u32) -> Usage {
         cpu_seconds,
         peak_rss_mib,
     }
+}
+
+/// User + system CPU seconds in a `/proc/…/stat` line (a process's or a
+/// thread's): fields after the parenthesised name start at field 3
+/// (state); utime and stime are fields 14 and 15.
+fn cpu_seconds_in_stat(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks_per_second())
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::baseline::{self, Hops};
 use crate::herald;
 use crate::load;
-use crate::report::{ProcessReport, RatedPhase};
+use crate::report::{LatencySplit, ProcessReport, RatedPhase};
 use crate::{Bench, Running};
 
 /// Where an event's time goes, hop by hop, read from Herald's histograms
@@ -31,13 +31,8 @@ const QUIET_COMPILER_PERCENT: f64 = 5.0;
 pub struct LatencyPhase {
     /// The phase itself.
     pub phase: RatedPhase,
-    /// Herald's histograms over it ([`LATENCY_SPLIT`], and the control
-    /// readers' when they ran).
-    pub split: Vec<(String, load::Percentiles)>,
-    /// CPU of Herald's processes, the observed ones and the benchmark.
-    pub processes: Vec<ProcessReport>,
-    /// The observed processes' busiest threads.
-    pub threads: Vec<(String, Vec<(String, f64)>)>,
+    /// Where its time went.
+    pub split: LatencySplit,
 }
 
 impl Bench {
@@ -94,12 +89,12 @@ impl Bench {
         // The last webhooks arrived; their attempts are counted in the
         // histograms just after.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut split = load::Histograms::read(&running.ops, &LATENCY_SPLIT)
+        let mut histograms = load::Histograms::read(&running.ops, &LATENCY_SPLIT)
             .await?
             .since(&before);
         if let Some([events, deliveries]) = watches {
-            split.push(("plain reader: event records".to_owned(), events.finish()));
-            split.push((
+            histograms.push(("plain reader: event records".to_owned(), events.finish()));
+            histograms.push((
                 "plain reader: delivery records".to_owned(),
                 deliveries.finish(),
             ));
@@ -110,9 +105,11 @@ impl Bench {
                 result,
                 machine,
             },
-            split,
-            processes,
-            threads,
+            split: LatencySplit {
+                histograms,
+                processes,
+                threads,
+            },
         })
     }
 

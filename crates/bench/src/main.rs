@@ -671,9 +671,7 @@ impl Bench {
         let mut http_batch_cost = None;
         let mut latency = None;
         let mut latency_rate = None;
-        let mut latency_split = Vec::new();
-        let mut latency_processes = Vec::new();
-        let mut latency_threads = Vec::new();
+        let mut latency_split = None;
         if mode == "fanout-1" {
             // Single events, then the batch route with 100 events a request
             // from fewer connections (each carries a hundred times as much).
@@ -715,9 +713,7 @@ impl Bench {
             let rate = (kafka.delivered_per_s * 0.2).max(1.0);
             let measured = self.latency_phase(mode, &running, &watched, rate).await?;
             latency = Some(measured.phase);
-            latency_split = measured.split;
-            latency_processes = measured.processes;
-            latency_threads = measured.threads;
+            latency_split = Some(measured.split);
             latency_rate = Some(rate);
         }
         // Peak RSS over the whole mode, including the HTTP and latency phases.
@@ -745,8 +741,6 @@ impl Bench {
                 http_batch_cost,
                 latency,
                 latency_split,
-                latency_processes,
-                latency_threads,
                 attempt_log,
                 processes,
             },

@@ -81,6 +81,21 @@ pub struct RatedPhase {
     pub machine: crate::herald::MachineLoad,
 }
 
+/// Where the latency phase's time went.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySplit {
+    /// Herald's own histograms over the phase (name, percentiles): the
+    /// first hop, the second, the request, end to end (and the control
+    /// readers' when they ran).
+    pub histograms: Vec<(String, Percentiles)>,
+    /// CPU of Herald's processes, the observed ones and the benchmark
+    /// itself over the phase.
+    pub processes: Vec<ProcessReport>,
+    /// The observed processes' busiest threads over the phase: (process,
+    /// [(thread name, percent of one core)]).
+    pub threads: Vec<(String, Vec<(String, f64)>)>,
+}
+
 /// One mode's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeReport {
@@ -113,15 +128,8 @@ pub struct ModeReport {
     pub http_batch_cost: Option<CostPerWebhook>,
     /// Events produced at 20 % of the Kafka phase's rate.
     pub latency: Option<RatedPhase>,
-    /// Herald's own histograms over that phase (name, percentiles): the
-    /// first hop, the second, the request, end to end.
-    pub latency_split: Vec<(String, Percentiles)>,
-    /// CPU of Herald's processes, the observed ones and the benchmark
-    /// itself over that phase.
-    pub latency_processes: Vec<ProcessReport>,
-    /// The observed processes' busiest threads over that phase: (process,
-    /// [(thread name, percent of one core)]).
-    pub latency_threads: Vec<(String, Vec<(String, f64)>)>,
+    /// Where that phase's time went.
+    pub latency_split: Option<LatencySplit>,
     /// Herald's processes (and any observed ones) during the Kafka phase.
     pub processes: Vec<ProcessReport>,
     /// What the attempt log grew by in Redis during the Kafka phase.
@@ -556,10 +564,7 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
         }
     }
     if let (Some(herald), Some(relayed)) = (
-        modes
-            .iter()
-            .find(|m| m.name == "fanout-1")
-            .and_then(|m| m.latency.as_ref()),
+        fanout_1(modes).and_then(|m| m.latency.as_ref()),
         baselines.relay_latency.as_ref(),
     ) {
         let (h, r) = (&herald.result.latency, &relayed.result.latency);
@@ -575,18 +580,21 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
     lines
 }
 
+/// The fan-out 1 mode, which runs the latency phase.
+fn fanout_1(modes: &[ModeReport]) -> Option<&ModeReport> {
+    modes.iter().find(|m| m.name == "fanout-1")
+}
+
 /// Where the latency phase's time went: the machine's load, each
 /// process's CPU, the broker's busiest threads, and Herald's histograms of
 /// each hop.
 pub fn latency_breakdown(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String> {
     let mut lines = Vec::new();
-    if let (Some(herald), Some(relayed)) = (
-        modes
-            .iter()
-            .find(|m| m.name == "fanout-1")
-            .and_then(|m| m.latency.as_ref()),
-        baselines.relay_latency.as_ref(),
-    ) {
+    let Some(mode) = fanout_1(modes) else {
+        return lines;
+    };
+    if let (Some(herald), Some(relayed)) = (mode.latency.as_ref(), baselines.relay_latency.as_ref())
+    {
         let waited = |load: &crate::herald::MachineLoad| {
             load.waited_percent
                 .map_or_else(|| "n/a".to_owned(), |p| format!("{p:.0} %"))
@@ -599,41 +607,40 @@ pub fn latency_breakdown(baselines: &Baselines, modes: &[ModeReport]) -> Vec<Str
             waited(&relayed.machine),
         ));
     }
-    if let Some(mode) = modes.iter().find(|m| !m.latency_processes.is_empty()) {
-        let shares: Vec<String> = mode
-            .latency_processes
+    let Some(split) = &mode.latency_split else {
+        return lines;
+    };
+    let shares: Vec<String> = split
+        .processes
+        .iter()
+        .map(|p| format!("{} {:.0} %", p.name, p.cpu_percent))
+        .collect();
+    lines.push(format!("  CPU of one core: {}", shares.join(", ")));
+    for (process, threads) in &split.threads {
+        let threads: Vec<String> = threads
             .iter()
-            .map(|p| format!("{} {:.0} %", p.name, p.cpu_percent))
+            .map(|(name, percent)| format!("{name} {percent:.0} %"))
             .collect();
-        lines.push(format!("  CPU of one core: {}", shares.join(", ")));
-        for (process, threads) in &mode.latency_threads {
-            let threads: Vec<String> = threads
-                .iter()
-                .map(|(name, percent)| format!("{name} {percent:.0} %"))
-                .collect();
-            lines.push(format!(
-                "    {process}'s busiest threads: {}",
-                threads.join(", ")
-            ));
-        }
+        lines.push(format!(
+            "    {process}'s busiest threads: {}",
+            threads.join(", ")
+        ));
     }
-    if let Some(mode) = modes.iter().find(|m| !m.latency_split.is_empty()) {
-        lines.push("of which, from Herald's histograms (p50 / p99 ms):".to_owned());
-        for (name, p) in &mode.latency_split {
-            let what = match name.as_str() {
-                "herald_fanout_event_wait_seconds" => "event record → fan-out starts",
-                "herald_delivery_first_attempt_wait_seconds" => "fan-out → first attempt starts",
-                "herald_delivery_attempt_duration_seconds" => "the webhook request",
-                "herald_delivery_end_to_end_seconds" => "end to end (event timestamp → 2xx)",
-                "plain reader: event records" => "control: event record → a plain reader",
-                "plain reader: delivery records" => "control: delivery record → a plain reader",
-                other => other,
-            };
-            lines.push(format!(
-                "  {what:<38} {:>7.1} / {:>7.1}   ({} samples)",
-                p.p50_ms, p.p99_ms, p.samples
-            ));
-        }
+    lines.push("of which, from Herald's histograms (p50 / p99 ms):".to_owned());
+    for (name, p) in &split.histograms {
+        let what = match name.as_str() {
+            "herald_fanout_event_wait_seconds" => "event record → fan-out starts",
+            "herald_delivery_first_attempt_wait_seconds" => "fan-out → first attempt starts",
+            "herald_delivery_attempt_duration_seconds" => "the webhook request",
+            "herald_delivery_end_to_end_seconds" => "end to end (event timestamp → 2xx)",
+            "plain reader: event records" => "control: event record → a plain reader",
+            "plain reader: delivery records" => "control: delivery record → a plain reader",
+            other => other,
+        };
+        lines.push(format!(
+            "  {what:<38} {:>7.1} / {:>7.1}   ({} samples)",
+            p.p50_ms, p.p99_ms, p.samples
+        ));
     }
     lines
 }

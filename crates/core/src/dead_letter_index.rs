@@ -109,13 +109,7 @@ impl DlqIndex {
         start: usize,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut conn = self.redis.clone();
-        let ids: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.set(filter))
-            .arg(start)
-            .arg(start + limit - 1)
-            .query_async(&mut conn)
-            .await?;
+        let ids = self.ids_at(filter, start, limit).await?;
         self.get_many(&ids).await
     }
 
