@@ -3,12 +3,17 @@
 //! event" and "what is this endpoint answering".
 //!
 //! Redis layout, under the key prefix:
-//! - `attempts:endpoint:{endpoint id}`: sorted set of attempt records (JSON)
-//!   scored by start time; trimmed to the newest `max_per_endpoint` and to
-//!   the retention period on every write;
-//! - `attempts:event:{application id}.{event id}`: the same records for one
-//!   event, expiring [`EXPIRY_GRACE`] after the retention period (so that
+//! - `attempts:event:{application id}.{event id}`: sorted set of one
+//!   event's attempt records (JSON, to every endpoint) scored by start
+//!   time, expiring [`EXPIRY_GRACE`] after the retention period (so that
 //!   the trim still finds them to count when their index entry leaves);
+//! - `attempts:endpoint:{endpoint id}`: sorted set of references to the
+//!   endpoint's attempts in their events' logs (`{start ms} {attempt}
+//!   {application id}.{event id}`, about 60 bytes), scored by start time;
+//!   trimmed to the newest `max_per_endpoint` and to the retention period
+//!   on every write. A reference whose event's log is gone is dropped when
+//!   a read meets it. (Logs written before references held the records
+//!   themselves; those are still read.)
 //! - `attempts:events`: the events (`{application id}.{event id}`) that have
 //!   such a log, scored by their latest attempt;
 //! - `attempts:retained`: how many attempts the event logs hold together.
@@ -98,6 +103,9 @@ pub struct LoggedAttempt {
     pub event: String,
     /// Start, Unix milliseconds: the score in both logs.
     pub started_at_ms: i64,
+    /// The delivery's attempt number (with the event and the start, what
+    /// the endpoint's log names it by).
+    pub attempt: u32,
     /// The record's JSON.
     pub json: Vec<u8>,
 }
@@ -114,6 +122,7 @@ impl LoggedAttempt {
             endpoint_id,
             event: event_member(record.application_id.as_ref(), record.event_id.as_ref()),
             started_at_ms: record.started_at_ms,
+            attempt: record.attempt,
             json,
         })
     }
@@ -124,6 +133,46 @@ impl LoggedAttempt {
 fn event_member(application_id: &str, event_id: &str) -> String {
     format!("{application_id}.{event_id}")
 }
+
+/// How an endpoint's log names an attempt kept in its event's log:
+/// `{start ms} {attempt} {event}` (event ids and application ids hold no
+/// space). The start is the attempt's score in both logs, so the event's
+/// log finds it with one `ZRANGEBYSCORE`.
+fn attempt_ref(started_at_ms: i64, attempt: u32, event: &str) -> String {
+    format!("{started_at_ms} {attempt} {event}")
+}
+
+/// An entry of an endpoint's log, read back.
+#[derive(Debug, PartialEq, Eq)]
+enum EndpointEntry<'a> {
+    /// A reference ([`attempt_ref`]).
+    Ref {
+        started_at_ms: i64,
+        attempt: u32,
+        event: &'a str,
+    },
+    /// The record itself, as logs written before references held it.
+    Record(&'a str),
+}
+
+impl<'a> EndpointEntry<'a> {
+    fn parse(member: &'a str) -> Option<Self> {
+        if member.starts_with('{') {
+            return Some(Self::Record(member));
+        }
+        let (started, rest) = member.split_once(' ')?;
+        let (attempt, event) = rest.split_once(' ')?;
+        Some(Self::Ref {
+            started_at_ms: started.parse().ok()?,
+            attempt: attempt.parse().ok()?,
+            event,
+        })
+    }
+}
+
+/// How many times a read of an endpoint's log drops references whose
+/// attempts are gone and reads its page again.
+const MAX_REREADS: usize = 3;
 
 /// `ZADD key score member …` for `entries`, built in buffers sized for it
 /// at once: a command grown argument by argument reallocated its buffers
@@ -291,16 +340,25 @@ impl AttemptLog {
         }
         let retention_ms = self.config.retention.as_millis() as i64;
         let keep = self.config.max_per_endpoint as isize;
+        // The record goes into its event's log; the endpoint's log holds a
+        // reference to it, so each attempt's bytes are kept once, inside
+        // the budget.
+        let refs: Vec<String> = attempts
+            .iter()
+            .map(|a| attempt_ref(a.started_at_ms, a.attempt, &a.event))
+            .collect();
         let mut by_endpoint: HashMap<&str, Vec<(i64, &[u8])>> = HashMap::new();
         // Event ids are unique within an application only.
         let mut by_event: HashMap<&str, Vec<(i64, &[u8])>> = HashMap::new();
-        for attempt in attempts {
-            let entry = (attempt.started_at_ms, attempt.json.as_slice());
-            by_event.entry(&attempt.event).or_default().push(entry);
+        for (attempt, reference) in attempts.iter().zip(&refs) {
+            by_event
+                .entry(&attempt.event)
+                .or_default()
+                .push((attempt.started_at_ms, attempt.json.as_slice()));
             by_endpoint
                 .entry(&attempt.endpoint_id)
                 .or_default()
-                .push(entry);
+                .push((attempt.started_at_ms, reference.as_bytes()));
         }
         // The count and the index first, the logs after: the trim, which
         // may run between any two of these commands, drops the oldest
@@ -382,15 +440,84 @@ impl AttemptLog {
         }
     }
 
-    /// An endpoint's attempts, newest first, from position `start`.
+    /// An endpoint's attempts, newest first, from position `start`: those
+    /// its events' logs still hold. References to attempts that left with
+    /// their event's log (the budget, the retention) are dropped from the
+    /// endpoint's log as they are met, and the page read again.
     pub async fn for_endpoint(
         &self,
         endpoint_id: &str,
         start: usize,
         count: usize,
     ) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.read(&self.keys.endpoint_attempts(endpoint_id), start, count)
-            .await
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.endpoint_attempts(endpoint_id);
+        let mut conn = self.redis.clone();
+        let mut rereads = 0;
+        loop {
+            let members: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&key)
+                .arg(start)
+                .arg(start + count - 1)
+                .query_async(&mut conn)
+                .await?;
+            let entries: Vec<Option<EndpointEntry<'_>>> =
+                members.iter().map(|m| EndpointEntry::parse(m)).collect();
+            let mut lookups = redis::pipe();
+            for entry in entries.iter().flatten() {
+                if let EndpointEntry::Ref {
+                    started_at_ms,
+                    event,
+                    ..
+                } = entry
+                {
+                    lookups
+                        .cmd("ZRANGEBYSCORE")
+                        .arg(self.keys.event_attempts(event))
+                        .arg(started_at_ms)
+                        .arg(started_at_ms);
+                }
+            }
+            let mut found: std::vec::IntoIter<Vec<String>> = if lookups.is_empty() {
+                Vec::new().into_iter()
+            } else {
+                lookups
+                    .query_async::<Vec<Vec<String>>>(&mut conn)
+                    .await?
+                    .into_iter()
+            };
+            let mut records = Vec::with_capacity(members.len());
+            let mut gone = Vec::new();
+            for (member, entry) in members.iter().zip(&entries) {
+                match entry {
+                    Some(EndpointEntry::Record(json)) => records.push(serde_json::from_str(json)?),
+                    Some(EndpointEntry::Ref { attempt, .. }) => {
+                        let same_start = found.next().unwrap_or_default();
+                        let record = same_start
+                            .iter()
+                            .filter_map(|json| serde_json::from_str::<AttemptRecord>(json).ok())
+                            .find(|r| r.endpoint_id == endpoint_id && r.attempt == *attempt);
+                        match record {
+                            Some(record) => records.push(record),
+                            None => gone.push(member.as_str()),
+                        }
+                    }
+                    // Not written by Herald: left alone, not shown.
+                    None => {}
+                }
+            }
+            if gone.is_empty() || rereads == MAX_REREADS {
+                return Ok(records);
+            }
+            let _: usize = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await?;
+            rereads += 1;
+        }
     }
 
     /// An event's attempts (to every endpoint), newest first.

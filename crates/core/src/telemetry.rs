@@ -205,33 +205,36 @@ impl<'w> FormatFields<'w> for LogFields {
         current: &'w mut FormattedFields<Self>,
         fields: &span::Record<'_>,
     ) -> fmt::Result {
-        let mut more = String::new();
-        let written = {
-            let mut writer = Writer::new(&mut more);
+        // Written straight onto the span's text (the dispatcher records
+        // fields on every delivery's span): a JSON object's closing brace
+        // comes off first and goes back after.
+        let continuing = !current.fields.is_empty() && current.fields != "{}";
+        if self.json && current.fields.ends_with('}') {
+            current.fields.pop();
+        } else if self.json && current.fields.is_empty() {
+            current.fields.push('{');
+        }
+        let result = {
+            let mut writer = Writer::new(&mut current.fields);
             let mut visitor = FieldVisitor::new(&mut writer, self.json);
-            // Appended to what is there: no opening brace, and a separator
-            // first when something is.
-            visitor.continuing = !current.fields.is_empty() && current.fields != "{}";
+            visitor.continuing = continuing;
+            // Opened already, or not needed.
             visitor.opened = true;
             fields.record(&mut visitor);
-            visitor.result?;
-            visitor.written
+            visitor.result
         };
-        if written == 0 {
-            return Ok(());
-        }
         if self.json {
-            // `{…}` + `,"k":v` → `{…,"k":v}`.
-            if current.fields.is_empty() {
-                current.fields.push_str("{}");
-            }
-            let at = current.fields.len() - 1;
-            current.fields.insert_str(at, &more);
-        } else {
-            current.fields.push_str(&more);
+            current.fields.push('}');
         }
-        Ok(())
+        result
     }
+}
+
+/// Whether `text` reads the same quoted as escaped (as `{:?}` or JSON would
+/// write it): ids, names and numbers do, and skip the escaping.
+fn needs_no_escaping(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// Writes the undotted fields, as `LogFields` says.
@@ -269,6 +272,10 @@ impl<'a, 'w> FieldVisitor<'a, 'w> {
             self.opened = true;
             let separator = if separate { "," } else { "" };
             let value = match value {
+                FieldValue::Str(text) if needs_no_escaping(text) && needs_no_escaping(name) => {
+                    self.result = write!(self.writer, "{open}{separator}\"{name}\":\"{text}\"");
+                    return;
+                }
                 FieldValue::Str(text) => serde_json::Value::from(text),
                 FieldValue::Debug(value) => serde_json::Value::from(format!("{value:?}")),
                 FieldValue::I64(n) => serde_json::Value::from(n),
@@ -286,6 +293,9 @@ impl<'a, 'w> FieldVisitor<'a, 'w> {
                 ("message", FieldValue::Str(text)) => write!(self.writer, "{separator}{text}"),
                 ("message", FieldValue::Debug(value)) => {
                     write!(self.writer, "{separator}{value:?}")
+                }
+                (name, FieldValue::Str(text)) if needs_no_escaping(text) => {
+                    write!(self.writer, "{separator}{name}=\"{text}\"")
                 }
                 (name, FieldValue::Str(text)) => write!(self.writer, "{separator}{name}={text:?}"),
                 (name, FieldValue::Debug(value)) => {
@@ -358,9 +368,13 @@ mod tests {
             "process",
             messaging.kafka.offset = 7,
             event_id = "evt_1",
+            endpoint_id = tracing::field::Empty,
             attempt = tracing::field::Empty,
+            detail = tracing::field::Empty,
         );
+        span.record("endpoint_id", "ep_1");
         span.record("attempt", 2);
+        span.record("detail", "a \"quoted\" word");
         span.record("otel.status_code", "ERROR");
         span.in_scope(|| tracing::warn!(status = 503, "delivery attempt failed"));
     }
@@ -377,7 +391,9 @@ mod tests {
         tracing::subscriber::with_default(subscriber, log_in_a_span);
         let line = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert!(
-            line.contains(r#"process{event_id="evt_1" attempt=2}"#),
+            line.contains(
+                r#"process{event_id="evt_1" endpoint_id="ep_1" attempt=2 detail="a \"quoted\" word"}"#
+            ),
             "{line}"
         );
         assert!(
@@ -402,7 +418,9 @@ mod tests {
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim()).expect(&text);
         assert_eq!(line["span"]["event_id"], "evt_1", "{line}");
+        assert_eq!(line["span"]["endpoint_id"], "ep_1", "{line}");
         assert_eq!(line["span"]["attempt"], 2, "{line}");
+        assert_eq!(line["span"]["detail"], r#"a "quoted" word"#, "{line}");
         assert_eq!(line["status"], 503, "{line}");
         assert!(!text.contains("messaging"), "{text}");
         assert!(!text.contains("otel"), "{text}");

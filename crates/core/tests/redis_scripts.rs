@@ -549,14 +549,83 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
     assert_eq!(with_log, [10, 49, 50]);
     // The dropped logs are gone from Redis, not merely unlisted.
     let mut conn = redis();
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let logs: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", keys.event_attempts_prefix()))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(keys.len(), 3, "{keys:?}");
-    // The endpoint's own log is bounded by its own limit only.
-    assert_eq!(log.for_endpoint("ep", 0, 1000).await.unwrap().len(), 52);
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    // The endpoint's log refers to the events' logs: it shows what they
+    // still hold, newest first, and drops its references to the rest.
+    let shown: Vec<String> = log
+        .for_endpoint("ep", 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(shown, ["evt_50", "evt_10", "evt_49", "evt_10"]);
+    let references: usize = redis::cmd("ZCARD")
+        .arg(keys.endpoint_attempts("ep"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(references, 4);
+    // A page past dropped references is read again, not cut short.
+    let second: Vec<String> = log
+        .for_endpoint("ep", 1, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(second, ["evt_10", "evt_49"]);
+}
+
+#[tokio::test]
+async fn an_endpoint_log_written_before_references_is_still_read() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 1000,
+        },
+    );
+    let old = AttemptRecord {
+        delivery_id: "dlv_old".into(),
+        endpoint_id: "ep".into(),
+        event_id: "evt_old".into(),
+        application_id: "acme".into(),
+        attempt: 1,
+        started_at_ms: T0,
+        duration_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: String::new(),
+        success: true,
+        source: None,
+    };
+    let mut conn = redis();
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.endpoint_attempts("ep"))
+        .arg(T0)
+        .arg(serde_json::to_string(&old).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let new = AttemptRecord {
+        delivery_id: "dlv_new".into(),
+        event_id: "evt_new".into(),
+        started_at_ms: T0 + 1,
+        ..old.clone()
+    };
+    log.record(&new, T0 + 1).await.unwrap();
+    let shown = log.for_endpoint("ep", 0, 10).await.unwrap();
+    assert_eq!(shown, [new, old]);
 }
 
 /// Redis's count of script calls so far (`EVALSHA` and `EVAL`).

@@ -36,15 +36,17 @@ pub struct Outbound {
     client: reqwest::Client,
     policy: Arc<DestinationPolicy>,
     proxied: bool,
+    timeout: Duration,
 }
 
 impl Outbound {
     /// Builds the client: pooled connections, no redirects, the configured
-    /// proxy or none, and the guarded resolver.
+    /// proxy or none, and the guarded resolver. The whole exchange's time
+    /// limit ([`Outbound::timeout`]) is kept by the caller: the client's
+    /// own would box a timer for every request and wrap every body.
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(config.destinations.clone());
         let builder = reqwest::Client::builder()
-            .timeout(config.http_timeout)
             .connect_timeout(config.http_timeout.min(Duration::from_secs(10)))
             // A redirect is an answer that is not 2xx: following it would
             // send the signed payload somewhere nobody registered.
@@ -60,7 +62,14 @@ impl Outbound {
             client: builder.build()?,
             policy,
             proxied: config.outbound_proxy.is_some(),
+            timeout: config.http_timeout,
         })
+    }
+
+    /// How long one webhook request may take, from connecting to the end
+    /// of the response (`HERALD_HTTP_TIMEOUT`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The HTTP client.

@@ -88,7 +88,8 @@ pub async fn for_event(
     Ok(Json(page.answer(&mut records, view)))
 }
 
-/// Every attempt to one endpoint (the newest, up to the configured number).
+/// Every attempt to one endpoint still in the log (the newest, up to the
+/// configured number, of the events whose logs the budget keeps).
 #[utoipa::path(
     get,
     path = "/v1/applications/{app}/endpoints/{id}/attempts",

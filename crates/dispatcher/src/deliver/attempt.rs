@@ -23,6 +23,17 @@ const APPLICATION_JSON: reqwest::header::HeaderValue =
     reqwest::header::HeaderValue::from_static("application/json");
 /// How many headers Herald sets itself (content type and the three above).
 const OWN_HEADERS: usize = 4;
+/// How many the HTTP client adds to the map on its way out (`accept`,
+/// `host`, `content-length`): room for them up front, or the map grows
+/// (a reallocation and a rehash) on every request.
+const CLIENT_HEADERS: usize = 3;
+/// The trace context's headers, when the webhook's trace has one.
+const TRACEPARENT: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("traceparent");
+const TRACESTATE: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("tracestate");
+/// How many those are.
+const TRACE_HEADERS: usize = 2;
 
 /// Most response-body bytes read from an endpoint (the rest is discarded).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -109,18 +120,22 @@ async fn send(
     );
     // One header map, sized for everything at once, handed to the client
     // whole: a map grown header by header reallocated twice per request.
-    let trace_headers = trace_context::current_headers();
     let mut headers = reqwest::header::HeaderMap::with_capacity(
-        endpoint.headers.len() + trace_headers.len() + OWN_HEADERS,
+        endpoint.headers.len() + TRACE_HEADERS + OWN_HEADERS + CLIENT_HEADERS,
     );
-    for (name, value) in trace_headers {
-        if let (Ok(name), Ok(value)) = (
-            reqwest::header::HeaderName::try_from(name),
-            reqwest::header::HeaderValue::try_from(value),
-        ) {
+    trace_context::each_current_header(|name, value| {
+        let name = match name {
+            "traceparent" => TRACEPARENT,
+            "tracestate" => TRACESTATE,
+            other => match reqwest::header::HeaderName::try_from(other) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = reqwest::header::HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
-    }
+    });
     // The URL's user info as basic auth, then the custom headers (a
     // custom `Authorization` replaces it), then Herald's own, which always
     // win. Cloning them copies no bytes.
@@ -157,59 +172,79 @@ async fn send(
     let mut request = reqwest::Request::new(reqwest::Method::POST, endpoint.request_url.clone());
     *request.headers_mut() = headers;
     *request.body_mut() = Some(webhook.body.clone().into());
-    let request = outbound.client().execute(request);
-    match request.await {
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
-            // Read (a bounded part of) the body so the connection can be
-            // reused; keep its start for the attempt log.
-            let mut read = 0usize;
-            let mut kept = Vec::new();
-            while read < MAX_RESPONSE_BYTES {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => {
-                        read += chunk.len();
-                        let room = attempt_log::MAX_BODY_BYTES.saturating_sub(kept.len());
-                        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    }
-                    _ => break,
-                }
+    // One deadline for the answer and the body read after it.
+    let deadline = tokio::time::Instant::now() + outbound.timeout();
+    let mut response =
+        match tokio::time::timeout_at(deadline, outbound.client().execute(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return (failed_request(&err), String::new()),
+            Err(_elapsed) => return (timed_out(), String::new()),
+        };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
+    // Read (a bounded part of) the body so the connection can be reused;
+    // keep its start for the attempt log. A body cut short (or still
+    // coming at the deadline) leaves the answer as it was.
+    let mut read = 0usize;
+    let mut kept = Vec::new();
+    while read < MAX_RESPONSE_BYTES {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                read += chunk.len();
+                let room = attempt_log::MAX_BODY_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
-            let body = String::from_utf8_lossy(&kept).into_owned();
-            let result = if response.status().is_success() {
-                AttemptResult::Delivered { status }
-            } else {
-                AttemptResult::Failed {
-                    status: Some(status),
-                    error: format!("the endpoint answered {status}"),
-                    hints: FailureHints {
-                        retry_after,
-                        slow_down: status == 429,
-                        destination_refused: false,
-                    },
-                }
-            };
-            (result, body)
+            _ => break,
         }
-        Err(err) => match refusal_of(&err) {
-            Some(refused) => (refused_attempt(refused), String::new()),
-            None => (
-                AttemptResult::Failed {
-                    status: None,
-                    error: describe_http_error(&err),
-                    hints: FailureHints {
-                        retry_after: None,
-                        slow_down: err.is_timeout(),
-                        destination_refused: false,
-                    },
-                },
-                String::new(),
-            ),
+    }
+    // Valid UTF-8 (most bodies) becomes the text without a copy.
+    let body = String::from_utf8(kept)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+    let result = if response.status().is_success() {
+        AttemptResult::Delivered { status }
+    } else {
+        AttemptResult::Failed {
+            status: Some(status),
+            error: format!("the endpoint answered {status}"),
+            hints: FailureHints {
+                retry_after,
+                slow_down: status == 429,
+                destination_refused: false,
+            },
+        }
+    };
+    (result, body)
+}
+
+/// No answer within `HERALD_HTTP_TIMEOUT`: the endpoint is slow, so the
+/// next attempts come more slowly too.
+fn timed_out() -> AttemptResult {
+    AttemptResult::Failed {
+        status: None,
+        error: "timed out".to_owned(),
+        hints: FailureHints {
+            slow_down: true,
+            ..FailureHints::default()
+        },
+    }
+}
+
+/// A request that failed without an answer.
+fn failed_request(err: &reqwest::Error) -> AttemptResult {
+    match refusal_of(err) {
+        Some(refused) => refused_attempt(refused),
+        None => AttemptResult::Failed {
+            status: None,
+            error: describe_http_error(err),
+            hints: FailureHints {
+                retry_after: None,
+                slow_down: err.is_timeout(),
+                destination_refused: false,
+            },
         },
     }
 }
@@ -255,5 +290,101 @@ fn describe_http_error(err: &reqwest::Error) -> String {
     match innermost {
         Some(cause) => format!("{kind}: {cause}"),
         None => kind.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use herald_core::config::Env;
+    use herald_core::endpoint::Endpoint;
+    use herald_core::proto::Delivery;
+    use herald_core::signing::Secret;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An endpoint on `port` of this machine, and a client that may reach
+    /// it and waits `timeout` for it.
+    fn setup(port: u16, timeout: &str) -> (Outbound, ResolvedEndpoint, PreparedWebhook) {
+        let config = crate::Config::from_env(&Env::from_pairs([
+            ("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.0/8"),
+            ("HERALD_HTTP_TIMEOUT", timeout),
+        ]))
+        .unwrap();
+        let endpoint = ResolvedEndpoint::new(Endpoint {
+            id: "ep_1".to_owned(),
+            application_id: "acme".to_owned(),
+            url: format!("http://127.0.0.1:{port}/hook"),
+            event_types: vec!["*".to_owned()],
+            description: String::new(),
+            headers: BTreeMap::new(),
+            disabled: false,
+            disabled_reason: None,
+            rate_limit: None,
+            secret: Secret::generate().expose(),
+            previous_secrets: Vec::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        })
+        .unwrap();
+        let webhook = PreparedWebhook {
+            delivery: Delivery {
+                event_id: "evt_1".to_owned(),
+                endpoint_id: "ep_1".to_owned(),
+                ..Delivery::default()
+            },
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        (Outbound::new(&config).unwrap(), endpoint, webhook)
+    }
+
+    /// Accepts one connection, reads the request, writes `answer` (if
+    /// any) and then keeps the connection open without a word more.
+    async fn stalling_endpoint(answer: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(answer).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_fails_as_timed_out() {
+        let port = stalling_endpoint(b"").await;
+        let (outbound, endpoint, webhook) = setup(port, "300ms");
+        let started = std::time::Instant::now();
+        let (result, body) = attempt(&outbound, &endpoint, &webhook).await;
+        assert_eq!(
+            result,
+            AttemptResult::Failed {
+                status: None,
+                error: "timed out".to_owned(),
+                hints: FailureHints {
+                    slow_down: true,
+                    ..FailureHints::default()
+                },
+            }
+        );
+        assert!(body.is_empty());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_2xx_whose_body_stalls_is_still_delivered() {
+        let port =
+            stalling_endpoint(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nthe start").await;
+        let (outbound, endpoint, webhook) = setup(port, "300ms");
+        let (result, body) = attempt(&outbound, &endpoint, &webhook).await;
+        assert_eq!(result, AttemptResult::Delivered { status: 200 });
+        assert_eq!(body, "the start");
     }
 }
