@@ -541,6 +541,18 @@ async fn bad_configuration_stops_the_service_with_the_key_named() {
         "{stderr}"
     );
 
+    let output = std::process::Command::new(herald_tests::bin_path("herald-fanout"))
+        .env_clear()
+        .env("HERALD_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("HERALD_WORKER_THREADS") && stderr.contains("between 1 and 256"),
+        "{stderr}"
+    );
+
     let output = std::process::Command::new(herald_tests::bin_path("herald-ingest"))
         .env_clear()
         .output()

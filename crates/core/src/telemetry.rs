@@ -209,6 +209,10 @@ impl<'w> FormatFields<'w> for LogFields {
         // fields on every delivery's span): a JSON object's closing brace
         // comes off first and goes back after.
         let continuing = !current.fields.is_empty() && current.fields != "{}";
+        // Room for the few fields a span gets recorded one by one (the
+        // dispatcher's record span: trace, event, endpoint, attempt), so
+        // the text is not grown once for each.
+        current.fields.reserve(RECORDED_FIELDS_BYTES);
         if self.json && current.fields.ends_with('}') {
             current.fields.pop();
         } else if self.json && current.fields.is_empty() {
@@ -229,6 +233,9 @@ impl<'w> FormatFields<'w> for LogFields {
         result
     }
 }
+
+/// Bytes set aside on a span's text when fields are first recorded on it.
+const RECORDED_FIELDS_BYTES: usize = 160;
 
 /// Whether `text` reads the same quoted as escaped (as `{:?}` or JSON would
 /// write it): ids, names and numbers do, and skip the escaping.
