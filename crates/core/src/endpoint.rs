@@ -289,6 +289,9 @@ pub struct ResolvedEndpoint {
     pub url: url::Url,
     /// `url` without its user info: what the request is sent to.
     pub request_url: url::Url,
+    /// `request_url` (without its fragment) as the HTTP client takes it,
+    /// parsed once rather than for every request.
+    pub request_uri: http::Uri,
     /// `Authorization: Basic …` from the URL's user info, when it has one
     /// (marked sensitive, so it is never logged).
     pub basic_auth: Option<http::HeaderValue>,
@@ -368,10 +371,19 @@ impl ResolvedEndpoint {
             headers.insert(name, value);
         }
         let (request_url, basic_auth) = split_user_info(&url);
+        let mut sent = request_url.clone();
+        sent.set_fragment(None);
+        let request_uri = sent.as_str().parse().map_err(|err| {
+            format!(
+                "endpoint {} has a URL the HTTP client cannot take: {err}",
+                endpoint.id
+            )
+        })?;
         Ok(Self {
             redacted_url: redacted_url(&endpoint.url),
             url,
             request_url,
+            request_uri,
             basic_auth,
             headers,
             id: std::sync::Arc::from(endpoint.id.as_str()),

@@ -196,7 +196,7 @@ pub enum DispatcherError {
     Service(#[from] ServiceError),
     /// The HTTP client cannot be built.
     #[error("HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(#[from] outbound::OutboundError),
 }
 
 impl From<rdkafka::error::KafkaError> for DispatcherError {

@@ -18,51 +18,142 @@
 //!
 //! Environment proxy variables (`HTTP_PROXY`, …) are ignored: they would
 //! route around these checks.
+//!
+//! Without a proxy, webhooks go out through hyper's own pooled client
+//! ([`Transport::Direct`]); through one, reqwest's, which speaks the proxy's
+//! protocol. Either way [`Outbound::send`] is one POST and the start of its
+//! answer within `HERALD_HTTP_TIMEOUT`.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_core::destination::{DestinationPolicy, DestinationRefused};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use herald_core::endpoint::ResolvedEndpoint;
+use http::HeaderMap;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use tokio::time::{Instant, timeout_at};
 
 use crate::Config;
 
 /// How long the preflight waits for a destination to resolve (proxy only).
 const PREFLIGHT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most response-body bytes read from an endpoint (the rest is not read).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// The webhook client with its address policy.
 #[derive(Debug)]
 pub struct Outbound {
-    client: reqwest::Client,
+    transport: Transport,
     policy: Arc<DestinationPolicy>,
-    proxied: bool,
     timeout: Duration,
+    keep_body_bytes: usize,
+}
+
+/// How webhook requests leave.
+#[derive(Debug)]
+enum Transport {
+    /// Straight to the endpoint: hyper's pooled HTTP/1.1 client, TLS by
+    /// rustls with the Web PKI's roots, names resolved by
+    /// [`GuardedResolver`]. It takes the request as Herald builds it (the
+    /// endpoint's ready `Uri`, one header map), where reqwest copied the
+    /// headers for its redirect policy, parsed the URL into a `Uri` again
+    /// and boxed the request, its body and its answer: about a dozen
+    /// allocations per webhook.
+    Direct(Box<hyper_util::client::legacy::Client<Connector, Full<Bytes>>>),
+    /// Through `HERALD_OUTBOUND_PROXY`: reqwest speaks the proxy's protocol
+    /// (`CONNECT` for https, absolute URIs for http).
+    Proxied(reqwest::Client),
+}
+
+/// Plain TCP or TLS, by the URL's scheme, to the addresses the policy
+/// allows.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+
+/// What an endpoint answered.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// Its `Retry-After`, if it sent one.
+    pub retry_after: Option<http::HeaderValue>,
+    /// The start of the body (lossy UTF-8). A body cut short, or still
+    /// coming at the deadline, leaves the answer as it was.
+    pub body: String,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// None within `HERALD_HTTP_TIMEOUT`.
+    TimedOut,
+    /// The address policy refused where it would connect.
+    Refused(DestinationRefused),
+    /// Anything else: what went wrong, short and without the URL.
+    Failed(String),
+}
+
+/// Why the client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The proxy's client.
+    #[error(transparent)]
+    Proxy(#[from] reqwest::Error),
+    /// TLS settings.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 impl Outbound {
-    /// Builds the client: pooled connections, no redirects, the configured
-    /// proxy or none, and the guarded resolver. The whole exchange's time
-    /// limit ([`Outbound::timeout`]) is kept by the caller: the client's
-    /// own would box a timer for every request and wrap every body.
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    /// Builds the client: pooled connections, no redirects (an answer that
+    /// is not 2xx is a failure: following it would send the signed payload
+    /// somewhere nobody registered), the configured proxy or none, and the
+    /// guarded resolver. The whole exchange's time limit is kept with one
+    /// deadline per request ([`Outbound::send`]).
+    pub fn new(config: &Config) -> Result<Self, OutboundError> {
         let policy = Arc::new(config.destinations.clone());
-        let builder = reqwest::Client::builder()
-            .connect_timeout(config.http_timeout.min(Duration::from_secs(10)))
-            // A redirect is an answer that is not 2xx: following it would
-            // send the signed payload somewhere nobody registered.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60));
-        let builder = match &config.outbound_proxy {
-            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.as_str())?),
-            None => builder.no_proxy().dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            })),
+        let connect_timeout = config.http_timeout.min(Duration::from_secs(10));
+        let idle = Duration::from_secs(60);
+        let transport = match &config.outbound_proxy {
+            Some(proxy) => Transport::Proxied(
+                reqwest::Client::builder()
+                    .connect_timeout(connect_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .pool_idle_timeout(idle)
+                    .proxy(reqwest::Proxy::all(proxy.as_str())?)
+                    .build()?,
+            ),
+            None => {
+                let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+                    policy: policy.clone(),
+                });
+                // https URLs go to the TLS layer around it.
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(connect_timeout));
+                let connector = hyper_rustls::HttpsConnector::from((http, tls_config()?));
+                Transport::Direct(Box::new(
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .pool_idle_timeout(idle)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .build(connector),
+                ))
+            }
         };
         Ok(Self {
-            client: builder.build()?,
+            transport,
             policy,
-            proxied: config.outbound_proxy.is_some(),
             timeout: config.http_timeout,
+            keep_body_bytes: herald_core::attempt_log::MAX_BODY_BYTES,
         })
     }
 
@@ -72,15 +163,115 @@ impl Outbound {
         self.timeout
     }
 
-    /// The HTTP client.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// POSTs `body` with `headers` to `endpoint` and reads (a bounded part
+    /// of) the answer, so that the connection can be reused, within one
+    /// deadline. Call [`Outbound::preflight`] first.
+    pub async fn send(
+        &self,
+        endpoint: &ResolvedEndpoint,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, NoAnswer> {
+        let deadline = Instant::now() + self.timeout;
+        match &self.transport {
+            Transport::Direct(client) => {
+                let mut request = http::Request::new(Full::new(body));
+                *request.method_mut() = http::Method::POST;
+                *request.uri_mut() = endpoint.request_uri.clone();
+                *request.headers_mut() = headers;
+                let response = match timeout_at(deadline, client.request(request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(err)) => return Err(self.no_answer(&err, err.is_connect())),
+                    Err(_elapsed) => return Err(NoAnswer::TimedOut),
+                };
+                let (head, mut incoming) = response.into_parts();
+                let mut kept = BodyStart::new(self.keep_body_bytes);
+                while kept.wants_more() {
+                    match timeout_at(deadline, incoming.frame()).await {
+                        Ok(Some(Ok(frame))) => {
+                            if let Some(data) = frame.data_ref() {
+                                kept.add(data);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                Ok(Answer {
+                    status: head.status.as_u16(),
+                    retry_after: head.headers.get(http::header::RETRY_AFTER).cloned(),
+                    body: kept.into_text(),
+                })
+            }
+            Transport::Proxied(client) => {
+                let mut request =
+                    reqwest::Request::new(reqwest::Method::POST, endpoint.request_url.clone());
+                *request.headers_mut() = headers;
+                *request.body_mut() = Some(body.into());
+                let mut response = match timeout_at(deadline, client.execute(request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(err)) => return Err(self.no_answer(&err, err.is_connect())),
+                    Err(_elapsed) => return Err(NoAnswer::TimedOut),
+                };
+                let mut kept = BodyStart::new(self.keep_body_bytes);
+                while kept.wants_more() {
+                    match timeout_at(deadline, response.chunk()).await {
+                        Ok(Ok(Some(chunk))) => kept.add(&chunk),
+                        _ => break,
+                    }
+                }
+                Ok(Answer {
+                    status: response.status().as_u16(),
+                    retry_after: response.headers().get(http::header::RETRY_AFTER).cloned(),
+                    body: kept.into_text(),
+                })
+            }
+        }
+    }
+
+    /// A failed request: the policy's refusal inside it, or a short,
+    /// precise description. It never holds the URL (the clients' own
+    /// messages may), since it is logged and kept in the attempt log and
+    /// dead letters, and an endpoint URL can carry credentials.
+    fn no_answer(&self, err: &(dyn std::error::Error + 'static), connect: bool) -> NoAnswer {
+        if let Some(refused) = refusal_of(err) {
+            return NoAnswer::Refused(refused);
+        }
+        // Connecting took too long: as slow as no answer.
+        let mut source = Some(err);
+        while let Some(current) = source {
+            if current
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                || current
+                    .downcast_ref::<reqwest::Error>()
+                    .is_some_and(reqwest::Error::is_timeout)
+            {
+                return NoAnswer::TimedOut;
+            }
+            source = current.source();
+        }
+        // The innermost cause says what happened (e.g. "Connection refused").
+        let mut innermost = None;
+        let mut source = err.source();
+        while let Some(cause) = source {
+            innermost = Some(cause.to_string());
+            source = cause.source();
+        }
+        let kind = if connect {
+            "cannot connect"
+        } else {
+            "request failed"
+        };
+        NoAnswer::Failed(match innermost {
+            Some(cause) => format!("{kind}: {cause}"),
+            None => kind.to_owned(),
+        })
     }
 
     /// The checks that must pass before a request to `parsed` is made.
-    pub async fn preflight(&self, parsed: &reqwest::Url) -> Result<(), DestinationRefused> {
+    pub async fn preflight(&self, parsed: &url::Url) -> Result<(), DestinationRefused> {
         self.policy.check_url(parsed)?;
-        if self.proxied
+        if matches!(self.transport, Transport::Proxied(_))
             && let Some(url::Host::Domain(host)) = parsed.host()
         {
             let port = parsed.port_or_known_default().unwrap_or(443);
@@ -105,9 +296,59 @@ impl Outbound {
     }
 }
 
+/// TLS for webhooks: rustls with ring, TLS 1.2 and 1.3, the Web PKI's
+/// roots, HTTP/1.1 offered by ALPN (what reqwest, which Herald used
+/// before, sets up with the same parts).
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The start of a response body: at most [`MAX_RESPONSE_BYTES`] are read,
+/// and the first `keep` of them kept.
+struct BodyStart {
+    read: usize,
+    keep: usize,
+    kept: Vec<u8>,
+}
+
+impl BodyStart {
+    fn new(keep: usize) -> Self {
+        Self {
+            read: 0,
+            keep,
+            kept: Vec::new(),
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        self.read < MAX_RESPONSE_BYTES
+    }
+
+    fn add(&mut self, chunk: &[u8]) {
+        self.read += chunk.len();
+        let room = self.keep.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    /// Valid UTF-8 (most bodies) becomes the text without a copy.
+    fn into_text(self) -> String {
+        String::from_utf8(self.kept)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+    }
+}
+
 /// The refusal inside a failed request, if the address policy stopped it.
-pub fn refusal_of(err: &reqwest::Error) -> Option<DestinationRefused> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+pub fn refusal_of(err: &(dyn std::error::Error + 'static)) -> Option<DestinationRefused> {
+    let mut source = Some(err);
     while let Some(current) = source {
         if let Some(refused) = current.downcast_ref::<DestinationRefused>() {
             return Some(refused.clone());
@@ -119,36 +360,72 @@ pub fn refusal_of(err: &reqwest::Error) -> Option<DestinationRefused> {
 
 /// Resolves with the system resolver, then keeps only the addresses the
 /// policy allows.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct GuardedResolver {
     policy: Arc<DestinationPolicy>,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            // Port 0: the client puts in the URL's port.
+            // Port 0: the connector puts in the URL's port.
             let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
             let allowed = policy.filter(&host, resolved)?;
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use herald_core::config::Env;
+    use herald_core::endpoint::Endpoint;
+    use herald_core::signing::Secret;
 
     fn outbound(pairs: &[(&str, &str)]) -> Outbound {
         let config = Config::from_env(&Env::from_pairs(pairs.iter().copied())).unwrap();
         Outbound::new(&config).unwrap()
     }
 
-    fn parsed(url: &str) -> reqwest::Url {
-        reqwest::Url::parse(url).unwrap()
+    fn parsed(url: &str) -> url::Url {
+        url::Url::parse(url).unwrap()
+    }
+
+    fn endpoint(url: &str) -> ResolvedEndpoint {
+        ResolvedEndpoint::new(Endpoint {
+            id: "ep_1".to_owned(),
+            application_id: "acme".to_owned(),
+            url: url.to_owned(),
+            event_types: vec!["*".to_owned()],
+            description: String::new(),
+            headers: BTreeMap::new(),
+            disabled: false,
+            disabled_reason: None,
+            rate_limit: None,
+            secret: Secret::generate().expose(),
+            previous_secrets: Vec::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        })
+        .unwrap()
+    }
+
+    async fn post(out: &Outbound, url: &str) -> Result<Answer, NoAnswer> {
+        out.send(&endpoint(url), HeaderMap::new(), Bytes::from_static(b"{}"))
+            .await
     }
 
     /// A listener that would accept the request if the client got through.
@@ -166,9 +443,12 @@ mod tests {
         // Names are not resolved by the preflight without a proxy...
         assert_eq!(out.preflight(&parsed(&url)).await, Ok(()));
         // ...but by the client, which refuses the address it got.
-        let err = out.client().post(&url).send().await.unwrap_err();
-        let refused = refusal_of(&err).expect("the refusal is in the error chain");
-        assert!(refused.0.contains("loopback"), "{refused}");
+        match post(&out, &url).await {
+            Err(NoAnswer::Refused(refused)) => {
+                assert!(refused.0.contains("loopback"), "{refused}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -179,9 +459,51 @@ mod tests {
         let url = format!("http://localhost:{port}/hook");
         // The listener hangs up at once: the request fails, but only after
         // it connected.
-        let err = out.client().post(&url).send().await.unwrap_err();
-        assert!(refusal_of(&err).is_none(), "{err}");
+        match post(&out, &url).await {
+            Err(NoAnswer::Failed(error)) => {
+                assert!(error.starts_with("request failed"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(accept.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_cannot_be_connected_to() {
+        let (listener, port) = listener().await;
+        drop(listener);
+        let out = outbound(&[("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.0/8")]);
+        match post(&out, &format!("http://127.0.0.1:{port}/hook")).await {
+            Err(NoAnswer::Failed(error)) => {
+                assert!(error.starts_with("cannot connect: "), "{error}");
+                assert!(!error.contains("127.0.0.1"), "no address: {error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_urls_speak_tls() {
+        // A plain-text listener: a TLS client hello gets garbage back (or a
+        // hang-up), so the request fails in the handshake, which shows the
+        // scheme chose TLS rather than plain HTTP.
+        let (listener, port) = listener().await;
+        let out = outbound(&[("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.0/8")]);
+        let answer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 5];
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            socket.read_exact(&mut hello).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                .await
+                .unwrap();
+            hello
+        });
+        let result = post(&out, &format!("https://localhost:{port}/hook")).await;
+        assert!(matches!(result, Err(NoAnswer::Failed(_))), "{result:?}");
+        // 0x16: a TLS handshake record.
+        assert_eq!(answer.await.unwrap()[0], 0x16);
     }
 
     #[tokio::test]

@@ -1,7 +1,6 @@
 //! Step 4: the signed HTTP call — one attempt, inside its own client span
 //! whose context goes to the endpoint as `traceparent`.
 
-use herald_core::attempt_log;
 use herald_core::endpoint::ResolvedEndpoint;
 use herald_core::event::unix_millis;
 use herald_core::retry::{FailureHints, parse_retry_after};
@@ -10,7 +9,7 @@ use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 use super::prepare::PreparedWebhook;
-use crate::outbound::{Outbound, refusal_of};
+use crate::outbound::{NoAnswer, Outbound};
 
 /// The headers Herald sets on every webhook request.
 const WEBHOOK_ID: reqwest::header::HeaderName =
@@ -23,9 +22,9 @@ const APPLICATION_JSON: reqwest::header::HeaderValue =
     reqwest::header::HeaderValue::from_static("application/json");
 /// How many headers Herald sets itself (content type and the three above).
 const OWN_HEADERS: usize = 4;
-/// How many the HTTP client adds to the map on its way out (`accept`,
-/// `host`, `content-length`): room for them up front, or the map grows
-/// (a reallocation and a rehash) on every request.
+/// How many the HTTP client adds to the map on its way out (`host`,
+/// `content-length`, and `accept` through a proxy): room for them up
+/// front, or the map grows (a reallocation and a rehash) on every request.
 const CLIENT_HEADERS: usize = 3;
 /// The trace context's headers, when the webhook's trace has one.
 const TRACEPARENT: reqwest::header::HeaderName =
@@ -34,9 +33,6 @@ const TRACESTATE: reqwest::header::HeaderName =
     reqwest::header::HeaderName::from_static("tracestate");
 /// How many those are.
 const TRACE_HEADERS: usize = 2;
-
-/// Most response-body bytes read from an endpoint (the rest is discarded).
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How one HTTP attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,44 +165,30 @@ async fn send(
         reqwest::header::HeaderValue::from(timestamp),
     );
     headers.insert(WEBHOOK_SIGNATURE, signature);
-    let mut request = reqwest::Request::new(reqwest::Method::POST, endpoint.request_url.clone());
-    *request.headers_mut() = headers;
-    *request.body_mut() = Some(webhook.body.clone().into());
-    // One deadline for the answer and the body read after it.
-    let deadline = tokio::time::Instant::now() + outbound.timeout();
-    let mut response =
-        match tokio::time::timeout_at(deadline, outbound.client().execute(request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => return (failed_request(&err), String::new()),
-            Err(_elapsed) => return (timed_out(), String::new()),
-        };
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
-    // Read (a bounded part of) the body so the connection can be reused;
-    // keep its start for the attempt log. A body cut short (or still
-    // coming at the deadline) leaves the answer as it was.
-    let mut read = 0usize;
-    let mut kept = Vec::new();
-    while read < MAX_RESPONSE_BYTES {
-        match tokio::time::timeout_at(deadline, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => {
-                read += chunk.len();
-                let room = attempt_log::MAX_BODY_BYTES.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            _ => break,
+    let answer = match outbound.send(endpoint, headers, webhook.body.clone()).await {
+        Ok(answer) => answer,
+        Err(NoAnswer::TimedOut) => return (timed_out(), String::new()),
+        Err(NoAnswer::Refused(refused)) => return (refused_attempt(refused), String::new()),
+        Err(NoAnswer::Failed(error)) => {
+            return (
+                AttemptResult::Failed {
+                    status: None,
+                    error,
+                    hints: FailureHints::default(),
+                },
+                String::new(),
+            );
         }
-    }
-    // Valid UTF-8 (most bodies) becomes the text without a copy.
-    let body = String::from_utf8(kept)
-        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
-    let result = if response.status().is_success() {
+    };
+    let status = answer.status;
+    let result = if (200..300).contains(&status) {
         AttemptResult::Delivered { status }
     } else {
+        let retry_after = answer
+            .retry_after
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
         AttemptResult::Failed {
             status: Some(status),
             error: format!("the endpoint answered {status}"),
@@ -217,7 +199,7 @@ async fn send(
             },
         }
     };
-    (result, body)
+    (result, answer.body)
 }
 
 /// No answer within `HERALD_HTTP_TIMEOUT`: the endpoint is slow, so the
@@ -233,22 +215,6 @@ fn timed_out() -> AttemptResult {
     }
 }
 
-/// A request that failed without an answer.
-fn failed_request(err: &reqwest::Error) -> AttemptResult {
-    match refusal_of(err) {
-        Some(refused) => refused_attempt(refused),
-        None => AttemptResult::Failed {
-            status: None,
-            error: describe_http_error(err),
-            hints: FailureHints {
-                retry_after: None,
-                slow_down: err.is_timeout(),
-                destination_refused: false,
-            },
-        },
-    }
-}
-
 /// An attempt the outbound address policy stopped before anything was sent.
 fn refused_attempt(refused: herald_core::destination::DestinationRefused) -> AttemptResult {
     AttemptResult::Failed {
@@ -258,38 +224,6 @@ fn refused_attempt(refused: herald_core::destination::DestinationRefused) -> Att
             destination_refused: true,
             ..FailureHints::default()
         },
-    }
-}
-
-/// A short, precise description of a failed request. It never holds the
-/// URL (reqwest's own message does: "error sending request for url (…)"),
-/// since it is logged and kept in the attempt log and dead letters, and an
-/// endpoint URL can carry credentials.
-fn describe_http_error(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
-        return "timed out".to_owned();
-    }
-    // The innermost cause says what happened (e.g. "Connection refused").
-    let mut innermost = None;
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        innermost = Some(cause.to_string());
-        source = cause.source();
-    }
-    let kind = if err.is_connect() {
-        "cannot connect"
-    } else if err.is_body() || err.is_decode() {
-        "response body failed"
-    } else if err.is_redirect() {
-        "redirect failed"
-    } else if err.is_request() {
-        "request failed"
-    } else {
-        "failed"
-    };
-    match innermost {
-        Some(cause) => format!("{kind}: {cause}"),
-        None => kind.to_owned(),
     }
 }
 
