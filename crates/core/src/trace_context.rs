@@ -29,18 +29,28 @@ impl<F: FnMut(&str, String)> Injector for EachHeader<F> {
     }
 }
 
-/// The current span's trace context as Kafka record headers.
-pub fn kafka_headers() -> OwnedHeaders {
-    let mut headers = Some(OwnedHeaders::new());
+/// The current span's trace context as Kafka record headers, or `None`
+/// when there is none (tracing off): such a record needs no header list at
+/// all.
+pub fn trace_headers() -> Option<OwnedHeaders> {
+    let mut headers: Option<OwnedHeaders> = None;
     each_current_header(|key, value| {
-        headers = headers.take().map(|headers| {
-            headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        });
+        headers = Some(
+            headers
+                .take()
+                .unwrap_or_default()
+                .insert(rdkafka::message::Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                }),
+        );
     });
-    headers.unwrap_or_default()
+    headers
+}
+
+/// [`trace_headers`], as a list to add more headers to.
+pub fn kafka_headers() -> OwnedHeaders {
+    trace_headers().unwrap_or_default()
 }
 
 /// Reads trace-context headers from Kafka record headers, owned or borrowed.

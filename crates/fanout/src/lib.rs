@@ -346,15 +346,17 @@ impl FanoutHandler {
         let mut pending = deliveries;
         let count = pending.len() as u64;
         let mut backoff = Backoff::new(Duration::from_millis(100));
+        // The event's trace context, read once for all its deliveries.
+        let trace_headers = trace_context::trace_headers();
         loop {
             let sends = pending.iter().map(|(key, value)| {
-                self.producer.send(
-                    FutureRecord::to(&self.deliveries_topic)
-                        .key(key.as_bytes())
-                        .payload(value)
-                        .headers(trace_context::kafka_headers()),
-                    self.produce_timeout,
-                )
+                let mut record = FutureRecord::to(&self.deliveries_topic)
+                    .key(key.as_bytes())
+                    .payload(value);
+                if let Some(headers) = &trace_headers {
+                    record = record.headers(headers.clone());
+                }
+                self.producer.send(record, self.produce_timeout)
             });
             let results = futures::future::join_all(sends).await;
             let mut failed = Vec::new();
