@@ -13,7 +13,8 @@
 //!   trimmed to the newest `max_per_endpoint` and to the retention period
 //!   on every write. A reference whose event's log is gone is dropped when
 //!   a read meets it. (Logs written before references held the records
-//!   themselves; those are still read.)
+//!   themselves; those are still read. An ingest older than references
+//!   cannot read them: upgrade ingest before the dispatchers.)
 //! - `attempts:events`: the events (`{application id}.{event id}`) that have
 //!   such a log, scored by their latest attempt;
 //! - `attempts:retained`: how many attempts the event logs hold together.
@@ -169,10 +170,6 @@ impl<'a> EndpointEntry<'a> {
         })
     }
 }
-
-/// How many times a read of an endpoint's log drops references whose
-/// attempts are gone and reads its page again.
-const MAX_REREADS: usize = 3;
 
 /// `ZADD key score member …` for `entries`, built in buffers sized for it
 /// at once: a command grown argument by argument reallocated its buffers
@@ -442,8 +439,10 @@ impl AttemptLog {
 
     /// An endpoint's attempts, newest first, from position `start`: those
     /// its events' logs still hold. References to attempts that left with
-    /// their event's log (the budget, the retention) are dropped from the
-    /// endpoint's log as they are met, and the page read again.
+    /// their event's log (the budget, the retention), and entries Herald
+    /// did not write, are dropped from the endpoint's log as they are met,
+    /// and the page is read again until it is full or the log ends, so a
+    /// short page is always the last one.
     pub async fn for_endpoint(
         &self,
         endpoint_id: &str,
@@ -455,7 +454,8 @@ impl AttemptLog {
         }
         let key = self.keys.endpoint_attempts(endpoint_id);
         let mut conn = self.redis.clone();
-        let mut rereads = 0;
+        // Each round drops at least one entry of a log bounded by
+        // `max_per_endpoint` (plus what writes add meanwhile), so this ends.
         loop {
             let members: Vec<String> = redis::cmd("ZREVRANGE")
                 .arg(&key)
@@ -494,21 +494,26 @@ impl AttemptLog {
                 match entry {
                     Some(EndpointEntry::Record(json)) => records.push(serde_json::from_str(json)?),
                     Some(EndpointEntry::Ref { attempt, .. }) => {
-                        let same_start = found.next().unwrap_or_default();
-                        let record = same_start
-                            .iter()
-                            .filter_map(|json| serde_json::from_str::<AttemptRecord>(json).ok())
-                            .find(|r| r.endpoint_id == endpoint_id && r.attempt == *attempt);
+                        let mut record = None;
+                        // Records that cannot be read are an error, as in
+                        // an event's log, not a reason to drop the entry.
+                        for json in found.next().unwrap_or_default() {
+                            let candidate: AttemptRecord = serde_json::from_str(&json)?;
+                            if candidate.endpoint_id == endpoint_id && candidate.attempt == *attempt
+                            {
+                                record = Some(candidate);
+                                break;
+                            }
+                        }
                         match record {
                             Some(record) => records.push(record),
                             None => gone.push(member.as_str()),
                         }
                     }
-                    // Not written by Herald: left alone, not shown.
-                    None => {}
+                    None => gone.push(member.as_str()),
                 }
             }
-            if gone.is_empty() || rereads == MAX_REREADS {
+            if gone.is_empty() {
                 return Ok(records);
             }
             let _: usize = redis::cmd("ZREM")
@@ -516,7 +521,6 @@ impl AttemptLog {
                 .arg(&gone)
                 .query_async(&mut conn)
                 .await?;
-            rereads += 1;
         }
     }
 

@@ -48,6 +48,12 @@ const PREFLIGHT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most response-body bytes read from an endpoint (the rest is not read).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// TCP keepalive of webhook connections: idle time before the first
+/// probe, and between probes.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Unanswered probes before the connection is dropped.
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
 /// The webhook client with its address policy.
 #[derive(Debug)]
 pub struct Outbound {
@@ -138,6 +144,11 @@ impl Outbound {
                 http.enforce_http(false);
                 http.set_nodelay(true);
                 http.set_connect_timeout(Some(connect_timeout));
+                // As reqwest did: a pooled connection whose peer vanished
+                // is noticed, not written to.
+                http.set_keepalive(Some(TCP_KEEPALIVE));
+                http.set_keepalive_interval(Some(TCP_KEEPALIVE));
+                http.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
                 let connector = hyper_rustls::HttpsConnector::from((http, tls_config()?));
                 Transport::Direct(Box::new(
                     hyper_util::client::legacy::Client::builder(
@@ -155,12 +166,6 @@ impl Outbound {
             timeout: config.http_timeout,
             keep_body_bytes: herald_core::attempt_log::MAX_BODY_BYTES,
         })
-    }
-
-    /// How long one webhook request may take, from connecting to the end
-    /// of the response (`HERALD_HTTP_TIMEOUT`).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// POSTs `body` with `headers` to `endpoint` and reads (a bounded part

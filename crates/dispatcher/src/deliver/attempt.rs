@@ -20,12 +20,16 @@ const WEBHOOK_SIGNATURE: reqwest::header::HeaderName =
     reqwest::header::HeaderName::from_static("webhook-signature");
 const APPLICATION_JSON: reqwest::header::HeaderValue =
     reqwest::header::HeaderValue::from_static("application/json");
-/// How many headers Herald sets itself (content type and the three above).
-const OWN_HEADERS: usize = 4;
+/// `Accept: */*`, as HTTP clients send by default (an endpoint's own
+/// `Accept` replaces it): some servers refuse a request without one.
+const ANY: reqwest::header::HeaderValue = reqwest::header::HeaderValue::from_static("*/*");
+/// How many headers Herald sets itself (content type, accept and the three
+/// above).
+const OWN_HEADERS: usize = 5;
 /// How many the HTTP client adds to the map on its way out (`host`,
-/// `content-length`, and `accept` through a proxy): room for them up
-/// front, or the map grows (a reallocation and a rehash) on every request.
-const CLIENT_HEADERS: usize = 3;
+/// `content-length`): room for them up front, or the map grows (a
+/// reallocation and a rehash) on every request.
+const CLIENT_HEADERS: usize = 2;
 /// The trace context's headers, when the webhook's trace has one.
 const TRACEPARENT: reqwest::header::HeaderName =
     reqwest::header::HeaderName::from_static("traceparent");
@@ -132,9 +136,10 @@ async fn send(
             headers.insert(name, value);
         }
     });
-    // The URL's user info as basic auth, then the custom headers (a
-    // custom `Authorization` replaces it), then Herald's own, which always
-    // win. Cloning them copies no bytes.
+    // `Accept` and the URL's user info as basic auth, then the custom
+    // headers (a custom `Accept` or `Authorization` replaces them), then
+    // Herald's own, which always win. Cloning them copies no bytes.
+    headers.insert(reqwest::header::ACCEPT, ANY);
     if let Some(basic_auth) = &endpoint.basic_auth {
         headers.insert(reqwest::header::AUTHORIZATION, basic_auth.clone());
     }
@@ -276,24 +281,40 @@ mod tests {
         (Outbound::new(&config).unwrap(), endpoint, webhook)
     }
 
-    /// Accepts one connection, reads the request, writes `answer` (if
-    /// any) and then keeps the connection open without a word more.
-    async fn stalling_endpoint(answer: &'static [u8]) -> u16 {
+    /// Accepts one connection, reads the request (handed back as text),
+    /// writes `answer` (if any) and then keeps the connection open without
+    /// a word more.
+    async fn stalling_endpoint(
+        answer: &'static [u8],
+    ) -> (u16, tokio::sync::oneshot::Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (request_tx, request_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut request = vec![0; 4096];
-            let _ = socket.read(&mut request).await;
+            // The head, and the two bytes of the body after it.
+            let mut request = Vec::new();
+            let mut chunk = [0; 4096];
+            while request
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_none_or(|end| request.len() < end + 4 + 2)
+            {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = request_tx.send(String::from_utf8_lossy(&request).into_owned());
             socket.write_all(answer).await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        port
+        (port, request_rx)
     }
 
     #[tokio::test]
     async fn no_answer_in_time_fails_as_timed_out() {
-        let port = stalling_endpoint(b"").await;
+        let (port, _) = stalling_endpoint(b"").await;
         let (outbound, endpoint, webhook) = setup(port, "300ms");
         let started = std::time::Instant::now();
         let (result, body) = attempt(&outbound, &endpoint, &webhook).await;
@@ -314,11 +335,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_2xx_whose_body_stalls_is_still_delivered() {
-        let port =
+        let (port, request) =
             stalling_endpoint(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nthe start").await;
         let (outbound, endpoint, webhook) = setup(port, "300ms");
         let (result, body) = attempt(&outbound, &endpoint, &webhook).await;
         assert_eq!(result, AttemptResult::Delivered { status: 200 });
         assert_eq!(body, "the start");
+        // What went out: a POST with Herald's headers and the client's.
+        let request = request.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("post /hook http/1.1\r\n"), "{request}");
+        for header in [
+            "accept: */*\r\n",
+            "content-type: application/json\r\n",
+            "content-length: 2\r\n",
+            "host: 127.0.0.1:",
+            "webhook-id: evt_1\r\n",
+            "webhook-signature: v1,",
+        ] {
+            assert!(request.contains(header), "{header} in {request}");
+        }
+        assert!(request.ends_with("\r\n\r\n{}"), "{request}");
     }
 }
