@@ -32,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_core::attempt_log;
 use herald_core::destination::{DestinationPolicy, DestinationRefused};
 use herald_core::endpoint::ResolvedEndpoint;
 use http::HeaderMap;
@@ -60,7 +61,6 @@ pub struct Outbound {
     transport: Transport,
     policy: Arc<DestinationPolicy>,
     timeout: Duration,
-    keep_body_bytes: usize,
 }
 
 /// How webhook requests leave.
@@ -164,7 +164,6 @@ impl Outbound {
             transport,
             policy,
             timeout: config.http_timeout,
-            keep_body_bytes: herald_core::attempt_log::MAX_BODY_BYTES,
         })
     }
 
@@ -186,11 +185,11 @@ impl Outbound {
                 *request.headers_mut() = headers;
                 let response = match timeout_at(deadline, client.request(request)).await {
                     Ok(Ok(response)) => response,
-                    Ok(Err(err)) => return Err(self.no_answer(&err, err.is_connect())),
+                    Ok(Err(err)) => return Err(no_answer(&err, err.is_connect())),
                     Err(_elapsed) => return Err(NoAnswer::TimedOut),
                 };
                 let (head, mut incoming) = response.into_parts();
-                let mut kept = BodyStart::new(self.keep_body_bytes);
+                let mut kept = BodyStart::default();
                 while kept.wants_more() {
                     match timeout_at(deadline, incoming.frame()).await {
                         Ok(Some(Ok(frame))) => {
@@ -214,10 +213,10 @@ impl Outbound {
                 *request.body_mut() = Some(body.into());
                 let mut response = match timeout_at(deadline, client.execute(request)).await {
                     Ok(Ok(response)) => response,
-                    Ok(Err(err)) => return Err(self.no_answer(&err, err.is_connect())),
+                    Ok(Err(err)) => return Err(no_answer(&err, err.is_connect())),
                     Err(_elapsed) => return Err(NoAnswer::TimedOut),
                 };
-                let mut kept = BodyStart::new(self.keep_body_bytes);
+                let mut kept = BodyStart::default();
                 while kept.wants_more() {
                     match timeout_at(deadline, response.chunk()).await {
                         Ok(Ok(Some(chunk))) => kept.add(&chunk),
@@ -231,46 +230,6 @@ impl Outbound {
                 })
             }
         }
-    }
-
-    /// A failed request: the policy's refusal inside it, or a short,
-    /// precise description. It never holds the URL (the clients' own
-    /// messages may), since it is logged and kept in the attempt log and
-    /// dead letters, and an endpoint URL can carry credentials.
-    fn no_answer(&self, err: &(dyn std::error::Error + 'static), connect: bool) -> NoAnswer {
-        if let Some(refused) = refusal_of(err) {
-            return NoAnswer::Refused(refused);
-        }
-        // Connecting took too long: as slow as no answer.
-        let mut source = Some(err);
-        while let Some(current) = source {
-            if current
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                || current
-                    .downcast_ref::<reqwest::Error>()
-                    .is_some_and(reqwest::Error::is_timeout)
-            {
-                return NoAnswer::TimedOut;
-            }
-            source = current.source();
-        }
-        // The innermost cause says what happened (e.g. "Connection refused").
-        let mut innermost = None;
-        let mut source = err.source();
-        while let Some(cause) = source {
-            innermost = Some(cause.to_string());
-            source = cause.source();
-        }
-        let kind = if connect {
-            "cannot connect"
-        } else {
-            "request failed"
-        };
-        NoAnswer::Failed(match innermost {
-            Some(cause) => format!("{kind}: {cause}"),
-            None => kind.to_owned(),
-        })
     }
 
     /// The checks that must pass before a request to `parsed` is made.
@@ -301,6 +260,46 @@ impl Outbound {
     }
 }
 
+/// A failed request: the policy's refusal inside it, or a short,
+/// precise description. It never holds the URL (the clients' own
+/// messages may), since it is logged and kept in the attempt log and
+/// dead letters, and an endpoint URL can carry credentials.
+fn no_answer(err: &(dyn std::error::Error + 'static), connect: bool) -> NoAnswer {
+    if let Some(refused) = refusal_of(err) {
+        return NoAnswer::Refused(refused);
+    }
+    // Connecting took too long: as slow as no answer.
+    let mut source = Some(err);
+    while let Some(current) = source {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || current
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout)
+        {
+            return NoAnswer::TimedOut;
+        }
+        source = current.source();
+    }
+    // The innermost cause says what happened (e.g. "Connection refused").
+    let mut innermost = None;
+    let mut source = err.source();
+    while let Some(cause) = source {
+        innermost = Some(cause.to_string());
+        source = cause.source();
+    }
+    let kind = if connect {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    NoAnswer::Failed(match innermost {
+        Some(cause) => format!("{kind}: {cause}"),
+        None => kind.to_owned(),
+    })
+}
+
 /// TLS for webhooks: rustls with ring, TLS 1.2 and 1.3, the Web PKI's
 /// roots, HTTP/1.1 offered by ALPN (what reqwest, which Herald used
 /// before, sets up with the same parts).
@@ -318,29 +317,22 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 }
 
 /// The start of a response body: at most [`MAX_RESPONSE_BYTES`] are read,
-/// and the first `keep` of them kept.
+/// and the first [`attempt_log::MAX_BODY_BYTES`] of them kept for the
+/// attempt log.
+#[derive(Default)]
 struct BodyStart {
     read: usize,
-    keep: usize,
     kept: Vec<u8>,
 }
 
 impl BodyStart {
-    fn new(keep: usize) -> Self {
-        Self {
-            read: 0,
-            keep,
-            kept: Vec::new(),
-        }
-    }
-
     fn wants_more(&self) -> bool {
         self.read < MAX_RESPONSE_BYTES
     }
 
     fn add(&mut self, chunk: &[u8]) {
         self.read += chunk.len();
-        let room = self.keep.saturating_sub(self.kept.len());
+        let room = attempt_log::MAX_BODY_BYTES.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
@@ -393,12 +385,8 @@ impl tower_service::Service<Name> for GuardedResolver {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use herald_core::config::Env;
-    use herald_core::endpoint::Endpoint;
-    use herald_core::signing::Secret;
 
     fn outbound(pairs: &[(&str, &str)]) -> Outbound {
         let config = Config::from_env(&Env::from_pairs(pairs.iter().copied())).unwrap();
@@ -410,22 +398,7 @@ mod tests {
     }
 
     fn endpoint(url: &str) -> ResolvedEndpoint {
-        ResolvedEndpoint::new(Endpoint {
-            id: "ep_1".to_owned(),
-            application_id: "acme".to_owned(),
-            url: url.to_owned(),
-            event_types: vec!["*".to_owned()],
-            description: String::new(),
-            headers: BTreeMap::new(),
-            disabled: false,
-            disabled_reason: None,
-            rate_limit: None,
-            secret: Secret::generate().expose(),
-            previous_secrets: Vec::new(),
-            created_at: String::new(),
-            updated_at: String::new(),
-        })
-        .unwrap()
+        ResolvedEndpoint::new(herald_tests::stored_endpoint("ep_1", url, &["*"])).unwrap()
     }
 
     async fn post(out: &Outbound, url: &str) -> Result<Answer, NoAnswer> {

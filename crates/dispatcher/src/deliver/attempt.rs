@@ -234,13 +234,10 @@ fn refused_attempt(refused: herald_core::destination::DestinationRefused) -> Att
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use herald_core::config::Env;
-    use herald_core::endpoint::Endpoint;
     use herald_core::proto::Delivery;
-    use herald_core::signing::Secret;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
@@ -254,21 +251,11 @@ mod tests {
             ("HERALD_HTTP_TIMEOUT", timeout),
         ]))
         .unwrap();
-        let endpoint = ResolvedEndpoint::new(Endpoint {
-            id: "ep_1".to_owned(),
-            application_id: "acme".to_owned(),
-            url: format!("http://127.0.0.1:{port}/hook"),
-            event_types: vec!["*".to_owned()],
-            description: String::new(),
-            headers: BTreeMap::new(),
-            disabled: false,
-            disabled_reason: None,
-            rate_limit: None,
-            secret: Secret::generate().expose(),
-            previous_secrets: Vec::new(),
-            created_at: String::new(),
-            updated_at: String::new(),
-        })
+        let endpoint = ResolvedEndpoint::new(herald_tests::stored_endpoint(
+            "ep_1",
+            &format!("http://127.0.0.1:{port}/hook"),
+            &["*"],
+        ))
         .unwrap();
         let webhook = PreparedWebhook {
             delivery: Delivery {
