@@ -3,34 +3,75 @@
 //!
 //! Per endpoint (the dispatchers): for a limit of `r` deliveries per second,
 //! each delivery reserves the next free moment, `1/r` s after the one
-//! before it across all replicas ([`RateLimiter::reserve`]). A backlog is
+//! before it across all replicas ([`RateLimiter::take`]). A backlog is
 //! thus lined up in one pass — the n-th delivery waits n/r s, in a retry
 //! tier when that is long — instead of every waiting delivery asking again
 //! and again. A delivery is delayed, never dropped.
+//!
+//! Moments are kept on two timelines. The reserved one says whose turn is
+//! when; the sent one says when the last request actually goes, and every
+//! request goes at least `1/r` s after the one before it on it, across all
+//! replicas. The second matters when deliveries come back from their retry
+//! tiers late and together (a tier hands its records back in batches):
+//! sent at their reserved moments, long gone, they would go at once beside
+//! the deliveries whose moments are now, and the endpoint would see up to
+//! twice its limit within a second.
 //!
 //! Per API key (herald-ingest): `r` events per second with a burst of `b`,
 //! i.e. up to `b` at once after a quiet spell, then one every `1/r` s.
 //!
 //! Redis layout: `ratelimit:{endpoint}` and `ingestlimit:{key id}` hold the
 //! theoretical arrival time of the next allowed request (Unix milliseconds,
-//! fractional).
+//! fractional); `ratesent:{endpoint}` the earliest moment the endpoint's
+//! next request may be sent.
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::redis_store::{Keys, StoreError};
 
-/// Takes the next free moment of an endpoint: returns how long from now it
-/// is (0: now) and moves the next free moment one interval past it.
-const RESERVE: &str = r#"
+/// One request to an endpoint: its moment (the one it reserved, when given
+/// and at most the in-place wait ago, or the next free one, reserved now),
+/// then the moment it is sent, an interval after the last one sent.
+/// Returns `{0, ms from now}` to send, `{1, moment}` when the moment is
+/// further off than the in-place wait (it stays reserved), `{2, 0}` when
+/// the requests sent before it are that far ahead (nothing is held).
+const TAKE: &str = r#"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local next_tat = tat + interval
-redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
-return math.ceil(tat - now)
+local reserved = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local moment = reserved
+if reserved <= 0 or reserved < now - max_wait then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  moment = tat
+  redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tat + interval - now) + 1000)
+end
+if moment - now > max_wait then
+  return {1, math.ceil(moment)}
+end
+local go = math.max(moment, now, tonumber(redis.call('GET', KEYS[2]) or '0'))
+if go - now > max_wait then
+  return {2, 0}
+end
+redis.call('SET', KEYS[2], tostring(go + interval), 'PX', math.ceil(go + interval - now) + 1000)
+return {0, math.ceil(go - now)}
 "#;
+
+/// Where the rate limit puts one request to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSlot {
+    /// Send it this many milliseconds from now (0: now). Its place on both
+    /// timelines is taken.
+    SendIn(u64),
+    /// Its moment, this Unix millisecond, is further off than the wait
+    /// allowed in place; it stays reserved for the request.
+    Reserved(i64),
+    /// Its moment has come, but the requests sent before it are more than
+    /// the wait allowed in place ahead: nothing is held for it.
+    Crowded,
+}
 
 /// Lets ARGV[4] events through when the limit and burst allow them, or says
 /// how long until they do (taking nothing then). More events than the burst
@@ -58,7 +99,7 @@ pub struct RateLimiter {
     redis: ConnectionManager,
     keys: Keys,
     script: Script,
-    reserve: Script,
+    take: Script,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -76,29 +117,41 @@ impl RateLimiter {
             redis,
             keys,
             script: Script::new(GCRA),
-            reserve: Script::new(RESERVE),
+            take: Script::new(TAKE),
         }
     }
 
-    /// Reserves the next free moment for one delivery to `endpoint_id`
-    /// limited to `per_second`: the milliseconds from `now_ms` until it (0:
-    /// it may go now). The moment is taken whatever the caller does with it.
-    pub async fn reserve(
+    /// Places one request to `endpoint_id`, limited to `per_second`, at
+    /// `now_ms`: at the moment it reserved earlier (`reserved_ms`, 0 for
+    /// none; one more than `max_wait_ms` gone is replaced by a new one), or
+    /// at the next free one, and no sooner than an interval after the
+    /// request sent before it by any replica. Moments up to `max_wait_ms`
+    /// off are [`RateSlot::SendIn`], to be waited for in place.
+    pub async fn take(
         &self,
         endpoint_id: &str,
         per_second: u32,
+        reserved_ms: i64,
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
+        max_wait_ms: u64,
+    ) -> Result<RateSlot, StoreError> {
         let interval_ms = 1000.0 / f64::from(per_second.max(1));
         let mut conn = self.redis.clone();
-        let wait: u64 = self
-            .reserve
+        let (verdict, value): (u8, i64) = self
+            .take
             .key(self.keys.rate_limit(endpoint_id))
+            .key(self.keys.rate_sent(endpoint_id))
             .arg(now_ms)
             .arg(interval_ms)
+            .arg(reserved_ms)
+            .arg(max_wait_ms)
             .invoke_async(&mut conn)
             .await?;
-        Ok(wait)
+        Ok(match verdict {
+            0 => RateSlot::SendIn(value.max(0) as u64),
+            1 => RateSlot::Reserved(value),
+            _ => RateSlot::Crowded,
+        })
     }
 
     /// Takes slots for `events` events sent with the API key `key_id` (a

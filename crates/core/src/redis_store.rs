@@ -163,6 +163,7 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `ingestlimit:{key digest}` | string: next allowed moment of an API key | ingest | [`crate::rate_limit`] |
 /// | `applimit:{application id}` | string: next allowed moment of an application's events | ingest | `herald-ingest` |
 /// | `ratelimit:{endpoint id}` | string: the endpoint's next free moment | dispatcher | [`crate::rate_limit`] |
+/// | `ratesent:{endpoint id}` | string: the earliest moment the endpoint's next request may be sent | dispatcher | [`crate::rate_limit`] |
 /// | `breaker:{endpoint id}` | hash: breaker state | dispatcher | [`crate::circuit`] |
 /// | `breaker:{endpoint id}:window` | hash: per-bucket counts | dispatcher | [`crate::circuit`] |
 /// | `breakers:not_closed` | sorted set of endpoint ids whose breaker is open or half-open, by when it last opened | dispatcher | [`crate::circuit`] |
@@ -291,6 +292,11 @@ impl Keys {
     /// Next free moment of a rate-limited endpoint.
     pub fn rate_limit(&self, endpoint_id: &str) -> String {
         format!("{}ratelimit:{endpoint_id}", self.prefix)
+    }
+
+    /// Earliest moment a rate-limited endpoint's next request may be sent.
+    pub fn rate_sent(&self, endpoint_id: &str) -> String {
+        format!("{}ratesent:{endpoint_id}", self.prefix)
     }
 
     /// An endpoint's circuit-breaker state.

@@ -8,7 +8,7 @@ use herald_core::circuit::{
     BreakerConfig, Breakers, CLOSED_TRUST_MS, Permission, Transition, read_status,
 };
 use herald_core::config::{Env, RedisConfig};
-use herald_core::rate_limit::RateLimiter;
+use herald_core::rate_limit::{RateLimiter, RateSlot};
 use herald_core::redis_store::Keys;
 use redis::aio::ConnectionManager;
 
@@ -319,6 +319,17 @@ async fn a_probe_handed_back_lets_the_next_delivery_probe_at_once() {
     );
 }
 
+/// The in-place wait the dispatcher allows.
+const IN_PLACE_MS: u64 = 1_000;
+
+/// One request to `endpoint` at `now` without a moment reserved before.
+async fn fresh(limiter: &RateLimiter, endpoint: &str, per_second: u32, now: i64) -> RateSlot {
+    limiter
+        .take(endpoint, per_second, 0, now, IN_PLACE_MS)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_rate_limit_lines_deliveries_up_across_replicas() {
     let keys = keys();
@@ -326,26 +337,122 @@ async fn the_rate_limit_lines_deliveries_up_across_replicas() {
     let b = RateLimiter::new(redis(), keys.clone());
     // 20 per second: one every 50 ms, whoever asks; each asker is given
     // the next free moment, so a backlog is lined up in one pass.
-    assert_eq!(a.reserve("ep", 20, T0).await.unwrap(), 0);
-    assert_eq!(b.reserve("ep", 20, T0).await.unwrap(), 50);
-    assert_eq!(b.reserve("ep", 20, T0 + 30).await.unwrap(), 70);
-    assert_eq!(a.reserve("ep", 20, T0 + 60).await.unwrap(), 90);
+    assert_eq!(fresh(&a, "ep", 20, T0).await, RateSlot::SendIn(0));
+    assert_eq!(fresh(&b, "ep", 20, T0).await, RateSlot::SendIn(50));
+    assert_eq!(fresh(&b, "ep", 20, T0 + 30).await, RateSlot::SendIn(70));
+    assert_eq!(fresh(&a, "ep", 20, T0 + 60).await, RateSlot::SendIn(90));
     // Moments pass unused once nobody asks: after a quiet second, the next
     // one goes at once.
-    assert_eq!(a.reserve("ep", 20, T0 + 2_000).await.unwrap(), 0);
+    assert_eq!(fresh(&a, "ep", 20, T0 + 2_000).await, RateSlot::SendIn(0));
     // 1,000 deliveries asking at once are spaced over 50 s, none sooner
-    // than its turn.
-    let waits: Vec<u64> = {
-        let mut waits = Vec::new();
-        for _ in 0..1000 {
-            waits.push(a.reserve("other", 20, T0).await.unwrap());
-        }
-        waits
-    };
-    assert!(waits.iter().enumerate().all(|(n, w)| *w == 50 * n as u64));
+    // than its turn: the first second's in place, the rest at their
+    // reserved moments through a tier.
+    let mut slots = Vec::new();
+    for _ in 0..1000 {
+        slots.push(fresh(&a, "other", 20, T0).await);
+    }
+    for (n, slot) in slots.iter().enumerate() {
+        let at = 50 * n as i64;
+        let expected = if at <= IN_PLACE_MS as i64 {
+            RateSlot::SendIn(at as u64)
+        } else {
+            RateSlot::Reserved(T0 + at)
+        };
+        assert_eq!(*slot, expected, "delivery {n}");
+    }
     // Endpoints are independent.
-    assert_eq!(b.reserve("third", 1, T0).await.unwrap(), 0);
-    assert_eq!(b.reserve("third", 1, T0).await.unwrap(), 1000);
+    assert_eq!(fresh(&b, "third", 1, T0).await, RateSlot::SendIn(0));
+    assert_eq!(fresh(&b, "third", 1, T0).await, RateSlot::SendIn(1000));
+    assert_eq!(
+        fresh(&b, "third", 1, T0).await,
+        RateSlot::Reserved(T0 + 2000)
+    );
+}
+
+#[tokio::test]
+async fn deliveries_back_late_from_their_tiers_are_spaced_with_the_ones_on_time() {
+    let keys = keys();
+    let a = RateLimiter::new(redis(), keys.clone());
+    let b = RateLimiter::new(redis(), keys.clone());
+    // Every moment a request is sent at, by either replica.
+    let mut sends = Vec::new();
+    fn send(sends: &mut Vec<i64>, now: i64, slot: RateSlot) -> bool {
+        match slot {
+            RateSlot::SendIn(ms) => {
+                sends.push(now + ms as i64);
+                true
+            }
+            _ => false,
+        }
+    }
+    // A backlog of 60 at 20/s: the first second's 21 sent in place, the
+    // other 39 reserved for T0 + 1,050 .. 2,950 and put off to their tiers.
+    let mut reserved = Vec::new();
+    for _ in 0..60 {
+        let slot = fresh(&a, "ep", 20, T0).await;
+        if let RateSlot::Reserved(at) = slot {
+            reserved.push(at);
+        }
+        send(&mut sends, T0, slot);
+    }
+    assert_eq!(reserved.len(), 39);
+    assert_eq!(reserved[0], T0 + 1_050);
+
+    // Eleven come back late and together at T0 + 1,500, to both replicas:
+    // each is sent, the first at once, the others an interval apart.
+    let now = T0 + 1_500;
+    for (i, at) in reserved[..11].iter().enumerate() {
+        let limiter = if i % 2 == 0 { &a } else { &b };
+        let slot = limiter.take("ep", 20, *at, now, IN_PLACE_MS).await.unwrap();
+        assert!(
+            send(&mut sends, now, slot),
+            "moment {at}, back late, was put {slot:?}"
+        );
+    }
+    assert_eq!(sends[21], now, "the first late one goes at once");
+    assert_eq!(sends[31], now + 500);
+    // The next one, back on time, waits behind them instead of going
+    // beside them.
+    let next = reserved[11];
+    let slot = a.take("ep", 20, next, next, IN_PLACE_MS).await.unwrap();
+    assert_eq!(slot, RateSlot::SendIn((now + 550 - next) as u64));
+    send(&mut sends, next, slot);
+
+    // The other 27 all come back at T0 + 2,950. The six more than the
+    // in-place wait late take new moments (from T0 + 3,000, the end of the
+    // line); the 20 that fit within the in-place wait are sent, spaced; the
+    // other 7 are crowded out and hold nothing.
+    let now = T0 + 2_950;
+    let mut crowded = 0;
+    for at in &reserved[12..] {
+        let slot = b.take("ep", 20, *at, now, IN_PLACE_MS).await.unwrap();
+        if slot == RateSlot::Crowded {
+            crowded += 1;
+        } else {
+            assert!(send(&mut sends, now, slot), "moment {at} was put {slot:?}");
+        }
+    }
+    assert_eq!(crowded, 7);
+
+    sends.sort();
+    assert_eq!(sends.len(), 21 + 11 + 1 + 20);
+    assert!(
+        sends.windows(2).all(|w| w[1] - w[0] >= 50),
+        "requests sent within one interval: {sends:?}"
+    );
+
+    // A moment gone by more than the in-place wait is given up for the
+    // next free one, which it takes.
+    assert_eq!(fresh(&a, "gone", 20, T0).await, RateSlot::SendIn(0));
+    assert_eq!(fresh(&a, "gone", 20, T0).await, RateSlot::SendIn(50));
+    let late = T0 + 50 + 1_001;
+    assert_eq!(
+        a.take("gone", 20, T0 + 50, late, IN_PLACE_MS)
+            .await
+            .unwrap(),
+        RateSlot::SendIn(0)
+    );
+    assert_eq!(fresh(&a, "gone", 20, late).await, RateSlot::SendIn(50));
 }
 
 #[tokio::test]
@@ -390,7 +497,7 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
             .unwrap(),
         0
     );
-    assert_eq!(limiter.reserve("k1", 10, T0).await.unwrap(), 0);
+    assert_eq!(fresh(&limiter, "k1", 10, T0).await, RateSlot::SendIn(0));
     // Over a simulated second of constant asking: the burst plus the rate.
     let mut allowed = 0;
     for ms in 0..1000 {

@@ -10,14 +10,15 @@
 //!    instead of all having been let through while it was closed. Open: the
 //!    delivery is put off.
 //! 3. **The rate limit**: the delivery reserves the endpoint's next free
-//!    moment ([`herald_core::rate_limit::RateLimiter::reserve`]). Within
+//!    moment ([`herald_core::rate_limit::RateLimiter::take`]). Within
 //!    [`MAX_WAIT_IN_PLACE`] it waits for it holding only its endpoint slot;
 //!    further off, it is put off until that moment through a retry tier and
 //!    comes back with the moment reserved (`Delivery.rate_slot_ms`). So a
 //!    backlog for a rate-limited endpoint is lined up in one pass and holds
 //!    no request slot while it waits. Deliveries that come back from their
-//!    tiers late, together, are spaced again by the replica itself
-//!    ([`Pacing`]), so they do not arrive in a burst.
+//!    tiers late, together, are spaced again in the same Redis call, an
+//!    interval after the request sent before them by any replica, so the
+//!    endpoint never sees them in a burst.
 //! 4. **A request slot** of the replica (`HERALD_DISPATCHER_MAX_IN_FLIGHT`),
 //!    held for the HTTP call only.
 //!
@@ -30,13 +31,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_core::circuit::{Breakers, Permission};
 use herald_core::endpoint::ResolvedEndpoint;
 use herald_core::metrics::{BreakerState, metrics};
 use herald_core::proto::Delivery;
-use herald_core::rate_limit::RateLimiter;
+use herald_core::rate_limit::{RateLimiter, RateSlot};
 use herald_core::redis_store::StoreError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -47,12 +48,6 @@ use super::now_ms;
 /// its endpoint slot and a slot of the consumer's window); a moment further
 /// off is waited for in a retry tier.
 pub const MAX_WAIT_IN_PLACE: Duration = Duration::from_secs(1);
-
-/// How late a delivery may come back from its retry tier and still take the
-/// moment it reserved. Later than that, its moment is long gone and taking
-/// it could bunch it with the deliveries reserved after it, so it reserves
-/// a new one.
-const LATE_LIMIT: Duration = Duration::from_secs(1);
 
 /// What [`Gate::admit`] decided.
 #[derive(Debug)]
@@ -77,8 +72,9 @@ pub enum PutOffBy {
     Breaker,
     /// The endpoint's rate limit: the moment is reserved for it.
     RateLimit,
-    /// Too many came back together for this replica to space them in
-    /// place: no moment is held, a new one is reserved when it comes back.
+    /// The requests sent before it (late ones back from their tiers) are
+    /// too far ahead to wait in place: no moment is held, a new one is
+    /// reserved when it comes back.
     Pacing,
 }
 
@@ -90,16 +86,6 @@ pub struct Admitted {
     /// When this delivery probes a half-open breaker: when the probe was
     /// granted (the key to hand it back).
     pub probe: Option<i64>,
-}
-
-/// Where the rate limit puts a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Moment {
-    Now,
-    /// Wait this long in place.
-    Soon(Duration),
-    /// Put off until this Unix millisecond.
-    Later(i64),
 }
 
 /// Whether Redis answers; logs each change once.
@@ -133,7 +119,6 @@ pub struct Gate {
     requests: Arc<Semaphore>,
     breakers: Breakers,
     limiter: RateLimiter,
-    pacing: Pacing,
     redis: Arc<RedisHealth>,
     abandon: CancellationToken,
 }
@@ -154,7 +139,6 @@ impl Gate {
             requests: Arc::new(Semaphore::new(max_requests)),
             breakers,
             limiter,
-            pacing: Pacing::default(),
             redis,
             abandon,
         }
@@ -197,42 +181,55 @@ impl Gate {
         };
 
         if let Some(per_second) = endpoint.endpoint.rate_limit {
-            let wait = match self
-                .rate_moment(endpoint_id, per_second, delivery.rate_slot_ms)
-                .await
-            {
-                Moment::Now => Duration::ZERO,
-                Moment::Soon(wait) => wait,
-                Moment::Later(until_ms) => {
-                    tracing::debug!(
-                        until_ms,
-                        "rate limit reached; delivery deferred to its moment"
-                    );
-                    self.hand_back_probe(endpoint_id, probe).await;
-                    return Admission::PutOff {
-                        until_ms,
-                        by: PutOffBy::RateLimit,
-                    };
+            let slot = self
+                .limiter
+                .take(
+                    endpoint_id,
+                    per_second,
+                    delivery.rate_slot_ms,
+                    now_ms(),
+                    MAX_WAIT_IN_PLACE.as_millis() as u64,
+                )
+                .await;
+            let wait = match slot {
+                Ok(slot) => {
+                    self.redis.answers();
+                    match slot {
+                        RateSlot::SendIn(ms) => Duration::from_millis(ms),
+                        RateSlot::Reserved(until_ms) => {
+                            tracing::debug!(
+                                until_ms,
+                                "rate limit reached; delivery deferred to its moment"
+                            );
+                            self.hand_back_probe(endpoint_id, probe).await;
+                            return Admission::PutOff {
+                                until_ms,
+                                by: PutOffBy::RateLimit,
+                            };
+                        }
+                        RateSlot::Crowded => {
+                            // Too many came back together to space them in
+                            // place: come back after a while and be spaced
+                            // then.
+                            self.hand_back_probe(endpoint_id, probe).await;
+                            return Admission::PutOff {
+                                until_ms: now_ms() + MAX_WAIT_IN_PLACE.as_millis() as i64,
+                                by: PutOffBy::Pacing,
+                            };
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.redis.fails(&err);
+                    Duration::ZERO
                 }
             };
-            let Some(go_at) = self.pacing.next(
-                endpoint_id,
-                per_second,
-                Instant::now() + wait,
-                MAX_WAIT_IN_PLACE,
-            ) else {
-                // Too many came back together to space them in place:
-                // come back after a while and be spaced then.
-                self.hand_back_probe(endpoint_id, probe).await;
-                return Admission::PutOff {
-                    until_ms: now_ms() + MAX_WAIT_IN_PLACE.as_millis() as i64,
-                    by: PutOffBy::Pacing,
-                };
-            };
-            let paced = tokio::time::sleep_until(go_at.into());
-            if self.unless_abandoned(paced).await.is_none() {
-                self.hand_back_probe(endpoint_id, probe).await;
-                return Admission::Stopping;
+            if !wait.is_zero() {
+                let paced = tokio::time::sleep(wait);
+                if self.unless_abandoned(paced).await.is_none() {
+                    self.hand_back_probe(endpoint_id, probe).await;
+                    return Admission::Stopping;
+                }
             }
         }
 
@@ -273,85 +270,11 @@ impl Gate {
         }
     }
 
-    /// The moment the rate limit gives the delivery: the one it reserved
-    /// earlier (`reserved_ms`, when it came back from a retry tier in time),
-    /// or a new one.
-    async fn rate_moment(&self, endpoint_id: &str, per_second: u32, reserved_ms: i64) -> Moment {
-        let now = now_ms();
-        if reserved_ms > 0 {
-            let early_ms = reserved_ms - now;
-            // Early only when the replicas' clocks differ.
-            if early_ms > 0 {
-                return moment_in(early_ms as u64, reserved_ms);
-            }
-            if early_ms.unsigned_abs() <= LATE_LIMIT.as_millis() as u64 {
-                return Moment::Now;
-            }
-        }
-        match self.limiter.reserve(endpoint_id, per_second, now).await {
-            Ok(wait_ms) => {
-                self.redis.answers();
-                moment_in(wait_ms, now + wait_ms as i64)
-            }
-            Err(err) => {
-                self.redis.fails(&err);
-                Moment::Now
-            }
-        }
-    }
-
     async fn unless_abandoned<T>(&self, wait: impl Future<Output = T>) -> Option<T> {
         tokio::select! {
             done = wait => Some(done),
             _ = self.abandon.cancelled() => None,
         }
-    }
-}
-
-fn moment_in(wait_ms: u64, at_ms: i64) -> Moment {
-    if wait_ms == 0 {
-        Moment::Now
-    } else if wait_ms <= MAX_WAIT_IN_PLACE.as_millis() as u64 {
-        Moment::Soon(Duration::from_millis(wait_ms))
-    } else {
-        Moment::Later(at_ms)
-    }
-}
-
-/// The replica's own spacing of each rate-limited endpoint's requests:
-/// never two within one interval, whatever moments they were given. It
-/// matters when deliveries reserved one after another come back from their
-/// retry tiers late and together (a tier's records are handed back in
-/// batches): each then waits for the one before it.
-#[derive(Debug, Default)]
-struct Pacing {
-    next_free: std::sync::Mutex<HashMap<String, Instant>>,
-}
-
-impl Pacing {
-    /// When a request to `endpoint_id`, limited to `per_second`, that may go
-    /// at `earliest` goes: then, or one interval after the one before.
-    /// `None` (and nothing taken) when that is more than `limit` from now.
-    fn next(
-        &self,
-        endpoint_id: &str,
-        per_second: u32,
-        earliest: Instant,
-        limit: Duration,
-    ) -> Option<Instant> {
-        let interval = Duration::from_secs(1) / per_second.max(1);
-        let now = Instant::now();
-        let mut map = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 10_000 {
-            map.retain(|_, free| *free > now);
-        }
-        let free = map.entry(endpoint_id.to_owned()).or_insert(earliest);
-        let at = earliest.max(*free);
-        if at > now + limit {
-            return None;
-        }
-        *free = at + interval;
-        Some(at)
     }
 }
 
@@ -391,41 +314,5 @@ impl EndpointSlots {
             .acquire_owned()
             .await
             .expect("endpoint semaphores are never closed")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn late_deliveries_are_spaced_again() {
-        let pacing = Pacing::default();
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let limit = Duration::from_secs(3600);
-        // Three come back at once for an endpoint at 20/s: 50 ms apart.
-        assert_eq!(pacing.next("ep", 20, t0, limit), Some(t0));
-        assert_eq!(pacing.next("ep", 20, t0, limit), Some(t0 + ms(50)));
-        assert_eq!(pacing.next("ep", 20, t0, limit), Some(t0 + ms(100)));
-        // One on time later on is not held back.
-        assert_eq!(
-            pacing.next("ep", 20, t0 + ms(500), limit),
-            Some(t0 + ms(500))
-        );
-        assert_eq!(pacing.next("other", 20, t0, limit), Some(t0));
-        // Too far off to wait in place: refused, and nothing taken.
-        let slow = Instant::now();
-        assert!(pacing.next("slow", 1, slow, limit).is_some());
-        assert_eq!(pacing.next("slow", 1, slow, ms(500)), None);
-        assert!(pacing.next("slow", 1, slow, limit).unwrap() >= slow + ms(1000));
-    }
-
-    #[test]
-    fn near_moments_are_waited_for_in_place_and_far_ones_in_a_tier() {
-        assert_eq!(moment_in(0, 5), Moment::Now);
-        assert_eq!(moment_in(1, 6), Moment::Soon(Duration::from_millis(1)));
-        assert_eq!(moment_in(1000, 1005), Moment::Soon(Duration::from_secs(1)));
-        assert_eq!(moment_in(1001, 1006), Moment::Later(1006));
     }
 }
