@@ -237,6 +237,7 @@ impl Bench {
             latency_split: None,
             processes,
             attempt_log: None,
+            redis_commands: Vec::new(),
         };
         Ok((mode_report, report))
     }

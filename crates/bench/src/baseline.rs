@@ -36,12 +36,15 @@ pub enum Hops {
 /// Runs `phase` through bare topics: produce, consume (and relay), nothing
 /// else. The record of event `n` counts as arrived at "endpoint" `n % 10`,
 /// so the phase's bookkeeping is the same as for Herald with fan-out 1.
+/// Also returns this process's CPU per record over the phase (its warm-up
+/// aside): what the Kafka client's produce and consume (and the relay's)
+/// cost with Herald's settings, the floor under Herald's own stages.
 pub async fn broker_phase(
     kafka: &KafkaConfig,
     topic: &str,
     hops: Hops,
     phase: &Phase,
-) -> Result<PhaseResult, String> {
+) -> Result<(PhaseResult, f64), String> {
     let relayed = format!("{topic}.relayed");
     let topics = match hops {
         Hops::One => vec![topic.to_owned()],
@@ -105,7 +108,16 @@ pub async fn broker_phase(
         ..phase.clone()
     };
     let result = match load::run_phase(&warm_up, &source, &arrivals).await {
-        Ok(_) => load::run_phase(phase, &source, &arrivals).await,
+        Ok(_) => {
+            let before = crate::herald::usage(std::process::id()).cpu_seconds;
+            load::run_phase(phase, &source, &arrivals)
+                .await
+                .map(|result| {
+                    let cpu = crate::herald::usage(std::process::id()).cpu_seconds - before;
+                    let per_record = 1e6 * cpu / result.delivered.max(1) as f64;
+                    (result, per_record)
+                })
+        }
         Err(err) => Err(err),
     };
     reader.abort();
@@ -233,6 +245,9 @@ async fn relay(consumer: StreamConsumer, producer: FutureProducer, to: String) {
 pub struct ReceiverBaseline {
     /// POSTs answered per second.
     pub posts_per_s: f64,
+    /// This process's CPU per POST: the client's and, with the built-in
+    /// receiver, the receiver's too.
+    pub cpu_us_per_post: f64,
     /// Connections used.
     pub concurrency: usize,
 }
@@ -253,6 +268,7 @@ pub async fn receiver(
     let body = load::event_json(crate::herald::BENCH_APP, "baseline", "bench.raw", body_size);
     let answered = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let cpu_before = crate::herald::usage(std::process::id()).cpu_seconds;
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (http, body, url, answered) =
@@ -279,8 +295,11 @@ pub async fn receiver(
         worker.map_err(|e| e.to_string())??;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = crate::herald::usage(std::process::id()).cpu_seconds - cpu_before;
+    let posts = answered.load(Ordering::Relaxed);
     Ok(ReceiverBaseline {
-        posts_per_s: answered.load(Ordering::Relaxed) as f64 / seconds,
+        posts_per_s: posts as f64 / seconds,
+        cpu_us_per_post: 1e6 * cpu / posts.max(1) as f64,
         concurrency,
     })
 }

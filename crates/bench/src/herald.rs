@@ -205,6 +205,40 @@ pub async fn redis_used_memory(url: &str) -> Result<u64, String> {
         .ok_or_else(|| "Redis INFO memory has no used_memory".to_owned())
 }
 
+/// Redis's own account of the commands it ran so far (`INFO
+/// commandstats`): per command, its calls and the microseconds spent in
+/// them. Commands a script runs are counted too, inside the script's own.
+pub async fn redis_command_stats(
+    url: &str,
+) -> Result<std::collections::BTreeMap<String, (u64, u64)>, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("Redis: {e}"))?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("Redis INFO: {e}"))?;
+    Ok(parse_command_stats(&info))
+}
+
+/// `cmdstat_zadd:calls=3,usec=12,usec_per_call=4.00,…` lines, by command.
+fn parse_command_stats(info: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.trim().parse().ok())
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
+}
+
 /// Attempts the attempt log holds under `prefix`: in the logs by event
 /// (their count, `attempts:retained`) and in the logs by endpoint.
 pub async fn attempts_retained(url: &str, prefix: &str) -> Result<(u64, u64), String> {
@@ -598,4 +632,18 @@ pub fn own_bin_dir() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_stats_are_read_by_command() {
+        let info = "# Commandstats\r\ncmdstat_zadd:calls=204000,usec=732597,usec_per_call=3.59,rejected_calls=0,failed_calls=0\r\ncmdstat_evalsha:calls=7,usec=70,usec_per_call=10.00\r\nbroken_line\r\n";
+        let stats = parse_command_stats(info);
+        assert_eq!(stats.len(), 2);
+        assert_eq!(stats["zadd"], (204_000, 732_597));
+        assert_eq!(stats["evalsha"], (7, 70));
+    }
 }

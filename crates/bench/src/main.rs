@@ -41,8 +41,8 @@ use crate::herald::{Api, Deployment, Process};
 use crate::load::{MAX_FANOUT, Phase, PhaseResult, Source};
 use crate::receiver::Receiver;
 use crate::report::{
-    AttemptLogGrowth, Baselines, CostPerWebhook, ModeReport, ProcessReport, RatedPhase, Report,
-    Setup,
+    AttemptLogGrowth, Baselines, CostPerWebhook, ModeReport, ProcessReport, RatedPhase,
+    RedisCommandCost, Report, Setup,
 };
 
 const USAGE: &str = "\
@@ -631,8 +631,16 @@ impl Bench {
         let watched = self.watched(&running);
         let allocations_before = herald::allocations(&running.processes).await;
         let log_before = self.attempt_log_size().await;
+        let commands_before = herald::redis_command_stats(&self.options.redis).await;
         let before = herald::usages(&watched);
         let kafka = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
+        let redis_commands = match (
+            commands_before,
+            herald::redis_command_stats(&self.options.redis).await,
+        ) {
+            (Ok(before), Ok(after)) => RedisCommandCost::between(&before, &after, kafka.delivered),
+            _ => Vec::new(),
+        };
         // The dispatchers write their attempts every few milliseconds.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let attempt_log = match (log_before, self.attempt_log_size().await) {
@@ -742,6 +750,7 @@ impl Bench {
                 latency,
                 latency_split,
                 attempt_log,
+                redis_commands,
                 processes,
             },
             latency_rate,
@@ -751,8 +760,12 @@ impl Bench {
     /// The broker's flat-out rate through one topic or relayed through two:
     /// the best of two rounds, because a shared machine's noise only ever
     /// lowers it, and a baseline that came out low would flatter Herald.
-    async fn broker_throughput(&self, name: &str, hops: Hops) -> Result<PhaseResult, String> {
-        let mut best: Option<PhaseResult> = None;
+    async fn broker_throughput(
+        &self,
+        name: &str,
+        hops: Hops,
+    ) -> Result<(PhaseResult, f64), String> {
+        let mut best: Option<(PhaseResult, f64)> = None;
         for round in 1..=2 {
             eprintln!("baseline: {name} throughput, round {round} of 2");
             let phase = self.phase(
@@ -761,7 +774,7 @@ impl Bench {
                 self.options.deliveries,
                 true,
             );
-            let result = baseline::broker_phase(
+            let measured = baseline::broker_phase(
                 &self.kafka,
                 &self
                     .kafka
@@ -772,9 +785,9 @@ impl Bench {
             .await?;
             if best
                 .as_ref()
-                .is_none_or(|b| result.delivered_per_s > b.delivered_per_s)
+                .is_none_or(|(b, _)| measured.0.delivered_per_s > b.delivered_per_s)
             {
-                best = Some(result);
+                best = Some(measured);
             }
         }
         Ok(best.expect("two rounds ran"))
@@ -836,8 +849,9 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         Duration::from_secs_f64(if o.smoke { 1.0 } else { 3.0 }),
     )
     .await?;
-    let broker_throughput = bench.broker_throughput("broker", Hops::One).await?;
-    let relay_throughput = bench.broker_throughput("relay", Hops::Two).await?;
+    let (broker_throughput, broker_client_us) =
+        bench.broker_throughput("broker", Hops::One).await?;
+    let (relay_throughput, relay_client_us) = bench.broker_throughput("relay", Hops::Two).await?;
 
     let mut modes = Vec::new();
     let mut broker_latency = None;
@@ -871,7 +885,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
                 );
                 phase.rate = Some(rate);
                 let cpu_before = herald::MachineCpu::read();
-                let result = baseline::broker_phase(
+                let (result, _) = baseline::broker_phase(
                     &bench.kafka,
                     &bench.kafka.topic(&format!("bench.baseline.{name}-latency")),
                     hops,
@@ -895,8 +909,10 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
     }
     let baselines = Baselines {
         broker_throughput,
+        broker_client_us,
         broker_latency,
         relay_throughput,
+        relay_client_us,
         relay_latency,
         receiver: receiver_baseline,
     };

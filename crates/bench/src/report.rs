@@ -59,11 +59,17 @@ pub struct Baselines {
     /// Produce → consume through one topic, flat out (the better of two
     /// rounds).
     pub broker_throughput: PhaseResult,
+    /// herald-bench's CPU per record over that phase: one produce and one
+    /// consume by the Kafka client with Herald's settings.
+    pub broker_client_us: f64,
     /// Produce → consume at the rate of Herald's latency phase.
     pub broker_latency: Option<RatedPhase>,
     /// Produce → relay through a second topic → consume, flat out: the
     /// floor of any pipeline with a topic between its stages.
     pub relay_throughput: PhaseResult,
+    /// herald-bench's CPU per record over that phase: two produces and two
+    /// consumes.
+    pub relay_client_us: f64,
     /// The same at the rate of Herald's latency phase.
     pub relay_latency: Option<RatedPhase>,
     /// Bare POSTs to the receiver.
@@ -134,6 +140,47 @@ pub struct ModeReport {
     pub processes: Vec<ProcessReport>,
     /// What the attempt log grew by in Redis during the Kafka phase.
     pub attempt_log: Option<AttemptLogGrowth>,
+    /// Redis's commands during the Kafka phase, costliest first.
+    pub redis_commands: Vec<RedisCommandCost>,
+}
+
+/// One Redis command's share of a phase, per delivered webhook.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisCommandCost {
+    /// The command (lower case, as Redis names it).
+    pub command: String,
+    /// Calls per webhook.
+    pub calls_per_webhook: f64,
+    /// Microseconds Redis spent running it per webhook (its own count; a
+    /// script's includes the commands it ran, and reading and answering
+    /// requests is in neither).
+    pub us_per_webhook: f64,
+}
+
+impl RedisCommandCost {
+    /// The commands run between two [`crate::herald::redis_command_stats`]
+    /// readings, per one of `webhooks`, costliest first.
+    pub fn between(
+        before: &std::collections::BTreeMap<String, (u64, u64)>,
+        after: &std::collections::BTreeMap<String, (u64, u64)>,
+        webhooks: usize,
+    ) -> Vec<RedisCommandCost> {
+        let per = webhooks.max(1) as f64;
+        let mut costs: Vec<RedisCommandCost> = after
+            .iter()
+            .filter_map(|(command, (calls, usec))| {
+                let (calls_before, usec_before) = before.get(command).copied().unwrap_or((0, 0));
+                let calls = calls.checked_sub(calls_before)?;
+                (calls > 0).then(|| RedisCommandCost {
+                    command: command.clone(),
+                    calls_per_webhook: calls as f64 / per,
+                    us_per_webhook: usec.saturating_sub(usec_before) as f64 / per,
+                })
+            })
+            .collect();
+        costs.sort_by(|a, b| b.us_per_webhook.total_cmp(&a.us_per_webhook));
+        costs
+    }
 }
 
 /// What the attempt log grew by in Redis over a phase.
@@ -577,6 +624,39 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
             r.p99_ms
         ));
     }
+    // The floors under Herald's stages: what the same client libraries
+    // cost in herald-bench's baselines, beside what the stage built on them
+    // costs per webhook.
+    let process_us = |mode: &str, process: &str| {
+        modes
+            .iter()
+            .find(|m| m.name == mode)?
+            .processes
+            .iter()
+            .find(|p| p.name.starts_with(process))
+            .map(|p| p.cpu_us_per_delivery)
+    };
+    let beside = |what: Option<f64>, name: &str| {
+        what.map_or(String::new(), |us| {
+            format!("; {name}: {us:.1} µs per webhook")
+        })
+    };
+    lines.push(format!(
+        "floor, a relay stage (one consume, one produce): {:.1} µs of CPU per record{}",
+        baselines.relay_client_us - baselines.broker_client_us,
+        beside(
+            process_us("fanout-1", "herald-fanout"),
+            "herald-fanout at fan-out 1"
+        )
+    ));
+    lines.push(format!(
+        "floor, a bare POST (client and receiver in one process): {:.1} µs of CPU{}",
+        baselines.receiver.cpu_us_per_post,
+        beside(
+            process_us("fanout-10", "herald-dispatcher"),
+            "herald-dispatcher at fan-out 10"
+        )
+    ));
     lines
 }
 
@@ -763,12 +843,30 @@ pub fn print(report: &Report) {
             .filter(|log| log.redis_bytes > 0 && log.by_event as usize >= mode.kafka.delivered)
         {
             println!(
-                "{:<40} +{} attempts by event, +{} by endpoint, Redis +{:.1} MiB: {:.0} bytes per retained attempt",
+                "{:<40} +{} attempts by event, +{} by endpoint (each endpoint's log keeps its newest 1,000 by default: once full, it grows no more), Redis +{:.1} MiB: {:.0} bytes per retained attempt",
                 format!("{} attempt log", mode.name),
                 log.by_event,
                 log.by_endpoint,
                 log.redis_bytes as f64 / (1 << 20) as f64,
                 log.bytes_per_attempt()
+            );
+        }
+        if !mode.redis_commands.is_empty() {
+            let shown: Vec<String> = mode
+                .redis_commands
+                .iter()
+                .take(8)
+                .map(|c| {
+                    format!(
+                        "{} {:.2}×/{:.2} µs",
+                        c.command, c.calls_per_webhook, c.us_per_webhook
+                    )
+                })
+                .collect();
+            println!(
+                "{:<40} per webhook: {}",
+                format!("{} Redis commands", mode.name),
+                shown.join(", ")
             );
         }
         for (route, cost) in [
