@@ -95,12 +95,24 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
     assert_eq!(relay["delivered"], relay["expected"]);
     assert_eq!(relay["duplicates"], 0);
     assert!(report["baselines"]["relay_latency"]["result"]["latency"]["p50_ms"].is_number());
-    assert_eq!(
-        report["against_relay"].as_array().map(Vec::len),
-        Some(3),
-        "{}",
-        report["against_relay"]
-    );
+    let against_relay = report["against_relay"].as_array().expect("against_relay");
+    assert_eq!(against_relay.len(), 5, "{}", report["against_relay"]);
+    // The floors: what the client libraries cost herald-bench itself.
+    for (line, needle) in against_relay[3..]
+        .iter()
+        .zip(["floor, a relay stage", "floor, a bare POST"])
+    {
+        assert!(line.as_str().unwrap().starts_with(needle), "{line}");
+    }
+    // (CPU time is counted in clock ticks: a smoke run's few records may
+    // take none.)
+    for floor in [
+        &report["baselines"]["broker_client_us"],
+        &report["baselines"]["relay_client_us"],
+        &report["baselines"]["receiver"]["cpu_us_per_post"],
+    ] {
+        assert!(floor.as_f64().unwrap() >= 0.0, "{}", report["baselines"]);
+    }
 
     let modes = report["modes"].as_array().expect("modes");
     let names: Vec<&str> = modes.iter().map(|m| m["name"].as_str().unwrap()).collect();
@@ -134,6 +146,16 @@ async fn smoke_run_of_the_benchmark_reports_every_mode_and_target() {
             );
         }
     }
+    // Redis's commands during fan-out 1's Kafka phase: the attempt log's
+    // ZADDs among them, at least one per webhook.
+    let commands = modes[0]["redis_commands"]
+        .as_array()
+        .expect("redis_commands");
+    let zadd = commands
+        .iter()
+        .find(|c| c["command"] == "zadd")
+        .unwrap_or_else(|| panic!("no ZADD among {commands:?}"));
+    assert!(zadd["calls_per_webhook"].as_f64().unwrap() >= 1.0, "{zadd}");
     // The latency phase's time, hop by hop, from Herald's own histograms:
     // every event passed each of them once.
     let fanout_1 = &modes[0];

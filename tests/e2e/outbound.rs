@@ -1,10 +1,11 @@
 //! Where webhooks may go and what Herald does with the answer: refused
-//! destinations at connect time, redirects, and endless response bodies.
+//! destinations at connect time, redirects, endless response bodies, and
+//! https endpoints of a private CA speaking HTTP/2.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use herald_tests::{Behaviour, Receiver, Stack, StackOptions, eventually};
+use herald_tests::{Alpn, Behaviour, Receiver, Stack, StackOptions, eventually};
 use serde_json::{Value, json};
 
 /// The attempts of one event, once at least `n` are logged.
@@ -27,6 +28,59 @@ async fn wait_for_attempts(stack: &Stack, event_id: &str, n: usize) -> Vec<Value
         "only {} attempts of {event_id} logged: {found:?}",
         found.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_of_a_private_ca_gets_its_webhooks_over_http2_on_one_connection() {
+    let stack = Stack::start(
+        StackOptions::new("https-http2")
+            .env("HERALD_OUTBOUND_CA_FILE", &herald_tests::test_ca_file()),
+    )
+    .await;
+    let receiver = Receiver::start_tls(Behaviour::VerifySignature, Alpn::Http2AndHttp1).await;
+    let created = stack
+        .create_endpoint(json!({"url": receiver.url(), "event_types": ["tls.*"]}))
+        .await;
+    receiver.set_secret(created["secret"].as_str().unwrap());
+    stack.settle_endpoints().await;
+    stack.wait_dispatchers_assigned().await;
+
+    // The first one finds out the endpoint speaks HTTP/2; the other 20 go
+    // together as streams of the same connection.
+    let event = |n: usize| json!({"application": "app_test", "id": format!("tls_{n}"), "type": "tls.sent", "payload": {"n": n}});
+    stack.accept_event(&event(0)).await;
+    assert!(
+        receiver.wait_for(1, Duration::from_secs(60)).await,
+        "nothing arrived over https; logs in {}",
+        stack.logs().display()
+    );
+    for n in 1..=20 {
+        stack.accept_event(&event(n)).await;
+    }
+    assert!(
+        receiver.wait_for(21, Duration::from_secs(60)).await,
+        "{} of 21 arrived; logs in {}",
+        receiver.count(),
+        stack.logs().display()
+    );
+    let received = receiver.received();
+    assert!(
+        received
+            .iter()
+            .all(|r| r.signature_valid && r.answered == 200),
+        "a webhook over https failed its signature check"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r.version == axum::http::Version::HTTP_2),
+        "versions: {:?}",
+        received.iter().map(|r| r.version).collect::<Vec<_>>()
+    );
+    let counts = receiver.id_counts();
+    assert_eq!(counts.len(), 21);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert_eq!(receiver.tls_connections(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 pub use cluster::KafkaCluster;
 pub use otlp::{CollectedSpan, OtlpReceiver};
-pub use receiver::{Behaviour, Received, Receiver};
+pub use receiver::{Alpn, Behaviour, Received, Receiver, test_ca_file};
 
 /// The broker and Redis the tests run against.
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! A real HTTP server on 127.0.0.1 that plays a webhook endpoint: it records
 //! every request, checks its Standard Webhooks signature with an independent
-//! implementation (the `standardwebhooks` crate), and answers as told.
+//! implementation (the `standardwebhooks` crate), and answers as told. Plain
+//! HTTP/1.1 ([`Receiver::start`]), or https with the test CA's certificate
+//! speaking HTTP/2 and HTTP/1.1 ([`Receiver::start_tls`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,6 +90,8 @@ pub struct Received {
     pub signature_valid: bool,
     /// What the receiver answered.
     pub answered: u16,
+    /// The HTTP version it came over.
+    pub version: axum::http::Version,
 }
 
 impl Received {
@@ -125,21 +129,34 @@ pub struct Receiver {
     addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// https: the connections accepted so far.
+    tls_connections: Option<Arc<AtomicU64>>,
+}
+
+/// What an https receiver offers in the TLS handshake (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2, then HTTP/1.1.
+    Http2AndHttp1,
+    /// HTTP/1.1 only.
+    Http1Only,
+}
+
+/// A file of the test certificates (`tests/support/tls`).
+pub fn tls_file(name: &str) -> String {
+    format!("{}/support/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test CA, for `HERALD_OUTBOUND_CA_FILE`.
+pub fn test_ca_file() -> String {
+    tls_file("ca.pem")
 }
 
 impl Receiver {
     /// Starts a receiver on a free port of 127.0.0.1.
     pub async fn start(behaviour: Behaviour) -> Receiver {
-        let shared = Arc::new(Mutex::new(Shared {
-            behaviour,
-            secret: None,
-            received: Vec::new(),
-            endless: Arc::new(EndlessBodyState::default()),
-        }));
-        let app = Router::new()
-            .route("/{*path}", post(receive))
-            .route("/", post(receive))
-            .with_state(shared.clone());
+        let shared = Self::shared(behaviour);
+        let app = Self::app(&shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -156,7 +173,96 @@ impl Receiver {
             addr,
             shared,
             stop: Some(stop),
+            tls_connections: None,
         }
+    }
+
+    fn shared(behaviour: Behaviour) -> Arc<Mutex<Shared>> {
+        Arc::new(Mutex::new(Shared {
+            behaviour,
+            secret: None,
+            received: Vec::new(),
+            endless: Arc::new(EndlessBodyState::default()),
+        }))
+    }
+
+    fn app(shared: &Arc<Mutex<Shared>>) -> Router {
+        Router::new()
+            .route("/{*path}", post(receive))
+            .route("/", post(receive))
+            .with_state(shared.clone())
+    }
+
+    /// Starts an https receiver on a free port of 127.0.0.1, with the test
+    /// CA's certificate for `localhost` and `127.0.0.1` ([`test_ca_file`]),
+    /// offering `alpn`; it speaks whichever version the client does.
+    pub async fn start_tls(behaviour: Behaviour, alpn: Alpn) -> Receiver {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(tls_file("localhost.pem"))
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .expect("test certificate");
+        let key = PrivateKeyDer::from_pem_file(tls_file("localhost-key.pem")).expect("test key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("test certificate and key");
+        config.alpn_protocols = match alpn {
+            Alpn::Http2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::Http1Only => vec![b"http/1.1".to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let shared = Self::shared(behaviour);
+        let app = Self::app(&shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let connections = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => return,
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            shared,
+            stop: Some(stop),
+            tls_connections: Some(connections),
+        }
+    }
+
+    /// https: how many connections clients opened to it so far.
+    pub fn tls_connections(&self) -> u64 {
+        self.tls_connections
+            .as_ref()
+            .expect("an https receiver (Receiver::start_tls)")
+            .load(Ordering::SeqCst)
     }
 
     /// The port it listens on.
@@ -166,13 +272,18 @@ impl Receiver {
 
     /// The URL to register.
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        self.url_at("hook")
     }
 
     /// A URL under another path, to register several endpoints that all
     /// land here (their requests are told apart by [`Received::path`]).
     pub fn url_at(&self, path: &str) -> String {
-        format!("http://{}/{path}", self.addr)
+        let scheme = if self.tls_connections.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/{path}", self.addr)
     }
 
     /// The secret to verify signatures with.
@@ -267,6 +378,7 @@ impl Drop for Receiver {
 
 async fn receive(
     State(shared): State<Arc<Mutex<Shared>>>,
+    version: axum::http::Version,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -302,6 +414,7 @@ async fn receive(
             at: Instant::now(),
             signature_valid,
             answered: answer,
+            version,
         });
         (answer, delay, extra)
     };

@@ -254,17 +254,22 @@ pub struct ReceiverBaseline {
 
 /// Posts `body`-sized requests to `url` (the built-in receiver's bare
 /// route, or `--target-url`) for `duration` from `concurrency` keep-alive
-/// connections.
+/// connections; over https trusting the test CA when `tls`.
 pub async fn receiver(
     url: String,
     body_size: usize,
     concurrency: usize,
     duration: Duration,
+    tls: bool,
 ) -> Result<ReceiverBaseline, String> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut http = reqwest::Client::builder().pool_max_idle_per_host(concurrency);
+    if tls {
+        let ca = std::fs::read(crate::receiver::tls_file("ca.pem"))
+            .map_err(|e| format!("the test CA: {e}"))?;
+        http = http
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).map_err(|e| e.to_string())?);
+    }
+    let http = http.build().map_err(|e| e.to_string())?;
     let body = load::event_json(crate::herald::BENCH_APP, "baseline", "bench.raw", body_size);
     let answered = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

@@ -86,6 +86,11 @@ usage: herald-bench [options]
                         dispatchers' own figures (from /metrics; ids and
                         signatures are not checked), and only the fanout-1
                         and fanout-10 modes run
+  --tls h2|http1        the built-in receiver speaks https (the test suite's
+                        certificate, whose CA Herald is told to trust through
+                        HERALD_OUTBOUND_CA_FILE), offering HTTP/2 and
+                        HTTP/1.1 (h2) or HTTP/1.1 only (http1); the receiver
+                        baseline then posts over https too
   --herald-env K=V      extra environment for Herald's processes (repeatable)
   --observe NAME=PID    also report CPU and memory of this process, e.g. the
                         broker (repeatable)
@@ -125,6 +130,8 @@ struct Options {
     modes: Vec<String>,
     /// Where webhooks go instead of the built-in receiver.
     target_url: Option<String>,
+    /// The built-in receiver speaks https, offering these protocols.
+    tls: Option<receiver::Tls>,
     herald_env: Vec<(String, String)>,
     observe: Vec<(String, u32)>,
     json: Option<PathBuf>,
@@ -171,6 +178,7 @@ fn parse_options() -> Result<Options, String> {
         http_connections: 256,
         modes: ALL_MODES.iter().map(|m| (*m).to_owned()).collect(),
         target_url: None,
+        tls: None,
         herald_env: Vec::new(),
         observe: Vec::new(),
         json: None,
@@ -241,6 +249,13 @@ fn parse_options() -> Result<Options, String> {
                 options.slow_endpoint = Duration::from_millis(number(&value)? as u64);
             }
             "--target-url" => options.target_url = Some(value),
+            "--tls" => {
+                options.tls = Some(match value.as_str() {
+                    "h2" => receiver::Tls::Http2,
+                    "http1" => receiver::Tls::Http1,
+                    _ => return Err(format!("--tls: expected h2 or http1, not {value:?}")),
+                })
+            }
             "--modes" => {
                 modes_given = true;
                 options.modes = value.split(',').map(|m| m.trim().to_owned()).collect();
@@ -398,6 +413,8 @@ impl Bench {
                     "HERALD_ALLOWED_DESTINATION_CIDRS",
                     "127.0.0.1/32".to_owned(),
                 ),
+                // The https receiver's certificate (unused over plain HTTP).
+                ("HERALD_OUTBOUND_CA_FILE", receiver::tls_file("ca.pem")),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
@@ -634,6 +651,8 @@ impl Bench {
         let commands_before = herald::redis_command_stats(&self.options.redis).await;
         let before = herald::usages(&watched);
         let kafka = load::run(&phase, &running.kafka_source, self.tally(&running)).await?;
+        // The dispatchers write their attempts every few milliseconds.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let redis_commands = match (
             commands_before,
             herald::redis_command_stats(&self.options.redis).await,
@@ -641,8 +660,6 @@ impl Bench {
             (Ok(before), Ok(after)) => RedisCommandCost::between(&before, &after, kafka.delivered),
             _ => Vec::new(),
         };
-        // The dispatchers write their attempts every few milliseconds.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let attempt_log = match (log_before, self.attempt_log_size().await) {
             (
                 Some((event, endpoint, memory)),
@@ -814,7 +831,7 @@ async fn run(options: Options) -> Result<Report, String> {
         "herald-bench run {run_id}: Herald's logs in {}",
         log_dir.display()
     );
-    let receiver = Receiver::start()
+    let receiver = Receiver::start(options.tls)
         .await
         .map_err(|e| format!("cannot start the receiver: {e}"))?;
     let mut bench = Bench {
@@ -847,6 +864,7 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
         o.record_bytes,
         o.concurrency,
         Duration::from_secs_f64(if o.smoke { 1.0 } else { 3.0 }),
+        o.tls.is_some(),
     )
     .await?;
     let (broker_throughput, broker_client_us) =
@@ -932,7 +950,14 @@ async fn measure(bench: &mut Bench) -> Result<Report, String> {
                 Some(url) => {
                     format!("{url} (counted by the dispatchers; ids and signatures not checked)")
                 }
-                None => "the built-in receiver (every id and signature checked)".to_owned(),
+                None => format!(
+                    "the built-in receiver over {} (every id and signature checked)",
+                    match o.tls {
+                        None => "plain HTTP/1.1",
+                        Some(receiver::Tls::Http2) => "https, HTTP/2 offered",
+                        Some(receiver::Tls::Http1) => "https, HTTP/1.1 only",
+                    }
+                ),
             },
             smoke: o.smoke,
         },

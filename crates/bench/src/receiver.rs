@@ -1,5 +1,8 @@
-//! The benchmark's webhook receiver: a plain HTTP server on 127.0.0.1 that
-//! verifies every webhook's signature and notes when it arrived.
+//! The benchmark's webhook receiver: an HTTP server on 127.0.0.1 that
+//! verifies every webhook's signature and notes when it arrived. Plain
+//! HTTP/1.1 by default; with `--tls`, https with the test suite's
+//! certificate (`tests/support/tls`, whose CA Herald is then told to trust),
+//! offering HTTP/2 and HTTP/1.1 or HTTP/1.1 only.
 //!
 //! Endpoint `i` of the benchmark is `POST /e/{i}`. `POST /raw` answers without
 //! looking at the request; the receiver baseline loads it to find how many
@@ -78,23 +81,70 @@ pub struct Receiver {
     shared: Arc<Shared>,
 }
 
+/// What an https receiver offers in the TLS handshake (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Tls {
+    /// `h2`, then `http/1.1`: Herald's dispatchers take HTTP/2.
+    Http2,
+    /// `http/1.1` only.
+    Http1,
+}
+
+/// A file of the test certificates the https receiver uses.
+pub fn tls_file(name: &str) -> String {
+    format!(
+        "{}/../../tests/support/tls/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 impl Receiver {
-    /// Starts the receiver on a free port of 127.0.0.1.
-    pub async fn start() -> std::io::Result<Receiver> {
+    /// Starts the receiver on a free port of 127.0.0.1: plain HTTP/1.1, or
+    /// https offering `tls`.
+    pub async fn start(tls: Option<Tls>) -> Result<Receiver, String> {
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/e/{index}", post(receive))
             .route("/raw", post(raw))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let Some(tls) = tls else {
+            tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app).await {
+                    eprintln!("receiver stopped: {err}");
+                }
+            });
+            return Ok(Receiver {
+                base_url: format!("http://{addr}"),
+                shared,
+            });
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(tls)?));
         tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                eprintln!("receiver stopped: {err}");
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
             }
         });
         Ok(Receiver {
-            base_url: format!("http://{addr}"),
+            base_url: format!("https://{addr}"),
             shared,
         })
     }
@@ -210,6 +260,29 @@ async fn receive(
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
     StatusCode::NO_CONTENT
+}
+
+/// The https receiver's TLS: the test certificate for 127.0.0.1, `tls`'s
+/// protocols offered.
+fn server_tls(tls: Tls) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(tls_file("localhost.pem"))
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("the test certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(tls_file("localhost-key.pem"))
+        .map_err(|e| format!("the test key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|c| c.with_no_client_auth().with_single_cert(chain, key))
+    .map_err(|e| format!("TLS: {e}"))?;
+    config.alpn_protocols = match tls {
+        Tls::Http2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Tls::Http1 => vec![b"http/1.1".to_vec()],
+    };
+    Ok(config)
 }
 
 async fn raw(_body: Bytes) -> StatusCode {

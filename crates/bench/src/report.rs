@@ -643,7 +643,7 @@ pub fn against_relay(baselines: &Baselines, modes: &[ModeReport]) -> Vec<String>
     };
     lines.push(format!(
         "floor, a relay stage (one consume, one produce): {:.1} µs of CPU per record{}",
-        baselines.relay_client_us - baselines.broker_client_us,
+        (baselines.relay_client_us - baselines.broker_client_us).max(0.0),
         beside(
             process_us("fanout-1", "herald-fanout"),
             "herald-fanout at fan-out 1"

@@ -87,6 +87,14 @@ pub struct Config {
     /// `HERALD_OUTBOUND_PROXY` (default none): an `http://` or `https://`
     /// proxy that every webhook goes through.
     pub outbound_proxy: Option<String>,
+    /// `HERALD_OUTBOUND_CA_FILE` (default none): a PEM file of CA
+    /// certificates webhooks' TLS trusts besides the Web PKI's roots (an
+    /// internal CA's endpoints).
+    pub outbound_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// `HERALD_OUTBOUND_HTTP2` (default `true`): offer HTTP/2 to https
+    /// endpoints (ALPN); those that take it get one connection per replica
+    /// with their requests as streams, the others HTTP/1.1.
+    pub outbound_http2: bool,
     /// Circuit breakers (`HERALD_BREAKER_*`).
     pub breaker: BreakerConfig,
     /// Attempt log retention (`HERALD_ATTEMPT_LOG_*`).
@@ -141,6 +149,8 @@ impl Config {
             breaker: BreakerConfig::from_env(env, http_timeout)?,
             destinations: DestinationPolicy::from_env(env)?,
             outbound_proxy: outbound_proxy(env)?,
+            outbound_roots: outbound_roots(env)?,
+            outbound_http2: env.boolean("HERALD_OUTBOUND_HTTP2", true)?,
             attempt_log: AttemptLogConfig::from_env(env)?,
             max_in_flight: env.number("HERALD_DISPATCHER_MAX_IN_FLIGHT", 512, 1, 100_000)? as usize,
             http_timeout,
@@ -176,6 +186,32 @@ fn outbound_proxy(env: &Env) -> Result<Option<String>, ConfigError> {
             problem: "expected a proxy URL such as http://proxy.internal:3128".to_owned(),
         }),
     }
+}
+
+/// Reads the CA certificates of `HERALD_OUTBOUND_CA_FILE`, if set: a PEM
+/// file holding at least one.
+fn outbound_roots(
+    env: &Env,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let Some(path) = env.raw("HERALD_OUTBOUND_CA_FILE") else {
+        return Ok(Vec::new());
+    };
+    let problem = |problem: String| ConfigError {
+        key: "HERALD_OUTBOUND_CA_FILE".to_owned(),
+        value: Some(path.to_owned()),
+        problem,
+    };
+    let certificates = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|err| problem(format!("cannot read it: {err}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| problem(format!("not a PEM file of certificates: {err}")))?;
+    if certificates.is_empty() {
+        return Err(problem(
+            "no certificate in it (expected PEM, \"-----BEGIN CERTIFICATE-----\")".to_owned(),
+        ));
+    }
+    Ok(certificates)
 }
 
 /// Records a consumer may hold per request slot: most wait for their

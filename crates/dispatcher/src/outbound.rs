@@ -23,6 +23,14 @@
 //! ([`Transport::Direct`]); through one, reqwest's, which speaks the proxy's
 //! protocol. Either way [`Outbound::send`] is one POST and the start of its
 //! answer within `HERALD_HTTP_TIMEOUT`.
+//!
+//! TLS trusts the Web PKI's roots and the CAs of `HERALD_OUTBOUND_CA_FILE`.
+//! Straight to an https endpoint the client offers HTTP/2 beside HTTP/1.1
+//! (ALPN, unless `HERALD_OUTBOUND_HTTP2=false`): an endpoint that takes it
+//! gets one connection per replica and every concurrent webhook as a
+//! stream on it, one that does not gets pooled HTTP/1.1 connections as
+//! before. Plain `http://` endpoints, and everything through the proxy,
+//! get HTTP/1.1.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,8 +74,8 @@ pub struct Outbound {
 /// How webhook requests leave.
 #[derive(Debug)]
 enum Transport {
-    /// Straight to the endpoint: hyper's pooled HTTP/1.1 client, TLS by
-    /// rustls with the Web PKI's roots, names resolved by
+    /// Straight to the endpoint: hyper's pooled client (HTTP/1.1, and
+    /// HTTP/2 where TLS negotiates it), TLS by rustls, names resolved by
     /// [`GuardedResolver`]. It takes the request as Herald builds it (the
     /// endpoint's ready `Uri`, one header map), where reqwest copied the
     /// headers for its redirect policy, parsed the URL into a `Uri` again
@@ -128,14 +136,17 @@ impl Outbound {
         let connect_timeout = config.http_timeout.min(Duration::from_secs(10));
         let idle = Duration::from_secs(60);
         let transport = match &config.outbound_proxy {
-            Some(proxy) => Transport::Proxied(
-                reqwest::Client::builder()
+            Some(proxy) => {
+                let mut builder = reqwest::Client::builder()
                     .connect_timeout(connect_timeout)
                     .redirect(reqwest::redirect::Policy::none())
                     .pool_idle_timeout(idle)
-                    .proxy(reqwest::Proxy::all(proxy.as_str())?)
-                    .build()?,
-            ),
+                    .proxy(reqwest::Proxy::all(proxy.as_str())?);
+                for root in &config.outbound_roots {
+                    builder = builder.add_root_certificate(reqwest::Certificate::from_der(root)?);
+                }
+                Transport::Proxied(builder.build()?)
+            }
             None => {
                 let mut http = HttpConnector::new_with_resolver(GuardedResolver {
                     policy: policy.clone(),
@@ -149,7 +160,8 @@ impl Outbound {
                 http.set_keepalive(Some(TCP_KEEPALIVE));
                 http.set_keepalive_interval(Some(TCP_KEEPALIVE));
                 http.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
-                let connector = hyper_rustls::HttpsConnector::from((http, tls_config()?));
+                let tls = tls_config(&config.outbound_roots, config.outbound_http2)?;
+                let connector = hyper_rustls::HttpsConnector::from((http, tls));
                 Transport::Direct(Box::new(
                     hyper_util::client::legacy::Client::builder(
                         hyper_util::rt::TokioExecutor::new(),
@@ -301,18 +313,29 @@ fn no_answer(err: &(dyn std::error::Error + 'static), connect: bool) -> NoAnswer
 }
 
 /// TLS for webhooks: rustls with ring, TLS 1.2 and 1.3, the Web PKI's
-/// roots, HTTP/1.1 offered by ALPN (what reqwest, which Herald used
-/// before, sets up with the same parts).
-fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+/// roots and `extra_roots`; ALPN offers HTTP/2 first when `http2`, and
+/// HTTP/1.1 (the connection then says which was taken, and the client
+/// speaks that).
+fn tls_config(
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    http2: bool,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for root in extra_roots {
+        roots.add(root.clone())?;
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
@@ -387,6 +410,7 @@ impl tower_service::Service<Name> for GuardedResolver {
 mod tests {
     use super::*;
     use herald_core::config::Env;
+    use herald_tests::{Alpn, Behaviour, Receiver};
 
     fn outbound(pairs: &[(&str, &str)]) -> Outbound {
         let config = Config::from_env(&Env::from_pairs(pairs.iter().copied())).unwrap();
@@ -482,6 +506,98 @@ mod tests {
         assert!(matches!(result, Err(NoAnswer::Failed(_))), "{result:?}");
         // 0x16: a TLS handshake record.
         assert_eq!(answer.await.unwrap()[0], 0x16);
+    }
+
+    /// An https endpoint answering 200 `ok`, offering `alpn`.
+    async fn tls_endpoint(alpn: Alpn) -> Receiver {
+        let answer = Behaviour::Reply {
+            status: 200,
+            body: "ok".to_owned(),
+        };
+        Receiver::start_tls(answer, alpn).await
+    }
+
+    /// The HTTP versions the requests came over, in order.
+    fn versions(receiver: &Receiver) -> Vec<http::Version> {
+        receiver.received().iter().map(|r| r.version).collect()
+    }
+
+    /// A client allowed to reach 127.0.0.1 and trusting the test CA.
+    fn trusting_outbound(more: &[(&str, &str)]) -> Outbound {
+        let ca = herald_tests::test_ca_file();
+        let mut pairs = vec![
+            ("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.0/8"),
+            ("HERALD_OUTBOUND_CA_FILE", ca.as_str()),
+        ];
+        pairs.extend_from_slice(more);
+        outbound(&pairs)
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_that_take_http2_get_their_webhooks_as_streams_of_one_connection() {
+        let endpoint = tls_endpoint(Alpn::Http2AndHttp1).await;
+        let out = trusting_outbound(&[]);
+        let answer = post(&out, &endpoint.url()).await.unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+        // Five at once, once the first has found the endpoint speaks
+        // HTTP/2: all on its one connection.
+        let url = endpoint.url();
+        let five = (0..5).map(|_| post(&out, &url));
+        for answer in futures::future::join_all(five).await {
+            assert_eq!(answer.unwrap().status, 200);
+        }
+        assert_eq!(versions(&endpoint), vec![http::Version::HTTP_2; 6]);
+        assert_eq!(endpoint.tls_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_without_http2_get_http1() {
+        let endpoint = tls_endpoint(Alpn::Http1Only).await;
+        let out = trusting_outbound(&[]);
+        let answer = post(&out, &endpoint.url()).await.unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+        assert_eq!(versions(&endpoint), vec![http::Version::HTTP_11]);
+    }
+
+    #[tokio::test]
+    async fn http2_can_be_turned_off() {
+        let endpoint = tls_endpoint(Alpn::Http2AndHttp1).await;
+        let out = trusting_outbound(&[("HERALD_OUTBOUND_HTTP2", "false")]);
+        assert_eq!(post(&out, &endpoint.url()).await.unwrap().status, 200);
+        assert_eq!(versions(&endpoint), vec![http::Version::HTTP_11]);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_whose_certificate_no_trusted_ca_signed_gets_nothing() {
+        let endpoint = tls_endpoint(Alpn::Http2AndHttp1).await;
+        // The Web PKI's roots only: the test CA is not among them.
+        let out = outbound(&[("HERALD_ALLOWED_DESTINATION_CIDRS", "127.0.0.0/8")]);
+        match post(&out, &endpoint.url()).await {
+            Err(NoAnswer::Failed(error)) => {
+                assert!(error.contains("certificate"), "{error}");
+                assert!(!error.contains("127.0.0.1"), "no URL: {error}");
+            }
+            other => panic!("sent despite an untrusted certificate: {other:?}"),
+        }
+        assert_eq!(endpoint.count(), 0);
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let config =
+            |path: &str| Config::from_env(&Env::from_pairs([("HERALD_OUTBOUND_CA_FILE", path)]));
+        let trusted = config(&herald_tests::test_ca_file()).unwrap();
+        assert_eq!(trusted.outbound_roots.len(), 1);
+        let missing = config("/nonexistent/ca.pem").unwrap_err().to_string();
+        assert!(
+            missing.contains("HERALD_OUTBOUND_CA_FILE") && missing.contains("cannot read it"),
+            "{missing}"
+        );
+        // A file without a certificate (here: a key) is refused too.
+        let key = config(&herald_tests::receiver::tls_file("localhost-key.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(key.contains("no certificate in it"), "{key}");
     }
 
     #[tokio::test]
