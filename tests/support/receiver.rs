@@ -155,12 +155,7 @@ pub fn test_ca_file() -> String {
 impl Receiver {
     /// Starts a receiver on a free port of 127.0.0.1.
     pub async fn start(behaviour: Behaviour) -> Receiver {
-        let shared = Self::shared(behaviour);
-        let app = Self::app(&shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("receiver address");
+        let (shared, app, listener, addr) = Self::listen(behaviour).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -177,20 +172,32 @@ impl Receiver {
         }
     }
 
-    fn shared(behaviour: Behaviour) -> Arc<Mutex<Shared>> {
-        Arc::new(Mutex::new(Shared {
+    /// The state answering as `behaviour`, its routes, and a listener on a
+    /// free port of 127.0.0.1 with its address: what both kinds of
+    /// receiver serve.
+    async fn listen(
+        behaviour: Behaviour,
+    ) -> (
+        Arc<Mutex<Shared>>,
+        Router,
+        tokio::net::TcpListener,
+        SocketAddr,
+    ) {
+        let shared = Arc::new(Mutex::new(Shared {
             behaviour,
             secret: None,
             received: Vec::new(),
             endless: Arc::new(EndlessBodyState::default()),
-        }))
-    }
-
-    fn app(shared: &Arc<Mutex<Shared>>) -> Router {
-        Router::new()
+        }));
+        let app = Router::new()
             .route("/{*path}", post(receive))
             .route("/", post(receive))
-            .with_state(shared.clone())
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        (shared, app, listener, addr)
     }
 
     /// Starts an https receiver on a free port of 127.0.0.1, with the test
@@ -216,12 +223,7 @@ impl Receiver {
             Alpn::Http1Only => vec![b"http/1.1".to_vec()],
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let shared = Self::shared(behaviour);
-        let app = Self::app(&shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("receiver address");
+        let (shared, app, listener, addr) = Self::listen(behaviour).await;
         let connections = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let counted = connections.clone();

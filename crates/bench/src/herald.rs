@@ -188,18 +188,27 @@ pub async fn allocations(processes: &[(String, Process)]) -> Vec<Option<f64>> {
     counts
 }
 
-/// Redis's `used_memory`, in bytes.
-pub async fn redis_used_memory(url: &str) -> Result<u64, String> {
+/// A connection to the Redis at `url`.
+async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
     let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
-    let mut conn = client
+    client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| format!("Redis: {e}"))?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
+        .map_err(|e| format!("Redis: {e}"))
+}
+
+/// One section of Redis's `INFO`.
+async fn redis_info(url: &str, section: &str) -> Result<String, String> {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut redis_connection(url).await?)
         .await
-        .map_err(|e| format!("Redis INFO: {e}"))?;
+        .map_err(|e| format!("Redis INFO: {e}"))
+}
+
+/// Redis's `used_memory`, in bytes.
+pub async fn redis_used_memory(url: &str) -> Result<u64, String> {
+    let info = redis_info(url, "memory").await?;
     info.lines()
         .find_map(|line| line.strip_prefix("used_memory:")?.trim().parse().ok())
         .ok_or_else(|| "Redis INFO memory has no used_memory".to_owned())
@@ -211,17 +220,7 @@ pub async fn redis_used_memory(url: &str) -> Result<u64, String> {
 pub async fn redis_command_stats(
     url: &str,
 ) -> Result<std::collections::BTreeMap<String, (u64, u64)>, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("Redis: {e}"))?;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("Redis INFO: {e}"))?;
-    Ok(parse_command_stats(&info))
+    Ok(parse_command_stats(&redis_info(url, "commandstats").await?))
 }
 
 /// `cmdstat_zadd:calls=3,usec=12,usec_per_call=4.00,…` lines, by command.
@@ -242,11 +241,7 @@ fn parse_command_stats(info: &str) -> std::collections::BTreeMap<String, (u64, u
 /// Attempts the attempt log holds under `prefix`: in the logs by event
 /// (their count, `attempts:retained`) and in the logs by endpoint.
 pub async fn attempts_retained(url: &str, prefix: &str) -> Result<(u64, u64), String> {
-    let client = redis::Client::open(url).map_err(|e| format!("Redis: {e}"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("Redis: {e}"))?;
+    let mut conn = redis_connection(url).await?;
     let by_event: Option<u64> = redis::cmd("GET")
         .arg(format!("{prefix}attempts:retained"))
         .query_async(&mut conn)
