@@ -8,7 +8,7 @@ use serde_json::json;
 
 /// The receiver's arrival times, in order, and the most of them within any
 /// one second.
-fn arrivals_and_busiest_second(receiver: &Receiver) -> (Vec<std::time::Instant>, usize) {
+pub(crate) fn arrivals_and_busiest_second(receiver: &Receiver) -> (Vec<std::time::Instant>, usize) {
     let mut arrivals: Vec<_> = receiver.received().iter().map(|r| r.at).collect();
     arrivals.sort();
     let busiest = arrivals

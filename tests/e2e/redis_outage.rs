@@ -1,5 +1,6 @@
-//! Redis goes away: deliveries go on (breakers and rate limits treated as
-//! closed and unlimited, with the cached subscriptions), the logs say so,
+//! Redis goes away: deliveries go on (breakers treated as closed, rate
+//! limits kept by each replica alone, with the cached subscriptions), the
+//! logs say so,
 //! ingest refuses events it cannot de-duplicate, and everything resumes
 //! when Redis answers again.
 
@@ -81,6 +82,45 @@ async fn a_change_just_before_redis_goes_away_does_not_stop_deliveries() {
     wait_for_webhooks(&stack, &receiver, 11, Duration::from_secs(60)).await;
     redis.thaw();
     assert_eq!(other.count(), 0);
+}
+
+/// Without Redis, a rate-limited endpoint's deliveries are still spaced, by
+/// the replica alone, rather than sent as fast as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_still_spaces_deliveries_while_redis_is_away() {
+    let (redis, stack) = stack_on_a_redis_of_its_own("redis-outage-rate-limit").await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let created = stack
+        .create_endpoint(json!({"url": receiver.url(), "event_types": ["*"], "rate_limit": 5}))
+        .await;
+    receiver.set_secret(created["secret"].as_str().unwrap());
+    let endpoint_id = created["id"].as_str().unwrap().to_owned();
+    stack.settle_endpoints().await;
+    stack.wait_dispatchers_assigned().await;
+    // One delivery while Redis answers, so the dispatcher holds the
+    // endpoint when Redis goes.
+    stack.produce_deliveries(&endpoint_id, 1, 1).await;
+    assert!(receiver.wait_for(1, Duration::from_secs(30)).await);
+
+    redis.freeze();
+    let ids = stack.produce_deliveries(&endpoint_id, 20, 4).await;
+    wait_for_webhooks(&stack, &receiver, 21, Duration::from_secs(90)).await;
+    redis.thaw();
+
+    let (arrivals, busiest) = crate::rate_limit::arrivals_and_busiest_second(&receiver);
+    let span = *arrivals.last().unwrap() - arrivals[1];
+    println!("while Redis was away: busiest second {busiest}, 20 over {span:?}");
+    assert!(
+        busiest <= 6,
+        "{busiest} deliveries within one second (limit 5)"
+    );
+    // 20 at 5/s: 19 intervals of 200 ms at the least.
+    assert!(span >= Duration::from_millis(3_600), "20 within {span:?}");
+    let counts = receiver.id_counts();
+    assert!(
+        ids.iter().all(|id| counts.get(id) == Some(&1)),
+        "{counts:?}"
+    );
 }
 
 /// A stack whose Redis the test can freeze, with a short Redis timeout so

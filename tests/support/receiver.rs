@@ -232,7 +232,12 @@ impl Receiver {
                 let tcp = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((tcp, _)) => tcp,
-                        Err(_) => continue,
+                        Err(_) => {
+                            // Out of file descriptors, most likely: wait for
+                            // some to close rather than spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
                     },
                     _ = &mut stopped => return,
                 };

@@ -90,7 +90,8 @@ usage: herald-bench [options]
                         certificate, whose CA Herald is told to trust through
                         HERALD_OUTBOUND_CA_FILE), offering HTTP/2 and
                         HTTP/1.1 (h2) or HTTP/1.1 only (http1); the receiver
-                        baseline then posts over https too
+                        baseline then posts over https too, always over
+                        HTTP/1.1 (the bare-POST floor)
   --herald-env K=V      extra environment for Herald's processes (repeatable)
   --observe NAME=PID    also report CPU and memory of this process, e.g. the
                         broker (repeatable)
@@ -413,12 +414,17 @@ impl Bench {
                     "HERALD_ALLOWED_DESTINATION_CIDRS",
                     "127.0.0.1/32".to_owned(),
                 ),
-                // The https receiver's certificate (unused over plain HTTP).
-                ("HERALD_OUTBOUND_CA_FILE", receiver::tls_file("ca.pem")),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
         );
+        if self.options.tls.is_some() {
+            // The https receiver's certificate is the test CA's.
+            env.push((
+                "HERALD_OUTBOUND_CA_FILE".to_owned(),
+                receiver::tls_file("ca.pem"),
+            ));
+        }
         env.extend(extra_env);
         env.extend(self.options.herald_env.iter().cloned());
         let deployment = Deployment {

@@ -125,8 +125,14 @@ impl Receiver {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(tls)?));
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => {
+                        // Out of file descriptors, most likely: wait for
+                        // some to close rather than spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
                 };
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, app) = (acceptor.clone(), app.clone());

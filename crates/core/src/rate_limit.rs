@@ -30,32 +30,50 @@ use redis::aio::ConnectionManager;
 
 use crate::redis_store::{Keys, StoreError};
 
-/// One request to an endpoint: its moment (the one it reserved, when given
-/// and at most the in-place wait ago, or the next free one, reserved now),
-/// then the moment it is sent, an interval after the last one sent.
-/// Returns `{0, ms from now}` to send, `{1, moment}` when the moment is
-/// further off than the in-place wait (it stays reserved), `{2, 0}` when
-/// the requests sent before it are that far ahead (nothing is held).
-const TAKE: &str = r#"
+/// The clock the scripts read: ARGV[1] when it is given (tests), otherwise
+/// Redis's own, so that replicas whose clocks differ still share one
+/// timeline. Moments are kept to the microsecond (`%.3f`): `tostring` keeps
+/// 14 digits, a tenth of a millisecond at Unix-millisecond magnitudes,
+/// which would make limits from about 10,000/s drift.
+const NOW: &str = r#"
 local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function keep(key, at)
+  redis.call('SET', key, string.format('%.3f', at), 'PX', math.ceil(at - now) + 1000)
+end
+"#;
+
+/// One request to an endpoint: its moment (the one it reserved, when given
+/// and at most the in-place wait ago, or the next free one, reserved now
+/// and no earlier than the sent timeline allows), then the moment it is
+/// sent, an interval after the last one sent.
+/// Returns `{0, ms from now}` to send, `{1, moment, ms from now}` when the
+/// moment is further off than the in-place wait (it stays reserved),
+/// `{2, 0}` when the requests sent before it are that far ahead (nothing is
+/// held).
+const TAKE: &str = r#"
 local interval = tonumber(ARGV[2])
 local reserved = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
+local sent = tonumber(redis.call('GET', KEYS[2]) or '0')
 local moment = reserved
 if reserved <= 0 or reserved < now - max_wait then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if tat < now then tat = now end
-  moment = tat
-  redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tat + interval - now) + 1000)
+  -- A new moment: the end of the reserved line, but never before the
+  -- sent timeline's, so that it is not reserved only to be crowded out.
+  moment = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now, sent)
+  keep(KEYS[1], moment + interval)
 end
 if moment - now > max_wait then
-  return {1, math.ceil(moment)}
+  return {1, math.ceil(moment), math.ceil(moment - now)}
 end
-local go = math.max(moment, now, tonumber(redis.call('GET', KEYS[2]) or '0'))
+local go = math.max(moment, now, sent)
 if go - now > max_wait then
   return {2, 0}
 end
-redis.call('SET', KEYS[2], tostring(go + interval), 'PX', math.ceil(go + interval - now) + 1000)
+keep(KEYS[2], go + interval)
 return {0, math.ceil(go - now)}
 "#;
 
@@ -65,9 +83,15 @@ pub enum RateSlot {
     /// Send it this many milliseconds from now (0: now). Its place on both
     /// timelines is taken.
     SendIn(u64),
-    /// Its moment, this Unix millisecond, is further off than the wait
-    /// allowed in place; it stays reserved for the request.
-    Reserved(i64),
+    /// Its moment is further off than the wait allowed in place; it stays
+    /// reserved for the request.
+    Reserved {
+        /// The moment, a Unix millisecond on the limiter's clock: handed
+        /// back to [`RateLimiter::take`] when the request is made.
+        moment_ms: i64,
+        /// How long from now that is (on any clock).
+        in_ms: u64,
+    },
     /// Its moment has come, but the requests sent before it are more than
     /// the wait allowed in place ahead: nothing is held for it.
     Crowded,
@@ -78,7 +102,6 @@ pub enum RateSlot {
 /// go through once the burst is whole, and the time they overdraw is
 /// waited for by the requests after them.
 const GCRA: &str = r#"
-local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local tolerance = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
@@ -88,10 +111,33 @@ local room = tolerance - math.min((count - 1) * interval, tolerance)
 if tat - now > room then
   return math.ceil(tat - now - room)
 end
-local next_tat = tat + interval * count
-redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+keep(KEYS[1], tat + interval * count)
 return 0
 "#;
+
+/// Which clock a limiter decision is made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// Redis's own (`TIME`): what every replica uses, so that the skew
+    /// between their clocks does not matter.
+    Redis,
+    /// This Unix millisecond (tests, where every case is exact).
+    At(i64),
+}
+
+impl Clock {
+    /// ARGV[1] of the scripts: empty for Redis's clock.
+    fn arg(self) -> String {
+        match self {
+            Clock::Redis => String::new(),
+            Clock::At(ms) => ms.to_string(),
+        }
+    }
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{NOW}{body}"))
+}
 
 /// The rate limiters of all endpoints.
 #[derive(Clone)]
@@ -116,13 +162,13 @@ impl RateLimiter {
         Self {
             redis,
             keys,
-            script: Script::new(GCRA),
-            take: Script::new(TAKE),
+            script: script(GCRA),
+            take: script(TAKE),
         }
     }
 
-    /// Places one request to `endpoint_id`, limited to `per_second`, at
-    /// `now_ms`: at the moment it reserved earlier (`reserved_ms`, 0 for
+    /// Places one request to `endpoint_id`, limited to `per_second`, on
+    /// `clock`: at the moment it reserved earlier (`reserved_ms`, 0 for
     /// none; one more than `max_wait_ms` gone is replaced by a new one), or
     /// at the next free one, and no sooner than an interval after the
     /// request sent before it by any replica. Moments up to `max_wait_ms`
@@ -132,65 +178,50 @@ impl RateLimiter {
         endpoint_id: &str,
         per_second: u32,
         reserved_ms: i64,
-        now_ms: i64,
         max_wait_ms: u64,
+        clock: Clock,
     ) -> Result<RateSlot, StoreError> {
         let interval_ms = 1000.0 / f64::from(per_second.max(1));
         let mut conn = self.redis.clone();
-        let (verdict, value): (u8, i64) = self
+        let reply: Vec<i64> = self
             .take
             .key(self.keys.rate_limit(endpoint_id))
             .key(self.keys.rate_sent(endpoint_id))
-            .arg(now_ms)
+            .arg(clock.arg())
             .arg(interval_ms)
             .arg(reserved_ms)
             .arg(max_wait_ms)
             .invoke_async(&mut conn)
             .await?;
-        Ok(match verdict {
-            0 => RateSlot::SendIn(value.max(0) as u64),
-            1 => RateSlot::Reserved(value),
+        Ok(match reply[..] {
+            [0, in_ms, ..] => RateSlot::SendIn(in_ms.max(0) as u64),
+            [1, moment_ms, in_ms, ..] => RateSlot::Reserved {
+                moment_ms,
+                in_ms: in_ms.max(0) as u64,
+            },
             _ => RateSlot::Crowded,
         })
     }
 
     /// Takes slots for `events` events sent with the API key `key_id` (a
     /// digest, never the key), limited to `per_second` with bursts of
-    /// `burst`: `0` when they may go now, otherwise the milliseconds until
-    /// they may.
+    /// `burst`, on `clock`: `0` when they may go now, otherwise the
+    /// milliseconds until they may.
     pub async fn try_acquire_ingest(
         &self,
         key_id: &str,
         events: u32,
         per_second: u32,
         burst: u32,
-        now_ms: i64,
-    ) -> Result<u64, StoreError> {
-        self.acquire(
-            self.keys.ingest_limit(key_id),
-            events,
-            per_second,
-            burst,
-            now_ms,
-        )
-        .await
-    }
-
-    async fn acquire(
-        &self,
-        key: String,
-        events: u32,
-        per_second: u32,
-        burst: u32,
-        now_ms: i64,
+        clock: Clock,
     ) -> Result<u64, StoreError> {
         let interval_ms = 1000.0 / f64::from(per_second.max(1));
         let tolerance_ms = interval_ms * f64::from(burst.max(1) - 1);
         let mut conn = self.redis.clone();
         let wait: u64 = self
             .script
-            .key(key)
-            .arg(now_ms)
+            .key(self.keys.ingest_limit(key_id))
+            .arg(clock.arg())
             .arg(interval_ms)
             .arg(tolerance_ms)
             .arg(events.max(1))

@@ -8,7 +8,7 @@ use herald_core::circuit::{
     BreakerConfig, Breakers, CLOSED_TRUST_MS, Permission, Transition, read_status,
 };
 use herald_core::config::{Env, RedisConfig};
-use herald_core::rate_limit::{RateLimiter, RateSlot};
+use herald_core::rate_limit::{Clock, RateLimiter, RateSlot};
 use herald_core::redis_store::Keys;
 use redis::aio::ConnectionManager;
 
@@ -325,7 +325,7 @@ const IN_PLACE_MS: u64 = 1_000;
 /// One request to `endpoint` at `now` without a moment reserved before.
 async fn fresh(limiter: &RateLimiter, endpoint: &str, per_second: u32, now: i64) -> RateSlot {
     limiter
-        .take(endpoint, per_second, 0, now, IN_PLACE_MS)
+        .take(endpoint, per_second, 0, IN_PLACE_MS, Clock::At(now))
         .await
         .unwrap()
 }
@@ -356,7 +356,10 @@ async fn the_rate_limit_lines_deliveries_up_across_replicas() {
         let expected = if at <= IN_PLACE_MS as i64 {
             RateSlot::SendIn(at as u64)
         } else {
-            RateSlot::Reserved(T0 + at)
+            RateSlot::Reserved {
+                moment_ms: T0 + at,
+                in_ms: at as u64,
+            }
         };
         assert_eq!(*slot, expected, "delivery {n}");
     }
@@ -365,7 +368,10 @@ async fn the_rate_limit_lines_deliveries_up_across_replicas() {
     assert_eq!(fresh(&b, "third", 1, T0).await, RateSlot::SendIn(1000));
     assert_eq!(
         fresh(&b, "third", 1, T0).await,
-        RateSlot::Reserved(T0 + 2000)
+        RateSlot::Reserved {
+            moment_ms: T0 + 2000,
+            in_ms: 2000
+        }
     );
 }
 
@@ -390,8 +396,8 @@ async fn deliveries_back_late_from_their_tiers_are_spaced_with_the_ones_on_time(
     let mut reserved = Vec::new();
     for _ in 0..60 {
         let slot = fresh(&a, "ep", 20, T0).await;
-        if let RateSlot::Reserved(at) = slot {
-            reserved.push(at);
+        if let RateSlot::Reserved { moment_ms, .. } = slot {
+            reserved.push(moment_ms);
         }
         send(&mut sends, T0, slot);
     }
@@ -403,7 +409,10 @@ async fn deliveries_back_late_from_their_tiers_are_spaced_with_the_ones_on_time(
     let now = T0 + 1_500;
     for (i, at) in reserved[..11].iter().enumerate() {
         let limiter = if i % 2 == 0 { &a } else { &b };
-        let slot = limiter.take("ep", 20, *at, now, IN_PLACE_MS).await.unwrap();
+        let slot = limiter
+            .take("ep", 20, *at, IN_PLACE_MS, Clock::At(now))
+            .await
+            .unwrap();
         assert!(
             send(&mut sends, now, slot),
             "moment {at}, back late, was put {slot:?}"
@@ -414,7 +423,10 @@ async fn deliveries_back_late_from_their_tiers_are_spaced_with_the_ones_on_time(
     // The next one, back on time, waits behind them instead of going
     // beside them.
     let next = reserved[11];
-    let slot = a.take("ep", 20, next, next, IN_PLACE_MS).await.unwrap();
+    let slot = a
+        .take("ep", 20, next, IN_PLACE_MS, Clock::At(next))
+        .await
+        .unwrap();
     assert_eq!(slot, RateSlot::SendIn((now + 550 - next) as u64));
     send(&mut sends, next, slot);
 
@@ -425,7 +437,10 @@ async fn deliveries_back_late_from_their_tiers_are_spaced_with_the_ones_on_time(
     let now = T0 + 2_950;
     let mut crowded = 0;
     for at in &reserved[12..] {
-        let slot = b.take("ep", 20, *at, now, IN_PLACE_MS).await.unwrap();
+        let slot = b
+            .take("ep", 20, *at, IN_PLACE_MS, Clock::At(now))
+            .await
+            .unwrap();
         if slot == RateSlot::Crowded {
             crowded += 1;
         } else {
@@ -447,12 +462,133 @@ async fn deliveries_back_late_from_their_tiers_are_spaced_with_the_ones_on_time(
     assert_eq!(fresh(&a, "gone", 20, T0).await, RateSlot::SendIn(50));
     let late = T0 + 50 + 1_001;
     assert_eq!(
-        a.take("gone", 20, T0 + 50, late, IN_PLACE_MS)
+        a.take("gone", 20, T0 + 50, IN_PLACE_MS, Clock::At(late))
             .await
             .unwrap(),
         RateSlot::SendIn(0)
     );
     assert_eq!(fresh(&a, "gone", 20, late).await, RateSlot::SendIn(50));
+}
+
+#[tokio::test]
+async fn a_fresh_request_behind_crowded_sends_is_reserved_a_moment_not_crowded_out() {
+    let limiter = RateLimiter::new(redis(), keys());
+    // 60 at 20/s: 21 sent in place, 39 reserved for T0 + 1,050 .. 2,950.
+    let mut reserved = Vec::new();
+    for _ in 0..60 {
+        if let RateSlot::Reserved { moment_ms, .. } = fresh(&limiter, "ep", 20, T0).await {
+            reserved.push(moment_ms);
+        }
+    }
+    // All 39 come back together at T0 + 2,000: 21 are sent, through
+    // T0 + 3,000, and 18 are crowded out, so the sent timeline is now
+    // further ahead than the reserved one.
+    let now = T0 + 2_000;
+    let mut crowded = 0;
+    for at in &reserved {
+        let slot = limiter
+            .take("ep", 20, *at, IN_PLACE_MS, Clock::At(now))
+            .await
+            .unwrap();
+        crowded += usize::from(slot == RateSlot::Crowded);
+    }
+    assert_eq!(crowded, 18);
+    // A new request is given a moment past the last one sent, to wait for
+    // in a tier, rather than a moment it would be crowded out of.
+    let slot = fresh(&limiter, "ep", 20, now).await;
+    assert_eq!(
+        slot,
+        RateSlot::Reserved {
+            moment_ms: T0 + 3_050,
+            in_ms: 1_050
+        }
+    );
+    // Back at its moment, it goes at once.
+    let slot = limiter
+        .take("ep", 20, T0 + 3_050, IN_PLACE_MS, Clock::At(T0 + 3_050))
+        .await
+        .unwrap();
+    assert_eq!(slot, RateSlot::SendIn(0));
+}
+
+#[tokio::test]
+async fn limits_of_tens_of_thousands_per_second_are_kept_to_the_microsecond() {
+    let limiter = RateLimiter::new(redis(), keys());
+    // 40,000/s: one every 25 µs. Kept to a tenth of a millisecond, as Lua's
+    // `tostring` does at Unix-millisecond magnitudes, every request would
+    // be let through at once.
+    for n in 0..400_u64 {
+        let slot = fresh(&limiter, "fast", 40_000, T0).await;
+        assert_eq!(
+            slot,
+            RateSlot::SendIn((n * 25).div_ceil(1000)),
+            "request {n}"
+        );
+    }
+    // The ingest limit likewise: 40,000/s with no burst takes one event per
+    // 25 µs, so a 401st in the same millisecond waits.
+    let mut waits = Vec::new();
+    for _ in 0..41 {
+        waits.push(
+            limiter
+                .try_acquire_ingest("fast", 1, 40_000, 1, Clock::At(T0))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(waits[0], 0);
+    assert!(waits[1..].iter().all(|w| *w == 1), "{waits:?}");
+}
+
+/// Redis's own clock, in Unix milliseconds.
+async fn redis_time_ms() -> i64 {
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut redis()).await.unwrap();
+    seconds * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn on_redis_clock_replicas_share_one_timeline_whatever_their_own_clocks() {
+    let a = RateLimiter::new(redis(), keys());
+    let b = a.clone();
+    let before = redis_time_ms().await;
+    let take = |limiter: RateLimiter, reserved: i64| async move {
+        limiter
+            .take("ep", 1, reserved, IN_PLACE_MS, Clock::Redis)
+            .await
+            .unwrap()
+    };
+    // 1/s. No caller clock is passed at all: replicas whose clocks differ
+    // by any amount get the same answers.
+    assert_eq!(take(a.clone(), 0).await, RateSlot::SendIn(0));
+    let RateSlot::SendIn(second) = take(b.clone(), 0).await else {
+        panic!("the second request is sent within a second");
+    };
+    assert!((900..=1000).contains(&second), "{second} ms");
+    let RateSlot::Reserved { moment_ms, in_ms } = take(a.clone(), 0).await else {
+        panic!("the third request is put off to its moment");
+    };
+    let after = redis_time_ms().await;
+    // The moment is on Redis's clock, two intervals after the first.
+    assert!(
+        (before + 2_000..=after + 2_000).contains(&moment_ms),
+        "moment {moment_ms}, Redis's clock {before}..{after}"
+    );
+    assert!((1_900..=2_000).contains(&in_ms), "{in_ms} ms");
+    // Handed back early (a replica whose clock runs ahead), the moment is
+    // kept, and the wait is again relative.
+    let RateSlot::Reserved {
+        moment_ms: kept,
+        in_ms,
+    } = take(b, moment_ms).await
+    else {
+        panic!("a moment handed back early stays reserved");
+    };
+    assert_eq!(kept, moment_ms);
+    let now = redis_time_ms().await;
+    assert!(
+        (moment_ms - now..=moment_ms - before + 1).contains(&(in_ms as i64)),
+        "{in_ms} ms"
+    );
 }
 
 #[tokio::test]
@@ -462,7 +598,7 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     for _ in 0..3 {
         assert_eq!(
             limiter
-                .try_acquire_ingest("k1", 1, 10, 3, T0)
+                .try_acquire_ingest("k1", 1, 10, 3, Clock::At(T0))
                 .await
                 .unwrap(),
             0
@@ -470,21 +606,21 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     }
     assert_eq!(
         limiter
-            .try_acquire_ingest("k1", 1, 10, 3, T0)
+            .try_acquire_ingest("k1", 1, 10, 3, Clock::At(T0))
             .await
             .unwrap(),
         100
     );
     assert_eq!(
         limiter
-            .try_acquire_ingest("k1", 1, 10, 3, T0 + 60)
+            .try_acquire_ingest("k1", 1, 10, 3, Clock::At(T0 + 60))
             .await
             .unwrap(),
         40
     );
     assert_eq!(
         limiter
-            .try_acquire_ingest("k1", 1, 10, 3, T0 + 100)
+            .try_acquire_ingest("k1", 1, 10, 3, Clock::At(T0 + 100))
             .await
             .unwrap(),
         0
@@ -492,7 +628,7 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     // Another key has its own budget, and endpoints are limited apart.
     assert_eq!(
         limiter
-            .try_acquire_ingest("k2", 1, 10, 3, T0)
+            .try_acquire_ingest("k2", 1, 10, 3, Clock::At(T0))
             .await
             .unwrap(),
         0
@@ -502,7 +638,7 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     let mut allowed = 0;
     for ms in 0..1000 {
         if limiter
-            .try_acquire_ingest("k3", 1, 10, 3, T0 + ms)
+            .try_acquire_ingest("k3", 1, 10, 3, Clock::At(T0 + ms))
             .await
             .unwrap()
             == 0
@@ -514,14 +650,14 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     // A batch takes a slot per event: three at once fill the burst.
     assert_eq!(
         limiter
-            .try_acquire_ingest("k4", 3, 10, 3, T0)
+            .try_acquire_ingest("k4", 3, 10, 3, Clock::At(T0))
             .await
             .unwrap(),
         0
     );
     assert_eq!(
         limiter
-            .try_acquire_ingest("k4", 1, 10, 3, T0)
+            .try_acquire_ingest("k4", 1, 10, 3, Clock::At(T0))
             .await
             .unwrap(),
         100
@@ -531,14 +667,14 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     let later = T0 + 1000;
     assert_eq!(
         limiter
-            .try_acquire_ingest("k4", 5, 10, 3, later)
+            .try_acquire_ingest("k4", 5, 10, 3, Clock::At(later))
             .await
             .unwrap(),
         0
     );
     assert_eq!(
         limiter
-            .try_acquire_ingest("k4", 1, 10, 3, later)
+            .try_acquire_ingest("k4", 1, 10, 3, Clock::At(later))
             .await
             .unwrap(),
         300

@@ -63,6 +63,14 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Unanswered probes before the connection is dropped.
 const TCP_KEEPALIVE_RETRIES: u32 = 3;
 
+/// HTTP/2 pings on webhook connections, busy or idle: one endpoint's
+/// webhooks all share one HTTP/2 connection, so a peer that vanished
+/// without closing it must be noticed within seconds rather than by each
+/// webhook's timeout in turn.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is closed.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The webhook client with its address policy.
 #[derive(Debug)]
 pub struct Outbound {
@@ -168,6 +176,10 @@ impl Outbound {
                     )
                     .pool_idle_timeout(idle)
                     .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+                    .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
+                    .http2_keep_alive_while_idle(true)
                     .build(connector),
                 ))
             }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use herald_core::application::{TOKEN_PREFIX, TokenScope};
+use herald_core::rate_limit::Clock;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -250,10 +251,15 @@ pub async fn take_ingest_slots(
     let Some(limit) = state.ingest_rate_limit else {
         return Ok(());
     };
-    let now = herald_core::event::unix_millis(time::OffsetDateTime::now_utc());
     match state
         .limiter
-        .try_acquire_ingest(&caller.key_id, events, limit.per_second, limit.burst, now)
+        .try_acquire_ingest(
+            &caller.key_id,
+            events,
+            limit.per_second,
+            limit.burst,
+            Clock::Redis,
+        )
         .await
     {
         Ok(0) => Ok(()),

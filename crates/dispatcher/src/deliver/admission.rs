@@ -17,27 +17,30 @@
 //!    backlog for a rate-limited endpoint is lined up in one pass and holds
 //!    no request slot while it waits. Deliveries that come back from their
 //!    tiers late, together, are spaced again in the same Redis call, an
-//!    interval after the request sent before them by any replica, so the
-//!    endpoint never sees them in a burst.
+//!    interval after the request sent before them by any replica, so they
+//!    do not reach the endpoint as a burst. Every moment is on Redis's
+//!    clock, and waits are handed back relative, so the replicas' clocks
+//!    may differ.
 //! 4. **A request slot** of the replica (`HERALD_DISPATCHER_MAX_IN_FLIGHT`),
 //!    held for the HTTP call only.
 //!
 //! A probe of a half-open breaker that is not made after all (put off by the
 //! rate limit, or the process stopping) is handed back at once, so that the
-//! next delivery probes. Without Redis, breakers and limits are skipped (as
-//! if closed and absent), and [`RedisHealth`] says so once.
+//! next delivery probes. Without Redis, breakers are skipped (as if closed),
+//! each replica spaces an endpoint's requests by itself ([`LocalSpacing`]),
+//! and [`RedisHealth`] says so once.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_core::circuit::{Breakers, Permission};
 use herald_core::endpoint::ResolvedEndpoint;
 use herald_core::metrics::{BreakerState, metrics};
 use herald_core::proto::Delivery;
-use herald_core::rate_limit::{RateLimiter, RateSlot};
+use herald_core::rate_limit::{Clock, RateLimiter, RateSlot};
 use herald_core::redis_store::StoreError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -71,7 +74,10 @@ pub enum PutOffBy {
     /// The endpoint's circuit breaker is open (or another replica probes).
     Breaker,
     /// The endpoint's rate limit: the moment is reserved for it.
-    RateLimit,
+    RateLimit {
+        /// The moment, on the limiter's clock (`Delivery.rate_slot_ms`).
+        moment_ms: i64,
+    },
     /// The requests sent before it (late ones back from their tiers) are
     /// too far ahead to wait in place: no moment is held, a new one is
     /// reserved when it comes back.
@@ -98,7 +104,7 @@ impl RedisHealth {
     /// A Redis call failed.
     pub fn fails(&self, err: &StoreError) {
         if !self.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %err, "Redis does not answer: delivering as if every circuit were closed and no rate limit were set, until it does");
+            tracing::warn!(error = %err, "Redis does not answer: delivering as if every circuit were closed, with rate limits kept by each replica alone, until it does");
         }
     }
 
@@ -119,6 +125,7 @@ pub struct Gate {
     requests: Arc<Semaphore>,
     breakers: Breakers,
     limiter: RateLimiter,
+    local_spacing: LocalSpacing,
     redis: Arc<RedisHealth>,
     abandon: CancellationToken,
 }
@@ -139,6 +146,7 @@ impl Gate {
             requests: Arc::new(Semaphore::new(max_requests)),
             breakers,
             limiter,
+            local_spacing: LocalSpacing::default(),
             redis,
             abandon,
         }
@@ -181,47 +189,24 @@ impl Gate {
         };
 
         if let Some(per_second) = endpoint.endpoint.rate_limit {
-            let slot = self
-                .limiter
-                .take(
-                    endpoint_id,
-                    per_second,
-                    delivery.rate_slot_ms,
-                    now_ms(),
-                    MAX_WAIT_IN_PLACE.as_millis() as u64,
-                )
-                .await;
-            let wait = match slot {
-                Ok(slot) => {
-                    self.redis.answers();
-                    match slot {
-                        RateSlot::SendIn(ms) => Duration::from_millis(ms),
-                        RateSlot::Reserved(until_ms) => {
-                            tracing::debug!(
-                                until_ms,
-                                "rate limit reached; delivery deferred to its moment"
-                            );
-                            self.hand_back_probe(endpoint_id, probe).await;
-                            return Admission::PutOff {
-                                until_ms,
-                                by: PutOffBy::RateLimit,
-                            };
-                        }
-                        RateSlot::Crowded => {
-                            // Too many came back together to space them in
-                            // place: come back after a while and be spaced
-                            // then.
-                            self.hand_back_probe(endpoint_id, probe).await;
-                            return Admission::PutOff {
-                                until_ms: now_ms() + MAX_WAIT_IN_PLACE.as_millis() as i64,
-                                by: PutOffBy::Pacing,
-                            };
-                        }
-                    }
+            let wait = match self.rate_slot(endpoint_id, per_second, delivery).await {
+                RateSlot::SendIn(ms) => Duration::from_millis(ms),
+                RateSlot::Reserved { moment_ms, in_ms } => {
+                    tracing::debug!(in_ms, "rate limit reached; delivery deferred to its moment");
+                    self.hand_back_probe(endpoint_id, probe).await;
+                    return Admission::PutOff {
+                        until_ms: now_ms() + in_ms as i64,
+                        by: PutOffBy::RateLimit { moment_ms },
+                    };
                 }
-                Err(err) => {
-                    self.redis.fails(&err);
-                    Duration::ZERO
+                RateSlot::Crowded => {
+                    // Too many came back together to space them in place:
+                    // come back after a while and be spaced then.
+                    self.hand_back_probe(endpoint_id, probe).await;
+                    return Admission::PutOff {
+                        until_ms: now_ms() + MAX_WAIT_IN_PLACE.as_millis() as i64,
+                        by: PutOffBy::Pacing,
+                    };
                 }
             };
             if !wait.is_zero() {
@@ -255,6 +240,34 @@ impl Gate {
         })
     }
 
+    /// Where the endpoint's rate limit puts `delivery`: decided in Redis on
+    /// Redis's clock, across replicas; without Redis, spaced by this
+    /// replica alone.
+    async fn rate_slot(&self, endpoint_id: &str, per_second: u32, delivery: &Delivery) -> RateSlot {
+        let max_wait_ms = MAX_WAIT_IN_PLACE.as_millis() as u64;
+        let slot = self
+            .limiter
+            .take(
+                endpoint_id,
+                per_second,
+                delivery.rate_slot_ms,
+                max_wait_ms,
+                Clock::Redis,
+            )
+            .await;
+        match slot {
+            Ok(slot) => {
+                self.redis.answers();
+                slot
+            }
+            Err(err) => {
+                self.redis.fails(&err);
+                self.local_spacing
+                    .take(endpoint_id, per_second, MAX_WAIT_IN_PLACE)
+            }
+        }
+    }
+
     /// Hands back a probe that will not be made, so that the next delivery
     /// to the endpoint probes at once rather than after the probe lease.
     /// Without Redis the lease simply runs out.
@@ -275,6 +288,33 @@ impl Gate {
             done = wait => Some(done),
             _ = self.abandon.cancelled() => None,
         }
+    }
+}
+
+/// The rate limit while Redis does not answer: each endpoint's requests
+/// spaced by this replica alone (so `n` replicas may together send up to `n`
+/// times the limit), none reserved ahead. Better than no limit at all.
+#[derive(Debug, Default)]
+struct LocalSpacing {
+    /// When each endpoint's next request may go.
+    next_send: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl LocalSpacing {
+    fn take(&self, endpoint_id: &str, per_second: u32, max_wait: Duration) -> RateSlot {
+        let interval = Duration::from_secs(1) / per_second.max(1);
+        let now = Instant::now();
+        let mut next_send = self.next_send.lock().unwrap_or_else(|p| p.into_inner());
+        if next_send.len() > 10_000 {
+            next_send.retain(|_, at| *at > now);
+        }
+        let at = next_send.get(endpoint_id).map_or(now, |at| (*at).max(now));
+        let wait = at - now;
+        if wait > max_wait {
+            return RateSlot::Crowded;
+        }
+        next_send.insert(endpoint_id.to_owned(), at + interval);
+        RateSlot::SendIn(wait.as_millis() as u64)
     }
 }
 
@@ -314,5 +354,31 @@ impl EndpointSlots {
             .acquire_owned()
             .await
             .expect("endpoint semaphores are never closed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_redis_a_replica_spaces_each_endpoints_requests_itself() {
+        let spacing = LocalSpacing::default();
+        let max_wait = MAX_WAIT_IN_PLACE;
+        // 10/s: one every 100 ms; the first second's eleven wait in place,
+        // the twelfth is crowded out (held nowhere, tried again later).
+        let waits: Vec<RateSlot> = (0..12).map(|_| spacing.take("ep", 10, max_wait)).collect();
+        for (n, slot) in waits[..11].iter().enumerate() {
+            let RateSlot::SendIn(ms) = *slot else {
+                panic!("request {n} was put {slot:?}");
+            };
+            // Instant::now() moves on between calls: each wait is at most
+            // its turn, and at most a few ms short of it.
+            let turn = 100 * n as u64;
+            assert!(ms <= turn && ms + 20 >= turn, "request {n} waits {ms} ms");
+        }
+        assert_eq!(waits[11], RateSlot::Crowded);
+        // Endpoints are spaced apart from each other.
+        assert_eq!(spacing.take("other", 10, max_wait), RateSlot::SendIn(0));
     }
 }

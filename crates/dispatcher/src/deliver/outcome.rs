@@ -150,7 +150,7 @@ pub fn after_put_off(
         Deferral::Wait(wait) => Next::PutOff {
             wait,
             rate_slot_ms: match by {
-                PutOffBy::RateLimit => until_ms,
+                PutOffBy::RateLimit { moment_ms } => moment_ms,
                 PutOffBy::Breaker | PutOffBy::Pacing => 0,
             },
         },
@@ -214,7 +214,7 @@ impl DeferralPolicy {
         // The first deferral waits what it was asked to; each later one at
         // least the first cool-down, doubled per deferral since.
         let doubling = match (by, delivery.deferrals) {
-            (PutOffBy::RateLimit | PutOffBy::Pacing, _) | (_, 0) => Duration::ZERO,
+            (PutOffBy::RateLimit { .. } | PutOffBy::Pacing, _) | (_, 0) => Duration::ZERO,
             (PutOffBy::Breaker, n) => self
                 .first
                 .saturating_mul(1_u32 << (n - 1).min(20))
@@ -265,14 +265,21 @@ mod tests {
         assert_eq!(waits, [5, 30, 60, 120, 240, 480, 600, 600]);
         // A rate-limit moment is kept exactly, however often it was put off.
         assert_eq!(
-            policy.next(&delivery, now + 2_500, PutOffBy::RateLimit, now),
+            policy.next(
+                &delivery,
+                now + 2_500,
+                PutOffBy::RateLimit { moment_ms: 7 },
+                now
+            ),
             Deferral::Wait(Duration::from_millis(2_500))
         );
-        // Only a moment Redis reserved travels with the delivery.
+        // Only a moment Redis reserved travels with the delivery, on
+        // Redis's clock, whatever the wait on this replica's.
         let put_off = |by| after_put_off(&policy, &delivery, now + 1_000, by, now);
-        assert!(
-            matches!(put_off(PutOffBy::RateLimit), Next::PutOff { rate_slot_ms, .. } if rate_slot_ms == now + 1_000)
-        );
+        assert!(matches!(
+            put_off(PutOffBy::RateLimit { moment_ms: now + 900 }),
+            Next::PutOff { rate_slot_ms, wait } if rate_slot_ms == now + 900 && wait == Duration::from_secs(1)
+        ));
         assert!(matches!(
             put_off(PutOffBy::Pacing),
             Next::PutOff {
