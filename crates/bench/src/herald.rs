@@ -238,15 +238,19 @@ fn parse_command_stats(info: &str) -> std::collections::BTreeMap<String, (u64, u
         .collect()
 }
 
-/// Attempts the attempt log holds under `prefix`: in the logs by event
-/// (their count, `attempts:retained`) and in the logs by endpoint.
+/// Attempts the attempt log holds under `prefix`: readable by event (the
+/// counts `attempts:batched` and `attempts:retained`) and in the logs by
+/// endpoint.
 pub async fn attempts_retained(url: &str, prefix: &str) -> Result<(u64, u64), String> {
     let mut conn = redis_connection(url).await?;
-    let by_event: Option<u64> = redis::cmd("GET")
-        .arg(format!("{prefix}attempts:retained"))
+    // Batches, and event logs of the layout before them.
+    let (batched, former): (Option<u64>, Option<u64>) = redis::pipe()
+        .get(format!("{prefix}attempts:batched"))
+        .get(format!("{prefix}attempts:retained"))
         .query_async(&mut conn)
         .await
         .map_err(|e| format!("Redis GET: {e}"))?;
+    let by_event = batched.unwrap_or(0) + former.unwrap_or(0);
     let mut by_endpoint = 0;
     let mut cursor = 0u64;
     loop {
@@ -268,7 +272,7 @@ pub async fn attempts_retained(url: &str, prefix: &str) -> Result<(u64, u64), St
             by_endpoint += kept;
         }
         if next == 0 {
-            return Ok((by_event.unwrap_or(0), by_endpoint));
+            return Ok((by_event, by_endpoint));
         }
         cursor = next;
     }

@@ -168,9 +168,13 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `breaker:{endpoint id}:window` | hash: per-bucket counts | dispatcher | [`crate::circuit`] |
 /// | `breakers:not_closed` | sorted set of endpoint ids whose breaker is open or half-open, by when it last opened | dispatcher | [`crate::circuit`] |
 /// | `breakers:not_closed:version` | counter, bumped by every change to that set | dispatcher | [`crate::circuit`] |
-/// | `attempts:endpoint:{endpoint id}` | sorted set of attempts by time | dispatcher | [`crate::attempt_log`] |
-/// | `attempts:event:{application id}.{event id}` | sorted set of attempts, expiring | dispatcher | [`crate::attempt_log`] |
-/// | `attempts:events` | sorted set of `{application id}.{event id}` by latest attempt | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:endpoint:{endpoint id}` | sorted set of references to attempts, by time | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:batch:{batch id}` | hash, expiring: one write's attempts, a field per event | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:batches` | sorted set of batch ids by when they were written | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:by_event` | sorted set of `{application id}.{event id} {batch id}`, read by lexicographic range | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:batched` | counter: the attempts the batches hold | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:by_event:sweep` | string: where the trim's sweep of the by-event index goes on from | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:event:{application id}.{event id}`, `attempts:events`, `attempts:retained` | the layout before batches (logs, index, count), still read and trimmed | dispatcher | [`crate::attempt_log`] |
 /// | `dlq:letter:{id}` | string, expiring: the `herald.v1.DeadLetter` | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:all` | sorted set of dead-letter ids by time of death | ingest (indexer) | [`crate::dead_letter_index`] |
 /// | `dlq:endpoint:{endpoint id}` | the same, per endpoint | ingest (indexer) | [`crate::dead_letter_index`] |
@@ -324,23 +328,57 @@ impl Keys {
         format!("{}attempts:endpoint:{endpoint_id}", self.prefix)
     }
 
-    /// The start of every event's attempt log key (the trim script appends
-    /// event ids to it).
+    /// The start of every batch of attempts' key (the trim script appends
+    /// batch ids to it).
+    pub fn attempt_batch_prefix(&self) -> String {
+        format!("{}attempts:batch:", self.prefix)
+    }
+
+    /// One batch of attempts, as one dispatcher wrote them together.
+    pub fn attempt_batch(&self, batch_id: &str) -> String {
+        format!("{}attempts:batch:{batch_id}", self.prefix)
+    }
+
+    /// The batches of attempts, by the time they were written.
+    pub fn attempt_batches(&self) -> String {
+        format!("{}attempts:batches", self.prefix)
+    }
+
+    /// Which batches hold each event's attempts (`{event} {batch id}`).
+    pub fn attempts_by_event(&self) -> String {
+        format!("{}attempts:by_event", self.prefix)
+    }
+
+    /// The last member of [`Keys::attempts_by_event`] the trim's sweep
+    /// looked at.
+    pub fn attempts_by_event_sweep(&self) -> String {
+        format!("{}attempts:by_event:sweep", self.prefix)
+    }
+
+    /// The start of every event's attempt log key, in the layout before
+    /// batches (the trim script appends event ids to it).
     pub fn event_attempts_prefix(&self) -> String {
         format!("{}attempts:event:", self.prefix)
     }
 
-    /// One event's attempt log.
+    /// One event's attempt log, in the layout before batches.
     pub fn event_attempts(&self, event_id: &str) -> String {
         format!("{}attempts:event:{event_id}", self.prefix)
     }
 
-    /// How many attempts the event logs hold together.
+    /// How many attempts the event logs of the layout before batches hold
+    /// together (dispatchers of that layout keep it too, and reset it).
     pub fn retained_attempts(&self) -> String {
         format!("{}attempts:retained", self.prefix)
     }
 
-    /// The events that have an attempt log, by latest attempt.
+    /// How many attempts the batches hold together.
+    pub fn batched_attempts(&self) -> String {
+        format!("{}attempts:batched", self.prefix)
+    }
+
+    /// The events that have an attempt log of their own (the layout before
+    /// batches), by latest attempt.
     pub fn attempted_events(&self) -> String {
         format!("{}attempts:events", self.prefix)
     }

@@ -568,9 +568,10 @@ async fn on_redis_clock_replicas_share_one_timeline_whatever_their_own_clocks() 
         panic!("the third request is put off to its moment");
     };
     let after = redis_time_ms().await;
-    // The moment is on Redis's clock, two intervals after the first.
+    // The moment is on Redis's clock, two intervals after the first
+    // (rounded up to the millisecond, where TIME read here is rounded down).
     assert!(
-        (before + 2_000..=after + 2_000).contains(&moment_ms),
+        (before + 2_000..=after + 2_001).contains(&moment_ms),
         "moment {moment_ms}, Redis's clock {before}..{after}"
     );
     assert!((1_900..=2_000).contains(&in_ms), "{in_ms} ms");
@@ -740,13 +741,13 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
 }
 
 #[tokio::test]
-async fn only_the_newest_events_keep_a_log_of_their_own() {
+async fn only_the_newest_batches_of_attempts_are_kept_within_the_budget() {
     use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
     let keys = keys();
     let config = AttemptLogConfig {
         retention: Duration::from_secs(3600),
         max_per_endpoint: 1000,
-        max_attempts: 4, // evt_10 has two, the others one each
+        max_attempts: 4,
     };
     let log = AttemptLog::new(redis(), keys.clone(), config);
     let write = |event: String, at: i64| {
@@ -766,13 +767,15 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
                 success: true,
                 source: None,
             };
+            // One write, one batch.
             log.record(&record, at).await.unwrap();
         }
     };
     for n in 0..50 {
         write(format!("evt_{n}"), T0 + n).await;
     }
-    // A later attempt for an older event makes it one of the newest again.
+    // A later attempt for an older event is among the newest; its first
+    // one is not.
     write("evt_10".to_owned(), T0 + 50).await;
     write("evt_50".to_owned(), T0 + 51).await;
     assert_eq!(log.trim(T0 + 52).await.unwrap(), 48);
@@ -780,43 +783,58 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
 
     let mut with_log = Vec::new();
     for n in 0..=50 {
-        if !log
+        let attempts = log
             .for_event("acme", &format!("evt_{n}"), 0, 10)
             .await
-            .unwrap()
-            .is_empty()
-        {
-            with_log.push(n);
+            .unwrap();
+        if !attempts.is_empty() {
+            with_log.push((n, attempts.len()));
         }
     }
-    assert_eq!(with_log, [10, 49, 50]);
-    // The dropped logs are gone from Redis, not merely unlisted.
+    assert_eq!(with_log, [(10, 1), (48, 1), (49, 1), (50, 1)]);
+    assert_eq!(
+        log.for_event("acme", "evt_10", 0, 10).await.unwrap()[0].started_at_ms,
+        T0 + 50
+    );
+    // The dropped batches are gone from Redis, not merely unlisted, and so
+    // are their entries in the by-event index.
     let mut conn = redis();
-    let logs: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", keys.event_attempts_prefix()))
+    let batches: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.attempt_batch_prefix()))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(logs.len(), 3, "{logs:?}");
-    // The endpoint's log refers to the events' logs: it shows what they
-    // still hold, newest first. A page that meets references to dropped
-    // logs drops them and reads on until it is full (ranks 3.. held 38 of
-    // them before evt_10's first attempt)...
+    assert_eq!(batches.len(), 4, "{batches:?}");
+    let indexed: usize = redis::cmd("ZCARD")
+        .arg(keys.attempts_by_event())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 4);
+    let retained: usize = redis::cmd("GET")
+        .arg(keys.batched_attempts())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(retained, 4);
+    // The endpoint's log refers to the batches: it shows what they still
+    // hold, newest first. A page that meets references to dropped batches
+    // drops them and reads on until it is full...
     let events = |records: Vec<AttemptRecord>| -> Vec<String> {
         records.into_iter().map(|r| r.event_id).collect()
     };
     assert_eq!(
         events(log.for_endpoint("ep", 2, 2).await.unwrap()),
-        ["evt_49", "evt_10"]
+        ["evt_49", "evt_48"]
     );
     // ...or the log ends, so a short page is the last one.
     assert_eq!(
         events(log.for_endpoint("ep", 3, 2).await.unwrap()),
-        ["evt_10"]
+        ["evt_48"]
     );
     assert_eq!(
         events(log.for_endpoint("ep", 0, 1000).await.unwrap()),
-        ["evt_50", "evt_10", "evt_49", "evt_10"]
+        ["evt_50", "evt_10", "evt_49", "evt_48"]
     );
     let references: usize = redis::cmd("ZCARD")
         .arg(keys.endpoint_attempts("ep"))
@@ -824,6 +842,282 @@ async fn only_the_newest_events_keep_a_log_of_their_own() {
         .await
         .unwrap();
     assert_eq!(references, 4, "the dropped references are gone from Redis");
+}
+
+#[tokio::test]
+async fn one_batch_holds_many_events_and_endpoints_and_each_reads_its_own() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 1000,
+        },
+    );
+    // Three events to two endpoints each, in one write; `evt_1` is also
+    // an event id of another application, and `evt_10` starts like it.
+    let record = |app: &str, event: &str, endpoint: &str, at: i64| AttemptRecord {
+        delivery_id: format!("dlv_{app}_{event}_{endpoint}"),
+        endpoint_id: endpoint.into(),
+        event_id: event.into(),
+        application_id: app.into(),
+        attempt: 1,
+        started_at_ms: at,
+        duration_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: "line one\nline two".into(),
+        success: true,
+        source: None,
+    };
+    let mut batch = Vec::new();
+    for (n, (app, event)) in [("acme", "evt_1"), ("acme", "evt_10"), ("globex", "evt_1")]
+        .into_iter()
+        .enumerate()
+    {
+        for (k, endpoint) in ["ep_a", "ep_b"].into_iter().enumerate() {
+            batch.push(record(app, event, endpoint, T0 + (2 * n + k) as i64));
+        }
+    }
+    log.record_many(&batch, T0).await.unwrap();
+    let mut conn = redis();
+    let batches: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", keys.attempt_batch_prefix()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(batches.len(), 1, "one write is one batch: {batches:?}");
+
+    let acme_1 = log.for_event("acme", "evt_1", 0, 10).await.unwrap();
+    assert_eq!(acme_1, [batch[1].clone(), batch[0].clone()], "newest first");
+    assert_eq!(acme_1[0].response_body, "line one\nline two");
+    let globex_1 = log.for_event("globex", "evt_1", 0, 10).await.unwrap();
+    assert_eq!(globex_1, [batch[5].clone(), batch[4].clone()]);
+    // Paged.
+    assert_eq!(
+        log.for_event("acme", "evt_10", 1, 10).await.unwrap(),
+        [batch[2].clone()]
+    );
+    let on_b: Vec<String> = log
+        .for_endpoint("ep_b", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.delivery_id)
+        .collect();
+    assert_eq!(
+        on_b,
+        [
+            "dlv_globex_evt_1_ep_b",
+            "dlv_acme_evt_10_ep_b",
+            "dlv_acme_evt_1_ep_b"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn event_logs_of_the_layout_before_batches_are_read_and_trimmed_first() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 2,
+        },
+    );
+    let record = |event: &str, attempt: u32, at: i64| AttemptRecord {
+        delivery_id: format!("dlv_{event}"),
+        endpoint_id: "ep".into(),
+        event_id: event.into(),
+        application_id: "acme".into(),
+        attempt,
+        started_at_ms: at,
+        duration_ms: 3,
+        status_code: Some(503),
+        error: Some("the endpoint answered 503".into()),
+        response_body: String::new(),
+        success: false,
+        source: None,
+    };
+    // What an earlier dispatcher wrote: the event's own log, its index
+    // entry, the count, and a reference of three parts.
+    let old = record("evt_old", 1, T0);
+    let mut conn = redis();
+    let _: () = redis::pipe()
+        .zadd(
+            keys.event_attempts("acme.evt_old"),
+            serde_json::to_string(&old).unwrap(),
+            T0,
+        )
+        .zadd(keys.attempted_events(), "acme.evt_old", T0)
+        .incr(keys.retained_attempts(), 1)
+        .zadd(
+            keys.endpoint_attempts("ep"),
+            format!("{T0} 1 acme.evt_old"),
+            T0,
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Its retry, written now, goes into a batch.
+    let retry = record("evt_old", 2, T0 + 10);
+    log.record(&retry, T0 + 10).await.unwrap();
+    assert_eq!(
+        log.for_event("acme", "evt_old", 0, 10).await.unwrap(),
+        [retry.clone(), old.clone()]
+    );
+    assert_eq!(
+        log.for_endpoint("ep", 0, 10).await.unwrap(),
+        [retry.clone(), old.clone()]
+    );
+    // Over the budget, the former log leaves first, then the oldest batch.
+    log.record(&record("evt_new", 1, T0 + 20), T0 + 20)
+        .await
+        .unwrap();
+    assert_eq!(log.trim(T0 + 30).await.unwrap(), 1);
+    assert_eq!(
+        log.for_event("acme", "evt_old", 0, 10).await.unwrap(),
+        std::slice::from_ref(&retry)
+    );
+    let former: bool = redis::cmd("EXISTS")
+        .arg(keys.event_attempts("acme.evt_old"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!former);
+    log.record(&record("evt_newer", 1, T0 + 40), T0 + 40)
+        .await
+        .unwrap();
+    assert_eq!(log.trim(T0 + 50).await.unwrap(), 1);
+    assert!(
+        log.for_event("acme", "evt_old", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_budget_holds_while_dispatchers_of_the_former_layout_reset_their_count() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 4,
+        },
+    );
+    for n in 0..10 {
+        let record = AttemptRecord {
+            delivery_id: format!("dlv_{n}"),
+            endpoint_id: "ep".into(),
+            event_id: format!("evt_{n}"),
+            application_id: "acme".into(),
+            attempt: 1,
+            started_at_ms: T0 + n,
+            duration_ms: 3,
+            status_code: Some(200),
+            error: None,
+            response_body: String::new(),
+            success: true,
+            source: None,
+        };
+        log.record(&record, T0 + n).await.unwrap();
+        // A dispatcher not yet upgraded trims its own (empty) index every
+        // second and, finding it empty, sets its count to zero.
+        let mut conn = redis();
+        let _: () = redis::cmd("SET")
+            .arg(keys.retained_attempts())
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.trim(T0 + 20).await.unwrap(), 6);
+    let mut kept = Vec::new();
+    for n in 0..10 {
+        if !log
+            .for_event("acme", &format!("evt_{n}"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            kept.push(n);
+        }
+    }
+    assert_eq!(kept, [6, 7, 8, 9]);
+}
+
+#[tokio::test]
+async fn index_entries_of_batches_gone_before_the_trim_are_swept() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 1000,
+        },
+    );
+    let record = AttemptRecord {
+        delivery_id: "dlv_kept".into(),
+        endpoint_id: "ep".into(),
+        event_id: "evt_kept".into(),
+        application_id: "acme".into(),
+        attempt: 1,
+        started_at_ms: T0,
+        duration_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: String::new(),
+        success: true,
+        source: None,
+    };
+    log.record(&record, T0).await.unwrap();
+    // 450 entries naming batches that expired (or were evicted) unseen,
+    // the trim dropping none of them: more than one run sweeps.
+    let mut conn = redis();
+    let mut ghosts = redis::cmd("ZADD");
+    ghosts.arg(keys.attempts_by_event());
+    for n in 0..450 {
+        ghosts.arg(0).arg(format!("acme.evt_{n:03} gone-{n}"));
+    }
+    let _: () = ghosts.query_async(&mut conn).await.unwrap();
+    let indexed = |conn: &mut ConnectionManager| {
+        let key = keys.attempts_by_event();
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg(key)
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(indexed(&mut conn).await, 451);
+    for _ in 0..3 {
+        log.trim(T0 + 1).await.unwrap();
+    }
+    assert_eq!(
+        indexed(&mut conn).await,
+        1,
+        "only the live batch's entry is left"
+    );
+    assert_eq!(
+        log.for_event("acme", "evt_kept", 0, 10).await.unwrap(),
+        [record]
+    );
 }
 
 #[tokio::test]
@@ -1196,7 +1490,7 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
     }
     let mut conn = redis();
     let retained = |conn: &mut ConnectionManager| {
-        let key = keys.retained_attempts();
+        let key = keys.batched_attempts();
         let mut conn = conn.clone();
         async move {
             redis::cmd("GET")
@@ -1207,7 +1501,8 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
         }
     };
     assert_eq!(retained(&mut conn).await, 50);
-    // Whole events go, oldest first, until twenty attempts are left.
+    // Whole batches (here one event each) go, oldest first, until twenty
+    // attempts are left.
     assert_eq!(log.trim(T0 + 20).await.unwrap(), 6);
     assert_eq!(retained(&mut conn).await, 20);
     let mut with_log = Vec::new();
@@ -1217,7 +1512,7 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
             .await
             .unwrap();
         if !attempts.is_empty() {
-            assert_eq!(attempts.len(), 5, "an event's log is kept whole");
+            assert_eq!(attempts.len(), 5, "a batch is kept whole");
             with_log.push(n);
         }
     }
@@ -1227,9 +1522,15 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
     assert_eq!(log.trim(T0 + 3_700_000).await.unwrap(), 4);
     assert_eq!(retained(&mut conn).await, 0);
     let left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", keys.event_attempts_prefix()))
+        .arg(format!("{}*", keys.attempt_batch_prefix()))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+    let indexed: usize = redis::cmd("ZCARD")
+        .arg(keys.attempts_by_event())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0);
 }

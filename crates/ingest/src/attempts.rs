@@ -89,7 +89,7 @@ pub async fn for_event(
 }
 
 /// Every attempt to one endpoint still in the log (the newest, up to the
-/// configured number, of the events whose logs the budget keeps).
+/// configured number, of those whose batches the budget keeps).
 #[utoipa::path(
     get,
     path = "/v1/applications/{app}/endpoints/{id}/attempts",

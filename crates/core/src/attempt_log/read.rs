@@ -1,0 +1,322 @@
+//! Reading: an event's attempts, an endpoint's attempts.
+
+use super::write::by_event_member;
+use super::{AttemptLog, AttemptRecord, event_member};
+use crate::redis_store::StoreError;
+
+/// An entry of an endpoint's log, read back.
+#[derive(Debug, PartialEq, Eq)]
+enum EndpointEntry<'a> {
+    /// A reference to a record in a batch: `{start ms} {attempt} {event}
+    /// {batch id}`.
+    InBatch {
+        started_at_ms: i64,
+        attempt: u32,
+        event: &'a str,
+        batch: &'a str,
+    },
+    /// A reference to a record in its event's log, as written before
+    /// batches: `{start ms} {attempt} {event}`.
+    InEventLog {
+        started_at_ms: i64,
+        attempt: u32,
+        event: &'a str,
+    },
+    /// The record itself, as logs written before references held it.
+    Record(&'a str),
+}
+
+impl<'a> EndpointEntry<'a> {
+    fn parse(member: &'a str) -> Option<Self> {
+        if member.starts_with('{') {
+            return Some(Self::Record(member));
+        }
+        let mut parts = member.split(' ');
+        let started_at_ms = parts.next()?.parse().ok()?;
+        let attempt = parts.next()?.parse().ok()?;
+        let event = parts.next()?;
+        Some(match (parts.next(), parts.next()) {
+            (None, _) => Self::InEventLog {
+                started_at_ms,
+                attempt,
+                event,
+            },
+            (Some(batch), None) => Self::InBatch {
+                started_at_ms,
+                attempt,
+                event,
+                batch,
+            },
+            (Some(_), Some(_)) => return None,
+        })
+    }
+}
+
+/// One reply of a pipeline, as `T`.
+fn decode<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+/// The records of one event in one batch (one per line).
+fn parse_lines(lines: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+    parse_lines_with(lines, "")
+}
+
+/// Those records of one event in one batch whose line holds `needle`.
+fn parse_lines_with(lines: &str, needle: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+    lines
+        .split('\n')
+        .filter(|json| json.contains(needle))
+        .map(|json| serde_json::from_str(json).map_err(StoreError::from))
+        .collect()
+}
+
+/// How many references of an endpoint's page are looked up in one round
+/// trip.
+const LOOKUPS_AT_ONCE: usize = 16;
+
+impl AttemptLog {
+    /// An endpoint's attempts, newest first, from position `start`: those
+    /// the log still holds. References to attempts that left with their
+    /// batch (the budget, the retention), and entries Herald did not write,
+    /// are dropped from the endpoint's log as they are met, and the page is
+    /// read again until it is full or the log ends, so a short page is
+    /// always the last one.
+    pub async fn for_endpoint(
+        &self,
+        endpoint_id: &str,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.endpoint_attempts(endpoint_id);
+        let needle = format!("\"endpoint_id\":{}", serde_json::Value::from(endpoint_id));
+        let mut conn = self.redis.clone();
+        // Each round drops at least one entry of a log bounded by
+        // `max_per_endpoint` (plus what writes add meanwhile), so this ends.
+        loop {
+            let members: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&key)
+                .arg(start)
+                .arg(start + count - 1)
+                .query_async(&mut conn)
+                .await?;
+            let entries: Vec<Option<EndpointEntry<'_>>> =
+                members.iter().map(|m| EndpointEntry::parse(m)).collect();
+            let mut records = Vec::with_capacity(members.len());
+            let mut gone = Vec::new();
+            // A few references' lookups at a time: an event's field holds
+            // its records to every endpoint, so at a high fan-out each
+            // lookup may be large.
+            for (members, entries) in members
+                .chunks(LOOKUPS_AT_ONCE)
+                .zip(entries.chunks(LOOKUPS_AT_ONCE))
+            {
+                // One lookup per reference, in order: its event's records in
+                // its batch, or in its event's former log.
+                let mut lookups = redis::pipe();
+                for entry in entries.iter().flatten() {
+                    match entry {
+                        EndpointEntry::InBatch { event, batch, .. } => {
+                            lookups
+                                .cmd("HGET")
+                                .arg(self.keys.attempt_batch(batch))
+                                .arg(*event);
+                        }
+                        EndpointEntry::InEventLog {
+                            started_at_ms,
+                            event,
+                            ..
+                        } => {
+                            lookups
+                                .cmd("ZRANGEBYSCORE")
+                                .arg(self.keys.event_attempts(event))
+                                .arg(started_at_ms)
+                                .arg(started_at_ms);
+                        }
+                        EndpointEntry::Record(_) => {}
+                    }
+                }
+                let mut found: std::vec::IntoIter<redis::Value> = if lookups.is_empty() {
+                    Vec::new().into_iter()
+                } else {
+                    lookups
+                        .query_async::<Vec<redis::Value>>(&mut conn)
+                        .await?
+                        .into_iter()
+                };
+                for (member, entry) in members.iter().zip(entries) {
+                    let (started_at_ms, attempt, candidates) = match entry {
+                        Some(EndpointEntry::Record(json)) => {
+                            records.push(serde_json::from_str(json)?);
+                            continue;
+                        }
+                        Some(EndpointEntry::InBatch {
+                            started_at_ms,
+                            attempt,
+                            ..
+                        }) => {
+                            let lines: Option<String> =
+                                decode(found.next().unwrap_or(redis::Value::Nil))?;
+                            // Only this endpoint's lines are parsed: the field
+                            // holds the event's records to every endpoint.
+                            let candidates = match lines {
+                                Some(lines) => parse_lines_with(&lines, &needle)?,
+                                None => Vec::new(),
+                            };
+                            (*started_at_ms, *attempt, candidates)
+                        }
+                        Some(EndpointEntry::InEventLog {
+                            started_at_ms,
+                            attempt,
+                            ..
+                        }) => {
+                            let jsons: Vec<String> =
+                                decode(found.next().unwrap_or(redis::Value::Nil))?;
+                            let candidates = jsons
+                                .iter()
+                                .map(|json| serde_json::from_str(json))
+                                .collect::<Result<Vec<AttemptRecord>, _>>()?;
+                            (*started_at_ms, *attempt, candidates)
+                        }
+                        None => {
+                            gone.push(member.as_str());
+                            continue;
+                        }
+                    };
+                    // Records that cannot be read are an error (above), not a
+                    // reason to drop the entry.
+                    match candidates.into_iter().find(|candidate| {
+                        candidate.endpoint_id == endpoint_id
+                            && candidate.attempt == attempt
+                            && candidate.started_at_ms == started_at_ms
+                    }) {
+                        Some(record) => records.push(record),
+                        None => gone.push(member.as_str()),
+                    }
+                }
+            }
+            if gone.is_empty() {
+                return Ok(records);
+            }
+            let _: usize = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await?;
+        }
+    }
+
+    /// An event's attempts (to every endpoint), newest first: those its
+    /// batches, and its log of the former layout, still hold.
+    pub async fn for_event(
+        &self,
+        application_id: &str,
+        event_id: &str,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let event = event_member(application_id, event_id);
+        let mut conn = self.redis.clone();
+        // `{event} {batch}` members: from `{event} ` up to `{event}!`,
+        // which sorts after every batch id and before every other event
+        // that starts with this one (an event id holds no character below
+        // `!`).
+        let index = self.keys.attempts_by_event();
+        let members: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(&index)
+            .arg(format!("[{event} "))
+            .arg(format!("({event}!"))
+            .query_async(&mut conn)
+            .await?;
+        let mut lookups = redis::pipe();
+        lookups
+            .cmd("ZRANGE")
+            .arg(self.keys.event_attempts(&event))
+            .arg(0)
+            .arg(-1);
+        let batches: Vec<&str> = members
+            .iter()
+            .filter_map(|m| m.strip_prefix(event.as_str())?.strip_prefix(' '))
+            .collect();
+        for batch in &batches {
+            lookups
+                .cmd("HGET")
+                .arg(self.keys.attempt_batch(batch))
+                .arg(&event);
+        }
+        let (former, in_batches): (Vec<String>, Vec<Option<String>>) = {
+            let mut values: Vec<redis::Value> = lookups.query_async(&mut conn).await?;
+            let former = decode(values.remove(0))?;
+            let in_batches = values.into_iter().map(decode).collect::<Result<_, _>>()?;
+            (former, in_batches)
+        };
+        let mut records = former
+            .iter()
+            .map(|json| serde_json::from_str(json).map_err(StoreError::from))
+            .collect::<Result<Vec<AttemptRecord>, _>>()?;
+        let mut gone = Vec::new();
+        for (batch, lines) in batches.iter().zip(&in_batches) {
+            match lines {
+                Some(lines) => records.extend(parse_lines(lines)?),
+                None => gone.push(by_event_member(&event, batch)),
+            }
+        }
+        if !gone.is_empty() {
+            // Batches that expired unseen: their index entries go too.
+            let _: usize = redis::cmd("ZREM")
+                .arg(&index)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await?;
+        }
+        // Newest first; attempts that started in the same millisecond by
+        // attempt number, then endpoint, so that pages do not shuffle.
+        records.sort_by(|a, b| {
+            (b.started_at_ms, b.attempt, &b.endpoint_id).cmp(&(
+                a.started_at_ms,
+                a.attempt,
+                &a.endpoint_id,
+            ))
+        });
+        Ok(records.into_iter().skip(start).take(count).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_entries_of_every_layout_are_told_apart() {
+        assert_eq!(
+            EndpointEntry::parse("1800000000000 2 acme.evt_1 0123abcd-1f"),
+            Some(EndpointEntry::InBatch {
+                started_at_ms: 1_800_000_000_000,
+                attempt: 2,
+                event: "acme.evt_1",
+                batch: "0123abcd-1f",
+            })
+        );
+        assert_eq!(
+            EndpointEntry::parse("1800000000000 2 acme.evt_1"),
+            Some(EndpointEntry::InEventLog {
+                started_at_ms: 1_800_000_000_000,
+                attempt: 2,
+                event: "acme.evt_1",
+            })
+        );
+        assert_eq!(
+            EndpointEntry::parse("{\"attempt\":1}"),
+            Some(EndpointEntry::Record("{\"attempt\":1}"))
+        );
+        for not_ours in ["", "x 1 e", "1 x e", "1 2", "1 2 e b extra"] {
+            assert_eq!(EndpointEntry::parse(not_ours), None, "{not_ours:?}");
+        }
+    }
+}
