@@ -92,8 +92,15 @@ pub struct ApplicationView {
     pub updated_at: String,
 }
 
+/// Whitespace as the document's `\S` pattern means it (ECMAScript's `\s`):
+/// Unicode's White_Space without U+0085, with U+FEFF. A name of U+0085
+/// alone matches the pattern, so it is a name.
+fn is_pattern_space(c: char) -> bool {
+    (c.is_whitespace() && c != '\u{85}') || c == '\u{feff}'
+}
+
 fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() {
+    if name.chars().all(is_pattern_space) {
         return Err(invalid("name", "must not be empty"));
     }
     if name.chars().count() > MAX_NAME_LEN {
@@ -467,5 +474,22 @@ pub async fn revoke_token(
         Err(ApiError::not_found(format!(
             "no token with id {token_id:?} in application {app:?}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_blank_exactly_when_the_documents_pattern_says_so() {
+        // `\S` in the OpenAPI document is ECMAScript's: U+0085 is not
+        // whitespace there, U+FEFF is.
+        for name in ["acme", "\u{85}", " a ", "\u{85}\u{85}"] {
+            assert!(check_name(name).is_ok(), "{name:?}");
+        }
+        for blank in ["", " ", "\t\n", "\u{a0}\u{3000}", "\u{feff}"] {
+            assert!(check_name(blank).is_err(), "{blank:?}");
+        }
     }
 }
