@@ -171,7 +171,7 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `attempts:endpoint:{endpoint id}` | sorted set of references to attempts, by time | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:batch:{batch id}` | hash, expiring: one write's attempts, a field per event | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:batches` | sorted set of batch ids by when they were written | dispatcher | [`crate::attempt_log`] |
-/// | `attempts:by_event` | sorted set of `{application id}.{event id} {batch id}`, read by lexicographic range | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:by_event` | sorted set of `{application id}.{event id} {written ms} {batch id}`, read by lexicographic range | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:batched` | counter: the attempts the batches hold | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:by_event:sweep` | string: where the trim's sweep of the by-event index goes on from | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:event:{application id}.{event id}`, `attempts:events`, `attempts:retained` | the layout before batches (logs, index, count), still read and trimmed | dispatcher | [`crate::attempt_log`] |
@@ -344,7 +344,8 @@ impl Keys {
         format!("{}attempts:batches", self.prefix)
     }
 
-    /// Which batches hold each event's attempts (`{event} {batch id}`).
+    /// Which batches hold each event's attempts (`{event} {written ms}
+    /// {batch id}`).
     pub fn attempts_by_event(&self) -> String {
         format!("{}attempts:by_event", self.prefix)
     }

@@ -919,6 +919,59 @@ async fn one_batch_holds_many_events_and_endpoints_and_each_reads_its_own() {
 }
 
 #[tokio::test]
+async fn an_events_pages_are_newest_first_across_batches_even_when_an_attempt_ends_late() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let log = AttemptLog::new(
+        redis(),
+        keys(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 10_000,
+        },
+    );
+    let record = |endpoint: &str, at: i64| AttemptRecord {
+        delivery_id: format!("dlv_{endpoint}"),
+        endpoint_id: endpoint.into(),
+        event_id: "evt".into(),
+        application_id: "acme".into(),
+        attempt: 1,
+        started_at_ms: at,
+        duration_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: String::new(),
+        success: true,
+        source: None,
+    };
+    // Twenty batches, one attempt each, written 10 ms after it started;
+    // the last batch also holds an attempt that started first of all and
+    // took long to answer.
+    for n in 0..20 {
+        let mut batch = vec![record(&format!("ep_{n:02}"), T0 + 10 * n)];
+        if n == 19 {
+            batch.push(record("ep_slow", T0 - 5));
+        }
+        log.record_many(&batch, T0 + 10 * n + 10).await.unwrap();
+    }
+    let starts = |records: Vec<AttemptRecord>| -> Vec<i64> {
+        records.iter().map(|r| r.started_at_ms - T0).collect()
+    };
+    assert_eq!(
+        starts(log.for_event("acme", "evt", 0, 3).await.unwrap()),
+        [190, 180, 170]
+    );
+    assert_eq!(
+        starts(log.for_event("acme", "evt", 18, 5).await.unwrap()),
+        [10, 0, -5],
+        "the slow attempt, in the newest batch, is last"
+    );
+    let all = starts(log.for_event("acme", "evt", 0, 100).await.unwrap());
+    assert_eq!(all.len(), 21);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "{all:?}");
+}
+
+#[tokio::test]
 async fn event_logs_of_the_layout_before_batches_are_read_and_trimmed_first() {
     use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
     let keys = keys();

@@ -11,7 +11,8 @@
 //!   still finds it to count when its index entry leaves);
 //! - `attempts:batches`: the batches by the time they were written;
 //! - `attempts:by_event`: which batches hold an event's records, as
-//!   `{event} {batch id}` members of one score, read by lexicographic range;
+//!   `{event} {written ms, 13 digits} {batch id}` members of one score, read
+//!   by lexicographic range, newest batch first, until a page is certain;
 //! - `attempts:endpoint:{endpoint id}`: sorted set of references to the
 //!   endpoint's attempts in their batches (`{start ms} {attempt} {event}
 //!   {batch id}`, an 80-byte member), scored by start time; trimmed to the

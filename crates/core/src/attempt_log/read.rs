@@ -71,6 +71,9 @@ fn parse_lines_with(lines: &str, needle: &str) -> Result<Vec<AttemptRecord>, Sto
         .collect()
 }
 
+/// How many of an event's batches are read in one round trip.
+const BATCHES_AT_ONCE: usize = 8;
+
 /// How many references of an endpoint's page are looked up in one round
 /// trip.
 const LOOKUPS_AT_ONCE: usize = 16;
@@ -223,48 +226,70 @@ impl AttemptLog {
         }
         let event = event_member(application_id, event_id);
         let mut conn = self.redis.clone();
-        // `{event} {batch}` members: from `{event} ` up to `{event}!`,
-        // which sorts after every batch id and before every other event
-        // that starts with this one (an event id holds no character below
-        // `!`).
-        let index = self.keys.attempts_by_event();
-        let members: Vec<String> = redis::cmd("ZRANGEBYLEX")
-            .arg(&index)
-            .arg(format!("[{event} "))
-            .arg(format!("({event}!"))
-            .query_async(&mut conn)
-            .await?;
-        let mut lookups = redis::pipe();
-        lookups
-            .cmd("ZRANGE")
+        // The event's log of the former layout, whole (it is short-lived).
+        let former: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.keys.event_attempts(&event))
             .arg(0)
-            .arg(-1);
-        let batches: Vec<&str> = members
-            .iter()
-            .filter_map(|m| m.strip_prefix(event.as_str())?.strip_prefix(' '))
-            .collect();
-        for batch in &batches {
-            lookups
-                .cmd("HGET")
-                .arg(self.keys.attempt_batch(batch))
-                .arg(&event);
-        }
-        let (former, in_batches): (Vec<String>, Vec<Option<String>>) = {
-            let mut values: Vec<redis::Value> = lookups.query_async(&mut conn).await?;
-            let former = decode(values.remove(0))?;
-            let in_batches = values.into_iter().map(decode).collect::<Result<_, _>>()?;
-            (former, in_batches)
-        };
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
         let mut records = former
             .iter()
             .map(|json| serde_json::from_str(json).map_err(StoreError::from))
             .collect::<Result<Vec<AttemptRecord>, _>>()?;
+        // `{event} {written} {batch}` members, newest batch first: from
+        // `{event}!` down to `{event} `, which holds every member of this
+        // event and none of another that starts with it (an event id holds
+        // no character below `!`).
+        let index = self.keys.attempts_by_event();
+        let members: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+            .arg(&index)
+            .arg(format!("({event}!"))
+            .arg(format!("[{event} "))
+            .query_async(&mut conn)
+            .await?;
+        let batches: Vec<(i64, &str)> = members
+            .iter()
+            .filter_map(|m| {
+                let (written, batch) = m
+                    .strip_prefix(event.as_str())?
+                    .strip_prefix(' ')?
+                    .split_once(' ')?;
+                Some((written.parse().ok()?, batch))
+            })
+            .collect();
+        let wanted = start + count;
         let mut gone = Vec::new();
-        for (batch, lines) in batches.iter().zip(&in_batches) {
-            match lines {
-                Some(lines) => records.extend(parse_lines(lines)?),
-                None => gone.push(by_event_member(&event, batch)),
+        // A few batches at a time, until the page is certain: a record
+        // starts before its batch is written, so once `wanted` records
+        // started after the next batch was written, no batch
+        // left can hold one that sorts before them (strictly later: one
+        // started in the same millisecond might sort either way).
+        for chunk_start in (0..batches.len()).step_by(BATCHES_AT_ONCE) {
+            let chunk = &batches[chunk_start..(chunk_start + BATCHES_AT_ONCE).min(batches.len())];
+            let mut lookups = redis::pipe();
+            for (_, batch) in chunk {
+                lookups
+                    .cmd("HGET")
+                    .arg(self.keys.attempt_batch(batch))
+                    .arg(&event);
+            }
+            let found: Vec<Option<String>> = lookups.query_async(&mut conn).await?;
+            for ((written, batch), lines) in chunk.iter().zip(&found) {
+                match lines {
+                    Some(lines) => records.extend(parse_lines(lines)?),
+                    None => gone.push(by_event_member(&event, *written, batch)),
+                }
+            }
+            let Some((next_written, _)) = batches.get(chunk_start + BATCHES_AT_ONCE) else {
+                break;
+            };
+            let settled = records
+                .iter()
+                .filter(|r| r.started_at_ms > *next_written)
+                .count();
+            if settled >= wanted {
+                break;
             }
         }
         if !gone.is_empty() {

@@ -58,14 +58,15 @@ local function drop_event(event)
   dropped = dropped + 1
 end
 -- A batch takes its count and its entries in the by-event index along.
-local function drop_batch(batch)
+local function drop_batch(batch, written)
   local key = ARGV[3] .. batch
+  local suffix = ' ' .. string.format('%013d', tonumber(written)) .. ' ' .. batch
   batched = batched - tonumber(redis.call('HGET', key, '#') or '0')
   local events = redis.call('HKEYS', key)
   local members = {}
   for i = 1, #events do
     if events[i] ~= '#' then
-      members[#members + 1] = events[i] .. ' ' .. batch
+      members[#members + 1] = events[i] .. suffix
       if #members == 500 then
         redis.call('ZREM', KEYS[2], unpack(members))
         members = {}
@@ -86,10 +87,10 @@ for i = 1, #expired do
   drop_event(expired[i])
   redis.call('ZREM', KEYS[4], expired[i])
 end
-expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, most - dropped)
-for i = 1, #expired do
+expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, most - dropped)
+for i = 1, #expired, 2 do
   if not room() then break end
-  drop_batch(expired[i])
+  drop_batch(expired[i], expired[i + 1])
   redis.call('ZREM', KEYS[1], expired[i])
 end
 -- Over the budget: the oldest first, of either layout.
@@ -102,7 +103,7 @@ while batched + former > budget and room() do
     drop_event(event[1])
   else
     redis.call('ZREM', KEYS[1], batch[1])
-    drop_batch(batch[1])
+    drop_batch(batch[1], batch[2])
   end
 end
 -- Stopped by the step's bounds: there may be more to drop now.

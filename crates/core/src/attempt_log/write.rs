@@ -17,9 +17,11 @@ fn attempt_ref(started_at_ms: i64, attempt: u32, event: &str, batch: &str) -> St
     format!("{started_at_ms} {attempt} {event} {batch}")
 }
 
-/// An `{event} {batch id}` member of the by-event index.
-pub(super) fn by_event_member(event: &str, batch: &str) -> String {
-    format!("{event} {batch}")
+/// An `{event} {written ms, 13 digits} {batch id}` member of the by-event
+/// index: an event's batches sort by when they were written, so an event's
+/// newest attempts are read first.
+pub(super) fn by_event_member(event: &str, written_ms: i64, batch: &str) -> String {
+    format!("{event} {written_ms:013} {batch}")
 }
 
 /// `name key`, in buffers sized at once for `args` more arguments of
@@ -90,7 +92,7 @@ impl AttemptLog {
         }
         let members: Vec<String> = by_event
             .keys()
-            .map(|event| by_event_member(event, &batch))
+            .map(|event| by_event_member(event, now_ms, &batch))
             .collect();
         let mut index = sized(
             "ZADD",
