@@ -682,6 +682,39 @@ async fn the_ingest_limit_allows_a_burst_then_the_rate() {
     );
 }
 
+/// A first attempt of `event` (of the application `acme`) to `endpoint`,
+/// started at `at`, that the endpoint took with a 200: delivery
+/// `dlv_{event}_{endpoint}`.
+fn delivered(event: &str, endpoint: &str, at: i64) -> herald_core::attempt_log::AttemptRecord {
+    herald_core::attempt_log::AttemptRecord {
+        delivery_id: format!("dlv_{event}_{endpoint}"),
+        endpoint_id: endpoint.into(),
+        event_id: event.into(),
+        application_id: "acme".into(),
+        attempt: 1,
+        started_at_ms: at,
+        duration_ms: 3,
+        status_code: Some(200),
+        error: None,
+        response_body: String::new(),
+        success: true,
+        source: None,
+    }
+}
+
+/// `record`, failed with `status`.
+fn failed(
+    record: herald_core::attempt_log::AttemptRecord,
+    status: u16,
+) -> herald_core::attempt_log::AttemptRecord {
+    herald_core::attempt_log::AttemptRecord {
+        status_code: Some(status),
+        error: Some(format!("the endpoint answered {status}")),
+        success: false,
+        ..record
+    }
+}
+
 #[tokio::test]
 async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
     use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
@@ -693,17 +726,9 @@ async fn the_attempt_log_keeps_the_newest_within_its_bounds() {
     let log = AttemptLog::new(redis(), keys(), config);
     let record = |n: u32, at: i64| AttemptRecord {
         delivery_id: format!("dlv_{n}"),
-        endpoint_id: "ep".into(),
-        event_id: format!("evt_{}", n % 2),
-        application_id: "acme".into(),
         attempt: n,
-        started_at_ms: at,
-        duration_ms: 3,
-        status_code: Some(500),
-        error: Some("the endpoint answered 500".into()),
         response_body: "oops".into(),
-        success: false,
-        source: None,
+        ..failed(delivered(&format!("evt_{}", n % 2), "ep", at), 500)
     };
     // One attempt older than the retention, then five recent ones.
     log.record(&record(0, T0 - 7_200_000), T0 - 7_200_000)
@@ -753,21 +778,8 @@ async fn only_the_newest_batches_of_attempts_are_kept_within_the_budget() {
     let write = |event: String, at: i64| {
         let log = log.clone();
         async move {
-            let record = AttemptRecord {
-                delivery_id: format!("dlv_{event}"),
-                endpoint_id: "ep".into(),
-                event_id: event,
-                application_id: "acme".into(),
-                attempt: 1,
-                started_at_ms: at,
-                duration_ms: 3,
-                status_code: Some(200),
-                error: None,
-                response_body: String::new(),
-                success: true,
-                source: None,
-            };
             // One write, one batch.
+            let record = delivered(&event, "ep", at);
             log.record(&record, at).await.unwrap();
         }
     };
@@ -861,17 +873,9 @@ async fn one_batch_holds_many_events_and_endpoints_and_each_reads_its_own() {
     // an event id of another application, and `evt_10` starts like it.
     let record = |app: &str, event: &str, endpoint: &str, at: i64| AttemptRecord {
         delivery_id: format!("dlv_{app}_{event}_{endpoint}"),
-        endpoint_id: endpoint.into(),
-        event_id: event.into(),
         application_id: app.into(),
-        attempt: 1,
-        started_at_ms: at,
-        duration_ms: 3,
-        status_code: Some(200),
-        error: None,
         response_body: "line one\nline two".into(),
-        success: true,
-        source: None,
+        ..delivered(event, endpoint, at)
     };
     let mut batch = Vec::new();
     for (n, (app, event)) in [("acme", "evt_1"), ("acme", "evt_10"), ("globex", "evt_1")]
@@ -930,20 +934,7 @@ async fn an_events_pages_are_newest_first_across_batches_even_when_an_attempt_en
             max_attempts: 10_000,
         },
     );
-    let record = |endpoint: &str, at: i64| AttemptRecord {
-        delivery_id: format!("dlv_{endpoint}"),
-        endpoint_id: endpoint.into(),
-        event_id: "evt".into(),
-        application_id: "acme".into(),
-        attempt: 1,
-        started_at_ms: at,
-        duration_ms: 3,
-        status_code: Some(200),
-        error: None,
-        response_body: String::new(),
-        success: true,
-        source: None,
-    };
+    let record = |endpoint: &str, at: i64| delivered("evt", endpoint, at);
     // Twenty batches, one attempt each, written 10 ms after it started;
     // the last batch also holds an attempt that started first of all and
     // took long to answer.
@@ -985,18 +976,8 @@ async fn event_logs_of_the_layout_before_batches_are_read_and_trimmed_first() {
         },
     );
     let record = |event: &str, attempt: u32, at: i64| AttemptRecord {
-        delivery_id: format!("dlv_{event}"),
-        endpoint_id: "ep".into(),
-        event_id: event.into(),
-        application_id: "acme".into(),
         attempt,
-        started_at_ms: at,
-        duration_ms: 3,
-        status_code: Some(503),
-        error: Some("the endpoint answered 503".into()),
-        response_body: String::new(),
-        success: false,
-        source: None,
+        ..failed(delivered(event, "ep", at), 503)
     };
     // What an earlier dispatcher wrote: the event's own log, its index
     // entry, the count, and a reference of three parts.
@@ -1058,7 +1039,7 @@ async fn event_logs_of_the_layout_before_batches_are_read_and_trimmed_first() {
 
 #[tokio::test]
 async fn the_budget_holds_while_dispatchers_of_the_former_layout_reset_their_count() {
-    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
     let keys = keys();
     let log = AttemptLog::new(
         redis(),
@@ -1070,20 +1051,7 @@ async fn the_budget_holds_while_dispatchers_of_the_former_layout_reset_their_cou
         },
     );
     for n in 0..10 {
-        let record = AttemptRecord {
-            delivery_id: format!("dlv_{n}"),
-            endpoint_id: "ep".into(),
-            event_id: format!("evt_{n}"),
-            application_id: "acme".into(),
-            attempt: 1,
-            started_at_ms: T0 + n,
-            duration_ms: 3,
-            status_code: Some(200),
-            error: None,
-            response_body: String::new(),
-            success: true,
-            source: None,
-        };
+        let record = delivered(&format!("evt_{n}"), "ep", T0 + n);
         log.record(&record, T0 + n).await.unwrap();
         // A dispatcher not yet upgraded trims its own (empty) index every
         // second and, finding it empty, sets its count to zero.
@@ -1112,7 +1080,7 @@ async fn the_budget_holds_while_dispatchers_of_the_former_layout_reset_their_cou
 
 #[tokio::test]
 async fn index_entries_of_batches_gone_before_the_trim_are_swept() {
-    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
     let keys = keys();
     let log = AttemptLog::new(
         redis(),
@@ -1123,20 +1091,7 @@ async fn index_entries_of_batches_gone_before_the_trim_are_swept() {
             max_attempts: 1000,
         },
     );
-    let record = AttemptRecord {
-        delivery_id: "dlv_kept".into(),
-        endpoint_id: "ep".into(),
-        event_id: "evt_kept".into(),
-        application_id: "acme".into(),
-        attempt: 1,
-        started_at_ms: T0,
-        duration_ms: 3,
-        status_code: Some(200),
-        error: None,
-        response_body: String::new(),
-        success: true,
-        source: None,
-    };
+    let record = delivered("evt_kept", "ep", T0);
     log.record(&record, T0).await.unwrap();
     // 450 entries naming batches that expired (or were evicted) unseen,
     // the trim dropping none of them: more than one run sweeps.
@@ -1175,7 +1130,7 @@ async fn index_entries_of_batches_gone_before_the_trim_are_swept() {
 
 #[tokio::test]
 async fn an_endpoint_log_written_before_references_is_still_read() {
-    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
     let keys = keys();
     let log = AttemptLog::new(
         redis(),
@@ -1186,20 +1141,7 @@ async fn an_endpoint_log_written_before_references_is_still_read() {
             max_attempts: 1000,
         },
     );
-    let old = AttemptRecord {
-        delivery_id: "dlv_old".into(),
-        endpoint_id: "ep".into(),
-        event_id: "evt_old".into(),
-        application_id: "acme".into(),
-        attempt: 1,
-        started_at_ms: T0,
-        duration_ms: 3,
-        status_code: Some(200),
-        error: None,
-        response_body: String::new(),
-        success: true,
-        source: None,
-    };
+    let old = delivered("evt_old", "ep", T0);
     let mut conn = redis();
     let _: () = redis::cmd("ZADD")
         .arg(keys.endpoint_attempts("ep"))
@@ -1208,12 +1150,7 @@ async fn an_endpoint_log_written_before_references_is_still_read() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let new = AttemptRecord {
-        delivery_id: "dlv_new".into(),
-        event_id: "evt_new".into(),
-        started_at_ms: T0 + 1,
-        ..old.clone()
-    };
+    let new = delivered("evt_new", "ep", T0 + 1);
     log.record(&new, T0 + 1).await.unwrap();
     let shown = log.for_endpoint("ep", 0, 10).await.unwrap();
     assert_eq!(shown, [new, old]);
@@ -1474,18 +1411,8 @@ async fn attempts_recorded_together_land_in_each_endpoints_and_events_log() {
     .enumerate()
     {
         batch.push(AttemptRecord {
-            delivery_id: format!("dlv_{event}_{endpoint}"),
-            endpoint_id: endpoint.into(),
-            event_id: event.into(),
-            application_id: "acme".into(),
-            attempt: 1,
-            started_at_ms: T0 + n as i64,
             duration_ms: 2,
-            status_code: Some(200),
-            error: None,
-            response_body: String::new(),
-            success: true,
-            source: None,
+            ..delivered(event, endpoint, T0 + n as i64)
         });
     }
     log.record_many(&batch, T0 + 10).await.unwrap();
@@ -1524,20 +1451,7 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
     // Ten events, each to five endpoints: fifty attempts.
     for n in 0..10 {
         let batch: Vec<AttemptRecord> = (0..5)
-            .map(|e| AttemptRecord {
-                delivery_id: format!("dlv_{n}_{e}"),
-                endpoint_id: format!("ep_{e}"),
-                event_id: format!("evt_{n}"),
-                application_id: "acme".into(),
-                attempt: 1,
-                started_at_ms: T0 + n,
-                duration_ms: 3,
-                status_code: Some(200),
-                error: None,
-                response_body: String::new(),
-                success: true,
-                source: None,
-            })
+            .map(|e| delivered(&format!("evt_{n}"), &format!("ep_{e}"), T0 + n))
             .collect();
         log.record_many(&batch, T0 + n).await.unwrap();
     }

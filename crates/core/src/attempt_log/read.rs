@@ -7,20 +7,14 @@ use crate::redis_store::StoreError;
 /// An entry of an endpoint's log, read back.
 #[derive(Debug, PartialEq, Eq)]
 enum EndpointEntry<'a> {
-    /// A reference to a record in a batch: `{start ms} {attempt} {event}
-    /// {batch id}`.
-    InBatch {
+    /// A reference to a record: `{start ms} {attempt} {event} {batch id}`,
+    /// or, as written before batches, `{start ms} {attempt} {event}` (the
+    /// record is in its event's log then).
+    Ref {
         started_at_ms: i64,
         attempt: u32,
         event: &'a str,
-        batch: &'a str,
-    },
-    /// A reference to a record in its event's log, as written before
-    /// batches: `{start ms} {attempt} {event}`.
-    InEventLog {
-        started_at_ms: i64,
-        attempt: u32,
-        event: &'a str,
+        batch: Option<&'a str>,
     },
     /// The record itself, as logs written before references held it.
     Record(&'a str),
@@ -35,19 +29,15 @@ impl<'a> EndpointEntry<'a> {
         let started_at_ms = parts.next()?.parse().ok()?;
         let attempt = parts.next()?.parse().ok()?;
         let event = parts.next()?;
-        Some(match (parts.next(), parts.next()) {
-            (None, _) => Self::InEventLog {
-                started_at_ms,
-                attempt,
-                event,
-            },
-            (Some(batch), None) => Self::InBatch {
-                started_at_ms,
-                attempt,
-                event,
-                batch,
-            },
-            (Some(_), Some(_)) => return None,
+        let batch = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self::Ref {
+            started_at_ms,
+            attempt,
+            event,
+            batch,
         })
     }
 }
@@ -95,7 +85,6 @@ impl AttemptLog {
             return Ok(Vec::new());
         }
         let key = self.keys.endpoint_attempts(endpoint_id);
-        let needle = format!("\"endpoint_id\":{}", serde_json::Value::from(endpoint_id));
         let mut conn = self.redis.clone();
         // Each round drops at least one entry of a log bounded by
         // `max_per_endpoint` (plus what writes add meanwhile), so this ends.
@@ -117,87 +106,11 @@ impl AttemptLog {
                 .chunks(LOOKUPS_AT_ONCE)
                 .zip(entries.chunks(LOOKUPS_AT_ONCE))
             {
-                // One lookup per reference, in order: its event's records in
-                // its batch, or in its event's former log.
-                let mut lookups = redis::pipe();
-                for entry in entries.iter().flatten() {
-                    match entry {
-                        EndpointEntry::InBatch { event, batch, .. } => {
-                            lookups
-                                .cmd("HGET")
-                                .arg(self.keys.attempt_batch(batch))
-                                .arg(*event);
-                        }
-                        EndpointEntry::InEventLog {
-                            started_at_ms,
-                            event,
-                            ..
-                        } => {
-                            lookups
-                                .cmd("ZRANGEBYSCORE")
-                                .arg(self.keys.event_attempts(event))
-                                .arg(started_at_ms)
-                                .arg(started_at_ms);
-                        }
-                        EndpointEntry::Record(_) => {}
-                    }
-                }
-                let mut found: std::vec::IntoIter<redis::Value> = if lookups.is_empty() {
-                    Vec::new().into_iter()
-                } else {
-                    lookups
-                        .query_async::<Vec<redis::Value>>(&mut conn)
-                        .await?
-                        .into_iter()
-                };
-                for (member, entry) in members.iter().zip(entries) {
-                    let (started_at_ms, attempt, candidates) = match entry {
-                        Some(EndpointEntry::Record(json)) => {
-                            records.push(serde_json::from_str(json)?);
-                            continue;
-                        }
-                        Some(EndpointEntry::InBatch {
-                            started_at_ms,
-                            attempt,
-                            ..
-                        }) => {
-                            let lines: Option<String> =
-                                decode(found.next().unwrap_or(redis::Value::Nil))?;
-                            // Only this endpoint's lines are parsed: the field
-                            // holds the event's records to every endpoint.
-                            let candidates = match lines {
-                                Some(lines) => parse_lines_with(&lines, &needle)?,
-                                None => Vec::new(),
-                            };
-                            (*started_at_ms, *attempt, candidates)
-                        }
-                        Some(EndpointEntry::InEventLog {
-                            started_at_ms,
-                            attempt,
-                            ..
-                        }) => {
-                            let jsons: Vec<String> =
-                                decode(found.next().unwrap_or(redis::Value::Nil))?;
-                            let candidates = jsons
-                                .iter()
-                                .map(|json| serde_json::from_str(json))
-                                .collect::<Result<Vec<AttemptRecord>, _>>()?;
-                            (*started_at_ms, *attempt, candidates)
-                        }
-                        None => {
-                            gone.push(member.as_str());
-                            continue;
-                        }
-                    };
-                    // Records that cannot be read are an error (above), not a
-                    // reason to drop the entry.
-                    match candidates.into_iter().find(|candidate| {
-                        candidate.endpoint_id == endpoint_id
-                            && candidate.attempt == attempt
-                            && candidate.started_at_ms == started_at_ms
-                    }) {
-                        Some(record) => records.push(record),
-                        None => gone.push(member.as_str()),
+                let found = self.look_up(&mut conn, entries, endpoint_id).await?;
+                for ((member, entry), record) in members.iter().zip(entries).zip(found) {
+                    match (entry, record) {
+                        (Some(_), Some(record)) => records.push(record),
+                        _ => gone.push(member.as_str()),
                     }
                 }
             }
@@ -210,6 +123,85 @@ impl AttemptLog {
                 .query_async(&mut conn)
                 .await?;
         }
+    }
+
+    /// The records `entries` of `endpoint_id`'s log name, in order, in one
+    /// round trip: `None` for an entry that is not Herald's or whose record
+    /// is gone. Records that cannot be read are an error, not a reason to
+    /// drop their entries.
+    async fn look_up(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        entries: &[Option<EndpointEntry<'_>>],
+        endpoint_id: &str,
+    ) -> Result<Vec<Option<AttemptRecord>>, StoreError> {
+        // One lookup per reference: its event's records in its batch, or in
+        // its event's former log.
+        let mut lookups = redis::pipe();
+        for entry in entries.iter().flatten() {
+            if let EndpointEntry::Ref {
+                started_at_ms,
+                event,
+                batch,
+                ..
+            } = entry
+            {
+                match batch {
+                    Some(batch) => lookups
+                        .cmd("HGET")
+                        .arg(self.keys.attempt_batch(batch))
+                        .arg(*event),
+                    None => lookups
+                        .cmd("ZRANGEBYSCORE")
+                        .arg(self.keys.event_attempts(event))
+                        .arg(started_at_ms)
+                        .arg(started_at_ms),
+                };
+            }
+        }
+        let mut replies = if lookups.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            lookups
+                .query_async::<Vec<redis::Value>>(conn)
+                .await?
+                .into_iter()
+        };
+        // Only this endpoint's lines of a batch's field are parsed: the field
+        // holds the event's records to every endpoint.
+        let needle = format!("\"endpoint_id\":{}", serde_json::Value::from(endpoint_id));
+        let mut found = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let record = match entry {
+                None => None,
+                Some(EndpointEntry::Record(json)) => Some(serde_json::from_str(json)?),
+                Some(EndpointEntry::Ref {
+                    started_at_ms,
+                    attempt,
+                    batch,
+                    ..
+                }) => {
+                    let reply = replies.next().unwrap_or(redis::Value::Nil);
+                    let candidates = match batch {
+                        Some(_) => match decode::<Option<String>>(reply)? {
+                            Some(lines) => parse_lines_with(&lines, &needle)?,
+                            None => Vec::new(),
+                        },
+                        None => decode::<Vec<String>>(reply)?
+                            .iter()
+                            .map(|json| serde_json::from_str(json))
+                            .collect::<Result<_, _>>()?,
+                    };
+                    candidates.into_iter().find(|candidate: &AttemptRecord| {
+                        candidate.endpoint_id == endpoint_id
+                            && candidate.attempt == *attempt
+                            && candidate.started_at_ms == *started_at_ms
+                    })
+                }
+            };
+            found.push(record);
+        }
+        Ok(found)
     }
 
     /// An event's attempts (to every endpoint), newest first: those its
@@ -226,28 +218,27 @@ impl AttemptLog {
         }
         let event = event_member(application_id, event_id);
         let mut conn = self.redis.clone();
-        // The event's log of the former layout, whole (it is short-lived).
-        let former: Vec<String> = redis::cmd("ZRANGE")
+        // In one round trip: the event's log of the former layout, whole
+        // (it is short-lived), and its `{event} {written} {batch}` index
+        // members, newest batch first: from `{event}!` down to `{event} `,
+        // which holds every member of this event and none of another that
+        // starts with it (an event id holds no character below `!`).
+        let index = self.keys.attempts_by_event();
+        let (former, members): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("ZRANGE")
             .arg(self.keys.event_attempts(&event))
             .arg(0)
             .arg(-1)
+            .cmd("ZREVRANGEBYLEX")
+            .arg(&index)
+            .arg(format!("({event}!"))
+            .arg(format!("[{event} "))
             .query_async(&mut conn)
             .await?;
         let mut records = former
             .iter()
             .map(|json| serde_json::from_str(json).map_err(StoreError::from))
             .collect::<Result<Vec<AttemptRecord>, _>>()?;
-        // `{event} {written} {batch}` members, newest batch first: from
-        // `{event}!` down to `{event} `, which holds every member of this
-        // event and none of another that starts with it (an event id holds
-        // no character below `!`).
-        let index = self.keys.attempts_by_event();
-        let members: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-            .arg(&index)
-            .arg(format!("({event}!"))
-            .arg(format!("[{event} "))
-            .query_async(&mut conn)
-            .await?;
         let batches: Vec<(i64, &str)> = members
             .iter()
             .filter_map(|m| {
@@ -321,19 +312,20 @@ mod tests {
     fn endpoint_entries_of_every_layout_are_told_apart() {
         assert_eq!(
             EndpointEntry::parse("1800000000000 2 acme.evt_1 0123abcd-1f"),
-            Some(EndpointEntry::InBatch {
+            Some(EndpointEntry::Ref {
                 started_at_ms: 1_800_000_000_000,
                 attempt: 2,
                 event: "acme.evt_1",
-                batch: "0123abcd-1f",
+                batch: Some("0123abcd-1f"),
             })
         );
         assert_eq!(
             EndpointEntry::parse("1800000000000 2 acme.evt_1"),
-            Some(EndpointEntry::InEventLog {
+            Some(EndpointEntry::Ref {
                 started_at_ms: 1_800_000_000_000,
                 attempt: 2,
                 event: "acme.evt_1",
+                batch: None,
             })
         );
         assert_eq!(
