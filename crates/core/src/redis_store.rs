@@ -168,8 +168,8 @@ pub async fn modify_json<T: Serialize + DeserializeOwned>(
 /// | `breaker:{endpoint id}:window` | hash: per-bucket counts | dispatcher | [`crate::circuit`] |
 /// | `breakers:not_closed` | sorted set of endpoint ids whose breaker is open or half-open, by when it last opened | dispatcher | [`crate::circuit`] |
 /// | `breakers:not_closed:version` | counter, bumped by every change to that set | dispatcher | [`crate::circuit`] |
-/// | `attempts:endpoint:{endpoint id}` | sorted set of references to attempts, by time | dispatcher | [`crate::attempt_log`] |
-/// | `attempts:batch:{batch id}` | hash, expiring: one write's attempts, a field per event | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:endpoint:{endpoint id}` | sorted set of the batches holding the endpoint's attempts, by their latest start | dispatcher | [`crate::attempt_log`] |
+/// | `attempts:batch:{batch id}` | hash, expiring: one write's attempts, a field per event (its records) and per endpoint (`ep {endpoint id}`: its attempts) | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:batches` | sorted set of batch ids by when they were written | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:by_event` | sorted set of `{application id}.{event id} {written ms} {batch id}`, read by lexicographic range | dispatcher | [`crate::attempt_log`] |
 /// | `attempts:batched` | counter: the attempts the batches hold | dispatcher | [`crate::attempt_log`] |

@@ -1501,3 +1501,275 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
         .unwrap();
     assert_eq!(indexed, 0);
 }
+
+#[tokio::test]
+async fn an_endpoints_log_passes_its_bound_by_at_most_a_tenth_per_writer_between_trims() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let config = AttemptLogConfig {
+        retention: Duration::from_secs(3600),
+        max_per_endpoint: 100,
+        max_attempts: 100_000,
+    };
+    let mut conn = redis();
+    // The log holds an entry per batch.
+    let entries = |mut conn: ConnectionManager| {
+        let key = keys.endpoint_attempts("ep");
+        async move {
+            let n: usize = redis::cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    // Two dispatchers, each writing batches of 3 attempts to one endpoint.
+    let writers = [
+        AttemptLog::new(redis(), keys.clone(), config.clone()),
+        AttemptLog::new(redis(), keys.clone(), config.clone()),
+    ];
+    let mut most = 0;
+    let mut n = 0;
+    for round in 0..80 {
+        for writer in &writers {
+            let batch: Vec<AttemptRecord> = (0..3)
+                .map(|_| {
+                    n += 1;
+                    delivered(&format!("evt_{n}"), "ep", T0 + n)
+                })
+                .collect();
+            writer.record_many(&batch, T0 + n).await.unwrap();
+            most = most.max(entries(conn.clone()).await);
+        }
+        if round == 0 {
+            assert_eq!(entries(conn.clone()).await, 2);
+        }
+    }
+    // A bound of 100, and a tenth of it (10) per writer.
+    assert!(most > 100, "trimmed less often than every write ({most})");
+    assert!(most <= 100 + 2 * 10, "{most} entries");
+    // A writer that has not trimmed the log yet trims it on its first write.
+    let third = AttemptLog::new(redis(), keys.clone(), config);
+    n += 1;
+    third
+        .record(&delivered(&format!("evt_{n}"), "ep", T0 + n), T0 + n)
+        .await
+        .unwrap();
+    assert_eq!(entries(conn.clone()).await, 100);
+    // Its pages show the newest 100 attempts, however many the batches hold.
+    let newest = third.for_endpoint("ep", 0, 1000).await.unwrap();
+    assert_eq!(newest.len(), 100);
+    assert_eq!(newest[0].event_id, format!("evt_{n}"));
+    assert_eq!(newest[99].event_id, format!("evt_{}", n - 99));
+    assert!(third.for_endpoint("ep", 100, 10).await.unwrap().is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(keys.endpoint_attempts("ep"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_endpoints_pages_order_its_attempts_by_start_across_batches() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 100_000,
+        },
+    );
+    let attempt = |n: i64, endpoint: &str, at: i64| AttemptRecord {
+        duration_ms: 2,
+        ..delivered(&format!("evt_{n}"), endpoint, at)
+    };
+    // Forty batches of ten attempts each, to two endpoints...
+    let mut expected = Vec::new();
+    for b in 0..40 {
+        let batch: Vec<AttemptRecord> = (0..10)
+            .map(|i| {
+                let n = b * 10 + i;
+                let endpoint = if i % 3 == 0 { "ep_other" } else { "ep" };
+                if endpoint == "ep" {
+                    expected.push(T0 + n);
+                }
+                attempt(n, endpoint, T0 + n)
+            })
+            .collect();
+        log.record_many(&batch, T0 + b * 10 + 10).await.unwrap();
+    }
+    // ...and a slow one in the last batch, started before all of them.
+    log.record(&attempt(999, "ep", T0 - 5), T0 + 1000)
+        .await
+        .unwrap();
+    expected.push(T0 - 5);
+    // Newest first, the slow one last.
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    let starts = |records: Vec<AttemptRecord>| -> Vec<i64> {
+        records.into_iter().map(|r| r.started_at_ms).collect()
+    };
+    assert_eq!(
+        starts(log.for_endpoint("ep", 0, 1000).await.unwrap()),
+        expected
+    );
+    let mut paged = Vec::new();
+    for start in (0..expected.len()).step_by(7) {
+        let page = log.for_endpoint("ep", start, 7).await.unwrap();
+        assert!(page.iter().all(|r| r.endpoint_id == "ep"));
+        paged.extend(starts(page));
+    }
+    assert_eq!(paged, expected, "pages of 7 read as the whole");
+    assert_eq!(
+        log.for_endpoint("ep_other", 0, 1000).await.unwrap().len(),
+        160
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_log_of_references_per_attempt_is_still_read() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 1000,
+        },
+    );
+    // What a dispatcher wrote before endpoint logs named batches: the
+    // batch without the endpoint's list, and a reference to the attempt.
+    let old = delivered("evt_old", "ep", T0);
+    let batch = "00000000000000ff-0";
+    let mut conn = redis();
+    let _: () = redis::pipe()
+        .hset(
+            keys.attempt_batch(batch),
+            "acme.evt_old",
+            serde_json::to_string(&old).unwrap(),
+        )
+        .zadd(
+            keys.endpoint_attempts("ep"),
+            format!("{T0} 1 acme.evt_old {batch}"),
+            T0,
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let new = delivered("evt_new", "ep", T0 + 1);
+    log.record(&new, T0 + 1).await.unwrap();
+    assert_eq!(
+        log.for_endpoint("ep", 0, 10).await.unwrap(),
+        [new.clone(), old]
+    );
+    // Once its batch is gone, its reference goes when a read meets it.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.attempt_batch(batch))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(log.for_endpoint("ep", 0, 10).await.unwrap(), [new]);
+    let left: usize = redis::cmd("ZCARD")
+        .arg(keys.endpoint_attempts("ep"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+}
+
+#[tokio::test]
+async fn an_endpoints_page_reads_on_past_entries_that_tie_with_its_attempts() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig, AttemptRecord};
+    let log = AttemptLog::new(
+        redis(),
+        keys(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 100_000,
+        },
+    );
+    // Thirty-three batches, each one attempt started in the same
+    // millisecond: the first written holds a second attempt, which sorts
+    // first, and its entry is read last (equal scores go by member, and
+    // this writer's first batch id is the lowest).
+    let retry = AttemptRecord {
+        attempt: 2,
+        ..delivered("evt_retried", "ep", T0)
+    };
+    log.record(&retry, T0 + 1).await.unwrap();
+    for n in 0..32 {
+        log.record(&delivered(&format!("evt_{n}"), "ep", T0), T0 + 1)
+            .await
+            .unwrap();
+    }
+    let first = log.for_endpoint("ep", 0, 1).await.unwrap();
+    assert_eq!(first, [retry]);
+    let all = log.for_endpoint("ep", 0, 100).await.unwrap();
+    assert_eq!(all.len(), 33);
+    assert!(all[1..].iter().all(|r| r.attempt == 1));
+}
+
+#[tokio::test]
+async fn a_writer_trims_an_endpoints_log_to_the_retention_once_an_interval() {
+    use herald_core::attempt_log::{AttemptLog, AttemptLogConfig};
+    let keys = keys();
+    let log = AttemptLog::new(
+        redis(),
+        keys.clone(),
+        AttemptLogConfig {
+            retention: Duration::from_secs(3600),
+            max_per_endpoint: 1000,
+            max_attempts: 100_000,
+        },
+    );
+    let mut conn = redis();
+    let entries = |mut conn: ConnectionManager| {
+        let key = keys.endpoint_attempts("ep");
+        async move {
+            let n: usize = redis::cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let hour = 3_600_000;
+    // Its first write trims the log (nothing to drop yet).
+    log.record(&delivered("evt_old", "ep", T0), T0 + hour - 10_000)
+        .await
+        .unwrap();
+    // evt_old is past the retention now, but the last trim was 20 s ago.
+    log.record(
+        &delivered("evt_1", "ep", T0 + hour + 10_000),
+        T0 + hour + 10_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(entries(conn.clone()).await, 2);
+    // A minute after the last trim, what is past the retention goes.
+    let later = T0 + hour + 60_000;
+    log.record(&delivered("evt_2", "ep", later), later)
+        .await
+        .unwrap();
+    assert_eq!(entries(conn.clone()).await, 2, "evt_old's entry left");
+    let kept: Vec<String> = log
+        .for_endpoint("ep", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert_eq!(kept, ["evt_2", "evt_1"]);
+    let _: () = redis::cmd("DEL")
+        .arg(keys.endpoint_attempts("ep"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

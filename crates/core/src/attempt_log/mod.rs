@@ -6,18 +6,25 @@
 //! - `attempts:batch:{batch id}`: a hash of the attempts one dispatcher
 //!   wrote together (every few milliseconds): one field per event
 //!   (`{application id}.{event id}`) holding that event's records of the
-//!   batch (JSON, one per line), and `#`, how many records it holds;
-//!   expiring [`EXPIRY_GRACE`] after the retention period (so that the trim
-//!   still finds it to count when its index entry leaves);
+//!   batch (JSON, one per line), one per endpoint (`ep {endpoint id}`)
+//!   listing its attempts in the batch (`{start ms} {attempt} {event}`, one
+//!   per line), and `#`, how many records it holds; expiring
+//!   [`EXPIRY_GRACE`] after the retention period (so that the trim still
+//!   finds it to count when its index entry leaves);
 //! - `attempts:batches`: the batches by the time they were written;
 //! - `attempts:by_event`: which batches hold an event's records, as
 //!   `{event} {written ms, 13 digits} {batch id}` members of one score, read
 //!   by lexicographic range, newest batch first, until a page is certain;
-//! - `attempts:endpoint:{endpoint id}`: sorted set of references to the
-//!   endpoint's attempts in their batches (`{start ms} {attempt} {event}
-//!   {batch id}`, an 80-byte member), scored by start time; trimmed to the
-//!   newest `max_per_endpoint` and to the retention period on every write.
-//!   A reference whose batch is gone is dropped when a read meets it;
+//! - `attempts:endpoint:{endpoint id}`: sorted set of the batches that hold
+//!   the endpoint's attempts, each scored by the latest start among them;
+//!   trimmed to the newest `max_per_endpoint` batches and to the retention
+//!   period by each writer every so often (see `upkeep`), not on every
+//!   write. Its pages show at most its newest `max_per_endpoint` attempts.
+//!   A batch that is gone is dropped from it when a read meets it. (Until
+//!   batches were named here, each attempt had an entry of its own, `{start
+//!   ms} {attempt} {event} {batch id}` scored by its start: an entry per
+//!   attempt inserted, and trimmed again, was most of what Redis did for a
+//!   webhook at fan-out 10. Those entries are still read.);
 //! - `attempts:batched`: how many attempts the batches hold together;
 //! - `attempts:by_event:sweep`: where the trim's sweep of the by-event
 //!   index goes on from (entries of batches that expired, or were evicted,
@@ -42,12 +49,13 @@
 //! themselves, from before references) are still read; the former logs are
 //! trimmed with the batches, whichever is oldest first, each layout by its
 //! own count (`attempts:retained` for the former, which dispatchers not yet
-//! upgraded keep, and reset, by themselves). An ingest older than batches
-//! cannot read them, and drops the references it cannot read: upgrade
-//! ingest before the dispatchers, and do not roll it back past them.
+//! upgraded keep, and reset, by themselves). An ingest older than the
+//! dispatchers' layout cannot read it, and drops the endpoint entries it
+//! cannot read: upgrade ingest before the dispatchers, and do not roll it
+//! back past them.
 //!
 //! A write is one pipeline of plain commands: the batch's hash first, then
-//! its count and the indexes that name it, the endpoints' references last.
+//! its count and the indexes that name it, the endpoints' entries last.
 //! So whoever finds a batch named finds it written, a batch named but
 //! missing is really gone, and the trim, which may run between any two of
 //! these commands, cannot drop a batch before it is named. The trimming is
@@ -55,6 +63,7 @@
 
 mod read;
 mod trim;
+mod upkeep;
 mod write;
 
 pub use trim::{EXPIRY_GRACE, TRIM_INTERVAL};
@@ -126,10 +135,10 @@ pub struct LoggedAttempt {
     pub endpoint_id: Arc<str>,
     /// `{application}.{event id}`, as the event is named in the log.
     pub event: String,
-    /// Start, Unix milliseconds: its score in the endpoint's log.
+    /// Start, Unix milliseconds: what the endpoint's log orders it by.
     pub started_at_ms: i64,
     /// The delivery's attempt number (with the event and the start, what
-    /// the endpoint's log names it by).
+    /// the endpoint's list in its batch names it by).
     pub attempt: u32,
     /// The record's JSON (one line: serde_json escapes every newline).
     pub json: Vec<u8>,
@@ -208,6 +217,7 @@ pub struct AttemptLog {
     config: AttemptLogConfig,
     trim: Arc<Script>,
     batches: Arc<BatchNames>,
+    upkeep: Arc<upkeep::Upkeep>,
 }
 
 /// Names this writer's batches: a random writer id (no two dispatchers, or
@@ -250,6 +260,7 @@ impl AttemptLog {
             config,
             trim: Arc::new(Script::new(trim::TRIM)),
             batches: Arc::new(BatchNames::new()),
+            upkeep: Arc::default(),
         }
     }
 

@@ -65,7 +65,9 @@ local function drop_batch(batch, written)
   local events = redis.call('HKEYS', key)
   local members = {}
   for i = 1, #events do
-    if events[i] ~= '#' then
+    -- Fields of events only: not the count, nor an endpoint's list ('ep
+    -- {endpoint}': no event's name holds a space).
+    if events[i] ~= '#' and not string.find(events[i], ' ', 1, true) then
       members[#members + 1] = events[i] .. suffix
       if #members == 500 then
         redis.call('ZREM', KEYS[2], unpack(members))

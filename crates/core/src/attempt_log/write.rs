@@ -1,6 +1,7 @@
 //! Writing: one batch of attempts, one pipeline.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::trim::EXPIRY_GRACE;
 use super::{AttemptLog, LoggedAttempt};
@@ -10,11 +11,22 @@ use crate::redis_store::StoreError;
 /// `#`: event names hold a `.`).
 pub(super) const COUNT_FIELD: &str = "#";
 
-/// How an endpoint's log names an attempt: `{start ms} {attempt} {event}
-/// {batch id}` (none of them holds a space). The start is the attempt's
-/// score in the endpoint's log; the event and the batch find its record.
-fn attempt_ref(started_at_ms: i64, attempt: u32, event: &str, batch: &str) -> String {
-    format!("{started_at_ms} {attempt} {event} {batch}")
+/// The field of a batch that lists an endpoint's attempts in it: `ep
+/// {endpoint id}`. No event's field holds a space (neither application nor
+/// event ids do), so the two cannot meet.
+pub(super) fn endpoint_field(endpoint_id: &str) -> String {
+    format!("ep {endpoint_id}")
+}
+
+/// How an endpoint's field of a batch names one of its attempts: `{start
+/// ms} {attempt} {event}` (none of them holds a space); the event's field
+/// of the same batch holds the record.
+fn attempt_line(lines: &mut Vec<u8>, started_at_ms: i64, attempt: u32, event: &str) {
+    use std::io::Write as _;
+    if !lines.is_empty() {
+        lines.push(b'\n');
+    }
+    let _ = write!(lines, "{started_at_ms} {attempt} {event}");
 }
 
 /// An `{event} {written ms, 13 digits} {batch id}` member of the by-event
@@ -38,10 +50,11 @@ fn sized(name: &str, key: &str, args: usize, bytes: usize) -> redis::Cmd {
 
 impl AttemptLog {
     /// Records attempts as one batch, in one pipeline, and trims the logs
-    /// of their endpoints. Each event's records of the batch are one field
-    /// of its hash, each endpoint's references one `ZADD`, and each log is
-    /// trimmed and given its expiry once: the dispatcher hands over the
-    /// attempts of a few milliseconds together.
+    /// of their endpoints when they are due. Each event's records of the
+    /// batch are one field of its hash, each endpoint's list of its
+    /// attempts another, and each endpoint's log gets one reference to the
+    /// batch: the dispatcher hands over the attempts of a few milliseconds
+    /// together.
     pub async fn write(&self, attempts: &[LoggedAttempt], now_ms: i64) -> Result<(), StoreError> {
         if attempts.is_empty() {
             return Ok(());
@@ -49,7 +62,10 @@ impl AttemptLog {
         let batch = self.batches.next();
         let retention_ms = self.config.retention.as_millis() as i64;
         let keep = self.config.max_per_endpoint as isize;
-        let mut by_endpoint: HashMap<&str, Vec<(i64, String)>> = HashMap::new();
+        // Each endpoint's attempts in this batch, one per line, and when
+        // the latest of them started, with its shared id (what the upkeep
+        // remembers its log by).
+        let mut by_endpoint: HashMap<&str, (&Arc<str>, Vec<u8>, i64)> = HashMap::new();
         // Event ids are unique within an application only; the event's
         // name holds both. Its records, one per line.
         let mut by_event: HashMap<&str, Vec<u8>> = HashMap::new();
@@ -59,15 +75,16 @@ impl AttemptLog {
                 lines.push(b'\n');
             }
             lines.extend_from_slice(&attempt.json);
-            by_endpoint.entry(&attempt.endpoint_id).or_default().push((
+            let (_, lines, latest) = by_endpoint
+                .entry(&attempt.endpoint_id)
+                .or_insert_with(|| (&attempt.endpoint_id, Vec::new(), i64::MIN));
+            *latest = (*latest).max(attempt.started_at_ms);
+            attempt_line(
+                lines,
                 attempt.started_at_ms,
-                attempt_ref(
-                    attempt.started_at_ms,
-                    attempt.attempt,
-                    &attempt.event,
-                    &batch,
-                ),
-            ));
+                attempt.attempt,
+                &attempt.event,
+            );
         }
         // The batch first, then its count and the indexes that name it, the
         // endpoints' references last: whoever finds a batch named (a read,
@@ -80,15 +97,29 @@ impl AttemptLog {
         let kept_ms = retention_ms + EXPIRY_GRACE.as_millis() as i64;
         let batch_key = self.keys.attempt_batch(&batch);
         let count = attempts.len().to_string();
+        let endpoint_fields: Vec<(String, &[u8])> = by_endpoint
+            .iter()
+            .map(|(endpoint_id, (_, lines, _))| (endpoint_field(endpoint_id), lines.as_slice()))
+            .collect();
         let mut hash = sized(
             "HSET",
             &batch_key,
-            2 + 2 * by_event.len(),
-            by_event.iter().map(|(e, l)| e.len() + l.len()).sum(),
+            2 + 2 * (by_event.len() + endpoint_fields.len()),
+            by_event
+                .iter()
+                .map(|(e, l)| e.len() + l.len())
+                .sum::<usize>()
+                + endpoint_fields
+                    .iter()
+                    .map(|(f, l)| f.len() + l.len())
+                    .sum::<usize>(),
         );
         hash.arg(COUNT_FIELD).arg(&count);
         for (event, lines) in &by_event {
             hash.arg(*event).arg(lines.as_slice());
+        }
+        for (field, lines) in &endpoint_fields {
+            hash.arg(field).arg(*lines);
         }
         let members: Vec<String> = by_event
             .keys()
@@ -114,29 +145,35 @@ impl AttemptLog {
             .ignore()
             .add_command(index)
             .ignore();
-        for (endpoint_id, entries) in &by_endpoint {
+        // Each endpoint's log names the batch once, scored by the latest
+        // start among the endpoint's attempts in it: every attempt an entry
+        // names started at or before its score, which is what a read's
+        // certainty rests on, and the bound keeps the entries of the newest
+        // attempts.
+        for (endpoint_id, (endpoint, _, latest)) in &by_endpoint {
             let key = self.keys.endpoint_attempts(endpoint_id);
-            let mut refs = sized(
-                "ZADD",
-                &key,
-                2 * entries.len(),
-                entries.iter().map(|(_, r)| r.len()).sum(),
-            );
-            for (score, reference) in entries {
-                refs.arg(*score).arg(reference);
-            }
-            pipe.add_command(refs)
-                .ignore()
-                .zrembyscore(&key, "-inf", now_ms - retention_ms)
-                .ignore()
-                // Keep the newest `keep`: drop ranks 0 .. -(keep+1).
-                .zremrangebyrank(&key, 0, -(keep + 1))
+            pipe.zadd(&key, &batch, *latest)
                 .ignore()
                 .pexpire(&key, retention_ms)
                 .ignore();
+            let due = self
+                .upkeep
+                .due(endpoint, 1, now_ms, self.config.max_per_endpoint);
+            if due.retention {
+                pipe.zrembyscore(&key, "-inf", now_ms - retention_ms)
+                    .ignore();
+            }
+            if due.bound {
+                // Keep the newest `keep`: drop ranks 0 .. -(keep+1).
+                pipe.zremrangebyrank(&key, 0, -(keep + 1)).ignore();
+            }
         }
         let mut conn = self.redis.clone();
-        pipe.query_async::<()>(&mut conn).await?;
+        if let Err(err) = pipe.query_async::<()>(&mut conn).await {
+            // Its trims may not have run: trim each log on its next write.
+            self.upkeep.forget();
+            return Err(err.into());
+        }
         Ok(())
     }
 }
