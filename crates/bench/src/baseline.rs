@@ -33,6 +33,9 @@ pub enum Hops {
     Two,
 }
 
+/// Longest a phase's warm-up may take.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs `phase` through bare topics: produce, consume (and relay), nothing
 /// else. The record of event `n` counts as arrived at "endpoint" `n % 10`,
 /// so the phase's bookkeeping is the same as for Herald with fan-out 1.
@@ -105,6 +108,9 @@ pub async fn broker_phase(
         id_prefix: format!("{}-warm", phase.id_prefix),
         events: WARM_UP_EVENTS,
         rate: None,
+        // Twenty records take well under a second; a start-up that takes
+        // this long has failed, and should say so rather than hold the run.
+        timeout: phase.timeout.min(WARM_UP_TIMEOUT),
         ..phase.clone()
     };
     let result = match load::run_phase(&warm_up, &source, &arrivals).await {

@@ -238,8 +238,8 @@ fn parse_command_stats(info: &str) -> std::collections::BTreeMap<String, (u64, u
         .collect()
 }
 
-/// Attempts the attempt log holds under `prefix`: readable by event (the
-/// counts `attempts:batched` and `attempts:retained`) and in the logs by
+/// What the attempt log holds under `prefix`: attempts (the counts
+/// `attempts:batched` and `attempts:retained`), and entries in the logs by
 /// endpoint.
 pub async fn attempts_retained(url: &str, prefix: &str) -> Result<(u64, u64), String> {
     let mut conn = redis_connection(url).await?;

@@ -27,6 +27,9 @@ const MAX_WARM_UP: Duration = Duration::from_secs(180);
 /// counts as quiet.
 const QUIET_COMPILER_PERCENT: f64 = 5.0;
 
+/// Warm-up rounds that may fail in a row before the run does.
+const MAX_FAILED_WARM_UP_ROUNDS: u32 = 3;
+
 /// What the latency phase measured.
 pub struct LatencyPhase {
     /// The phase itself.
@@ -137,6 +140,7 @@ impl Bench {
         }
         let started = Instant::now();
         let mut quiet_rounds = 0;
+        let mut failed_rounds = 0;
         for round in 1.. {
             if started.elapsed() > MAX_WARM_UP {
                 eprintln!("warm-up: {name}'s JIT compiler is still busy; measuring anyway");
@@ -151,13 +155,26 @@ impl Bench {
                 self.options.deliveries * 4,
                 true,
             );
-            baseline::broker_phase(
+            // A round only warms the broker up: one that fails (once, two of
+            // a fresh topic's twenty warm-up records were never read back)
+            // is reported, and the next round goes on.
+            if let Err(err) = baseline::broker_phase(
                 &self.kafka,
                 &self.kafka.topic(&format!("bench.warm-up-{round}")),
                 Hops::Two,
                 &phase,
             )
-            .await?;
+            .await
+            {
+                failed_rounds += 1;
+                if failed_rounds == MAX_FAILED_WARM_UP_ROUNDS {
+                    return Err(err);
+                }
+                eprintln!("warm-up: round {round} failed, going on: {err}");
+                quiet_rounds = 0;
+                continue;
+            }
+            failed_rounds = 0;
             let share = herald::thread_shares(
                 &before,
                 &herald::thread_cpu(pid),

@@ -188,16 +188,19 @@ impl RedisCommandCost {
 pub struct AttemptLogGrowth {
     /// Attempts added to the logs by event (their budget's count).
     pub by_event: i64,
-    /// Attempts added to the logs by endpoint.
+    /// Entries added to the logs by endpoint (a batch's attempts to an
+    /// endpoint take one).
     pub by_endpoint: i64,
     /// Growth of Redis's `used_memory`, bytes.
     pub redis_bytes: i64,
 }
 
 impl AttemptLogGrowth {
-    /// Redis bytes per attempt retained (in either log).
+    /// Redis bytes per attempt retained, with its share of the endpoint
+    /// logs. (Until endpoint logs named batches, the figure divided by
+    /// attempts and endpoint-log entries together, an entry per attempt.)
     pub fn bytes_per_attempt(&self) -> f64 {
-        self.redis_bytes as f64 / (self.by_event + self.by_endpoint).max(1) as f64
+        self.redis_bytes as f64 / self.by_event.max(1) as f64
     }
 }
 
@@ -843,7 +846,7 @@ pub fn print(report: &Report) {
             .filter(|log| log.redis_bytes > 0 && log.by_event as usize >= mode.kafka.delivered)
         {
             println!(
-                "{:<40} +{} attempts by event, +{} by endpoint (each endpoint's log keeps its newest 1,000 by default: once full, it grows no more), Redis +{:.1} MiB: {:.0} bytes per retained attempt",
+                "{:<40} +{} attempts, +{} endpoint-log entries (one per batch and endpoint), Redis +{:.1} MiB: {:.0} bytes per retained attempt, endpoint logs included",
                 format!("{} attempt log", mode.name),
                 log.by_event,
                 log.by_endpoint,
