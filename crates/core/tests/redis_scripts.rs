@@ -24,6 +24,15 @@ fn keys() -> Keys {
     Keys::new(format!("t{}:", uuid::Uuid::new_v4().simple()))
 }
 
+/// How many members the sorted set `key` holds.
+async fn zcard(conn: &ConnectionManager, key: String) -> usize {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap()
+}
+
 fn config() -> BreakerConfig {
     BreakerConfig::from_env(&Env::default(), Duration::from_secs(15)).unwrap()
 }
@@ -817,11 +826,7 @@ async fn only_the_newest_batches_of_attempts_are_kept_within_the_budget() {
         .await
         .unwrap();
     assert_eq!(batches.len(), 4, "{batches:?}");
-    let indexed: usize = redis::cmd("ZCARD")
-        .arg(keys.attempts_by_event())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let indexed = zcard(&conn, keys.attempts_by_event()).await;
     assert_eq!(indexed, 4);
     let retained: usize = redis::cmd("GET")
         .arg(keys.batched_attempts())
@@ -848,11 +853,7 @@ async fn only_the_newest_batches_of_attempts_are_kept_within_the_budget() {
         events(log.for_endpoint("ep", 0, 1000).await.unwrap()),
         ["evt_50", "evt_10", "evt_49", "evt_48"]
     );
-    let references: usize = redis::cmd("ZCARD")
-        .arg(keys.endpoint_attempts("ep"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let references = zcard(&conn, keys.endpoint_attempts("ep")).await;
     assert_eq!(references, 4, "the dropped references are gone from Redis");
 }
 
@@ -1102,23 +1103,12 @@ async fn index_entries_of_batches_gone_before_the_trim_are_swept() {
         ghosts.arg(0).arg(format!("acme.evt_{n:03} gone-{n}"));
     }
     let _: () = ghosts.query_async(&mut conn).await.unwrap();
-    let indexed = |conn: &mut ConnectionManager| {
-        let key = keys.attempts_by_event();
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("ZCARD")
-                .arg(key)
-                .query_async::<usize>(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(indexed(&mut conn).await, 451);
+    assert_eq!(zcard(&conn, keys.attempts_by_event()).await, 451);
     for _ in 0..3 {
         log.trim(T0 + 1).await.unwrap();
     }
     assert_eq!(
-        indexed(&mut conn).await,
+        zcard(&conn, keys.attempts_by_event()).await,
         1,
         "only the live batch's entry is left"
     );
@@ -1494,11 +1484,7 @@ async fn the_attempt_budget_holds_whatever_the_fan_out() {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
-    let indexed: usize = redis::cmd("ZCARD")
-        .arg(keys.attempts_by_event())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let indexed = zcard(&conn, keys.attempts_by_event()).await;
     assert_eq!(indexed, 0);
 }
 
@@ -1512,18 +1498,6 @@ async fn an_endpoints_log_passes_its_bound_by_at_most_a_tenth_per_writer_between
         max_attempts: 100_000,
     };
     let mut conn = redis();
-    // The log holds an entry per batch.
-    let entries = |mut conn: ConnectionManager| {
-        let key = keys.endpoint_attempts("ep");
-        async move {
-            let n: usize = redis::cmd("ZCARD")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            n
-        }
-    };
     // Two dispatchers, each writing batches of 3 attempts to one endpoint.
     let writers = [
         AttemptLog::new(redis(), keys.clone(), config.clone()),
@@ -1540,10 +1514,11 @@ async fn an_endpoints_log_passes_its_bound_by_at_most_a_tenth_per_writer_between
                 })
                 .collect();
             writer.record_many(&batch, T0 + n).await.unwrap();
-            most = most.max(entries(conn.clone()).await);
+            most = most.max(zcard(&conn, keys.endpoint_attempts("ep")).await);
         }
         if round == 0 {
-            assert_eq!(entries(conn.clone()).await, 2);
+            // The log holds an entry per batch.
+            assert_eq!(zcard(&conn, keys.endpoint_attempts("ep")).await, 2);
         }
     }
     // A bound of 100, and a tenth of it (10) per writer.
@@ -1556,7 +1531,7 @@ async fn an_endpoints_log_passes_its_bound_by_at_most_a_tenth_per_writer_between
         .record(&delivered(&format!("evt_{n}"), "ep", T0 + n), T0 + n)
         .await
         .unwrap();
-    assert_eq!(entries(conn.clone()).await, 100);
+    assert_eq!(zcard(&conn, keys.endpoint_attempts("ep")).await, 100);
     // Its pages show the newest 100 attempts, however many the batches hold.
     let newest = third.for_endpoint("ep", 0, 1000).await.unwrap();
     assert_eq!(newest.len(), 100);
@@ -1674,11 +1649,7 @@ async fn an_endpoint_log_of_references_per_attempt_is_still_read() {
         .await
         .unwrap();
     assert_eq!(log.for_endpoint("ep", 0, 10).await.unwrap(), [new]);
-    let left: usize = redis::cmd("ZCARD")
-        .arg(keys.endpoint_attempts("ep"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let left = zcard(&conn, keys.endpoint_attempts("ep")).await;
     assert_eq!(left, 1);
 }
 
@@ -1729,17 +1700,6 @@ async fn a_writer_trims_an_endpoints_log_to_the_retention_once_an_interval() {
         },
     );
     let mut conn = redis();
-    let entries = |mut conn: ConnectionManager| {
-        let key = keys.endpoint_attempts("ep");
-        async move {
-            let n: usize = redis::cmd("ZCARD")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            n
-        }
-    };
     let hour = 3_600_000;
     // Its first write trims the log (nothing to drop yet).
     log.record(&delivered("evt_old", "ep", T0), T0 + hour - 10_000)
@@ -1752,13 +1712,17 @@ async fn a_writer_trims_an_endpoints_log_to_the_retention_once_an_interval() {
     )
     .await
     .unwrap();
-    assert_eq!(entries(conn.clone()).await, 2);
+    assert_eq!(zcard(&conn, keys.endpoint_attempts("ep")).await, 2);
     // A minute after the last trim, what is past the retention goes.
     let later = T0 + hour + 60_000;
     log.record(&delivered("evt_2", "ep", later), later)
         .await
         .unwrap();
-    assert_eq!(entries(conn.clone()).await, 2, "evt_old's entry left");
+    assert_eq!(
+        zcard(&conn, keys.endpoint_attempts("ep")).await,
+        2,
+        "evt_old's entry left"
+    );
     let kept: Vec<String> = log
         .for_endpoint("ep", 0, 10)
         .await

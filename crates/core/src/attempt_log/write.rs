@@ -52,7 +52,7 @@ impl AttemptLog {
     /// Records attempts as one batch, in one pipeline, and trims the logs
     /// of their endpoints when they are due. Each event's records of the
     /// batch are one field of its hash, each endpoint's list of its
-    /// attempts another, and each endpoint's log gets one reference to the
+    /// attempts another, and each endpoint's log gets one entry naming the
     /// batch: the dispatcher hands over the attempts of a few milliseconds
     /// together.
     pub async fn write(&self, attempts: &[LoggedAttempt], now_ms: i64) -> Result<(), StoreError> {
@@ -87,7 +87,7 @@ impl AttemptLog {
             );
         }
         // The batch first, then its count and the indexes that name it, the
-        // endpoints' references last: whoever finds a batch named (a read,
+        // endpoints' entries last: whoever finds a batch named (a read,
         // the trim) finds it written, so a batch named but missing is
         // really gone (its index entries may be dropped), and the trim,
         // which may run between any two of these commands, cannot drop a

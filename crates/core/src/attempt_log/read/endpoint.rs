@@ -10,7 +10,8 @@ use crate::redis_store::StoreError;
 #[derive(Debug, PartialEq, Eq)]
 enum EndpointEntry<'a> {
     /// A batch that holds attempts to the endpoint (its `ep {endpoint}`
-    /// field lists them), scored by when it was written.
+    /// field lists them, each as a reference of three parts), scored by
+    /// the latest start among them.
     Batch(&'a str),
     /// A reference to one record, scored by its start, as written before
     /// the endpoint's log named batches: `{start ms} {attempt} {event}
@@ -110,14 +111,15 @@ impl Scanned {
                     self.gone.push(member);
                     return Ok(());
                 };
+                // Each line is written as a reference of three parts.
                 for line in list.split('\n') {
-                    let mut parts = line.split(' ');
-                    let (Some(start), Some(attempt), Some(event), None) =
-                        (parts.next(), parts.next(), parts.next(), parts.next())
+                    let Some(EndpointEntry::Ref {
+                        started_at_ms,
+                        attempt,
+                        event,
+                        batch: None,
+                    }) = EndpointEntry::parse(line)
                     else {
-                        continue;
-                    };
-                    let (Ok(started_at_ms), Ok(attempt)) = (start.parse(), attempt.parse()) else {
                         continue;
                     };
                     self.located.push(Located {
@@ -269,13 +271,11 @@ impl AttemptLog {
                 .filter(|member| seen.insert(member.clone()))
                 .collect();
             let mut lists = redis::pipe();
-            for member in &members {
-                if let Some(EndpointEntry::Batch(batch)) = EndpointEntry::parse(member) {
-                    lists
-                        .cmd("HGET")
-                        .arg(self.keys.attempt_batch(batch))
-                        .arg(&field);
-                }
+            for batch in members.iter().filter(|m| is_batch_id(m)) {
+                lists
+                    .cmd("HGET")
+                    .arg(self.keys.attempt_batch(batch))
+                    .arg(&field);
             }
             let mut lists = if lists.is_empty() {
                 Vec::new().into_iter()
@@ -286,9 +286,10 @@ impl AttemptLog {
                     .into_iter()
             };
             for member in members {
-                let list = match EndpointEntry::parse(&member) {
-                    Some(EndpointEntry::Batch(_)) => lists.next().flatten(),
-                    _ => None,
+                let list = if is_batch_id(&member) {
+                    lists.next().flatten()
+                } else {
+                    None
                 };
                 scanned.add(member, list.as_deref())?;
             }
