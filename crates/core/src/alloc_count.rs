@@ -2,9 +2,10 @@
 //! "allocations per delivered webhook" (feature `count-allocations`, which
 //! `scripts/bench` builds with; never in a release image). With the
 //! feature, this module is the process's global allocator: it counts each
-//! allocation (and reallocation) and hands it to the system allocator, and
-//! `/metrics` shows the count as `herald_allocations_total`. Allocations of
-//! the C libraries (librdkafka) do not pass through it and are not counted.
+//! allocation (and reallocation) and hands it to Herald's allocator
+//! ([`crate::allocator`], jemalloc), and `/metrics` shows the count as
+//! `herald_allocations_total`. Allocations of the C libraries (librdkafka)
+//! go to jemalloc directly, not through it, and are not counted.
 //!
 //! Counting must not change what it counts, so it is nearly free: each
 //! thread adds to a counter of its own (on a cache line of its own, written
@@ -12,12 +13,14 @@
 //! Threads past [`SLOTS`] share one atomic counter.
 //!
 //! This is the only `unsafe` code in Herald: a global allocator can only be
-//! written as an `unsafe impl`. It adds nothing to the system allocator's
+//! written as an `unsafe impl`. It adds nothing to jemalloc's
 //! contract: every call is passed on unchanged.
 
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use crate::allocator::BACKEND;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -56,34 +59,34 @@ fn count_one() {
     }
 }
 
-/// The system allocator, counting.
+/// Herald's allocator (jemalloc), counting.
 #[derive(Debug)]
 pub struct CountingAllocator;
 
-// SAFETY: every call goes to `System` unchanged; counting allocates nothing
+// SAFETY: every call goes to `BACKEND` unchanged; counting allocates nothing
 // (the thread-local is a `const`-initialised `Cell` with no destructor).
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count_one();
         // SAFETY: the caller's guarantees are passed on.
-        unsafe { System.alloc(layout) }
+        unsafe { BACKEND.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count_one();
         // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { BACKEND.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count_one();
         // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { BACKEND.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { BACKEND.dealloc(ptr, layout) }
     }
 }
 

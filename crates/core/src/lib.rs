@@ -33,11 +33,13 @@
 //! - [`telemetry`] and [`shutdown`]: logging and signal handling;
 //! - [`service`]: the skeleton of every service's `main`, and the start of
 //!   the consuming ones;
-//! - `alloc_count` (feature `count-allocations`, for the benchmark): a
-//!   global allocator that counts allocations.
+//! - [`allocator`]: every process allocates through jemalloc, and why;
+//!   `alloc_count` (feature `count-allocations`, for the benchmark) counts
+//!   those allocations.
 
 #[cfg(feature = "count-allocations")]
 pub mod alloc_count;
+pub mod allocator;
 pub mod application;
 pub mod attempt_log;
 pub mod backoff;
