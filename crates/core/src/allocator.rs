@@ -12,13 +12,13 @@
 //! (a profile put 14 % of the dispatcher in its allocator and 6 % in the
 //! futex behind its locks); jemalloc's thread caches take such frees
 //! without that. The README's "Cost per webhook" has the runs; in short,
-//! `POST /v1/events` went from 64–78 to about 46 µs of ingest's CPU per
-//! event and Herald's CPU per webhook at fan-out 10 from about 35 to 27 µs,
-//! with every process still inside its 64 MiB.
+//! Herald's CPU per webhook at fan-out 10 fell from about 35 to 27 µs in
+//! the benchmark's short phases and from 31.9 to 26.8 µs over 200,000
+//! deliveries, with every process still inside its 64 MiB.
 //!
-//! jemalloc reads `MALLOC_CONF` at start, for instance
-//! `MALLOC_CONF=dirty_decay_ms:0` to give freed memory back to the system
-//! at once (at some cost in CPU).
+//! jemalloc reads `MALLOC_CONF` at start. The image, `scripts/up` and the
+//! benchmark set `dirty_decay_ms:1000`, so that freed pages go back to the
+//! system after a second rather than jemalloc's ten.
 //!
 //! With the feature `count-allocations` the global allocator is
 //! `alloc_count`'s counting wrapper around this same allocator.
