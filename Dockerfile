@@ -42,9 +42,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/herald-ingest /src/target/release/herald-fanout /src/target/release/herald-dispatcher /usr/local/bin/
 USER 10001
 # MALLOC_CONF: Herald allocates through jemalloc, which by default keeps
-# freed pages for ten seconds; after one second they go back to the system,
-# which kept a dispatcher under a long backlog at 57 MiB instead of 63 at no
-# measurable cost in CPU.
+# freed pages for ten seconds; returned over about a second instead, they
+# kept a dispatcher under a long backlog at 57 MiB instead of 63, at a CPU
+# cost within the runs' spread (one run each).
 ENV HERALD_INGEST_ADDR=0.0.0.0:8080 \
     HERALD_OPS_ADDR=0.0.0.0:9090 \
     HERALD_LOG_FORMAT=json \

@@ -17,8 +17,9 @@
 //! deliveries, with every process still inside its 64 MiB.
 //!
 //! jemalloc reads `MALLOC_CONF` at start. The image, `scripts/up` and the
-//! benchmark set `dirty_decay_ms:1000`, so that freed pages go back to the
-//! system after a second rather than jemalloc's ten.
+//! benchmark (for Herald's processes) set `dirty_decay_ms:1000`, so that
+//! freed pages go back to the system over about a second rather than
+//! jemalloc's ten.
 //!
 //! With the feature `count-allocations` the global allocator is
 //! `alloc_count`'s counting wrapper around this same allocator.
