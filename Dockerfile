@@ -41,14 +41,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin herald
 COPY --from=build /src/target/release/herald-ingest /src/target/release/herald-fanout /src/target/release/herald-dispatcher /usr/local/bin/
 USER 10001
-# MALLOC_CONF: Herald allocates through jemalloc, which by default keeps
-# freed pages for ten seconds; returned over about a second instead, they
-# kept a dispatcher under a long backlog at 57 MiB instead of 63, at a CPU
-# cost within the runs' spread (one run each).
 ENV HERALD_INGEST_ADDR=0.0.0.0:8080 \
     HERALD_OPS_ADDR=0.0.0.0:9090 \
-    HERALD_LOG_FORMAT=json \
-    MALLOC_CONF=dirty_decay_ms:1000
+    HERALD_LOG_FORMAT=json
 EXPOSE 8080 9090
 # herald-ingest answers on 8080, fan-out and dispatchers on their ops port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -407,8 +407,6 @@ impl Bench {
                 ("HERALD_API_KEYS", self.api_key.clone()),
                 ("HERALD_INGEST_ADDR", format!("127.0.0.1:{port}")),
                 ("HERALD_LOG", "info".to_owned()),
-                // As the container image sets it (see the Dockerfile).
-                ("MALLOC_CONF", "dirty_decay_ms:1000".to_owned()),
                 // The receiver is on loopback, which Herald refuses by default.
                 (
                     "HERALD_ALLOWED_DESTINATION_CIDRS",

@@ -12,17 +12,18 @@
 //! with a plain store: only its thread writes it), and `/metrics` sums them.
 //! Threads past [`SLOTS`] share one atomic counter.
 //!
-//! This is the only `unsafe` code in Herald: a global allocator can only be
-//! written as an `unsafe impl`. It adds nothing to jemalloc's
-//! contract: every call is passed on unchanged.
+//! Besides `allocator`'s export of jemalloc's options, this is the only
+//! `unsafe` code in Herald: a global allocator can only be written as an
+//! `unsafe impl`. It adds nothing to jemalloc's contract: every call is
+//! passed on unchanged.
 
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
-
-use crate::allocator::BACKEND;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::allocator::BACKEND;
 
 /// Counters of their own for this many threads.
 const SLOTS: usize = 256;
