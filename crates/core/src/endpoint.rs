@@ -276,10 +276,22 @@ pub fn redacted_url(text: &str) -> String {
 /// An endpoint ready for use: its secret decoded, and what every request to
 /// it needs (its URL, the URL as logs may show it, its custom headers) made
 /// once, so that a delivery parses and copies none of it.
+///
+/// It keeps only what a delivery reads, not the stored [`Endpoint`]: a
+/// dispatcher holds thousands of these (`HERALD_DISPATCHER_CACHE_ENTRIES`),
+/// and the stored record's strings (its description, subscriptions,
+/// timestamps, the secrets as text) were half of each.
 #[derive(Debug)]
 pub struct ResolvedEndpoint {
-    /// The stored endpoint.
-    pub endpoint: Endpoint,
+    /// `endpoint.id`, shared: every attempt's log entry names it, and a
+    /// clone of this copies nothing.
+    pub id: std::sync::Arc<str>,
+    /// Whether the endpoint is disabled (its deliveries are dead-lettered).
+    pub disabled: bool,
+    /// Why it was disabled, when it says.
+    pub disabled_reason: Option<String>,
+    /// Most deliveries per second to it, across replicas.
+    pub rate_limit: Option<u32>,
     /// The decoded signing secret.
     pub secret: Secret,
     /// Rotated-out secrets that still sign, with when they stop (Unix
@@ -299,9 +311,6 @@ pub struct ResolvedEndpoint {
     pub redacted_url: String,
     /// `endpoint.headers` as request headers.
     pub headers: http::HeaderMap,
-    /// `endpoint.id`, shared: every attempt's log entry names it, and a
-    /// clone of this copies nothing.
-    pub id: std::sync::Arc<str>,
 }
 
 /// A URL's user info as a basic-auth header, and the URL without it (user
@@ -387,10 +396,39 @@ impl ResolvedEndpoint {
             basic_auth,
             headers,
             id: std::sync::Arc::from(endpoint.id.as_str()),
-            endpoint,
+            disabled: endpoint.disabled,
+            disabled_reason: endpoint.disabled_reason,
+            rate_limit: endpoint.rate_limit,
             secret,
             previous,
         })
+    }
+
+    /// About how many heap bytes holding this takes: the struct, its URLs
+    /// and strings, headers and secrets (an estimate within allocator
+    /// rounding, for a cache's byte bound).
+    pub fn held_bytes(&self) -> usize {
+        // An allocation's bookkeeping and its size class's rounding.
+        const PER_ALLOCATION: usize = 16;
+        // A secret's key and the Vec around it.
+        const SECRET: usize = 64;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 64)
+            .sum();
+        std::mem::size_of::<Self>()
+            + self.id.len()
+            + self.url.as_str().len()
+            + self.request_url.as_str().len()
+            // `request_uri` holds the same text once more.
+            + self.request_url.as_str().len()
+            + self.redacted_url.len()
+            + self.disabled_reason.as_ref().map_or(0, String::len)
+            + self.basic_auth.as_ref().map_or(0, |h| h.len() + 32)
+            + headers
+            + (1 + self.previous.len()) * SECRET
+            + 8 * PER_ALLOCATION
     }
 
     /// The secrets that sign a webhook sent at `now_ms`: the current one,
@@ -753,6 +791,29 @@ mod tests {
             e.rotate_secret(&Secret::generate(), 5_000, 30_000 + n);
         }
         assert_eq!(e.previous_secrets.len(), MAX_PREVIOUS_SECRETS);
+    }
+
+    #[test]
+    fn a_resolved_endpoint_keeps_what_deliveries_read_and_counts_its_bytes() {
+        let mut e = endpoint("ep_1", &["order.created"], true);
+        e.disabled_reason = Some("410 Gone".to_owned());
+        e.rate_limit = Some(5);
+        let plain = ResolvedEndpoint::new(e.clone()).unwrap();
+        assert_eq!(&*plain.id, "ep_1");
+        assert!(plain.disabled);
+        assert_eq!(plain.disabled_reason.as_deref(), Some("410 Gone"));
+        assert_eq!(plain.rate_limit, Some(5));
+        assert!(plain.held_bytes() > std::mem::size_of::<ResolvedEndpoint>());
+        // What it holds counts: the URL (four times: parsed, as sent, as
+        // the client takes it, redacted), a header, a previous secret.
+        e.url = format!("{}/{}", e.url, "x".repeat(200));
+        let longer = ResolvedEndpoint::new(e.clone()).unwrap();
+        assert!(longer.held_bytes() >= plain.held_bytes() + 4 * 200);
+        e.headers.insert("x-tenant".to_owned(), "acme".to_owned());
+        e.rotate_secret(&Secret::generate(), 1_000, 0);
+        let more = ResolvedEndpoint::new(e).unwrap();
+        assert_eq!(more.previous.len(), 1);
+        assert!(more.held_bytes() > longer.held_bytes() + 64);
     }
 
     #[test]

@@ -108,8 +108,8 @@ impl EndpointCache {
             }
             Err(err) => return Err(err),
         };
-        let bytes = held_bytes(&endpoint);
         let resolved = Arc::new(ResolvedEndpoint::new(endpoint).map_err(StoreError::Corrupt)?);
+        let bytes = held_bytes(id, &resolved);
         self.held().insert(id, resolved.clone(), version, bytes);
         Ok(Some(resolved))
     }
@@ -128,30 +128,10 @@ impl EndpointCache {
     }
 }
 
-/// About what holding an endpoint costs, for the byte bound: its strings,
-/// and a fixed share for the rest (the struct, the decoded secrets, the
-/// cache's own entry).
-fn held_bytes(endpoint: &herald_core::endpoint::Endpoint) -> usize {
-    let strings = endpoint.id.len()
-        + endpoint.application_id.len()
-        + endpoint.url.len()
-        + endpoint.description.len()
-        + endpoint.secret.len()
-        + endpoint.created_at.len()
-        + endpoint.updated_at.len()
-        + endpoint.disabled_reason.as_ref().map_or(0, String::len)
-        + endpoint.event_types.iter().map(String::len).sum::<usize>()
-        + endpoint
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 48)
-            .sum::<usize>()
-        + endpoint
-            .previous_secrets
-            .iter()
-            .map(|s| s.secret.len() + 64)
-            .sum::<usize>();
-    // The URL is held three times: stored, parsed and redacted; and the
-    // headers twice.
-    strings + 2 * endpoint.url.len() + 512
+/// What one held endpoint costs, for the byte bound: the endpoint
+/// ([`ResolvedEndpoint::held_bytes`]) and the cache's own entry (its key,
+/// change counter and place in the recency order).
+fn held_bytes(id: &str, endpoint: &ResolvedEndpoint) -> usize {
+    const ENTRY: usize = 96;
+    endpoint.held_bytes() + id.len() + ENTRY
 }

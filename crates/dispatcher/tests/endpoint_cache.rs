@@ -12,7 +12,7 @@ async fn url_of(cache: &EndpointCache, id: &str) -> String {
         .await
         .unwrap()
         .expect("the endpoint exists");
-    found.endpoint.url.clone()
+    found.url.to_string()
 }
 
 #[tokio::test]

@@ -160,7 +160,7 @@ impl Gate {
     /// Decides whether `delivery` may go to `endpoint` now, in the order the
     /// module documents.
     pub async fn admit(&self, endpoint: &ResolvedEndpoint, delivery: &Delivery) -> Admission {
-        let endpoint_id = endpoint.endpoint.id.as_str();
+        let endpoint_id = &*endpoint.id;
         let Some(endpoint_slot) = self.unless_abandoned(self.slots.acquire(endpoint_id)).await
         else {
             return Admission::Stopping;
@@ -188,7 +188,7 @@ impl Gate {
             }
         };
 
-        if let Some(per_second) = endpoint.endpoint.rate_limit {
+        if let Some(per_second) = endpoint.rate_limit {
             let wait = match self.rate_slot(endpoint_id, per_second, delivery).await {
                 RateSlot::SendIn(ms) => Duration::from_millis(ms),
                 RateSlot::Reserved { moment_ms, in_ms } => {

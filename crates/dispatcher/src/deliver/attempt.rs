@@ -71,7 +71,7 @@ pub async fn attempt(
         otel.kind = "client",
         http.request.method = "POST",
         url.full = endpoint.redacted_url.as_str(),
-        herald.endpoint_id = %endpoint.endpoint.id,
+        herald.endpoint_id = %endpoint.id,
         herald.attempt = webhook.delivery.attempts_made + 1,
         http.response.status_code = tracing::field::Empty,
         herald.outcome = tracing::field::Empty,

@@ -191,9 +191,9 @@ impl Dispatcher {
             status: None,
         };
         match self.endpoint(id).await {
-            Ok(Some(endpoint)) if endpoint.endpoint.disabled => Err(dead(
+            Ok(Some(endpoint)) if endpoint.disabled => Err(dead(
                 reason::ENDPOINT_DISABLED,
-                match &endpoint.endpoint.disabled_reason {
+                match &endpoint.disabled_reason {
                     Some(why) => format!("the endpoint is disabled: {why}"),
                     None => "the endpoint is disabled".to_owned(),
                 },
