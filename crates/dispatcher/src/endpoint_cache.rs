@@ -109,7 +109,7 @@ impl EndpointCache {
             Err(err) => return Err(err),
         };
         let resolved = Arc::new(ResolvedEndpoint::new(endpoint).map_err(StoreError::Corrupt)?);
-        let bytes = held_bytes(id, &resolved);
+        let bytes = held_bytes(&resolved);
         self.held().insert(id, resolved.clone(), version, bytes);
         Ok(Some(resolved))
     }
@@ -130,8 +130,9 @@ impl EndpointCache {
 
 /// What one held endpoint costs, for the byte bound: the endpoint
 /// ([`ResolvedEndpoint::held_bytes`]) and the cache's own entry (its key,
-/// change counter and place in the recency order).
-fn held_bytes(id: &str, endpoint: &ResolvedEndpoint) -> usize {
+/// change counter and place in the recency order; the key is the
+/// endpoint's id).
+fn held_bytes(endpoint: &ResolvedEndpoint) -> usize {
     const ENTRY: usize = 96;
-    endpoint.held_bytes() + id.len() + ENTRY
+    endpoint.held_bytes() + endpoint.id.len() + ENTRY
 }
